@@ -1,0 +1,114 @@
+"""Strategies: which devices train, how, and how their updates combine.
+
+Each strategy pairs ``configure_round`` (before) with ``aggregate_round``
+(after), in the manner of Flower's server strategies; the arithmetic lives
+in ``_aggregation`` as pure functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import ConfigError, TensorDict, TrainConfig
+
+from ._aggregation import WeightedDeltaSum, apply_delta
+
+__all__ = ["STRATEGIES", "FedAvg", "FedProx", "Strategy", "StrategyConfig", "derive_seed", "make_strategy"]
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (Python's ``hash`` changes between processes)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    fraction: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    prox_mu: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.prox_mu < 0:
+            raise ConfigError(f"prox mu must be >= 0, got {self.prox_mu}")
+
+
+class Strategy(ABC):
+    name: str
+
+    def __init__(self, config: StrategyConfig) -> None:
+        self.config = config
+
+    def select(self, round_number: int, available: Sequence[str]) -> list[str]:
+        """A seeded sample of ``fraction`` of the available devices (at least one)."""
+        ordered = sorted(available)
+        if not ordered:
+            return []
+        wanted = max(1, math.ceil(self.config.fraction * len(ordered)))
+        if wanted >= len(ordered):
+            return ordered
+        rng = np.random.default_rng(derive_seed("select", self.config.seed, round_number))
+        return sorted(rng.choice(ordered, size=wanted, replace=False).tolist())
+
+    def train_config(self, round_number: int, device_id: str) -> TrainConfig:
+        c = self.config
+        return TrainConfig(
+            local_epochs=c.local_epochs,
+            batch_size=c.batch_size,
+            learning_rate=c.learning_rate,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            prox_mu=self.proximal_mu(),
+            seed=derive_seed("train", c.seed, round_number, device_id),
+        )
+
+    def configure_round(self, round_number: int, available: Sequence[str]) -> dict[str, TrainConfig]:
+        """Devices picked for the round and the training config each gets."""
+        return {d: self.train_config(round_number, d) for d in self.select(round_number, available)}
+
+    def aggregate_round(self, global_state: TensorDict, updates: WeightedDeltaSum) -> TensorDict:
+        """New global model from the round's accumulated updates."""
+        return apply_delta(global_state, updates.mean())
+
+    @abstractmethod
+    def proximal_mu(self) -> float: ...
+
+
+class FedAvg(Strategy):
+    """McMahan et al. 2017: sample-weighted average of the devices' models."""
+
+    name = "fedavg"
+
+    def proximal_mu(self) -> float:
+        return 0.0
+
+
+class FedProx(Strategy):
+    """Li et al. 2020: FedAvg whose local loss adds ``mu/2 * ||w - w_global||^2``."""
+
+    name = "fedprox"
+
+    def proximal_mu(self) -> float:
+        return self.config.prox_mu
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx}
+
+
+def make_strategy(name: str, config: StrategyConfig) -> Strategy:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](config)

@@ -1,0 +1,5 @@
+"""``genfl-server``: the cloud CLI. One thin module per command group."""
+
+from ._app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,39 @@
+"""The ``genfl-server`` Typer app: global options and command registration."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cloud_server import __version__
+
+from . import _simulate
+
+app = typer.Typer(
+    name="genfl-server",
+    help="genfl-edge cloud server: federated rounds, aggregation, generator, simulation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("simulate")(_simulate.simulate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"genfl-server {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """genfl-edge cloud server."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,114 @@
+"""``genfl-server simulate``: a whole federation in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cloud_server._simulation import SimulationConfig, SimulationHooks, run_simulation, write_outputs
+
+from ._errors import exit_on_error
+
+console = Console(stderr=True)
+
+
+def _histogram_table(result) -> Table:  # type: ignore[no-untyped-def]
+    table = Table(title="samples per device and class", show_lines=False)
+    table.add_column("device")
+    for name in result.classes:
+        table.add_column(name[:8], justify="right")
+    table.add_column("total", justify="right")
+    for index, row in enumerate(result.histogram):
+        table.add_row(f"device-{index:03d}", *[str(int(v)) if v else "." for v in row], str(int(row.sum())))
+    return table
+
+
+def simulate(
+    dataset: Annotated[str, typer.Option(help="digits, cifar10, folder:PATH or zip:PATH.")] = "digits",
+    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 10,
+    partition: Annotated[str, typer.Option(help="dirichlet or shards.")] = "dirichlet",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller = more skewed).")] = 0.5,
+    classes_per_device: Annotated[int, typer.Option(help="Classes per device for --partition shards.")] = 2,
+    min_samples: Annotated[int, typer.Option(help="Least samples any device gets.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = 0.05,
+    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
+    mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
+    fraction: Annotated[float, typer.Option(help="Share of devices picked each round.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for partitions, initial model and training.")] = 0,
+    model: Annotated[Optional[str], typer.Option(help="Model from the registry (default: by data set).")] = None,
+    train_subset: Annotated[Optional[int], typer.Option(help="Train on a stratified subset of this size.")] = None,
+    data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
+    out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
+        "runs/simulate"
+    ),
+) -> None:
+    """Run a federation of simulated devices in one process and report accuracy per round."""
+    with exit_on_error():
+        config = SimulationConfig(
+            dataset=dataset,
+            data_dir=str(data_dir),
+            devices=devices,
+            partition=partition,
+            alpha=alpha,
+            classes_per_device=classes_per_device,
+            min_samples=min_samples,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            learning_rate=lr,
+            strategy=strategy,
+            prox_mu=mu,
+            fraction=fraction,
+            seed=seed,
+            model=model,
+            train_subset=train_subset,
+        )
+        rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
+        for column in ("round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"):
+            rows.add_column(column, justify="right")
+        with Progress(
+            TextColumn("[bold]round {task.fields[round]}/" + str(rounds)),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("devices trained"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task("round", total=devices, round=0)
+
+            def opened(number: int, picked: int) -> None:
+                progress.reset(bar, total=picked, round=number)
+
+            def closed(result) -> None:  # type: ignore[no-untyped-def]
+                accuracy = "-" if result.accuracy is None else f"{result.accuracy:.4f}"
+                loss = "-" if result.loss is None else f"{result.loss:.4f}"
+                rows.add_row(
+                    str(result.round), str(result.devices), accuracy, loss, f"{result.seconds:.2f}",
+                    f"{result.bytes_up / 1024:.0f}", f"{result.bytes_down / 1024:.0f}",
+                )  # fmt: skip
+                progress.console.print(
+                    f"round {result.round}: accuracy {accuracy}, loss {loss}, {result.seconds:.2f} s"
+                )
+
+            hooks = SimulationHooks(
+                on_round_start=opened,
+                on_device_trained=lambda task: progress.advance(bar),
+                on_round_closed=closed,
+            )
+            result = run_simulation(config, hooks)
+        console.print(_histogram_table(result))
+        console.print(rows)
+        paths = write_outputs(result, out)
+        console.print(
+            f"final accuracy [bold]{result.final_accuracy:.4f}[/] in {result.seconds:.1f} s; "
+            f"wrote {paths['metrics']}, {paths['curve']}, {paths['model']}"
+        )

@@ -1,0 +1,27 @@
+"""The edge side: device data, the agent's protocol logic, training runners, the CLI.
+
+Importing this package does not import torch (the agent daemon must stay small);
+training code loads torch when it first runs.
+"""
+
+from ._agent import AgentCore, TrainingDone, TrainingRunner
+from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset
+from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
+from ._runner import InProcessRunner, run_task
+
+__all__ = [
+    "AgentCore",
+    "DeviceDataset",
+    "InProcessRunner",
+    "LabeledArrays",
+    "TrainingDone",
+    "TrainingRunner",
+    "check_fits_model",
+    "dirichlet_partition",
+    "label_histogram",
+    "load_dataset",
+    "partition_labels",
+    "run_task",
+    "shard_partition",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Training runners: where the agent's training happens.
+
+:class:`InProcessRunner` trains in the calling process (simulations, tests).
+It imports torch only when it first trains, so importing it stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from protocol import ModelError, ProtocolError, Task, Update, decode_tensors
+
+from ._agent import TrainingDone
+from ._data import LabeledArrays
+
+__all__ = ["InProcessRunner"]
+
+
+def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays) -> Update:
+    """Decode the global model, train on ``data``, and build the update message."""
+    from ._training import train_local  # torch lives behind this import
+
+    global_state = decode_tensors(model_blob)
+    result = train_local(task.model_name, global_state, data, task.config)
+    return Update(
+        round=task.round,
+        device_id=device_id,
+        base_model_id=task.model_id,
+        num_samples=result.num_samples,
+        train_loss=result.loss,
+        train_accuracy=result.accuracy,
+        delta=result.delta,
+    )
+
+
+class InProcessRunner:
+    def __init__(self, device_id: str, data: LabeledArrays, on_trained: Callable[[Task], None] | None = None) -> None:
+        self.device_id = device_id
+        self.data = data
+        self._on_trained = on_trained
+
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
+        try:
+            update = run_task(task, model_blob, self.device_id, self.data)
+        except (ModelError, ProtocolError) as exc:
+            done(task, f"{type(exc).__name__}: {exc}")
+            return
+        if self._on_trained is not None:
+            self._on_trained(task)
+        done(task, update)

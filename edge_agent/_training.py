@@ -1,0 +1,64 @@
+"""Local training for one round: global model in, delta out. Imports torch.
+
+The daemon never imports this module itself; the in-memory simulation calls
+it in-process and the MQTT agent runs it in a worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import models
+from protocol import TensorDict, TrainConfig
+
+from ._data import LabeledArrays
+
+__all__ = ["LocalResult", "train_local"]
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    delta: TensorDict  # trained minus global, per tensor (same dtypes as the model)
+    num_samples: int
+    loss: float
+    accuracy: float
+
+
+def _torch_seed(seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"torch|{seed}".encode()).digest()[:8], "little") >> 1
+
+
+def train_local(model_name: str, global_state: TensorDict, data: LabeledArrays, config: TrainConfig) -> LocalResult:
+    """Train ``config.local_epochs`` epochs from ``global_state`` on ``data``.
+
+    Everything random (shuffling, dropout) derives from ``config.seed``, which
+    the coordinator sets per device and round: same task, same result.
+    """
+    model = models.build_model(model_name)
+    models.load_state(model, global_state)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    anchor = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else None
+    rng = np.random.default_rng(config.seed)
+    result = models.EpochResult(loss=0.0, accuracy=0.0, samples=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_torch_seed(config.seed))
+        for _ in range(config.local_epochs):
+            result = models.train_one_epoch(
+                model,
+                data.images,
+                data.labels,
+                optimizer,
+                batch_size=config.batch_size,
+                rng=rng,
+                prox_mu=config.prox_mu,
+                anchor=anchor,
+            )
+    trained = models.model_state(model)
+    delta = {name: trained[name] - global_state[name] for name in trained}
+    return LocalResult(delta=delta, num_samples=len(data), loss=result.loss, accuracy=result.accuracy)

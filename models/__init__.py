@@ -1,0 +1,19 @@
+"""Model registry, definitions and the shared train/evaluate loop. Knows nothing of MQTT."""
+
+from ._registry import MODELS, ModelSpec, build_model, default_model_for, get_spec, load_state, model_state
+from ._training import EpochResult, evaluate, predict_logits, to_float, train_one_epoch
+
+__all__ = [
+    "MODELS",
+    "EpochResult",
+    "ModelSpec",
+    "build_model",
+    "default_model_for",
+    "evaluate",
+    "get_spec",
+    "load_state",
+    "model_state",
+    "predict_logits",
+    "to_float",
+    "train_one_epoch",
+]

@@ -1,0 +1,91 @@
+"""Models by name. Each family is one file with a frozen ``@dataclass`` config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from protocol import ModelError, TensorDict
+
+from .cnn_digits import CnnDigits, CnnDigitsConfig
+from .cnn_small import CnnSmall, CnnSmallConfig
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "get_spec", "load_state", "model_state", "default_model_for"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    input_shape: tuple[int, int, int]  # (C, H, W) of one sample
+    num_classes: int
+    build: Callable[[], nn.Module]
+    summary: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "cnn-digits": ModelSpec(
+        name="cnn-digits",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        build=lambda: CnnDigits(CnnDigitsConfig()),
+        summary="3 conv-bn-relu blocks for 1x8x8 digits",
+    ),
+    "cnn-small": ModelSpec(
+        name="cnn-small",
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        build=lambda: CnnSmall(CnnSmallConfig()),
+        summary="6 conv-bn-relu blocks for 3x32x32 images",
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def default_model_for(input_shape: tuple[int, int, int]) -> str:
+    """The registered model whose input fits a data set's sample shape."""
+    for spec in MODELS.values():
+        if spec.input_shape == input_shape:
+            return spec.name
+    raise ModelError(f"no registered model takes input {input_shape}; pass --model")
+
+
+def build_model(name: str, seed: int | None = None) -> nn.Module:
+    """A fresh model; with ``seed`` its initial weights are reproducible."""
+    spec = get_spec(name)
+    if seed is None:
+        return spec.build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build()
+
+
+def model_state(model: nn.Module) -> TensorDict:
+    """The model's state dict as numpy arrays (float32 / int64), detached copies."""
+    return {name: tensor.detach().cpu().numpy().copy() for name, tensor in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, state: TensorDict) -> None:
+    """Load numpy arrays into ``model``; names, shapes and dtypes must match exactly."""
+    expected = model.state_dict()
+    if set(expected) != set(state):
+        missing = sorted(set(expected) - set(state))[:3]
+        extra = sorted(set(state) - set(expected))[:3]
+        raise ModelError(f"state does not fit the model (missing {missing}, unexpected {extra})")
+    tensors = {}
+    for name, reference in expected.items():
+        array = state[name]
+        if tuple(array.shape) != tuple(reference.shape):
+            raise ModelError(f"tensor {name!r} has shape {tuple(array.shape)}, model wants {tuple(reference.shape)}")
+        if np.dtype(array.dtype) != np.dtype(str(reference.dtype).removeprefix("torch.")):
+            raise ModelError(f"tensor {name!r} has dtype {array.dtype}, model wants {reference.dtype}")
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
+    model.load_state_dict(tensors)

@@ -1,0 +1,88 @@
+"""One ``train_one_epoch`` / ``evaluate`` pair, shared by every training path.
+
+Images are held as uint8 (N, C, H, W) and turned into floats in [0, 1] one
+batch at a time, so a device keeps its data set at a quarter of the size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["EpochResult", "evaluate", "predict_logits", "to_float", "train_one_epoch"]
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    loss: float
+    accuracy: float
+    samples: int
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) -> float32 in [0, 1]."""
+    tensor = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+    return tensor.to(torch.float32).div_(255.0)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    rng: np.random.Generator,
+    prox_mu: float = 0.0,
+    anchor: list[torch.Tensor] | None = None,
+) -> EpochResult:
+    """One pass over (images, labels) in a shuffled order drawn from ``rng``.
+
+    With ``prox_mu > 0`` adds FedProx's ``mu/2 * ||w - anchor||^2`` to the loss,
+    ``anchor`` being the round's global parameters in ``model.parameters()`` order.
+    """
+    model.train()
+    order = rng.permutation(len(labels))
+    total_loss, correct, seen = 0.0, 0, 0
+    targets_all = torch.from_numpy(labels.astype(np.int64))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        if len(index) < 2:  # BatchNorm needs two samples to estimate a variance
+            continue
+        inputs = to_float(images[index])
+        targets = targets_all[index]
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        if prox_mu > 0.0 and anchor is not None:
+            proximal = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+            loss = loss + 0.5 * prox_mu * proximal
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(index)
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(index)
+    return EpochResult(loss=total_loss / max(seen, 1), accuracy=correct / max(seen, 1), samples=seen)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    outputs = [model(to_float(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> EpochResult:
+    """Mean cross-entropy and top-1 accuracy in eval mode."""
+    if len(labels) == 0:
+        return EpochResult(loss=0.0, accuracy=0.0, samples=0)
+    logits = predict_logits(model, images, batch_size)
+    targets = torch.from_numpy(labels.astype(np.int64))
+    loss = float(F.cross_entropy(logits, targets))
+    accuracy = float((logits.argmax(1) == targets).float().mean())
+    return EpochResult(loss=loss, accuracy=accuracy, samples=len(labels))

@@ -1,0 +1,61 @@
+"""The contract both sides speak: topics, messages, tensors, blobs, transport seam.
+
+Imports no torch and knows nothing about rounds or training.
+"""
+
+from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, chunk_count, iter_chunks
+from ._errors import ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    BlobChunk,
+    BlobRequest,
+    DeviceState,
+    Message,
+    Task,
+    TrainConfig,
+    Update,
+    decode_message,
+    encode_message,
+)
+from ._tensors import TensorDict, blob_id, decode_tensors, encode_tensors
+from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
+from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEVICE_CHANNELS",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "BlobAssembler",
+    "BlobChunk",
+    "BlobRequest",
+    "BlobStore",
+    "ConfigError",
+    "DataError",
+    "DeviceState",
+    "GenflError",
+    "InMemoryBus",
+    "InMemoryTransport",
+    "Message",
+    "MessageHandler",
+    "ModelError",
+    "ParsedTopic",
+    "ProtocolError",
+    "Task",
+    "TensorDict",
+    "Topics",
+    "TrainConfig",
+    "Transport",
+    "TransportError",
+    "Update",
+    "blob_id",
+    "chunk_count",
+    "decode_message",
+    "decode_tensors",
+    "encode_message",
+    "encode_tensors",
+    "iter_chunks",
+    "topic_matches",
+    "validate_name",
+]

@@ -1,0 +1,340 @@
+"""Typed, versioned messages and their wire format.
+
+A frame is ``b"GFL" + version byte + 4-byte big-endian header length +
+JSON header + binary body``. The header always has ``"type"``; the body
+carries bytes (safetensors tensors, blob chunks) that JSON would bloat.
+
+:func:`decode_message` is the single place where bytes from the network
+become typed values; anything else raises :class:`ProtocolError` with a
+short reason slug (``bad-frame``, ``bad-field``, ...) for the counters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal, TypeVar, Union
+
+from ._errors import GenflError, ProtocolError
+from ._tensors import TensorDict, decode_tensors, encode_tensors
+from ._topics import validate_name
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Ack",
+    "BlobChunk",
+    "BlobRequest",
+    "DeviceState",
+    "Message",
+    "Task",
+    "TrainConfig",
+    "Update",
+    "decode_message",
+    "encode_message",
+]
+
+PROTOCOL_VERSION = 1
+_MAGIC = b"GFL"
+_PREFIX = struct.Struct(">3sBI")
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 256 * 1024 * 1024
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _fail(detail: str) -> ProtocolError:
+    return ProtocolError("bad-field", detail)
+
+
+def _check_int(name: str, value: object, low: int = 0, high: int = 2**53) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _check_float(name: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise _fail(f"{name} must be finite in [{low}, {high}], got {value!r}")
+    return number
+
+
+def _check_sha256(name: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _SHA256_HEX:
+        raise _fail(f"{name} must be a lowercase hex sha256")
+    return value
+
+
+def _check_device(value: object) -> str:
+    try:
+        return validate_name("device id", value)  # type: ignore[arg-type]
+    except GenflError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a device trains in one round (sent inside each task)."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    prox_mu: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("local_epochs", self.local_epochs, 1, 1000)
+        _check_int("batch_size", self.batch_size, 1, 65536)
+        _check_float("learning_rate", self.learning_rate, 0.0, 100.0)
+        _check_float("momentum", self.momentum, 0.0, 1.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_float("prox_mu", self.prox_mu, 0.0, 1e6)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, value: object) -> TrainConfig:
+        if not isinstance(value, dict):
+            raise _fail("config must be an object")
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise _fail(f"config has unknown keys {sorted(unknown)}")
+        return cls(**value)
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A device announces itself; retained, and its last will says ``offline``."""
+
+    TYPE: ClassVar[str] = "state"
+    device_id: str
+    state: Literal["online", "offline"]
+    num_samples: int = 0
+    label_counts: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_device(self.device_id)
+        if self.state not in ("online", "offline"):
+            raise _fail(f"state must be online or offline, got {self.state!r}")
+        _check_int("num_samples", self.num_samples, 0, 2**40)
+        if self.label_counts is not None:
+            if len(self.label_counts) > 100_000:
+                raise _fail("label_counts too long")
+            for count in self.label_counts:
+                _check_float("label_counts[]", count)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Server -> device: train round ``round`` starting from blob ``model_id``."""
+
+    TYPE: ClassVar[str] = "task"
+    round: int
+    device_id: str
+    model_name: str
+    model_id: str
+    model_size: int
+    config: TrainConfig
+
+    def __post_init__(self) -> None:
+        _check_int("round", self.round, 1)
+        _check_device(self.device_id)
+        if not isinstance(self.model_name, str) or not 0 < len(self.model_name) <= 64:
+            raise _fail("model_name must be a short string")
+        _check_sha256("model_id", self.model_id)
+        _check_int("model_size", self.model_size, 1, MAX_BODY_BYTES)
+        if not isinstance(self.config, TrainConfig):
+            raise _fail("config must be a TrainConfig")
+
+
+@dataclass(frozen=True)
+class Update:
+    """Device -> server: the trained delta against ``base_model_id``."""
+
+    TYPE: ClassVar[str] = "update"
+    round: int
+    device_id: str
+    base_model_id: str
+    num_samples: int
+    train_loss: float
+    train_accuracy: float
+    delta: TensorDict = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_int("round", self.round, 1)
+        _check_device(self.device_id)
+        _check_sha256("base_model_id", self.base_model_id)
+        _check_int("num_samples", self.num_samples, 1, 2**40)
+        _check_float("train_loss", self.train_loss, 0.0)
+        _check_float("train_accuracy", self.train_accuracy, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Server -> device: the update of ``round`` was accepted (or why not)."""
+
+    TYPE: ClassVar[str] = "ack"
+    round: int
+    device_id: str
+    accepted: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("round", self.round, 1)
+        _check_device(self.device_id)
+        if not isinstance(self.accepted, bool) or not isinstance(self.reason, str) or len(self.reason) > 500:
+            raise _fail("accepted must be a bool and reason a short string")
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    """Device -> server: send these chunks of blob ``blob_id`` (empty = all)."""
+
+    TYPE: ClassVar[str] = "blob-req"
+    blob_id: str
+    chunks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_sha256("blob_id", self.blob_id)
+        if len(self.chunks) > 65536:
+            raise _fail("too many chunks requested")
+        for index in self.chunks:
+            _check_int("chunks[]", index, 0, 2**31)
+
+
+@dataclass(frozen=True)
+class BlobChunk:
+    """Server -> device: chunk ``index`` of ``count`` of blob ``blob_id``."""
+
+    TYPE: ClassVar[str] = "blob-chunk"
+    blob_id: str
+    index: int
+    count: int
+    total_size: int
+    chunk_sha256: str
+    data: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_sha256("blob_id", self.blob_id)
+        _check_int("count", self.count, 1, 2**31)
+        _check_int("index", self.index, 0, self.count - 1)
+        _check_int("total_size", self.total_size, 1, MAX_BODY_BYTES)
+        _check_sha256("chunk_sha256", self.chunk_sha256)
+
+
+Message = Union[DeviceState, Task, Update, Ack, BlobRequest, BlobChunk]
+_M = TypeVar("_M", bound=Message)
+
+
+def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
+    if isinstance(message, Update):
+        header = {
+            "round": message.round,
+            "device_id": message.device_id,
+            "base_model_id": message.base_model_id,
+            "num_samples": message.num_samples,
+            "train_loss": message.train_loss,
+            "train_accuracy": message.train_accuracy,
+        }
+        return header, encode_tensors(message.delta)
+    if isinstance(message, BlobChunk):
+        header = {
+            "blob_id": message.blob_id,
+            "index": message.index,
+            "count": message.count,
+            "total_size": message.total_size,
+            "chunk_sha256": message.chunk_sha256,
+        }
+        return header, message.data
+    if isinstance(message, Task):
+        header = {
+            "round": message.round,
+            "device_id": message.device_id,
+            "model_name": message.model_name,
+            "model_id": message.model_id,
+            "model_size": message.model_size,
+            "config": message.config.to_json(),
+        }
+        return header, b""
+    header = {f.name: getattr(message, f.name) for f in fields(message)}
+    if isinstance(message, BlobRequest):
+        header["chunks"] = list(message.chunks)
+    if isinstance(message, DeviceState) and message.label_counts is not None:
+        header["label_counts"] = list(message.label_counts)
+    return header, b""
+
+
+def encode_message(message: Message) -> bytes:
+    """Frame a message for the wire."""
+    header, body = _header_and_body(message)
+    header["type"] = message.TYPE
+    header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    return _PREFIX.pack(_MAGIC, PROTOCOL_VERSION, len(header_bytes)) + header_bytes + body
+
+
+def _build(kind: str, header: dict[str, Any], body: bytes) -> Message:
+    if kind == "update":
+        return Update(**header, delta=decode_tensors(body))
+    if kind == "blob-chunk":
+        return BlobChunk(**header, data=body)
+    if body:
+        raise ProtocolError("bad-frame", f"message {kind!r} carries no body")
+    if kind == "task":
+        return Task(**{**header, "config": TrainConfig.from_json(header.get("config"))})
+    if kind == "blob-req":
+        return BlobRequest(blob_id=header.get("blob_id"), chunks=tuple(_as_list(header.get("chunks", []))))  # type: ignore[arg-type]
+    if kind == "state":
+        counts = header.get("label_counts")
+        return DeviceState(**{**header, "label_counts": None if counts is None else tuple(_as_list(counts))})
+    if kind == "ack":
+        return Ack(**header)
+    raise ProtocolError("unknown-type", repr(kind)[:80])
+
+
+def _as_list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail("expected a list")
+    return value
+
+
+def decode_message(payload: bytes, expect: type[_M] | None = None) -> _M:
+    """Decode one frame into its typed message, or raise :class:`ProtocolError`."""
+    if len(payload) < _PREFIX.size:
+        raise ProtocolError("bad-frame", f"{len(payload)} bytes is shorter than a frame header")
+    magic, version, header_len = _PREFIX.unpack_from(payload)
+    if magic != _MAGIC:
+        raise ProtocolError("bad-frame", "no GFL magic")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("bad-version", f"protocol version {version}, this build speaks {PROTOCOL_VERSION}")
+    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
+        raise ProtocolError("bad-frame", f"declared header of {header_len} bytes does not fit")
+    if len(payload) - _PREFIX.size - header_len > MAX_BODY_BYTES:
+        raise ProtocolError("bad-frame", "body too large")
+    try:
+        header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError("bad-frame", f"header is not JSON ({exc})") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolError("bad-frame", "header must be an object with a type")
+    kind = header.pop("type")
+    body = bytes(payload[_PREFIX.size + header_len :])
+    try:
+        message = _build(kind, header, body)
+    except TypeError as exc:  # missing or unexpected keyword from a hostile header
+        raise ProtocolError("bad-field", f"{kind}: {exc}") from exc
+    if expect is not None and not isinstance(message, expect):
+        raise ProtocolError("unexpected-type", f"expected {expect.TYPE}, got {kind}")
+    return message  # type: ignore[return-value]
+
+
+def to_mapping(message: Message) -> Mapping[str, Any]:
+    """Header fields of a message, for logs (never includes tensor or chunk bytes)."""
+    return _header_and_body(message)[0]
