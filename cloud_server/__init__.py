@@ -26,5 +26,6 @@ __all__ = [
     "plot_curve",
     "run_simulation",
     "weighted_average",
+    "write_outputs",
 ]
 __version__ = "0.1.0"

@@ -35,7 +35,9 @@ def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
         raise ValueError("weights must sum to a positive number")
     result = {}
     for name in states[0]:
-        acc = sum(np.asarray(s[name], dtype=np.float64) * w for s, w in zip(states, weights))
+        acc = np.zeros(np.shape(states[0][name]), dtype=np.float64)
+        for state, weight in zip(states, weights):
+            acc += np.asarray(state[name], dtype=np.float64) * weight
         result[name] = (acc / total).astype(states[0][name].dtype)
     return result
 

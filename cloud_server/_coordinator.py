@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol import (
+    DEFAULT_CHUNK_SIZE,
     Ack,
     BlobRequest,
     BlobStore,
@@ -26,15 +27,14 @@ from protocol import (
     Task,
     TensorDict,
     Topics,
-    Transport,
     TrainConfig,
+    Transport,
     Update,
     decode_message,
     encode_message,
     encode_tensors,
     iter_chunks,
 )
-from protocol import DEFAULT_CHUNK_SIZE
 
 from ._aggregation import WeightedDeltaSum
 from ._strategy import Strategy
@@ -251,7 +251,12 @@ class Coordinator:
             self._global_blob = encode_tensors(self.global_state, {"model": self.config.model_name})
             self.global_id = self._store.put(self._global_blob)
         else:
-            log.warning("round %d: %d updates < min devices %d; model unchanged", current.number, accepted, self.config.min_devices)
+            log.warning(
+                "round %d: %d updates < min devices %d; model unchanged",
+                current.number,
+                accepted,
+                self.config.min_devices,
+            )
         if timed_out:
             missing = sorted(set(current.configs) - current.accepted)
             log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
@@ -269,7 +274,13 @@ class Coordinator:
         )
         self._open = None
         self.results.append(result)
-        log.info("round %d closed: %d/%d updates, accuracy %s", current.number, accepted, len(current.configs), result.accuracy)
+        log.info(
+            "round %d closed: %d/%d updates, accuracy %s",
+            current.number,
+            accepted,
+            len(current.configs),
+            result.accuracy,
+        )
         if self._on_round_closed is not None:
             self._on_round_closed(result)
         self.tick()

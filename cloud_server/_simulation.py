@@ -46,6 +46,7 @@ class SimulationConfig:
     model: str | None = None
     train_subset: int | None = None  # use only this many training samples (CPU benchmarks)
     fleet: str = "sim"
+    torch_device: str = "cpu"  # where simulated devices train: cpu, cuda or auto
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -94,8 +95,20 @@ def _subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     order = rng.permutation(len(labels))
     per_class = {int(c): order[labels[order] == c] for c in np.unique(labels)}
     share = size / len(labels)
-    picked = [members[: max(1, int(round(len(members) * share)))] for members in per_class.values()]
+    picked = [members[: max(1, round(len(members) * share))] for members in per_class.values()]
     return np.sort(np.concatenate(picked))
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--torch-device cuda asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"torch device must be cpu, cuda or auto, got {name!r}")
+    return name
 
 
 def run_simulation(config: SimulationConfig, hooks: SimulationHooks = SimulationHooks()) -> SimulationResult:
@@ -128,10 +141,12 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         ),
     )
     test = dataset.test
-    eval_model = models.build_model(model_name)
+    torch_device = _resolve_device(config.torch_device)
+    eval_model = models.build_model(model_name).to(torch_device)
 
     def evaluate(state: TensorDict) -> tuple[float, float]:
-        models.load_state(eval_model, state)
+        models.load_state(eval_model.cpu(), state)
+        eval_model.to(torch_device)
         result = models.evaluate(eval_model, test.images, test.labels)
         return result.loss, result.accuracy
 
@@ -155,7 +170,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     for index, part in enumerate(parts):
         device_id = f"device-{index:03d}"
         shard = train.subset(part)
-        runner = InProcessRunner(device_id, shard, on_trained=hooks.on_device_trained)
+        runner = InProcessRunner(device_id, shard, on_trained=hooks.on_device_trained, torch_device=torch_device)
         agents.append(AgentCore(device_id, topics, bus.connect(), BlobStore(), runner, num_samples=len(shard)))
     coordinator.start()
     for agent in agents:
@@ -181,7 +196,11 @@ def write_outputs(result: SimulationResult, out: Path) -> dict[str, Path]:
     paths = {"metrics": out / "metrics.json", "curve": out / "curve.png", "model": out / "model.safetensors"}
     paths["metrics"].write_text(json.dumps(result.metrics(), indent=2) + "\n")
     paths["model"].write_bytes(encode_tensors(result.final_state, {"model": result.model_name}))
-    plot_curve({result.config.strategy: [r.accuracy or 0.0 for r in result.rounds]}, paths["curve"], title=result.config.dataset)
+    plot_curve(
+        {result.config.strategy: [r.accuracy or 0.0 for r in result.rounds]},
+        paths["curve"],
+        title=result.config.dataset,
+    )
     return paths
 
 

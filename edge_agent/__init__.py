@@ -7,6 +7,7 @@ training code loads torch when it first runs.
 from ._agent import AgentCore, TrainingDone, TrainingRunner
 from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset
 from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
+from ._report import histogram_table
 from ._runner import InProcessRunner, run_task
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "TrainingRunner",
     "check_fits_model",
     "dirichlet_partition",
+    "histogram_table",
     "label_histogram",
     "load_dataset",
     "partition_labels",

@@ -113,11 +113,9 @@ class AgentCore:
         if self.store.has(task.model_id):
             self._train(task)
             return
-        self._request_blob(task.model_id, self._assembler.missing() if self._resuming(task.model_id) else ())
-
-    def _resuming(self, blob_id: str) -> bool:
-        """True when chunks of ``blob_id`` already arrived (this run or, on disk, an earlier one)."""
-        return self._assembler is not None and self._assembler.blob_id == blob_id and bool(self._assembler.missing())
+        assembler = self._assembler
+        resuming = assembler is not None and assembler.blob_id == task.model_id
+        self._request_blob(task.model_id, assembler.missing() if assembler is not None and resuming else ())
 
     def _request_blob(self, blob_id: str, chunks: tuple[int, ...]) -> None:
         request = BlobRequest(blob_id=blob_id, chunks=chunks)

@@ -90,7 +90,7 @@ def _split(arrays: LabeledArrays, seed: int = 0) -> tuple[LabeledArrays, Labeled
     test_index: list[np.ndarray] = []
     for label in np.unique(arrays.labels):
         members = rng.permutation(np.flatnonzero(arrays.labels == label))
-        test_index.append(members[: int(round(len(members) * _TEST_SHARE))])
+        test_index.append(members[: round(len(members) * _TEST_SHARE)])
     test = np.sort(np.concatenate(test_index)) if test_index else np.array([], dtype=np.int64)
     train = np.setdiff1d(np.arange(len(arrays)), test)
     return arrays.subset(train), arrays.subset(test)
@@ -149,7 +149,11 @@ def _classify(paths: Iterable[str]) -> list[_Entry]:
     entries = []
     for raw in paths:
         parts = PurePosixPath(raw).parts
-        if not parts or PurePosixPath(raw).suffix.lower() not in IMAGE_SUFFIXES or any(p.startswith(".") for p in parts):
+        if (
+            not parts
+            or PurePosixPath(raw).suffix.lower() not in IMAGE_SUFFIXES
+            or any(p.startswith(".") for p in parts)
+        ):
             continue
         if len(parts) == 3 and parts[0] in ("train", "test"):
             entries.append(_Entry(parts[0], parts[1], raw))

@@ -16,12 +16,12 @@ from ._data import LabeledArrays
 __all__ = ["InProcessRunner"]
 
 
-def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays) -> Update:
+def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays, torch_device: str = "cpu") -> Update:
     """Decode the global model, train on ``data``, and build the update message."""
     from ._training import train_local  # torch lives behind this import
 
     global_state = decode_tensors(model_blob)
-    result = train_local(task.model_name, global_state, data, task.config)
+    result = train_local(task.model_name, global_state, data, task.config, torch_device)
     return Update(
         round=task.round,
         device_id=device_id,
@@ -34,14 +34,21 @@ def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays)
 
 
 class InProcessRunner:
-    def __init__(self, device_id: str, data: LabeledArrays, on_trained: Callable[[Task], None] | None = None) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        data: LabeledArrays,
+        on_trained: Callable[[Task], None] | None = None,
+        torch_device: str = "cpu",
+    ) -> None:
         self.device_id = device_id
         self.data = data
+        self.torch_device = torch_device
         self._on_trained = on_trained
 
     def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
         try:
-            update = run_task(task, model_blob, self.device_id, self.data)
+            update = run_task(task, model_blob, self.device_id, self.data, self.torch_device)
         except (ModelError, ProtocolError) as exc:
             done(task, f"{type(exc).__name__}: {exc}")
             return

@@ -32,7 +32,9 @@ def _torch_seed(seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"torch|{seed}".encode()).digest()[:8], "little") >> 1
 
 
-def train_local(model_name: str, global_state: TensorDict, data: LabeledArrays, config: TrainConfig) -> LocalResult:
+def train_local(
+    model_name: str, global_state: TensorDict, data: LabeledArrays, config: TrainConfig, device: str = "cpu"
+) -> LocalResult:
     """Train ``config.local_epochs`` epochs from ``global_state`` on ``data``.
 
     Everything random (shuffling, dropout) derives from ``config.seed``, which
@@ -40,6 +42,12 @@ def train_local(model_name: str, global_state: TensorDict, data: LabeledArrays, 
     """
     model = models.build_model(model_name)
     models.load_state(model, global_state)
+    model.to(device)
+    images: np.ndarray | torch.Tensor = data.images
+    labels: np.ndarray | torch.Tensor = data.labels
+    if device != "cpu":  # keep the shard on the accelerator as uint8: one copy per round
+        images = torch.from_numpy(data.images).to(device)
+        labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -51,14 +59,14 @@ def train_local(model_name: str, global_state: TensorDict, data: LabeledArrays, 
         for _ in range(config.local_epochs):
             result = models.train_one_epoch(
                 model,
-                data.images,
-                data.labels,
+                images,
+                labels,
                 optimizer,
                 batch_size=config.batch_size,
                 rng=rng,
                 prox_mu=config.prox_mu,
                 anchor=anchor,
             )
-    trained = models.model_state(model)
+    trained = models.model_state(model.cpu())
     delta = {name: trained[name] - global_state[name] for name in trained}
     return LocalResult(delta=delta, num_samples=len(data), loss=result.loss, accuracy=result.accuracy)

@@ -13,6 +13,9 @@ class Normalize(nn.Module):
     ONNX export) but not of the state dict, so they never travel.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)

@@ -31,8 +31,8 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(
     model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
     optimizer: torch.optim.Optimizer,
     *,
     batch_size: int,
@@ -44,17 +44,23 @@ def train_one_epoch(
 
     With ``prox_mu > 0`` adds FedProx's ``mu/2 * ||w - anchor||^2`` to the loss,
     ``anchor`` being the round's global parameters in ``model.parameters()`` order.
+    Images may be numpy arrays (CPU) or uint8 tensors already on the model's device.
     """
     model.train()
     order = rng.permutation(len(labels))
-    total_loss, correct, seen = 0.0, 0, 0
-    targets_all = torch.from_numpy(labels.astype(np.int64))
+    device = next(model.parameters()).device
+    seen = 0
+    # Summed as tensors: a float() per batch would stall a GPU at every step.
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), dtype=torch.int64, device=device)
+    targets_all = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(labels.astype(np.int64))
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         if len(index) < 2:  # BatchNorm needs two samples to estimate a variance
             continue
-        inputs = to_float(images[index])
-        targets = targets_all[index]
+        batch = torch.from_numpy(index).to(images.device) if isinstance(images, torch.Tensor) else index
+        inputs = to_float(images[batch])
+        targets = targets_all[batch]
         logits = model(inputs)
         loss = F.cross_entropy(logits, targets)
         if prox_mu > 0.0 and anchor is not None:
@@ -63,16 +69,23 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach()) * len(index)
-        correct += int((logits.argmax(1) == targets).sum())
+        loss_sum += loss.detach() * len(index)
+        correct_sum += (logits.argmax(1) == targets).sum()
         seen += len(index)
-    return EpochResult(loss=total_loss / max(seen, 1), accuracy=correct / max(seen, 1), samples=seen)
+    if seen == 0:
+        return EpochResult(loss=0.0, accuracy=0.0, samples=0)
+    return EpochResult(loss=float(loss_sum) / seen, accuracy=int(correct_sum) / seen, samples=seen)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Logits on the CPU for uint8 images, computed on whichever device the model is on."""
     model.eval()
-    outputs = [model(to_float(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
+    device = next(model.parameters()).device
+    outputs = [
+        model(to_float(images[start : start + batch_size]).to(device)).cpu()
+        for start in range(0, len(images), batch_size)
+    ]
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -59,7 +59,8 @@ class InMemoryBus:
 
     def __init__(self) -> None:
         self._endpoints: list[InMemoryTransport] = []
-        self._queue: deque[tuple[str, bytes]] = deque()
+        # (topic, payload, only_to): retained messages replayed on subscribe go to the subscriber alone
+        self._queue: deque[tuple[str, bytes, InMemoryTransport | None]] = deque()
         self._retained: dict[str, bytes] = {}
 
     def connect(self) -> InMemoryTransport:
@@ -70,19 +71,19 @@ class InMemoryBus:
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         if retain:
             self._retained[topic] = payload
-        self._queue.append((topic, payload))
+        self._queue.append((topic, payload, None))
 
     def _subscribed(self, endpoint: InMemoryTransport, topic_filter: str) -> None:
         for topic, payload in sorted(self._retained.items()):
             if topic_matches(topic_filter, topic):
-                self._queue.append((topic, payload))
+                self._queue.append((topic, payload, endpoint))
 
     def drain(self, max_messages: int = 10_000_000) -> int:
         """Deliver queued messages (and those they cause) until the queue is empty."""
         delivered = 0
         while self._queue and delivered < max_messages:
-            topic, payload = self._queue.popleft()
-            for endpoint in self._endpoints:
+            topic, payload, only_to = self._queue.popleft()
+            for endpoint in self._endpoints if only_to is None else [only_to]:
                 if any(topic_matches(f, topic) for f in endpoint.filters):
                     endpoint._deliver(topic, payload)
             delivered += 1

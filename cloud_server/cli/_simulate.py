@@ -10,22 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cloud_server._coordinator import RoundResult
 from cloud_server._simulation import SimulationConfig, SimulationHooks, run_simulation, write_outputs
+from edge_agent import histogram_table
 
 from ._errors import exit_on_error
 
 console = Console(stderr=True)
-
-
-def _histogram_table(result) -> Table:  # type: ignore[no-untyped-def]
-    table = Table(title="samples per device and class", show_lines=False)
-    table.add_column("device")
-    for name in result.classes:
-        table.add_column(name[:8], justify="right")
-    table.add_column("total", justify="right")
-    for index, row in enumerate(result.histogram):
-        table.add_row(f"device-{index:03d}", *[str(int(v)) if v else "." for v in row], str(int(row.sum())))
-    return table
 
 
 def simulate(
@@ -45,6 +36,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed for partitions, initial model and training.")] = 0,
     model: Annotated[Optional[str], typer.Option(help="Model from the registry (default: by data set).")] = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a stratified subset of this size.")] = None,
+    torch_device: Annotated[str, typer.Option(help="Where simulated devices train: cpu, cuda or auto.")] = "cpu",
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
@@ -70,6 +62,7 @@ def simulate(
             seed=seed,
             model=model,
             train_subset=train_subset,
+            torch_device=torch_device,
         )
         rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
         for column in ("round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"):
@@ -88,7 +81,7 @@ def simulate(
             def opened(number: int, picked: int) -> None:
                 progress.reset(bar, total=picked, round=number)
 
-            def closed(result) -> None:  # type: ignore[no-untyped-def]
+            def closed(result: RoundResult) -> None:
                 accuracy = "-" if result.accuracy is None else f"{result.accuracy:.4f}"
                 loss = "-" if result.loss is None else f"{result.loss:.4f}"
                 rows.add_row(
@@ -105,7 +98,7 @@ def simulate(
                 on_round_closed=closed,
             )
             result = run_simulation(config, hooks)
-        console.print(_histogram_table(result))
+        console.print(histogram_table(result.classes, result.histogram, "samples per device and class"))
         console.print(rows)
         paths = write_outputs(result, out)
         console.print(

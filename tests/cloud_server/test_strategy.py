@@ -1,0 +1,33 @@
+import pytest
+
+from cloud_server import FedAvg, FedProx, StrategyConfig, derive_seed, make_strategy
+from protocol import ConfigError
+
+
+def test_fedavg_picks_everyone_with_per_device_seeds() -> None:
+    configs = FedAvg(StrategyConfig(seed=1)).configure_round(3, ["b", "a", "c"])
+    assert list(configs) == ["a", "b", "c"]
+    assert len({c.seed for c in configs.values()}) == 3
+    assert all(c.prox_mu == 0.0 for c in configs.values())
+    assert configs["a"].seed == derive_seed("train", 1, 3, "a")
+
+
+def test_fraction_samples_reproducibly() -> None:
+    strategy = FedAvg(StrategyConfig(fraction=0.3, seed=5))
+    devices = [f"d{i}" for i in range(10)]
+    first = strategy.select(2, devices)
+    assert len(first) == 3
+    assert strategy.select(2, list(reversed(devices))) == first
+    assert any(strategy.select(r, devices) != first for r in range(3, 10))
+
+
+def test_fedprox_sends_mu() -> None:
+    configs = FedProx(StrategyConfig(prox_mu=0.1)).configure_round(1, ["a"])
+    assert configs["a"].prox_mu == pytest.approx(0.1)
+
+
+def test_unknown_strategy_and_bad_fraction_fail_clearly() -> None:
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        make_strategy("fedmagic", StrategyConfig())
+    with pytest.raises(ConfigError, match="fraction"):
+        StrategyConfig(fraction=0.0)

@@ -1,0 +1,45 @@
+import pytest
+
+from protocol import ConfigError, InMemoryBus, ProtocolError, Topics, topic_matches
+
+
+def test_topic_layout_confines_each_device_to_its_subtree() -> None:
+    topics = Topics("fleet-a")
+    assert topics.device("dev-1", "update") == "genfl/fleet-a/devices/dev-1/update"
+    assert topic_matches(topics.all_devices("update"), "genfl/fleet-a/devices/dev-9/update")
+    assert not topic_matches(topics.all_devices("update"), "genfl/fleet-b/devices/dev-9/update")
+    parsed = topics.parse("genfl/fleet-a/devices/dev-1/blob/req")
+    assert (parsed.device_id, parsed.channel) == ("dev-1", "blob/req")
+
+
+@pytest.mark.parametrize("topic", ["genfl/other/devices/d/update", "genfl/fleet-a/devices/d/nope", "x"])
+def test_unknown_topics_are_rejected(topic: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        Topics("fleet-a").parse(topic)
+    assert info.value.reason == "unknown-topic"
+
+
+def test_names_with_wildcards_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        Topics("a/+")
+
+
+def test_in_memory_bus_delivers_in_order_and_counts_bytes() -> None:
+    bus = InMemoryBus()
+    sender, receiver = bus.connect(), bus.connect()
+    got: list[tuple[str, bytes]] = []
+    receiver.set_handler(lambda t, p: got.append((t, p)))
+    receiver.subscribe("a/+/c")
+    sender.publish("a/1/c", b"one")
+    sender.publish("a/2/d", b"ignored")
+    sender.publish("a/3/c", b"three", retain=True)
+    assert bus.drain() == 3
+    late = bus.connect()
+    late_got: list[str] = []
+    late.set_handler(lambda t, p: late_got.append(t))
+    late.subscribe("a/#")
+    bus.drain()
+    assert got == [("a/1/c", b"one"), ("a/3/c", b"three")]
+    assert late_got == ["a/3/c"]  # retained
+    assert sender.bytes_sent == 3 + 7 + 5
+    assert receiver.bytes_received == 8
