@@ -18,7 +18,22 @@ import numpy as np
 
 import models
 from edge_agent import AgentCore, InProcessRunner, check_fits_model, label_histogram, load_dataset, partition_labels
-from protocol import BlobStore, ConfigError, GenflError, InMemoryBus, Task, TensorDict, Topics, encode_tensors
+from protocol import (
+    BlobStore,
+    BrokerAddress,
+    ConfigError,
+    DeviceState,
+    GenflError,
+    InMemoryBus,
+    MqttTransport,
+    Task,
+    TensorDict,
+    Topics,
+    Transport,
+    Will,
+    encode_message,
+    encode_tensors,
+)
 
 from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
 from ._strategy import StrategyConfig, make_strategy
@@ -47,6 +62,9 @@ class SimulationConfig:
     train_subset: int | None = None  # use only this many training samples (CPU benchmarks)
     fleet: str = "sim"
     torch_device: str = "cpu"  # where simulated devices train: cpu, cuda or auto
+    transport: str = "local"  # local (in-memory) or mqtt
+    broker: str = "mqtt://127.0.0.1:1883"
+    round_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -55,6 +73,8 @@ class SimulationConfig:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.train_subset is not None and self.train_subset < self.devices:
             raise ConfigError("train subset must hold at least one sample per device")
+        if self.transport not in ("local", "mqtt"):
+            raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,54 @@ def _subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     share = size / len(labels)
     picked = [members[: max(1, round(len(members) * share))] for members in per_class.values()]
     return np.sort(np.concatenate(picked))
+
+
+def _offline(device_id: str) -> bytes:
+    return encode_message(DeviceState(device_id=device_id, state="offline"))
+
+
+class _Network:
+    """The simulation's transports: one in-memory bus, or one MQTT connection per participant."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.config = config
+        self.bus = InMemoryBus() if config.transport == "local" else None
+        self.endpoints: list[MqttTransport] = []
+
+    def endpoint(self, name: str, will: Will | None = None) -> Transport:
+        if self.bus is not None:
+            return self.bus.connect()
+        transport = MqttTransport(
+            BrokerAddress.parse(self.config.broker), f"{self.config.fleet}-{name}", will=will, session_expiry_s=0
+        )
+        transport.connect()
+        self.endpoints.append(transport)
+        return transport
+
+    def run_until(self, done: Callable[[], bool], coordinator: Coordinator) -> None:
+        if self.bus is not None:
+            while not done():
+                if self.bus.drain() == 0:
+                    raise GenflError(f"simulation stalled in round {coordinator.round_number}: nothing to deliver")
+            return
+        idle_since = time.monotonic()
+        while not done():
+            moved = sum(t.poll(0.0) for t in self.endpoints)
+            coordinator.tick()
+            if moved:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.config.round_timeout_s + 30:
+                raise GenflError(f"simulation stalled in round {coordinator.round_number}: no traffic")
+            else:
+                time.sleep(0.002)
+
+    def close(self, retained_topics: list[str]) -> None:
+        """Disconnect; clear the retained device states so a shared broker keeps nothing of the run."""
+        if self.endpoints:
+            for topic in retained_topics:
+                self.endpoints[0].publish(topic, b"", retain=True)
+        for transport in self.endpoints:
+            transport.close()
 
 
 def _resolve_device(name: str) -> str:
@@ -154,12 +222,18 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         if hooks.on_round_closed:
             hooks.on_round_closed(result)
 
-    bus = InMemoryBus()
+    network = _Network(config)
     initial = models.model_state(models.build_model(model_name, seed=config.seed))
     coordinator = Coordinator(
-        CoordinatorConfig(fleet=config.fleet, model_name=model_name, rounds=config.rounds, min_devices=config.devices),
+        CoordinatorConfig(
+            fleet=config.fleet,
+            model_name=model_name,
+            rounds=config.rounds,
+            min_devices=config.devices,
+            round_timeout_s=config.round_timeout_s,
+        ),
         strategy,
-        bus.connect(),
+        network.endpoint("coordinator"),
         initial,
         evaluator=evaluate,
         on_round_closed=round_closed,
@@ -171,13 +245,15 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         device_id = f"device-{index:03d}"
         shard = train.subset(part)
         runner = InProcessRunner(device_id, shard, on_trained=hooks.on_device_trained, torch_device=torch_device)
-        agents.append(AgentCore(device_id, topics, bus.connect(), BlobStore(), runner, num_samples=len(shard)))
-    coordinator.start()
-    for agent in agents:
-        agent.start()
-    while not coordinator.finished:
-        if bus.drain() == 0:
-            raise GenflError(f"simulation stalled in round {coordinator.round_number}: no message left to deliver")
+        endpoint = network.endpoint(device_id, will=Will(topics.device(device_id, "state"), _offline(device_id)))
+        agents.append(AgentCore(device_id, topics, endpoint, BlobStore(), runner, num_samples=len(shard)))
+    try:
+        coordinator.start()
+        for agent in agents:
+            agent.start()
+        network.run_until(lambda: coordinator.finished, coordinator)
+    finally:
+        network.close([topics.device(a.device_id, "state") for a in agents])
     histogram = label_histogram(train.labels, parts, dataset.num_classes)
     return SimulationResult(
         config=config,

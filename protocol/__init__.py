@@ -18,6 +18,7 @@ from ._messages import (
     decode_message,
     encode_message,
 )
+from ._mqtt import BrokerAddress, MqttTransport, Will
 from ._tensors import TensorDict, blob_id, decode_tensors, encode_tensors
 from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
 from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
@@ -31,6 +32,7 @@ __all__ = [
     "BlobChunk",
     "BlobRequest",
     "BlobStore",
+    "BrokerAddress",
     "ConfigError",
     "DataError",
     "DeviceState",
@@ -40,6 +42,7 @@ __all__ = [
     "Message",
     "MessageHandler",
     "ModelError",
+    "MqttTransport",
     "ParsedTopic",
     "ProtocolError",
     "Task",
@@ -49,6 +52,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "Update",
+    "Will",
     "blob_id",
     "chunk_count",
     "decode_message",

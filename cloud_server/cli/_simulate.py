@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,6 +38,8 @@ def simulate(
     model: Annotated[Optional[str], typer.Option(help="Model from the registry (default: by data set).")] = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a stratified subset of this size.")] = None,
     torch_device: Annotated[str, typer.Option(help="Where simulated devices train: cpu, cuda or auto.")] = "cpu",
+    transport: Annotated[str, typer.Option(help="local (in-memory) or mqtt (a connection per device).")] = "local",
+    broker: Annotated[str, typer.Option(help="Broker URL for --transport mqtt.")] = "mqtt://127.0.0.1:1883",
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
@@ -63,6 +66,9 @@ def simulate(
             model=model,
             train_subset=train_subset,
             torch_device=torch_device,
+            transport=transport,
+            broker=broker,
+            fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
         rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
         for column in ("round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"):

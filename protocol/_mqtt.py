@@ -1,0 +1,199 @@
+"""The MQTT transport: the only module that imports paho.
+
+Both sides use this one wrapper (the transport seam lives in ``protocol``).
+paho runs its network loop in a thread of its own; messages are put on a
+queue there and handed to the handler by :meth:`MqttTransport.poll` in the
+caller's thread, so the coordinator and the agent stay single-threaded.
+
+paho quirks handled here:
+
+* ``Client`` needs ``CallbackAPIVersion.VERSION2`` or it warns (VERSION1 is
+  deprecated) and passes different callback arguments for MQTT 3 and 5.
+* ``connect`` returns before the CONNACK: we wait for ``on_connect`` and turn a
+  refusal (bad credentials, not authorised) into :class:`TransportError`.
+* After an automatic reconnect the broker may have dropped the session (clean
+  start, expired), so every subscription is renewed in ``on_connect``.
+* ``publish`` while disconnected queues the message in paho; it is sent after
+  the reconnect (QoS 1), so a short outage loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ._errors import ConfigError, TransportError
+from ._transport import Transport
+
+__all__ = ["BrokerAddress", "MqttTransport", "Will"]
+
+log = logging.getLogger("genfl.mqtt")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"broker URL must look like mqtt://HOST:PORT or mqtts://HOST:PORT, got {url!r}")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ConfigError(f"bad port in broker URL {url!r}") from exc
+        return cls(parts.hostname, port, tls)
+
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for us if we vanish."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttTransport(Transport):
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        session_expiry_s: int = 3600,
+        keepalive_s: int = 30,
+        max_inflight: int = 64,
+    ) -> None:
+        super().__init__()
+        self.address = address
+        self.client_id = client_id
+        self._session_expiry_s = session_expiry_s
+        self._keepalive_s = keepalive_s
+        self._filters: list[str] = []
+        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self._lock = threading.Lock()
+        self._last_publish: paho.MQTTMessageInfo | None = None
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # -- paho callbacks (paho's thread) -----------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            self._connected.set()  # wake connect(), which raises
+            return
+        with self._lock:
+            filters = list(self._filters)
+        for topic_filter in filters:
+            client.subscribe(topic_filter, qos=1)
+        self._refused = None
+        self._connected.set()
+        log.info("connected to %s as %s", self.address.url(), self.client_id)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        self._connected.clear()
+        if reason_code != 0:
+            log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        self._inbox.put((message.topic, bytes(message.payload)))
+
+    # -- Transport ---------------------------------------------------------------------------
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect (persistent session) and start paho's network thread."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self._session_expiry_s
+        try:
+            self._client.connect(
+                self.address.host,
+                self.address.port,
+                keepalive=self._keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        except OSError as exc:
+            raise TransportError(f"cannot reach the broker at {self.address.url()}: {exc}") from exc
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self.close()
+            raise TransportError(f"no answer from the broker at {self.address.url()} within {timeout_s:.0f} s")
+        if self._refused is not None:
+            reason = self._refused
+            self.close()
+            raise TransportError(f"the broker at {self.address.url()} refused {self.client_id}: {reason}")
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set() and self._refused is None
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.bytes_sent += len(payload)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        self._last_publish = info
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: queued for the reconnect
+            raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+
+    def subscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._filters.append(topic_filter)
+        if self._connected.is_set():
+            self._client.subscribe(topic_filter, qos=1)
+
+    def poll(self, timeout_s: float = 0.1) -> int:
+        """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""
+        delivered = 0
+        try:
+            topic, payload = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return 0
+        while True:
+            self._deliver(topic, payload)
+            delivered += 1
+            try:
+                topic, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return delivered
+
+    def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Send what is queued, disconnect cleanly (no will) and stop the network thread."""
+        last = self._last_publish
+        if last is not None and self._connected.is_set():
+            # In order: the last one acknowledged means all were. If the connection went away
+            # meanwhile paho raises; there is nothing more to flush then.
+            with contextlib.suppress(RuntimeError, ValueError):
+                last.wait_for_publish(flush_timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()

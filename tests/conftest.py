@@ -1,0 +1,36 @@
+"""Shared fixtures: the machine's Mosquitto, and a fleet name no other run uses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+MOSQUITTO = ("127.0.0.1", 1883)
+
+
+def _answers(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mosquitto_url() -> str:
+    """mqtt:// URL of the machine's Mosquitto; skips (or fails under GENFL_REQUIRE_MOSQUITTO=1) without one."""
+    if not _answers(MOSQUITTO):
+        reason = f"no Mosquitto answering at {MOSQUITTO[0]}:{MOSQUITTO[1]}"
+        if os.environ.get("GENFL_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail(f"{reason}, and GENFL_REQUIRE_MOSQUITTO=1")
+        pytest.skip(reason)
+    return f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"
+
+
+@pytest.fixture
+def fleet() -> str:
+    """A random fleet prefix, so that runs sharing a broker never cross."""
+    return f"test-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,119 @@
+"""The MQTT transport against the machine's real Mosquitto."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_server import Coordinator, CoordinatorConfig, FedAvg, SimulationConfig, StrategyConfig, run_simulation
+from protocol import (
+    BlobChunk,
+    BrokerAddress,
+    ConfigError,
+    DeviceState,
+    MqttTransport,
+    Topics,
+    TransportError,
+    Update,
+    encode_message,
+    encode_tensors,
+    iter_chunks,
+)
+
+
+def _model_hash(result) -> str:  # type: ignore[no-untyped-def]
+    return hashlib.sha256(encode_tensors(result.final_state)).hexdigest()
+
+
+def test_same_seed_gives_a_bit_identical_model_over_mqtt_and_in_memory(mosquitto_url: str, fleet: str) -> None:
+    # Prepare
+    base = {"dataset": "digits", "devices": 10, "alpha": 0.5, "rounds": 3, "seed": 0}
+    # Execute
+    local = run_simulation(SimulationConfig(**base))
+    mqtt = run_simulation(SimulationConfig(**base, transport="mqtt", broker=mosquitto_url, fleet=fleet))
+    # Assert
+    assert _model_hash(mqtt) == _model_hash(local)
+    assert [r.accuracy for r in mqtt.rounds] == [r.accuracy for r in local.rounds]
+    assert [r.bytes_up for r in mqtt.rounds] == [r.bytes_up for r in local.rounds]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_broker_is_a_clear_transport_error() -> None:
+    transport = MqttTransport(BrokerAddress("127.0.0.1", _free_port()), "nobody")
+    with pytest.raises(TransportError, match="cannot reach the broker"):
+        transport.connect(timeout_s=2)
+    with pytest.raises(ConfigError, match="mqtt://HOST:PORT"):
+        BrokerAddress.parse("http://example")
+
+
+def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosquitto_url: str, fleet: str) -> None:
+    # Prepare: a coordinator over MQTT with one registered device, round 1 open
+    topics = Topics(fleet)
+    state = {"w": np.zeros(4, dtype=np.float32)}
+    transport = MqttTransport(BrokerAddress.parse(mosquitto_url), f"{fleet}-coordinator", session_expiry_s=0)
+    transport.connect()
+    coordinator = Coordinator(
+        CoordinatorConfig(fleet=fleet, model_name="toy", rounds=1, min_devices=1),
+        FedAvg(StrategyConfig()),
+        transport,
+        state,
+    )
+    coordinator.start()
+    attacker = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{fleet}-attacker", protocol=paho.MQTTv5)
+    attacker.connect("127.0.0.1", BrokerAddress.parse(mosquitto_url).port)
+    attacker.loop_start()
+    try:
+
+        def send(topic: str, payload: bytes, retain: bool = False) -> None:
+            attacker.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+        def pump(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                transport.poll(0.05)
+
+        hello = DeviceState(device_id="dev-a", state="online", num_samples=3)
+        send(topics.device("dev-a", "state"), encode_message(hello))
+        pump(1.0)
+        assert coordinator.round_number == 1
+        chunk = next(iter_chunks(b"x" * 5000, 1024))
+        bad_chunk = BlobChunk(chunk.blob_id, chunk.index, chunk.count, chunk.total_size, "0" * 64, chunk.data)
+        closed_round = Update(
+            round=7, device_id="dev-a", base_model_id=coordinator.global_id, num_samples=3,
+            train_loss=0.1, train_accuracy=0.5, delta={"w": np.ones(4, dtype=np.float32)},
+        )  # fmt: skip
+        # Execute: garbage, a truncated update, an update for a closed round, a message on the wrong channel
+        send(topics.device("dev-a", "update"), b"\x00garbage\xff" * 10)
+        send(topics.device("dev-a", "update"), encode_message(closed_round)[:-9])
+        send(topics.device("dev-a", "update"), encode_message(closed_round))
+        send(topics.device("dev-a", "blob/req"), encode_message(bad_chunk))
+        pump(1.5)
+        # Assert: each rejected and counted, the round still open and served
+        assert coordinator.rejected["bad-frame"] == 1
+        assert coordinator.rejected["bad-tensors"] == 1
+        assert coordinator.rejected["closed-round"] == 1
+        assert coordinator.rejected["unexpected-type"] == 1
+        good = Update(
+            round=1, device_id="dev-a", base_model_id=coordinator.global_id, num_samples=3,
+            train_loss=0.1, train_accuracy=0.5, delta={"w": np.ones(4, dtype=np.float32)},
+        )  # fmt: skip
+        send(topics.device("dev-a", "update"), encode_message(good))
+        pump(1.0)
+        assert coordinator.finished
+        np.testing.assert_array_equal(coordinator.global_state["w"], np.ones(4, dtype=np.float32))
+    finally:
+        send(topics.device("dev-a", "state"), b"", retain=True)
+        attacker.disconnect()
+        attacker.loop_stop()
+        transport.close()
