@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
@@ -333,8 +332,3 @@ def decode_message(payload: bytes, expect: type[_M] | None = None) -> _M:
     if expect is not None and not isinstance(message, expect):
         raise ProtocolError("unexpected-type", f"expected {expect.TYPE}, got {kind}")
     return message  # type: ignore[return-value]
-
-
-def to_mapping(message: Message) -> Mapping[str, Any]:
-    """Header fields of a message, for logs (never includes tensor or chunk bytes)."""
-    return _header_and_body(message)[0]

@@ -26,7 +26,7 @@ def mosquitto_url() -> str:
         reason = f"no Mosquitto answering at {MOSQUITTO[0]}:{MOSQUITTO[1]}"
         if os.environ.get("GENFL_REQUIRE_MOSQUITTO") == "1":
             pytest.fail(f"{reason}, and GENFL_REQUIRE_MOSQUITTO=1")
-        pytest.skip(reason)
+        pytest.skip(f"{reason}; GENFL_REQUIRE_MOSQUITTO=1 makes this a failure")
     return f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"
 
 
