@@ -3,18 +3,25 @@
 It keeps a registry of devices from their ``state`` messages, opens a round
 when enough are online, publishes one task per picked device, serves model
 blobs chunk by chunk, validates and accumulates updates as they arrive, and
-closes the round when every picked device answered or the deadline passed
-(with at least ``min_devices`` updates). Time comes from an injected clock,
-so tests and simulations drive it without sleeping.
+closes the round when every picked device answered (an update or a reported
+failure) or the deadline passed with at least ``min_devices`` updates.
+
+Every change is written to a :class:`~cloud_server._journal.Journal` before
+it is acknowledged, and a coordinator built on a journal that holds an open
+round resumes it. Time comes from an injected clock, so tests and
+simulations drive it without sleeping.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -23,6 +30,8 @@ from protocol import (
     BlobStore,
     ConfigError,
     DeviceState,
+    Failure,
+    GenflError,
     ProtocolError,
     Task,
     TensorDict,
@@ -31,12 +40,14 @@ from protocol import (
     Transport,
     Update,
     decode_message,
+    decode_tensors,
     encode_message,
     encode_tensors,
     iter_chunks,
 )
 
-from ._aggregation import WeightedDeltaSum
+from ._aggregation import WeightedDeltaSum, check_update_shapes
+from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
 from ._strategy import Strategy
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundResult"]
@@ -97,7 +108,16 @@ class _OpenRound:
     bytes_up_at_start: int
     bytes_down_at_start: int
     accepted: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
     train_loss_sum: float = 0.0
+
+    @property
+    def answered(self) -> set[str]:
+        return self.accepted | self.failed
+
+
+def _norm(delta: TensorDict) -> float:
+    return math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in delta.values()))
 
 
 class Coordinator:
@@ -113,6 +133,7 @@ class Coordinator:
         on_round_opened: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         store: BlobStore | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
         self.strategy = strategy
@@ -121,25 +142,55 @@ class Coordinator:
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.results: list[RoundResult] = []
-        self.global_state = initial_state
         self.round_number = 0
         self._store = store or BlobStore()
+        self._journal = journal or Journal()
         self._evaluator = evaluator
         self._on_round_closed = on_round_closed
         self._on_round_opened = on_round_opened
         self._clock = clock
         self._open: _OpenRound | None = None
-        self._global_blob = encode_tensors(initial_state, {"model": config.model_name})
-        self.global_id = self._store.put(self._global_blob)
+        self._set_global(initial_state)
+        resume = self._journal.resume()
+        if resume is None:
+            self._journal.start(config.model_name, config.fleet, self._global_blob)
+        else:
+            self._set_global(decode_tensors(resume.global_blob))
+            self.round_number = resume.round_number
+            if resume.open_round is not None:
+                self._restore(resume.open_round)
         transport.set_handler(self.on_message)
+
+    def _set_global(self, state: TensorDict) -> None:
+        self.global_state = state
+        self._global_blob = encode_tensors(state, {"model": self.config.model_name})
+        self.global_id = self._store.put(self._global_blob)
+
+    def _restore(self, record: OpenRoundRecord) -> None:
+        """Re-open a round from the journal, adding its accepted updates to a fresh accumulator."""
+        current = self._new_round(record.number, record.configs, record.started)
+        for update in record.accepted:
+            current.updates.add(decode_tensors(update.delta), update.num_samples)
+            current.accepted.add(update.device_id)
+            current.train_loss_sum += update.train_loss * update.num_samples
+        current.failed = set(record.failed)
+        self._open = current
+        log.info(
+            "resumed round %d: %d of %d updates already accepted",
+            record.number,
+            len(current.accepted),
+            len(record.configs),
+        )
 
     @property
     def finished(self) -> bool:
         return self.round_number >= self.config.rounds and self._open is None
 
     def start(self) -> None:
-        for channel in ("state", "update", "blob/req"):
-            self.transport.subscribe(self.topics.all_devices(channel))  # type: ignore[arg-type]
+        """Subscribe to the whole device tree: messages on unexpected topics are counted, not missed."""
+        self.transport.subscribe(f"{self.topics.root}/devices/#")
+        if self._open is not None:
+            self._publish_tasks(self._open, sorted(set(self._open.configs) - self._open.answered))
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -148,15 +199,23 @@ class Coordinator:
         try:
             parsed = self.topics.parse(topic)
             if parsed.channel == "state":
-                self._on_state(parsed.device_id, decode_message(payload, DeviceState))
+                if payload:  # an empty retained payload clears a state; nothing to register
+                    self._on_state(parsed.device_id, decode_message(payload, DeviceState))
             elif parsed.channel == "update":
-                self._on_update(parsed.device_id, decode_message(payload, Update))
+                message: Update | Failure = decode_message(payload, (Update, Failure))
+                if isinstance(message, Update):
+                    self._on_update(parsed.device_id, message)
+                else:
+                    self._on_failure(parsed.device_id, message)
             elif parsed.channel == "blob/req":
                 self._on_blob_request(parsed.device_id, decode_message(payload, BlobRequest))
+            elif parsed.channel in ("task", "ack", "blob/chunk"):
+                pass  # the server's own traffic to devices, seen through the wide subscription
             else:
                 raise ProtocolError("unexpected-channel", parsed.channel)
         except ProtocolError as exc:
             self.rejected[exc.reason] += 1
+            self._journal.rejected(exc.reason)
             log.warning("rejected a message on %s: %s", topic[:120], exc)
         self.tick()
 
@@ -170,6 +229,7 @@ class Coordinator:
         record.online = state.state == "online"
         record.num_samples = state.num_samples
         record.label_counts = state.label_counts
+        self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts)
 
     def _on_blob_request(self, device_id: str, request: BlobRequest) -> None:
         if not self._store.has(request.blob_id):
@@ -179,24 +239,63 @@ class Coordinator:
         for chunk in iter_chunks(data, self.config.chunk_size, request.chunks):
             self.transport.publish(topic, encode_message(chunk))
 
-    def _on_update(self, device_id: str, update: Update) -> None:
+    def _check_round(self, device_id: str, claimed_device: str, round_number: int) -> _OpenRound:
         current = self._open
-        if update.device_id != device_id:
-            raise ProtocolError("wrong-device", f"update for {update.device_id} on {device_id}'s topic")
-        if current is None or update.round != current.number:
-            raise ProtocolError("closed-round", f"update for round {update.round}")
+        if claimed_device != device_id:
+            raise ProtocolError("wrong-device", f"message for {claimed_device} on {device_id}'s topic")
+        if current is None or round_number != current.number:
+            raise ProtocolError("closed-round", f"round {round_number}")
         if device_id not in current.configs:
-            raise ProtocolError("not-selected", f"{device_id} was not picked for round {update.round}")
+            raise ProtocolError("not-selected", f"{device_id} was not picked for round {round_number}")
+        return current
+
+    def _on_update(self, device_id: str, update: Update) -> None:
+        try:
+            current = self._check_round(device_id, update.device_id, update.round)
+        except ProtocolError as exc:
+            if exc.reason in ("closed-round", "not-selected"):
+                # Tell the device, so that it drops an update it kept across an outage.
+                self._ack(device_id, update.round, False, exc.reason)
+            raise
         if device_id in current.accepted:
             self._ack(device_id, update.round, True, "duplicate")  # QoS 1 redelivery: ack again, count once
             return
         if update.base_model_id != self.global_id:
             raise ProtocolError("stale-base", f"update built on {update.base_model_id[:12]}")
+        check_update_shapes(self.global_state, update.delta)
+        probe = WeightedDeltaSum(self.global_state)
+        probe.add(update.delta, update.num_samples)  # range check before anything is written
+        record = AcceptedUpdate(
+            device_id=device_id,
+            num_samples=update.num_samples,
+            train_loss=update.train_loss,
+            train_accuracy=update.train_accuracy,
+            norm=_norm(update.delta),
+            delta=encode_tensors(update.delta),
+        )
+        try:
+            self._journal.update_accepted(update.round, record)
+        except GenflError as exc:
+            log.error("could not persist %s's update for round %d, not acknowledged: %s", device_id, update.round, exc)
+            return
         current.updates.add(update.delta, update.num_samples)
         current.accepted.add(device_id)
         current.train_loss_sum += update.train_loss * update.num_samples
-        self.devices[device_id].rounds += 1
+        if device_id in self.devices:
+            self.devices[device_id].rounds += 1
         self._ack(device_id, update.round, True)
+        log.info(
+            "round %d: update from %s accepted (%d samples, norm %.3g, %d/%d)",
+            update.round, device_id, update.num_samples, record.norm, len(current.accepted), len(current.configs),
+        )  # fmt: skip
+
+    def _on_failure(self, device_id: str, failure: Failure) -> None:
+        current = self._check_round(device_id, failure.device_id, failure.round)
+        if device_id in current.answered:
+            return
+        self._journal.failure_recorded(failure.round, device_id, failure.reason)
+        current.failed.add(device_id)
+        log.warning("round %d: %s reports a failed training: %s", failure.round, device_id, failure.reason[:300])
 
     def _ack(self, device_id: str, round_number: int, accepted: bool, reason: str = "") -> None:
         ack = Ack(round=round_number, device_id=device_id, accepted=accepted, reason=reason)
@@ -211,7 +310,7 @@ class Coordinator:
         """Open or close rounds as the registry and the clock say."""
         current = self._open
         if current is not None:
-            everyone = current.accepted == set(current.configs)
+            everyone = current.answered >= set(current.configs)
             late = self._clock() - current.started >= self.config.round_timeout_s
             if everyone or late:
                 self._close_round(current, timed_out=not everyone)
@@ -219,37 +318,43 @@ class Coordinator:
         if self.round_number < self.config.rounds and len(self.online_devices()) >= self.config.min_devices:
             self._open_round(self.round_number + 1)
 
-    def _open_round(self, number: int) -> None:
-        configs = self.strategy.configure_round(number, self.online_devices())
-        self._open = _OpenRound(
+    def _new_round(self, number: int, configs: dict[str, TrainConfig], started: float) -> _OpenRound:
+        return _OpenRound(
             number=number,
             configs=configs,
             updates=WeightedDeltaSum(self.global_state),
-            started=self._clock(),
+            started=started,
             bytes_up_at_start=self.transport.bytes_received,
             bytes_down_at_start=self.transport.bytes_sent,
         )
+
+    def _open_round(self, number: int) -> None:
+        configs = self.strategy.configure_round(number, self.online_devices())
+        current = self._new_round(number, configs, self._clock())
+        self._journal.round_opened(number, current.started, self.global_id, configs)
+        self._open = current
         self.round_number = number
         log.info("round %d: %d devices picked", number, len(configs))
         if self._on_round_opened is not None:
             self._on_round_opened(number, len(configs))
-        for device_id, train_config in configs.items():
+        self._publish_tasks(current, sorted(configs))
+
+    def _publish_tasks(self, current: _OpenRound, device_ids: list[str]) -> None:
+        for device_id in device_ids:
             task = Task(
-                round=number,
+                round=current.number,
                 device_id=device_id,
                 model_name=self.config.model_name,
                 model_id=self.global_id,
                 model_size=len(self._global_blob),
-                config=train_config,
+                config=current.configs[device_id],
             )
             self.transport.publish(self.topics.device(device_id, "task"), encode_message(task))
 
     def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
         accepted = len(current.accepted)
         if accepted >= self.config.min_devices:
-            self.global_state = self.strategy.aggregate_round(self.global_state, current.updates)
-            self._global_blob = encode_tensors(self.global_state, {"model": self.config.model_name})
-            self.global_id = self._store.put(self._global_blob)
+            self._set_global(self.strategy.aggregate_round(self.global_state, current.updates))
         else:
             log.warning(
                 "round %d: %d updates < min devices %d; model unchanged",
@@ -258,7 +363,7 @@ class Coordinator:
                 self.config.min_devices,
             )
         if timed_out:
-            missing = sorted(set(current.configs) - current.accepted)
+            missing = sorted(set(current.configs) - current.answered)
             log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
         result = RoundResult(
@@ -271,6 +376,16 @@ class Coordinator:
             seconds=self._clock() - current.started,
             bytes_up=self.transport.bytes_received - current.bytes_up_at_start,
             bytes_down=self.transport.bytes_sent - current.bytes_down_at_start,
+        )
+        self._journal.round_closed(
+            current.number,
+            self._global_blob,
+            self.global_id,
+            total_weight=current.updates.total_weight,
+            timed_out=timed_out,
+            accuracy=result.accuracy,
+            loss=result.loss,
+            train_loss=result.train_loss,
         )
         self._open = None
         self.results.append(result)

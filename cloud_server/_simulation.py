@@ -8,7 +8,12 @@ held-out test split after each round.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,12 +22,21 @@ from pathlib import Path
 import numpy as np
 
 import models
-from edge_agent import AgentCore, InProcessRunner, check_fits_model, label_histogram, load_dataset, partition_labels
+from edge_agent import (
+    AgentCore,
+    DeviceDataset,
+    InProcessRunner,
+    LabeledArrays,
+    check_fits_model,
+    label_histogram,
+    load_dataset,
+    partition_labels,
+    save_npz,
+)
 from protocol import (
     BlobStore,
     BrokerAddress,
     ConfigError,
-    DeviceState,
     GenflError,
     InMemoryBus,
     MqttTransport,
@@ -30,11 +44,10 @@ from protocol import (
     TensorDict,
     Topics,
     Transport,
-    Will,
-    encode_message,
     encode_tensors,
 )
 
+from ._broker import EmbeddedBroker
 from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
 from ._strategy import StrategyConfig, make_strategy
 
@@ -62,8 +75,12 @@ class SimulationConfig:
     train_subset: int | None = None  # use only this many training samples (CPU benchmarks)
     fleet: str = "sim"
     torch_device: str = "cpu"  # where simulated devices train: cpu, cuda or auto
+    # Threads per simulated device. Fixed so that in-process and worker-process training give the
+    # same bits (CPU kernels split their sums by thread count); one thread, like a small board.
+    torch_threads: int = 1
     transport: str = "local"  # local (in-memory) or mqtt
-    broker: str = "mqtt://127.0.0.1:1883"
+    broker: str | None = None  # for mqtt: None starts an embedded broker
+    worker: str = "persistent"  # the agents' worker mode (persistent saves torch's import each round)
     round_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
@@ -73,6 +90,8 @@ class SimulationConfig:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.train_subset is not None and self.train_subset < self.devices:
             raise ConfigError("train subset must hold at least one sample per device")
+        if self.torch_threads < 1:
+            raise ConfigError("torch threads must be at least 1")
         if self.transport not in ("local", "mqtt"):
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
 
@@ -119,52 +138,114 @@ def _subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def _offline(device_id: str) -> bytes:
-    return encode_message(DeviceState(device_id=device_id, state="offline"))
+class _InMemoryFederation:
+    """Coordinator and agents in this process, on one in-memory bus."""
+
+    def __init__(self, shards: list[tuple[str, LabeledArrays]], config: SimulationConfig, hooks: SimulationHooks,
+                 torch_device: str) -> None:  # fmt: skip
+        self.bus = InMemoryBus()
+        self.coordinator_transport: Transport = self.bus.connect()
+        topics = Topics(config.fleet)
+        self.agents = [
+            AgentCore(
+                device_id,
+                topics,
+                self.bus.connect(),
+                BlobStore(),
+                InProcessRunner(device_id, shard, on_trained=hooks.on_device_trained, torch_device=torch_device),
+                num_samples=len(shard),
+            )
+            for device_id, shard in shards
+        ]
+
+    def start(self) -> None:
+        for agent in self.agents:
+            agent.start()
+
+    def run(self, coordinator: Coordinator) -> None:
+        while not coordinator.finished:
+            if self.bus.drain() == 0:
+                raise GenflError(f"simulation stalled in round {coordinator.round_number}: nothing to deliver")
+
+    def close(self) -> None:
+        pass
 
 
-class _Network:
-    """The simulation's transports: one in-memory bus, or one MQTT connection per participant."""
+class _ProcessFederation:
+    """The coordinator in this process; each agent a ``genfl-edge run`` process, all over MQTT.
 
-    def __init__(self, config: SimulationConfig) -> None:
+    Each agent gets its own state folder and its shard as an ``npz`` file in a
+    temporary run folder (the simulation's stand-in for the data a board
+    holds); logs of the agents go to that folder and are shown if a run fails.
+    """
+
+    def __init__(self, shards: list[tuple[str, LabeledArrays]], config: SimulationConfig, dataset: DeviceDataset,
+                 torch_device: str) -> None:  # fmt: skip
         self.config = config
-        self.bus = InMemoryBus() if config.transport == "local" else None
-        self.endpoints: list[MqttTransport] = []
-
-    def endpoint(self, name: str, will: Will | None = None) -> Transport:
-        if self.bus is not None:
-            return self.bus.connect()
-        transport = MqttTransport(
-            BrokerAddress.parse(self.config.broker), f"{self.config.fleet}-{name}", will=will, session_expiry_s=0
-        )
+        self.shards = shards
+        self.torch_device = torch_device
+        self.dataset = dataset
+        self._stack = contextlib.ExitStack()
+        self.run_dir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="genfl-sim-")))
+        url = config.broker
+        if url is None:
+            url = self._stack.enter_context(EmbeddedBroker()).url
+        self.url = url
+        transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{config.fleet}-server", session_expiry_s=0)
         transport.connect()
-        self.endpoints.append(transport)
-        return transport
+        self._stack.callback(transport.close)
+        self.coordinator_transport = transport
+        self.processes: list[subprocess.Popen[bytes]] = []
 
-    def run_until(self, done: Callable[[], bool], coordinator: Coordinator) -> None:
-        if self.bus is not None:
-            while not done():
-                if self.bus.drain() == 0:
-                    raise GenflError(f"simulation stalled in round {coordinator.round_number}: nothing to deliver")
-            return
-        idle_since = time.monotonic()
-        while not done():
-            moved = sum(t.poll(0.0) for t in self.endpoints)
+    def start(self) -> None:
+        empty = LabeledArrays(np.empty((0, *self.dataset.input_shape), dtype=np.uint8), np.empty((0,), dtype=np.int64))
+        for device_id, shard in self.shards:
+            folder = self.run_dir / device_id
+            save_npz(DeviceDataset(device_id, self.dataset.classes, shard, empty), folder / "data.npz")
+            log_file = self._stack.enter_context(open(folder / "agent.log", "wb"))  # noqa: SIM115
+            command = [
+                sys.executable, "-m", "edge_agent", "run",
+                "--device-id", device_id, "--fleet", self.config.fleet, "--broker", self.url,
+                "--data", f"npz:{folder / 'data.npz'}", "--state-dir", str(folder / "state"),
+                "--worker", self.config.worker, "--torch-device", self.torch_device, "--log-level", "warning",
+            ]  # fmt: skip
+            env = {**os.environ, "GENFL_TORCH_THREADS": str(self.config.torch_threads)}
+            self.processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env))
+
+    def _agent_logs(self, lines: int = 5) -> str:
+        tails = []
+        for device_id, _ in self.shards:
+            text = (self.run_dir / device_id / "agent.log").read_text(errors="replace").strip().splitlines()
+            if text:
+                tails.append(f"{device_id}: " + " | ".join(text[-lines:]))
+        return "\n".join(tails[:5])
+
+    def run(self, coordinator: Coordinator) -> None:
+        last_traffic = time.monotonic()
+        while not coordinator.finished:
+            if self.coordinator_transport.poll(0.05):  # type: ignore[attr-defined]
+                last_traffic = time.monotonic()
             coordinator.tick()
-            if moved:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > self.config.round_timeout_s + 30:
-                raise GenflError(f"simulation stalled in round {coordinator.round_number}: no traffic")
-            else:
-                time.sleep(0.002)
+            dead = [p for p in self.processes if p.poll() is not None]
+            if len(dead) == len(self.processes):
+                raise GenflError(f"every agent process exited; their logs say:\n{self._agent_logs()}")
+            if time.monotonic() - last_traffic > self.config.round_timeout_s + 60:
+                raise GenflError(f"simulation stalled in round {coordinator.round_number}:\n{self._agent_logs()}")
 
-    def close(self, retained_topics: list[str]) -> None:
-        """Disconnect; clear the retained device states so a shared broker keeps nothing of the run."""
-        if self.endpoints:
-            for topic in retained_topics:
-                self.endpoints[0].publish(topic, b"", retain=True)
-        for transport in self.endpoints:
-            transport.close()
+    def close(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        # Clear the devices' retained states, so that a shared broker keeps nothing of the run.
+        topics = Topics(self.config.fleet)
+        for device_id, _ in self.shards:
+            self.coordinator_transport.publish(topics.device(device_id, "state"), b"", retain=True)
+        self._stack.close()
 
 
 def _resolve_device(name: str) -> str:
@@ -210,6 +291,10 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     )
     test = dataset.test
     torch_device = _resolve_device(config.torch_device)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.torch_threads)
     eval_model = models.build_model(model_name).to(torch_device)
 
     def evaluate(state: TensorDict) -> tuple[float, float]:
@@ -222,38 +307,34 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         if hooks.on_round_closed:
             hooks.on_round_closed(result)
 
-    network = _Network(config)
-    initial = models.model_state(models.build_model(model_name, seed=config.seed))
-    coordinator = Coordinator(
-        CoordinatorConfig(
-            fleet=config.fleet,
-            model_name=model_name,
-            rounds=config.rounds,
-            min_devices=config.devices,
-            round_timeout_s=config.round_timeout_s,
-        ),
-        strategy,
-        network.endpoint("coordinator"),
-        initial,
-        evaluator=evaluate,
-        on_round_closed=round_closed,
-        on_round_opened=hooks.on_round_start,
-    )
-    topics = Topics(config.fleet)
-    agents = []
-    for index, part in enumerate(parts):
-        device_id = f"device-{index:03d}"
-        shard = train.subset(part)
-        runner = InProcessRunner(device_id, shard, on_trained=hooks.on_device_trained, torch_device=torch_device)
-        endpoint = network.endpoint(device_id, will=Will(topics.device(device_id, "state"), _offline(device_id)))
-        agents.append(AgentCore(device_id, topics, endpoint, BlobStore(), runner, num_samples=len(shard)))
+    shards = [(f"device-{index:03d}", train.subset(part)) for index, part in enumerate(parts)]
+    federation: _InMemoryFederation | _ProcessFederation
+    if config.transport == "local":
+        federation = _InMemoryFederation(shards, config, hooks, torch_device)
+    else:
+        federation = _ProcessFederation(shards, config, dataset, torch_device)
     try:
+        coordinator = Coordinator(
+            CoordinatorConfig(
+                fleet=config.fleet,
+                model_name=model_name,
+                rounds=config.rounds,
+                min_devices=config.devices,
+                round_timeout_s=config.round_timeout_s,
+            ),
+            strategy,
+            federation.coordinator_transport,
+            models.model_state(models.build_model(model_name, seed=config.seed)),
+            evaluator=evaluate,
+            on_round_closed=round_closed,
+            on_round_opened=hooks.on_round_start,
+        )
         coordinator.start()
-        for agent in agents:
-            agent.start()
-        network.run_until(lambda: coordinator.finished, coordinator)
+        federation.start()
+        federation.run(coordinator)
     finally:
-        network.close([topics.device(a.device_id, "state") for a in agents])
+        federation.close()
+        torch.set_num_threads(threads_before)
     histogram = label_histogram(train.labels, parts, dataset.num_classes)
     return SimulationResult(
         config=config,

@@ -5,7 +5,7 @@ training code loads torch when it first runs.
 """
 
 from ._agent import AgentCore, TrainingDone, TrainingRunner
-from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset
+from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset, save_npz
 from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
 from ._report import histogram_table
 from ._runner import InProcessRunner, run_task
@@ -24,6 +24,7 @@ __all__ = [
     "load_dataset",
     "partition_labels",
     "run_task",
+    "save_npz",
     "shard_partition",
 ]
 __version__ = "0.1.0"

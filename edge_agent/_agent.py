@@ -2,19 +2,25 @@
 
 It reacts to messages on the device's own topics:
 
-* ``task``       -> fetch the global model blob if missing, then start training
+* ``task``       -> fetch the global model blob if missing, then start training;
+                    a repeated task for the current round re-sends a kept update
+                    or asks again for missing chunks
 * ``blob/chunk`` -> verify and store a chunk; when the blob is whole, train
-* ``ack``        -> the server has the update: forget the pending copy
+* ``ack``        -> the server has the update (or refused it): forget the kept copy
 
-Training itself is behind :class:`TrainingRunner` so that a simulation can
-train in-process while the daemon starts a worker process.
+A finished update is kept (on disk when ``pending_path`` is set) until the
+server acknowledges it, and re-sent when the agent starts again. Training is
+behind :class:`TrainingRunner`: in-process in a simulation, a worker process
+in the daemon.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from protocol import (
@@ -24,6 +30,7 @@ from protocol import (
     BlobRequest,
     BlobStore,
     DeviceState,
+    Failure,
     ProtocolError,
     Task,
     Topics,
@@ -56,6 +63,7 @@ class AgentCore:
         *,
         num_samples: int,
         label_counts: tuple[float, ...] | None = None,
+        pending_path: Path | None = None,
     ) -> None:
         self.device_id = device_id
         self.topics = topics
@@ -66,8 +74,11 @@ class AgentCore:
         self.label_counts = label_counts
         self.rejected: Counter[str] = Counter()
         self.current_task: Task | None = None
-        self.pending: Update | None = None
-        self.rounds_done: list[int] = []
+        self.training = False
+        self.pending: bytes | None = None  # the encoded update, until acknowledged
+        self.pending_round: int | None = None
+        self.last_outcome: tuple[int, str] | None = None  # (round, "accepted" / "rejected: ..." / "failed: ...")
+        self._pending_path = pending_path
         self._assembler: BlobAssembler | None = None
         transport.set_handler(self.on_message)
 
@@ -75,6 +86,7 @@ class AgentCore:
         for channel in ("task", "ack", "blob/chunk"):
             self.transport.subscribe(self.topics.device(self.device_id, channel))  # type: ignore[arg-type]
         self.publish_state("online")
+        self._load_pending()
 
     def publish_state(self, state: str) -> None:
         message = DeviceState(
@@ -103,19 +115,59 @@ class AgentCore:
             self.rejected[exc.reason] += 1
             log.warning("device %s rejected a message on %s: %s", self.device_id, topic[:120], exc)
 
+    # -- pending update ------------------------------------------------------------------------
+
+    def _keep(self, round_number: int, frame: bytes) -> None:
+        self.pending, self.pending_round = frame, round_number
+        if self._pending_path is not None:
+            tmp = self._pending_path.with_name(self._pending_path.name + ".tmp")
+            tmp.write_bytes(frame)
+            os.replace(tmp, self._pending_path)
+
+    def _forget(self) -> None:
+        self.pending, self.pending_round = None, None
+        if self._pending_path is not None:
+            self._pending_path.unlink(missing_ok=True)
+
+    def _load_pending(self) -> None:
+        if self._pending_path is None or not self._pending_path.is_file():
+            return
+        frame = self._pending_path.read_bytes()
+        try:
+            update = decode_message(frame, Update)
+        except ProtocolError as exc:
+            log.error("device %s: dropping an unreadable kept update (%s)", self.device_id, exc)
+            self._forget()
+            return
+        self.pending, self.pending_round = frame, update.round
+        log.info("device %s: re-sending the kept update of round %d", self.device_id, update.round)
+        self.transport.publish(self.topics.device(self.device_id, "update"), frame)
+
+    # -- handlers ------------------------------------------------------------------------------
+
     def _on_task(self, task: Task) -> None:
         if task.device_id != self.device_id:
             raise ProtocolError("wrong-device", f"task for {task.device_id}")
-        if self.current_task is not None and task.round <= self.current_task.round:
-            raise ProtocolError("stale-task", f"round {task.round}, already on {self.current_task.round}")
+        current = self.current_task
+        if current is not None and task.round < current.round:
+            raise ProtocolError("stale-task", f"round {task.round}, already on {current.round}")
+        if current is not None and task.round == current.round:
+            self._on_repeated_task(task)
+            return
         self.current_task = task
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
         if self.store.has(task.model_id):
             self._train(task)
-            return
-        assembler = self._assembler
-        resuming = assembler is not None and assembler.blob_id == task.model_id
-        self._request_blob(task.model_id, assembler.missing() if assembler is not None and resuming else ())
+        else:
+            self._request_blob(task.model_id, ())
+
+    def _on_repeated_task(self, task: Task) -> None:
+        """The server asked again (it restarted, or a message was lost): resume where we are."""
+        if self.pending is not None and self.pending_round == task.round:
+            self.transport.publish(self.topics.device(self.device_id, "update"), self.pending)
+        elif not self.training and not self.store.has(task.model_id):
+            missing = self._assembler.missing() if self._assembler is not None else ()
+            self._request_blob(task.model_id, missing)
 
     def _request_blob(self, blob_id: str, chunks: tuple[int, ...]) -> None:
         request = BlobRequest(blob_id=blob_id, chunks=chunks)
@@ -125,7 +177,7 @@ class AgentCore:
         task = self.current_task
         if task is None or chunk.blob_id != task.model_id:
             raise ProtocolError("unwanted-chunk", chunk.blob_id[:12])
-        if self.store.has(chunk.blob_id):
+        if self.store.has(chunk.blob_id) or self.training:
             return  # a duplicate after completion
         if self._assembler is None or self._assembler.blob_id != chunk.blob_id:
             self._assembler = BlobAssembler(self.store, chunk.blob_id, chunk.count, chunk.total_size)
@@ -134,19 +186,27 @@ class AgentCore:
             self._train(task)
 
     def _train(self, task: Task) -> None:
+        self.training = True
         self.runner.start(task, self.store.get(task.model_id), self._on_trained)
 
     def _on_trained(self, task: Task, outcome: Update | str) -> None:
+        self.training = False
         if isinstance(outcome, str):
             log.error("device %s: training for round %d failed: %s", self.device_id, task.round, outcome)
+            self.last_outcome = (task.round, f"failed: {outcome[:200]}")
+            failure = Failure(round=task.round, device_id=self.device_id, reason=outcome[:2000])
+            self.transport.publish(self.topics.device(self.device_id, "update"), encode_message(failure))
             return
-        self.pending = outcome
-        self.transport.publish(self.topics.device(self.device_id, "update"), encode_message(outcome))
+        frame = encode_message(outcome)
+        self._keep(task.round, frame)
+        self.transport.publish(self.topics.device(self.device_id, "update"), frame)
 
     def _on_ack(self, ack: Ack) -> None:
-        if self.pending is None or ack.round != self.pending.round:
+        if self.pending is None or ack.round != self.pending_round:
             raise ProtocolError("unexpected-ack", f"round {ack.round}")
-        if not ack.accepted:
-            log.warning("device %s: server rejected round %d update: %s", self.device_id, ack.round, ack.reason)
-        self.rounds_done.append(ack.round)
-        self.pending = None
+        if ack.accepted:
+            self.last_outcome = (ack.round, "accepted")
+        else:
+            log.warning("device %s: server refused the round %d update: %s", self.device_id, ack.round, ack.reason)
+            self.last_outcome = (ack.round, f"rejected: {ack.reason}")
+        self._forget()

@@ -7,6 +7,7 @@ A data source is named by a spec string:
 ``cifar10``        torchvision's CIFAR-10, downloaded into ``data_dir`` if absent
 ``folder:PATH``    one sub-folder per class, optionally inside ``train/`` ``test/``
 ``zip:PATH``       a zip of such a folder tree, read in place
+``npz:PATH``       arrays written by :func:`save_npz` (simulated devices' shards)
 =================  ==========================================================
 
 Every loader returns :class:`DeviceDataset` with uint8 images (N, C, H, W).
@@ -17,6 +18,7 @@ time; the cache lives outside the repository.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -29,7 +31,7 @@ import numpy as np
 
 from protocol import DataError
 
-__all__ = ["DeviceDataset", "LabeledArrays", "check_fits_model", "load_dataset", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "DeviceDataset", "LabeledArrays", "check_fits_model", "load_dataset", "save_npz"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"})
 _TEST_SHARE = 0.2
@@ -206,32 +208,42 @@ def _cached(kind: str, path: Path, load: Callable[[], DeviceDataset]) -> DeviceD
     cache = _cache_path(kind, path)
     if cache.is_file():
         try:
-            with np.load(cache, allow_pickle=False) as z:
-                return DeviceDataset(
-                    str(z["name"]),
-                    tuple(str(c) for c in z["classes"]),
-                    LabeledArrays(z["train_x"], z["train_y"]),
-                    LabeledArrays(z["test_x"], z["test_y"]),
-                )
-        except (OSError, KeyError, ValueError):
+            return _load_npz(cache)
+        except DataError:
             cache.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
     dataset = load()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            name=dataset.name,
-            classes=np.array(dataset.classes),
-            train_x=dataset.train.images,
-            train_y=dataset.train.labels,
-            test_x=dataset.test.images,
-            test_y=dataset.test.labels,
-        )
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only home only costs the decode next time
+    with contextlib.suppress(OSError):  # a read-only home only costs the decode next time
+        save_npz(dataset, cache)
     return dataset
+
+
+def save_npz(dataset: DeviceDataset, path: Path) -> None:
+    """Write a data set as plain arrays (no pickle), readable as ``npz:PATH``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(
+        tmp,
+        name=dataset.name,
+        classes=np.array(dataset.classes),
+        train_x=dataset.train.images,
+        train_y=dataset.train.labels,
+        test_x=dataset.test.images,
+        test_y=dataset.test.labels,
+    )
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path) -> DeviceDataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return DeviceDataset(
+                str(z["name"]),
+                tuple(str(c) for c in z["classes"]),
+                LabeledArrays(z["train_x"], z["train_y"].astype(np.int64)),
+                LabeledArrays(z["test_x"], z["test_y"].astype(np.int64)),
+            )
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"npz:{path}: not a genfl data file ({exc})") from exc
 
 
 def _load_folder(path: Path) -> DeviceDataset:
@@ -272,6 +284,11 @@ def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True)
         return _load_digits()
     if kind == "cifar10" and not argument:
         return _load_cifar10(data_dir or Path("data"), download)
+    if kind == "npz" and argument:
+        path = Path(argument).expanduser()
+        if not path.is_file():
+            raise DataError(f"{spec}: no such file")
+        return _load_npz(path)
     if kind in ("folder", "zip") and argument:
         path = Path(argument).expanduser()
         if not path.exists():
@@ -279,4 +296,4 @@ def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True)
         if kind == "folder":  # a folder's mtime misses edits inside it: always read it afresh
             return _load_folder(path)
         return _cached(kind, path, lambda: _load_zip(path))
-    raise DataError(f"unknown data source {spec!r}; use digits, cifar10, folder:PATH or zip:PATH")
+    raise DataError(f"unknown data source {spec!r}; use digits, cifar10, folder:PATH, zip:PATH or npz:PATH")

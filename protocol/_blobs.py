@@ -93,6 +93,10 @@ class BlobStore:
             raise KeyError(f"blob {ident[:12]} was corrupt on disk and has been removed")
         return data
 
+    def path(self, ident: str) -> Path | None:
+        """Where a blob lies on disk (None for a memory store)."""
+        return None if self._root is None else self._root / ident
+
     def partial_dir(self, ident: str) -> Path | None:
         return None if self._root is None else self._root / "partial" / ident
 

@@ -27,6 +27,7 @@ __all__ = [
     "BlobChunk",
     "BlobRequest",
     "DeviceState",
+    "Failure",
     "Message",
     "Task",
     "TrainConfig",
@@ -177,6 +178,22 @@ class Update:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Device -> server (on the update topic): training for ``round`` failed; do not wait for it."""
+
+    TYPE: ClassVar[str] = "failure"
+    round: int
+    device_id: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_int("round", self.round, 1)
+        _check_device(self.device_id)
+        if not isinstance(self.reason, str) or len(self.reason) > 2000:
+            raise _fail("reason must be a string of at most 2000 characters")
+
+
+@dataclass(frozen=True)
 class Ack:
     """Server -> device: the update of ``round`` was accepted (or why not)."""
 
@@ -229,7 +246,7 @@ class BlobChunk:
         _check_sha256("chunk_sha256", self.chunk_sha256)
 
 
-Message = Union[DeviceState, Task, Update, Ack, BlobRequest, BlobChunk]
+Message = Union[DeviceState, Task, Update, Failure, Ack, BlobRequest, BlobChunk]
 _M = TypeVar("_M", bound=Message)
 
 
@@ -295,6 +312,8 @@ def _build(kind: str, header: dict[str, Any], body: bytes) -> Message:
         return DeviceState(**{**header, "label_counts": None if counts is None else tuple(_as_list(counts))})
     if kind == "ack":
         return Ack(**header)
+    if kind == "failure":
+        return Failure(**header)
     raise ProtocolError("unknown-type", repr(kind)[:80])
 
 
@@ -304,7 +323,7 @@ def _as_list(value: object) -> list[Any]:
     return value
 
 
-def decode_message(payload: bytes, expect: type[_M] | None = None) -> _M:
+def decode_message(payload: bytes, expect: type[_M] | tuple[type[Message], ...] | None = None) -> _M:
     """Decode one frame into its typed message, or raise :class:`ProtocolError`."""
     if len(payload) < _PREFIX.size:
         raise ProtocolError("bad-frame", f"{len(payload)} bytes is shorter than a frame header")
@@ -330,5 +349,6 @@ def decode_message(payload: bytes, expect: type[_M] | None = None) -> _M:
     except TypeError as exc:  # missing or unexpected keyword from a hostile header
         raise ProtocolError("bad-field", f"{kind}: {exc}") from exc
     if expect is not None and not isinstance(message, expect):
-        raise ProtocolError("unexpected-type", f"expected {expect.TYPE}, got {kind}")
+        wanted = "/".join(t.TYPE for t in (expect if isinstance(expect, tuple) else (expect,)))
+        raise ProtocolError("unexpected-type", f"expected {wanted}, got {kind}")
     return message  # type: ignore[return-value]

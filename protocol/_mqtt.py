@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ._errors import ConfigError, TransportError
 from ._transport import Transport
@@ -37,6 +38,9 @@ from ._transport import Transport
 __all__ = ["BrokerAddress", "MqttTransport", "Will"]
 
 log = logging.getLogger("genfl.mqtt")
+
+# QoS 1, and never our own publishes back (MQTT v5 "no local"), as the in-memory bus does.
+_SUBSCRIBE = SubscribeOptions(qos=1, noLocal=True)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ class MqttTransport(Transport):
         with self._lock:
             filters = list(self._filters)
         for topic_filter in filters:
-            client.subscribe(topic_filter, qos=1)
+            client.subscribe(topic_filter, options=_SUBSCRIBE)
         self._refused = None
         self._connected.set()
         log.info("connected to %s as %s", self.address.url(), self.client_id)
@@ -169,7 +173,7 @@ class MqttTransport(Transport):
         with self._lock:
             self._filters.append(topic_filter)
         if self._connected.is_set():
-            self._client.subscribe(topic_filter, qos=1)
+            self._client.subscribe(topic_filter, options=_SUBSCRIBE)
 
     def poll(self, timeout_s: float = 0.1) -> int:
         """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""

@@ -59,8 +59,9 @@ class InMemoryBus:
 
     def __init__(self) -> None:
         self._endpoints: list[InMemoryTransport] = []
-        # (topic, payload, only_to): retained messages replayed on subscribe go to the subscriber alone
-        self._queue: deque[tuple[str, bytes, InMemoryTransport | None]] = deque()
+        # (topic, payload, endpoint, to_it_alone): a publish goes to all but its sender (MQTT v5
+        # "no local"); a retained message replayed on subscribe goes to the subscriber alone.
+        self._queue: deque[tuple[str, bytes, InMemoryTransport, bool]] = deque()
         self._retained: dict[str, bytes] = {}
 
     def connect(self) -> InMemoryTransport:
@@ -68,22 +69,23 @@ class InMemoryBus:
         self._endpoints.append(endpoint)
         return endpoint
 
-    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _publish(self, sender: InMemoryTransport, topic: str, payload: bytes, retain: bool) -> None:
         if retain:
             self._retained[topic] = payload
-        self._queue.append((topic, payload, None))
+        self._queue.append((topic, payload, sender, False))
 
     def _subscribed(self, endpoint: InMemoryTransport, topic_filter: str) -> None:
         for topic, payload in sorted(self._retained.items()):
             if topic_matches(topic_filter, topic):
-                self._queue.append((topic, payload, endpoint))
+                self._queue.append((topic, payload, endpoint, True))
 
     def drain(self, max_messages: int = 10_000_000) -> int:
         """Deliver queued messages (and those they cause) until the queue is empty."""
         delivered = 0
         while self._queue and delivered < max_messages:
-            topic, payload, only_to = self._queue.popleft()
-            for endpoint in self._endpoints if only_to is None else [only_to]:
+            topic, payload, endpoint_of_record, alone = self._queue.popleft()
+            targets = [endpoint_of_record] if alone else [e for e in self._endpoints if e is not endpoint_of_record]
+            for endpoint in targets:
                 if any(topic_matches(f, topic) for f in endpoint.filters):
                     endpoint._deliver(topic, payload)
             delivered += 1
@@ -98,7 +100,7 @@ class InMemoryTransport(Transport):
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.bytes_sent += len(payload)
-        self._bus._publish(topic, payload, retain)
+        self._bus._publish(self, topic, payload, retain)
 
     def subscribe(self, topic_filter: str) -> None:
         self.filters.append(topic_filter)

@@ -8,7 +8,7 @@ import typer
 
 from cloud_server import __version__
 
-from . import _simulate
+from . import _serve, _simulate
 
 app = typer.Typer(
     name="genfl-server",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("simulate")(_simulate.simulate)
+app.command("serve")(_serve.serve)
 
 
 def _version(value: bool) -> None:

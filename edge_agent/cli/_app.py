@@ -8,7 +8,7 @@ import typer
 
 from edge_agent import __version__
 
-from . import _data
+from . import _data, _run
 
 app = typer.Typer(
     name="genfl-edge",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("data")(_data.data)
+app.command("run")(_run.run)
 
 
 def _version(value: bool) -> None:

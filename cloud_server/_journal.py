@@ -1,0 +1,309 @@
+"""What the coordinator writes down so that nothing it accepted is lost.
+
+The coordinator calls a :class:`Journal` at each step that changes its state,
+*before* it acknowledges anything. :class:`NullJournal` keeps nothing (the
+in-memory simulation); :class:`SqliteJournal` keeps devices, rounds, accepted
+updates and rejection counters in SQLite, update deltas and global models as
+content-addressed blobs, and a safetensors checkpoint per closed round::
+
+    STATE_DIR/state.sqlite3
+    STATE_DIR/blobs/<sha256>                  global models and pending update deltas
+    STATE_DIR/checkpoints/round-0003.safetensors
+
+On restart :meth:`SqliteJournal.resume` returns the last checkpoint and the
+open round with its accepted updates, which the coordinator adds again to a
+fresh accumulator: the fixed-point sum is order-independent, so the resumed
+round ends bit-identical to an uninterrupted one, each update counted once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from protocol import BlobStore, ConfigError, GenflError, TrainConfig
+
+__all__ = ["AcceptedUpdate", "Journal", "NullJournal", "OpenRoundRecord", "ResumePoint", "SqliteJournal"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY, online INTEGER NOT NULL, num_samples INTEGER NOT NULL,
+    label_counts TEXT, first_seen REAL NOT NULL, last_seen REAL NOT NULL, rounds INTEGER NOT NULL DEFAULT 0,
+    last_norm REAL, last_accuracy REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, started REAL NOT NULL, closed REAL, base_model TEXT NOT NULL, new_model TEXT,
+    configs TEXT NOT NULL, accepted INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    total_weight INTEGER NOT NULL DEFAULT 0, timed_out INTEGER, accuracy REAL, loss REAL, train_loss REAL
+);
+CREATE TABLE IF NOT EXISTS updates (
+    round INTEGER NOT NULL, device_id TEXT NOT NULL, num_samples INTEGER NOT NULL, train_loss REAL NOT NULL,
+    train_accuracy REAL NOT NULL, norm REAL NOT NULL, delta_blob TEXT NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (round, device_id)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    round INTEGER NOT NULL, device_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (round, device_id)
+);
+CREATE TABLE IF NOT EXISTS rejected (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class AcceptedUpdate:
+    device_id: str
+    num_samples: int
+    train_loss: float
+    train_accuracy: float
+    norm: float
+    delta: bytes  # safetensors of the delta
+
+
+@dataclass(frozen=True)
+class OpenRoundRecord:
+    number: int
+    started: float
+    configs: dict[str, TrainConfig]
+    accepted: list[AcceptedUpdate]
+    failed: set[str]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    global_blob: bytes
+    round_number: int  # the last round opened (0 = none yet)
+    open_round: OpenRoundRecord | None
+
+
+class Journal:
+    """No-op base: the in-memory simulation keeps nothing."""
+
+    def resume(self) -> ResumePoint | None:
+        return None
+
+    def start(self, model_name: str, fleet: str, global_blob: bytes) -> None: ...
+
+    def device_seen(
+        self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None
+    ) -> None: ...
+
+    def round_opened(self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig]) -> None: ...
+
+    def update_accepted(self, round_number: int, update: AcceptedUpdate) -> None: ...
+
+    def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None: ...
+
+    def round_closed(
+        self,
+        number: int,
+        global_blob: bytes,
+        new_model: str,
+        *,
+        total_weight: int,
+        timed_out: bool,
+        accuracy: float | None,
+        loss: float | None,
+        train_loss: float,
+    ) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+
+NullJournal = Journal
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SqliteJournal(Journal):
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(state_dir, 0o700)
+            self.blobs = BlobStore(state_dir / "blobs")
+            self._db = sqlite3.connect(state_dir / "state.sqlite3", isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise GenflError(f"cannot use state dir {state_dir}: {exc}") from exc
+
+    def _write(self, sql: str, *params: object) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise GenflError(f"state dir {self.state_dir}: cannot write ({exc})") from exc
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def checkpoint_path(self, number: int) -> Path:
+        return self.state_dir / "checkpoints" / f"round-{number:04d}.safetensors"
+
+    def latest_checkpoint(self) -> Path | None:
+        paths = sorted((self.state_dir / "checkpoints").glob("round-*.safetensors"))
+        return paths[-1] if paths else None
+
+    def resume(self) -> ResumePoint | None:
+        current = self.meta("global_model")
+        if current is None:
+            return None
+        checkpoint = self.latest_checkpoint()
+        if checkpoint is None:
+            raise GenflError(f"state dir {self.state_dir}: the checkpoint of model {current[:12]} is missing")
+        blob = checkpoint.read_bytes()
+        row = self._db.execute(
+            "SELECT round, started, closed, configs FROM rounds ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return ResumePoint(blob, 0, None)
+        number, started, closed, configs_json = row
+        if closed is not None:
+            return ResumePoint(blob, int(number), None)
+        configs = {d: TrainConfig(**c) for d, c in json.loads(configs_json).items()}
+        accepted = [
+            AcceptedUpdate(d, n, loss, acc, norm, self.blobs.get(b))
+            for d, n, loss, acc, norm, b in self._db.execute(
+                "SELECT device_id, num_samples, train_loss, train_accuracy, norm, delta_blob FROM updates"
+                " WHERE round = ? ORDER BY device_id",
+                (number,),
+            )
+        ]
+        failed = {d for (d,) in self._db.execute("SELECT device_id FROM failures WHERE round = ?", (number,))}
+        return ResumePoint(blob, int(number), OpenRoundRecord(int(number), float(started), configs, accepted, failed))
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def start(self, model_name: str, fleet: str, global_blob: bytes) -> None:
+        known = self.meta("model_name")
+        if known is not None and (known, self.meta("fleet")) != (model_name, fleet):
+            raise ConfigError(
+                f"state dir {self.state_dir} belongs to fleet {self.meta('fleet')!r} with model {known!r}; "
+                "use another --state-dir"
+            )
+        if known is None:
+            ident = self.blobs.put(global_blob)
+            _atomic_write(self.checkpoint_path(0), global_blob)
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for key, value in (("model_name", model_name), ("fleet", fleet), ("global_model", ident)):
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def device_seen(
+        self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None
+    ) -> None:
+        now = time.time()
+        self._write(
+            "INSERT INTO devices (device_id, online, num_samples, label_counts, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET online = excluded.online,"
+            " num_samples = excluded.num_samples, label_counts = excluded.label_counts, last_seen = excluded.last_seen",
+            device_id,
+            int(online),
+            num_samples,
+            None if label_counts is None else json.dumps(label_counts),
+            now,
+            now,
+        )
+
+    def round_opened(self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig]) -> None:
+        self._write(
+            "INSERT INTO rounds (round, started, base_model, configs) VALUES (?, ?, ?, ?)",
+            number,
+            started,
+            base_model,
+            json.dumps({d: asdict(c) for d, c in configs.items()}),
+        )
+
+    def update_accepted(self, round_number: int, update: AcceptedUpdate) -> None:
+        try:
+            blob = self.blobs.put(update.delta)
+        except OSError as exc:
+            raise GenflError(f"state dir {self.state_dir}: cannot store an update ({exc})") from exc
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (round_number, update.device_id, update.num_samples, update.train_loss,
+                     update.train_accuracy, update.norm, blob, time.time()),
+                )  # fmt: skip
+                self._db.execute(
+                    "UPDATE rounds SET accepted = accepted + 1, total_weight = total_weight + ? WHERE round = ?",
+                    (update.num_samples, round_number),
+                )
+                self._db.execute(
+                    "UPDATE devices SET rounds = rounds + 1, last_norm = ?, last_accuracy = ?, last_seen = ?"
+                    " WHERE device_id = ?",
+                    (update.norm, update.train_accuracy, time.time(), update.device_id),
+                )
+        except sqlite3.Error as exc:
+            raise GenflError(f"state dir {self.state_dir}: cannot record an update ({exc})") from exc
+
+    def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None:
+        self._write("INSERT OR IGNORE INTO failures VALUES (?, ?, ?)", round_number, device_id, reason[:2000])
+        self._write("UPDATE rounds SET failed = failed + 1 WHERE round = ?", round_number)
+
+    def round_closed(
+        self,
+        number: int,
+        global_blob: bytes,
+        new_model: str,
+        *,
+        total_weight: int,
+        timed_out: bool,
+        accuracy: float | None,
+        loss: float | None,
+        train_loss: float,
+    ) -> None:
+        try:
+            self.blobs.put(global_blob)
+            _atomic_write(self.checkpoint_path(number), global_blob)
+        except OSError as exc:
+            raise GenflError(f"state dir {self.state_dir}: cannot write the round {number} checkpoint ({exc})") from exc
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "UPDATE rounds SET closed = ?, new_model = ?, timed_out = ?, accuracy = ?, loss = ?,"
+                    " train_loss = ? WHERE round = ?",
+                    (time.time(), new_model, int(timed_out), accuracy, loss, train_loss, number),
+                )
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (new_model,))
+        except sqlite3.Error as exc:
+            raise GenflError(f"state dir {self.state_dir}: cannot close round {number} ({exc})") from exc
+        # The deltas are folded into the checkpoint now; their blobs are no longer needed.
+        for (blob,) in self._db.execute("SELECT delta_blob FROM updates WHERE round = ?", (number,)).fetchall():
+            path = self.state_dir / "blobs" / blob
+            path.unlink(missing_ok=True)
+
+    def rejected(self, reason: str) -> None:
+        with contextlib.suppress(GenflError):  # a counter is not worth failing for
+            self._write(
+                "INSERT INTO rejected VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET count = count + 1", reason
+            )
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,110 @@
+"""The coordinator service behind ``genfl-server serve``: MQTT, SQLite state, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import models
+from protocol import BrokerAddress, ConfigError, MqttTransport
+
+from ._broker import EmbeddedBroker
+from ._coordinator import Coordinator, CoordinatorConfig
+from ._journal import SqliteJournal
+from ._strategy import StrategyConfig, make_strategy
+
+__all__ = ["ServeConfig", "run_server"]
+
+log = logging.getLogger("genfl.server")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    state_dir: Path
+    fleet: str = "default"
+    model: str = "cnn-digits"
+    rounds: int = 100
+    min_devices: int = 1
+    fraction: float = 1.0
+    round_timeout_s: float = 600.0
+    strategy: str = "fedavg"
+    prox_mu: float = 0.01
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    seed: int = 0
+    chunk_size: int = 256 * 1024
+    broker: str | None = None  # None: start an embedded broker
+    broker_port: int | None = None
+
+    def __post_init__(self) -> None:
+        models.get_spec(self.model)
+        if self.broker is not None:
+            BrokerAddress.parse(self.broker)
+        if self.broker_port is not None and not 0 < self.broker_port < 65536:
+            raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
+
+
+def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
+    """Serve rounds until all are done or SIGTERM/SIGINT; returns the exit code."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping after persisting", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+    strategy = make_strategy(
+        config.strategy,
+        StrategyConfig(
+            fraction=config.fraction,
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            prox_mu=config.prox_mu,
+            seed=config.seed,
+        ),
+    )
+    journal = SqliteJournal(config.state_dir)
+    with contextlib.ExitStack() as stack:
+        url = config.broker
+        if url is None:
+            broker = stack.enter_context(EmbeddedBroker(port=config.broker_port))
+            url = broker.url
+            print(f"embedded {broker.kind} broker at {url}", flush=True)
+        transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{config.fleet}-server", session_expiry_s=24 * 3600)
+        transport.connect()
+        stack.callback(transport.close)
+        coordinator = Coordinator(
+            CoordinatorConfig(
+                fleet=config.fleet,
+                model_name=config.model,
+                rounds=config.rounds,
+                min_devices=config.min_devices,
+                round_timeout_s=config.round_timeout_s,
+                chunk_size=config.chunk_size,
+            ),
+            strategy,
+            transport,
+            models.model_state(models.build_model(config.model, seed=config.seed)),
+            clock=time.time,  # wall time: a deadline survives a restart
+            store=journal.blobs,
+            journal=journal,
+        )
+        coordinator.start()
+        log.info("serving fleet %s on %s (state in %s)", config.fleet, url, config.state_dir)
+        while not stop.is_set() and not coordinator.finished:
+            transport.poll(0.1)
+            coordinator.tick()
+        if coordinator.finished:
+            log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
+        journal.close()
+    return 0

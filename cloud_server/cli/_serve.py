@@ -1,0 +1,60 @@
+"""``genfl-server serve``: the coordinator service (what the systemd unit starts)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cloud_server._serve import ServeConfig, run_server
+
+from ._errors import exit_on_error
+
+
+def serve(
+    state_dir: Annotated[Path, typer.Option(help="SQLite state, blobs and per-round checkpoints.")],
+    fleet: Annotated[str, typer.Option(help="Fleet name (the topic prefix genfl/<fleet>/).")] = "default",
+    model: Annotated[str, typer.Option(help="Model from the registry.")] = "cnn-digits",
+    rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 100,
+    min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
+    fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
+    round_timeout: Annotated[float, typer.Option(help="Seconds before stragglers are left out of a round.")] = 600.0,
+    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
+    mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the initial model and the device sampling.")] = 0,
+    chunk_size: Annotated[int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")] = 262144,
+    broker: Annotated[Optional[str], typer.Option(help="Broker URL; without it an embedded broker starts.")] = None,
+    broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with exit_on_error():
+        config = ServeConfig(
+            state_dir=state_dir,
+            fleet=fleet,
+            model=model,
+            rounds=rounds,
+            min_devices=min_devices,
+            fraction=fraction,
+            round_timeout_s=round_timeout,
+            strategy=strategy,
+            prox_mu=mu,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            learning_rate=lr,
+            seed=seed,
+            chunk_size=chunk_size,
+            broker=broker,
+            broker_port=broker_port,
+        )
+        code = run_server(config)
+    raise typer.Exit(code=code)

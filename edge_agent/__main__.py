@@ -1,0 +1,5 @@
+"""``python -m edge_agent`` = ``genfl-edge``."""
+
+from edge_agent.cli import main
+
+main()

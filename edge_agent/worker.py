@@ -1,0 +1,88 @@
+"""The training worker: ``python -m edge_agent.worker``. The only edge process that imports torch.
+
+The agent daemon starts it and sends jobs as JSON lines on stdin; for each
+it answers one JSON line on stdout (``{"ok": true}`` or ``{"ok": false,
+"error": ...}``). A job names the task frame, the global model blob and where
+to write the encoded update (atomically). Logs go to stderr (the journal).
+
+``--describe SPEC`` prints the data set's sample count and label histogram
+without importing torch, so the daemon learns them without loading data itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from protocol import GenflError, Task, decode_message, encode_message
+
+from ._data import DeviceDataset, load_dataset
+from ._runner import run_task
+
+
+def _describe(spec: str, data_dir: Path) -> dict[str, Any]:
+    dataset = load_dataset(spec, data_dir)
+    counts = dataset.train.label_counts(dataset.num_classes)
+    return {
+        "num_samples": len(dataset.train),
+        "classes": list(dataset.classes),
+        "label_counts": [int(c) for c in counts],
+        "input_shape": list(dataset.input_shape),
+    }
+
+
+def _run_job(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> None:
+    if job.get("warm_up"):  # load torch and the data now, so that the first round does not wait for them
+        from . import _training  # noqa: F401
+
+        job = {**job, "task": None}
+    spec = job["data"]
+    if spec not in cache:
+        cache[spec] = load_dataset(spec, Path(job.get("data_dir", "data")))
+    if job["task"] is None:
+        return
+    task = decode_message(Path(job["task"]).read_bytes(), Task)
+    model_blob = Path(job["model"]).read_bytes()
+    update = run_task(task, model_blob, job["device_id"], cache[spec].train, job.get("torch_device", "cpu"))
+    out = Path(job["out"])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(encode_message(update))
+    os.replace(tmp, out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.worker")
+    parser.add_argument("--describe", metavar="SPEC")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    args = parser.parse_args()
+    if args.describe:
+        try:
+            print(json.dumps(_describe(args.describe, args.data_dir)), flush=True)
+        except GenflError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return 0
+    threads = os.environ.get("GENFL_TORCH_THREADS")
+    if threads:  # many workers on few cores: one thread each avoids OpenMP oversubscription
+        import torch
+
+        torch.set_num_threads(int(threads))
+    cache: dict[str, DeviceDataset] = {}
+    for line in sys.stdin:
+        try:
+            _run_job(json.loads(line), cache)
+            reply: dict[str, Any] = {"ok": True}
+        except GenflError as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        except (OSError, KeyError, ValueError) as exc:
+            reply = {"ok": False, "error": f"worker: {type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
