@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/genfl-server simulate --dataset digits --devices 10 --alpha 0.5 --rounds 10 --strategy fedavg --seed 0 --out runs/demo
+	$(BIN)/genfl-server simulate --dataset digits --devices 10 --alpha 0.5 --rounds 10 --strategy fedavg --seed 0 --transport mqtt --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

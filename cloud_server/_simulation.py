@@ -51,7 +51,15 @@ from ._broker import EmbeddedBroker
 from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
 from ._strategy import StrategyConfig, make_strategy
 
-__all__ = ["SimulationConfig", "SimulationHooks", "SimulationResult", "run_simulation", "write_outputs"]
+__all__ = [
+    "DeviceShards",
+    "device_shards",
+    "SimulationConfig",
+    "SimulationHooks",
+    "SimulationResult",
+    "run_simulation",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -260,8 +268,22 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def run_simulation(config: SimulationConfig, hooks: SimulationHooks = SimulationHooks()) -> SimulationResult:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class DeviceShards:
+    """What a simulation hands its devices: the data set, the model and each device's shard."""
+
+    dataset: DeviceDataset
+    model_name: str
+    train: LabeledArrays  # the (sub)set that was partitioned
+    parts: list[np.ndarray]
+
+    @property
+    def shards(self) -> list[tuple[str, LabeledArrays]]:
+        return [(f"device-{index:03d}", self.train.subset(part)) for index, part in enumerate(self.parts)]
+
+
+def device_shards(config: SimulationConfig) -> DeviceShards:
+    """Load the data set, pick the model and partition the training set as ``config`` says."""
     dataset = load_dataset(config.dataset, Path(config.data_dir))
     model_name = config.model or models.default_model_for(dataset.input_shape)
     spec = models.get_spec(model_name)
@@ -278,6 +300,13 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         seed=config.seed,
         min_samples=config.min_samples,
     )
+    return DeviceShards(dataset, model_name, train, parts)
+
+
+def run_simulation(config: SimulationConfig, hooks: SimulationHooks = SimulationHooks()) -> SimulationResult:
+    started = time.perf_counter()
+    prepared = device_shards(config)
+    dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
     strategy = make_strategy(
         config.strategy,
         StrategyConfig(
@@ -307,7 +336,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         if hooks.on_round_closed:
             hooks.on_round_closed(result)
 
-    shards = [(f"device-{index:03d}", train.subset(part)) for index, part in enumerate(parts)]
+    shards = prepared.shards
     federation: _InMemoryFederation | _ProcessFederation
     if config.transport == "local":
         federation = _InMemoryFederation(shards, config, hooks, torch_device)

@@ -148,6 +148,10 @@ class WorkerRunner:
             raise DataError(f"the training worker failed to start: {reply.get('error')}")
 
     def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
+        if self._job is not None:  # a newer round overtakes a late one: its result would be refused anyway
+            log.warning("device %s: abandoning round %d for round %d", self.device_id, self._job.task.round, task.round)
+            self._job = None
+            self.stop(grace_s=0.0)
         task_path = self.work_dir / "task.bin"
         model_path = self.work_dir / "model.safetensors"
         out = self.work_dir / "update.bin"
@@ -189,15 +193,15 @@ class WorkerRunner:
             return
         job.done(job.task, update)
 
-    def stop(self, grace_s: float = 0.0) -> None:
-        """Stop the worker: wait ``grace_s`` for a running job, then terminate it."""
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the worker: close its input, wait ``grace_s`` for it to finish, then terminate it."""
         process = self._process
         if process is None:
             return
         if process.stdin is not None and not process.stdin.closed:
             process.stdin.close()
         try:
-            process.wait(timeout=grace_s if self._job is not None else 5.0)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             process.terminate()
             try:

@@ -39,7 +39,10 @@ def simulate(
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a stratified subset of this size.")] = None,
     torch_device: Annotated[str, typer.Option(help="Where simulated devices train: cpu, cuda or auto.")] = "cpu",
     transport: Annotated[str, typer.Option(help="local (in-memory) or mqtt (a connection per device).")] = "local",
-    broker: Annotated[str, typer.Option(help="Broker URL for --transport mqtt.")] = "mqtt://127.0.0.1:1883",
+    broker: Annotated[
+        Optional[str], typer.Option(help="Broker URL for --transport mqtt (default: start an embedded one).")
+    ] = None,
+    worker: Annotated[str, typer.Option(help="Agents' worker mode for --transport mqtt.")] = "persistent",
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
@@ -68,6 +71,7 @@ def simulate(
             torch_device=torch_device,
             transport=transport,
             broker=broker,
+            worker=worker,
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
         rows = Table(title=f"{strategy} on {dataset}, {devices} devices")

@@ -31,9 +31,9 @@ def _model_hash(result) -> str:  # type: ignore[no-untyped-def]
     return hashlib.sha256(encode_tensors(result.final_state)).hexdigest()
 
 
-def test_same_seed_gives_a_bit_identical_model_over_mqtt_and_in_memory(mosquitto_url: str, fleet: str) -> None:
+def test_agent_processes_over_mqtt_give_the_in_memory_model_bit_for_bit(mosquitto_url: str, fleet: str) -> None:
     # Prepare
-    base = {"dataset": "digits", "devices": 10, "alpha": 0.5, "rounds": 3, "seed": 0}
+    base = {"dataset": "digits", "devices": 10, "alpha": 0.5, "rounds": 5, "seed": 0}
     # Execute
     local = run_simulation(SimulationConfig(**base))
     mqtt = run_simulation(SimulationConfig(**base, transport="mqtt", broker=mosquitto_url, fleet=fleet))

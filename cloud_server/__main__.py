@@ -1,0 +1,5 @@
+"""``python -m cloud_server`` = ``genfl-server``."""
+
+from cloud_server.cli import main
+
+main()

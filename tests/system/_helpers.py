@@ -1,0 +1,104 @@
+"""Real processes for system tests: agents, servers, and ways to wait for them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from protocol import BrokerAddress
+
+ENV = {**os.environ, "GENFL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class Processes:
+    """Started processes, each logging to a file; all are killed at the end of the test."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        log.close()
+        self.running[name] = process
+        return process
+
+    def agent(
+        self, name: str, device_id: str, fleet: str, broker: str, data: str, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        return self.start(
+            name, "-m", "edge_agent", "run", "--device-id", device_id, "--fleet", fleet, "--broker", broker,
+            "--data", data, "--state-dir", str(self.folder / name), *extra,
+        )  # fmt: skip
+
+    def server(self, name: str, state_dir: Path, fleet: str, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(name, "-m", "cloud_server", "serve", "--state-dir", str(state_dir), "--fleet", fleet, *extra)
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def processes(folder: Path) -> Iterator[Processes]:
+    group = Processes(folder)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+        try:
+            return list(connection.execute(sql, params))
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+
+
+@contextmanager
+def mqtt_client(url: str, client_id: str) -> Iterator[paho.Client]:
+    """A plain paho client, as an outsider (or an attacker) would use."""
+    address = BrokerAddress.parse(url)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def clear_retained(url: str, fleet: str, device_ids: list[str]) -> None:
+    with mqtt_client(url, f"{fleet}-cleaner") as client:
+        for device_id in device_ids:
+            client.publish(f"genfl/{fleet}/devices/{device_id}/state", b"", qos=1, retain=True).wait_for_publish(5)
