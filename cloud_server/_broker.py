@@ -58,7 +58,8 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        # amqtt speaks MQTT 3.1.1 only; the URL tells every client so.
+        return f"mqtt://127.0.0.1:{self.port}" + ("" if self.kind == "mosquitto" else "?version=3.1.1")
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()
@@ -70,9 +71,11 @@ class EmbeddedBroker:
     def start(self) -> str:
         if self.kind == "mosquitto":
             self._start_mosquitto()
+            ready = _wait_for_port(self.port, 10.0)
         else:
-            self._start_amqtt()
-        if not _wait_for_port(self.port, 10.0):
+            # No probe connection here: amqtt logs an error for a connection that sends nothing.
+            ready = self._start_amqtt()
+        if not ready:
             self.stop()
             raise TransportError(f"the embedded {self.kind} broker did not open port {self.port}")
         log.info("embedded %s broker listening on %s", self.kind, self.url)
@@ -90,7 +93,7 @@ class EmbeddedBroker:
         )
         self._process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL)
 
-    def _start_amqtt(self) -> None:
+    def _start_amqtt(self) -> bool:
         from amqtt.broker import Broker
 
         config = {
@@ -110,7 +113,7 @@ class EmbeddedBroker:
 
         self._thread = threading.Thread(target=serve, name="amqtt-broker", daemon=True)
         self._thread.start()
-        started.wait(10.0)
+        return started.wait(10.0)
 
     def stop(self) -> None:
         if self._process is not None:

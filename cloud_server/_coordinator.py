@@ -131,6 +131,7 @@ class Coordinator:
         evaluator: Evaluator | None = None,
         on_round_closed: Callable[[RoundResult], None] | None = None,
         on_round_opened: Callable[[int, int], None] | None = None,
+        on_update_accepted: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         store: BlobStore | None = None,
         journal: Journal | None = None,
@@ -148,6 +149,7 @@ class Coordinator:
         self._evaluator = evaluator
         self._on_round_closed = on_round_closed
         self._on_round_opened = on_round_opened
+        self._on_update_accepted = on_update_accepted
         self._clock = clock
         self._open: _OpenRound | None = None
         self._set_global(initial_state)
@@ -284,6 +286,8 @@ class Coordinator:
         if device_id in self.devices:
             self.devices[device_id].rounds += 1
         self._ack(device_id, update.round, True)
+        if self._on_update_accepted is not None:
+            self._on_update_accepted(device_id)
         log.info(
             "round %d: update from %s accepted (%d samples, norm %.3g, %d/%d)",
             update.round, device_id, update.num_samples, record.norm, len(current.accepted), len(current.configs),

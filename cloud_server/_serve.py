@@ -42,6 +42,7 @@ class ServeConfig:
     chunk_size: int = 256 * 1024
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
+    embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
 
     def __post_init__(self) -> None:
         models.get_spec(self.model)
@@ -77,7 +78,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = config.broker
         if url is None:
-            broker = stack.enter_context(EmbeddedBroker(port=config.broker_port))
+            broker = stack.enter_context(EmbeddedBroker(port=config.broker_port, kind=config.embedded_broker))
             url = broker.url
             print(f"embedded {broker.kind} broker at {url}", flush=True)
         transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{config.fleet}-server", session_expiry_s=24 * 3600)

@@ -40,7 +40,6 @@ from protocol import (
     GenflError,
     InMemoryBus,
     MqttTransport,
-    Task,
     TensorDict,
     Topics,
     Transport,
@@ -88,6 +87,7 @@ class SimulationConfig:
     torch_threads: int = 1
     transport: str = "local"  # local (in-memory) or mqtt
     broker: str | None = None  # for mqtt: None starts an embedded broker
+    embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
     worker: str = "persistent"  # the agents' worker mode (persistent saves torch's import each round)
     round_timeout_s: float = 600.0
 
@@ -109,7 +109,7 @@ class SimulationHooks:
     """Callbacks for progress display; all optional."""
 
     on_round_start: Callable[[int, int], None] | None = None  # (round, devices picked)
-    on_device_trained: Callable[[Task], None] | None = None
+    on_update_accepted: Callable[[str], None] | None = None  # (device id)
     on_round_closed: Callable[[RoundResult], None] | None = None
 
 
@@ -160,7 +160,7 @@ class _InMemoryFederation:
                 topics,
                 self.bus.connect(),
                 BlobStore(),
-                InProcessRunner(device_id, shard, on_trained=hooks.on_device_trained, torch_device=torch_device),
+                InProcessRunner(device_id, shard, torch_device=torch_device),
                 num_samples=len(shard),
             )
             for device_id, shard in shards
@@ -197,7 +197,7 @@ class _ProcessFederation:
         self.run_dir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="genfl-sim-")))
         url = config.broker
         if url is None:
-            url = self._stack.enter_context(EmbeddedBroker()).url
+            url = self._stack.enter_context(EmbeddedBroker(kind=config.embedded_broker)).url
         self.url = url
         transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{config.fleet}-server", session_expiry_s=0)
         transport.connect()
@@ -357,6 +357,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
             evaluator=evaluate,
             on_round_closed=round_closed,
             on_round_opened=hooks.on_round_start,
+            on_update_accepted=hooks.on_update_accepted,
         )
         coordinator.start()
         federation.start()

@@ -31,7 +31,15 @@ import numpy as np
 
 from protocol import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "DeviceDataset", "LabeledArrays", "check_fits_model", "load_dataset", "save_npz"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DeviceDataset",
+    "LabeledArrays",
+    "check_arrays_fit",
+    "check_fits_model",
+    "load_dataset",
+    "save_npz",
+]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"})
 _TEST_SHARE = 0.2
@@ -75,13 +83,23 @@ class DeviceDataset:
         return len(self.classes)
 
 
-def check_fits_model(dataset: DeviceDataset, model_name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """A one-line DataError when the data set cannot train ``model_name``."""
-    if dataset.input_shape != tuple(input_shape):
+def check_arrays_fit(
+    origin: str, arrays: LabeledArrays, model_name: str, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """A one-line DataError when these samples cannot train ``model_name`` (shape or label range)."""
+    shape = tuple(int(d) for d in arrays.images.shape[1:])
+    if shape != tuple(input_shape):
         raise DataError(
-            f"{dataset.name}: images are {'x'.join(map(str, dataset.input_shape))} (CxHxW) "
+            f"{origin}: images are {'x'.join(map(str, shape))} (CxHxW) "
             f"but {model_name} takes {'x'.join(map(str, input_shape))}"
         )
+    if len(arrays) and not 0 <= int(arrays.labels.min()) <= int(arrays.labels.max()) < num_classes:
+        raise DataError(f"{origin}: labels outside 0..{num_classes - 1}, the classes {model_name} predicts")
+
+
+def check_fits_model(dataset: DeviceDataset, model_name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """A one-line DataError when the data set cannot train ``model_name``."""
+    check_arrays_fit(dataset.name, dataset.train, model_name, input_shape, num_classes)
     if dataset.num_classes != num_classes:
         raise DataError(f"{dataset.name}: {dataset.num_classes} classes but {model_name} predicts {num_classes}")
 

@@ -6,20 +6,22 @@ It imports torch only when it first trains, so importing it stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from protocol import ModelError, ProtocolError, Task, Update, decode_tensors
+from protocol import DataError, ModelError, ProtocolError, Task, Update, decode_tensors
 
 from ._agent import TrainingDone
-from ._data import LabeledArrays
+from ._data import LabeledArrays, check_arrays_fit
 
 __all__ = ["InProcessRunner"]
 
 
 def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays, torch_device: str = "cpu") -> Update:
     """Decode the global model, train on ``data``, and build the update message."""
+    import models
+
     from ._training import train_local  # torch lives behind this import
 
+    spec = models.get_spec(task.model_name)
+    check_arrays_fit(f"{device_id}'s data", data, task.model_name, spec.input_shape, spec.num_classes)
     global_state = decode_tensors(model_blob)
     result = train_local(task.model_name, global_state, data, task.config, torch_device)
     return Update(
@@ -38,20 +40,16 @@ class InProcessRunner:
         self,
         device_id: str,
         data: LabeledArrays,
-        on_trained: Callable[[Task], None] | None = None,
         torch_device: str = "cpu",
     ) -> None:
         self.device_id = device_id
         self.data = data
         self.torch_device = torch_device
-        self._on_trained = on_trained
 
     def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
         try:
             update = run_task(task, model_blob, self.device_id, self.data, self.torch_device)
-        except (ModelError, ProtocolError) as exc:
+        except (DataError, ModelError, ProtocolError) as exc:
             done(task, f"{type(exc).__name__}: {exc}")
             return
-        if self._on_trained is not None:
-            self._on_trained(task)
         done(task, update)

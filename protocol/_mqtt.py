@@ -15,6 +15,9 @@ paho quirks handled here:
   start, expired), so every subscription is renewed in ``on_connect``.
 * ``publish`` while disconnected queues the message in paho; it is sent after
   the reconnect (QoS 1), so a short outage loses nothing.
+* MQTT 3.1.1 (for amqtt, which has no MQTT 5) takes ``clean_session`` in the
+  constructor instead of ``clean_start`` at connect, has no session expiry and
+  no "no local" subscriptions: a client then also receives what it published.
 """
 
 from __future__ import annotations
@@ -48,22 +51,25 @@ class BrokerAddress:
     host: str
     port: int
     tls: bool = False
+    v5: bool = True  # MQTT 5; False for a broker that speaks only 3.1.1 (amqtt)
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``."""
+        """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; ``?version=3.1.1`` for a 3.1.1-only broker."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigError(f"broker URL must look like mqtt://HOST:PORT or mqtts://HOST:PORT, got {url!r}")
+        if parts.query not in ("", "version=5", "version=3.1.1"):
+            raise ConfigError(f"broker URL query must be version=5 or version=3.1.1, got {parts.query!r}")
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError as exc:
             raise ConfigError(f"bad port in broker URL {url!r}") from exc
-        return cls(parts.hostname, port, tls)
+        return cls(parts.hostname, port, tls, v5=parts.query != "version=3.1.1")
 
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}{'' if self.v5 else '?version=3.1.1'}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,12 @@ class MqttTransport(Transport):
         self._refused: str | None = None
         self._lock = threading.Lock()
         self._last_publish: paho.MQTTMessageInfo | None = None
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        if address.v5:
+            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        else:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
+            )
         self._client.max_inflight_messages_set(max_inflight)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         if username is not None:
@@ -120,7 +131,7 @@ class MqttTransport(Transport):
         with self._lock:
             filters = list(self._filters)
         for topic_filter in filters:
-            client.subscribe(topic_filter, options=_SUBSCRIBE)
+            self._subscribe(topic_filter)
         self._refused = None
         self._connected.set()
         log.info("connected to %s as %s", self.address.url(), self.client_id)
@@ -137,16 +148,19 @@ class MqttTransport(Transport):
 
     def connect(self, timeout_s: float = 10.0) -> None:
         """Connect (persistent session) and start paho's network thread."""
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self._session_expiry_s
         try:
-            self._client.connect(
-                self.address.host,
-                self.address.port,
-                keepalive=self._keepalive_s,
-                clean_start=False,
-                properties=properties,
-            )
+            if self.address.v5:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = self._session_expiry_s
+                self._client.connect(
+                    self.address.host,
+                    self.address.port,
+                    keepalive=self._keepalive_s,
+                    clean_start=False,
+                    properties=properties,
+                )
+            else:
+                self._client.connect(self.address.host, self.address.port, keepalive=self._keepalive_s)
         except OSError as exc:
             raise TransportError(f"cannot reach the broker at {self.address.url()}: {exc}") from exc
         self._client.loop_start()
@@ -173,7 +187,13 @@ class MqttTransport(Transport):
         with self._lock:
             self._filters.append(topic_filter)
         if self._connected.is_set():
+            self._subscribe(topic_filter)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        if self.address.v5:
             self._client.subscribe(topic_filter, options=_SUBSCRIBE)
+        else:
+            self._client.subscribe(topic_filter, qos=1)
 
     def poll(self, timeout_s: float = 0.1) -> int:
         """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""

@@ -31,6 +31,7 @@ def serve(
     chunk_size: Annotated[int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")] = 262144,
     broker: Annotated[Optional[str], typer.Option(help="Broker URL; without it an embedded broker starts.")] = None,
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
+    embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
@@ -54,6 +55,7 @@ def serve(
             seed=seed,
             chunk_size=chunk_size,
             broker=broker,
+            embedded_broker=embedded_broker,
             broker_port=broker_port,
         )
         code = run_server(config)

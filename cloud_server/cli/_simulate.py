@@ -42,6 +42,7 @@ def simulate(
     broker: Annotated[
         Optional[str], typer.Option(help="Broker URL for --transport mqtt (default: start an embedded one).")
     ] = None,
+    embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
     worker: Annotated[str, typer.Option(help="Agents' worker mode for --transport mqtt.")] = "persistent",
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
@@ -71,6 +72,7 @@ def simulate(
             torch_device=torch_device,
             transport=transport,
             broker=broker,
+            embedded_broker=embedded_broker,
             worker=worker,
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
@@ -81,7 +83,7 @@ def simulate(
             TextColumn("[bold]round {task.fields[round]}/" + str(rounds)),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("devices trained"),
+            TextColumn("updates"),
             TimeElapsedColumn(),
             console=console,
             transient=True,
@@ -104,7 +106,7 @@ def simulate(
 
             hooks = SimulationHooks(
                 on_round_start=opened,
-                on_device_trained=lambda task: progress.advance(bar),
+                on_update_accepted=lambda device_id: progress.advance(bar),
                 on_round_closed=closed,
             )
             result = run_simulation(config, hooks)

@@ -24,6 +24,7 @@ def run(
     worker: Annotated[str, typer.Option(help="per-task (frees memory between rounds) or persistent.")] = "per-task",
     torch_device: Annotated[str, typer.Option(help="Where the worker trains: cpu or cuda.")] = "cpu",
     share_label_counts: Annotated[bool, typer.Option(help="Send the label histogram to the server.")] = False,
+    status_interval: Annotated[float, typer.Option(help="Seconds between status.json rewrites.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the agent: keep the broker session, train each round in a worker process, send updates."""
@@ -41,6 +42,7 @@ def run(
             worker=worker,
             torch_device=torch_device,
             share_label_counts=share_label_counts,
+            status_every_s=status_interval,
         )
         code = run_agent(config)
     raise typer.Exit(code=code)
