@@ -89,6 +89,7 @@ class SimulationConfig:
     broker: str | None = None  # for mqtt: None starts an embedded broker
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
     worker: str = "persistent"  # the agents' worker mode (persistent saves torch's import each round)
+    worker_slots: int | None = None  # at most this many workers train at once (per-task workers only)
     round_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
@@ -98,6 +99,8 @@ class SimulationConfig:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.train_subset is not None and self.train_subset < self.devices:
             raise ConfigError("train subset must hold at least one sample per device")
+        if self.worker_slots is not None and (self.worker_slots < 1 or self.worker != "per-task"):
+            raise ConfigError("worker slots need --worker per-task and a count of at least 1")
         if self.torch_threads < 1:
             raise ConfigError("torch threads must be at least 1")
         if self.transport not in ("local", "mqtt"):
@@ -218,6 +221,8 @@ class _ProcessFederation:
                 "--worker", self.config.worker, "--torch-device", self.torch_device, "--log-level", "warning",
             ]  # fmt: skip
             env = {**os.environ, "GENFL_TORCH_THREADS": str(self.config.torch_threads)}
+            if self.config.worker_slots is not None:
+                env["GENFL_WORKER_SLOTS"] = f"{self.run_dir / 'slots'}:{self.config.worker_slots}"
             self.processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env))
 
     def _agent_logs(self, lines: int = 5) -> str:

@@ -44,6 +44,9 @@ def simulate(
     ] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
     worker: Annotated[str, typer.Option(help="Agents' worker mode for --transport mqtt.")] = "persistent",
+    worker_slots: Annotated[
+        Optional[int], typer.Option(help="With --worker per-task: at most this many train at once.")
+    ] = None,
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
@@ -74,6 +77,7 @@ def simulate(
             broker=broker,
             embedded_broker=embedded_broker,
             worker=worker,
+            worker_slots=worker_slots,
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
         rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
