@@ -307,6 +307,11 @@ class Coordinator:
 
     # -- rounds -------------------------------------------------------------------------------
 
+    def round_progress(self) -> tuple[int, int, int] | None:
+        """(round, devices that answered, devices picked) of the open round, if one is open."""
+        current = self._open
+        return None if current is None else (current.number, len(current.answered), len(current.configs))
+
     def online_devices(self) -> list[str]:
         return sorted(d for d, r in self.devices.items() if r.online)
 

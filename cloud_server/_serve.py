@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 import models
-from protocol import BrokerAddress, ConfigError, MqttTransport
+from protocol import BrokerAddress, ConfigError, MqttTransport, Notifier
 
 from ._broker import EmbeddedBroker
 from ._coordinator import Coordinator, CoordinatorConfig
@@ -102,10 +102,24 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         )
         coordinator.start()
         log.info("serving fleet %s on %s (state in %s)", config.fleet, url, config.state_dir)
+        notifier = Notifier()
+        stack.callback(notifier.close)
+        notifier.ready(_state_text(coordinator))
         while not stop.is_set() and not coordinator.finished:
             transport.poll(0.1)
             coordinator.tick()
+            notifier.status(_state_text(coordinator))
+            notifier.watchdog()
+        notifier.stopping()
         if coordinator.finished:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
-        journal.close()
+        journal.close()  # every accepted update is already committed; an open round resumes next start
     return 0
+
+
+def _state_text(coordinator: Coordinator) -> str:
+    progress = coordinator.round_progress()
+    if progress is None:
+        return f"waiting for devices ({len(coordinator.online_devices())} online)"
+    number, answered, picked = progress
+    return f"round {number}: {answered}/{picked} answered"

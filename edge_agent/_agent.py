@@ -80,13 +80,25 @@ class AgentCore:
         self.last_outcome: tuple[int, str] | None = None  # (round, "accepted" / "rejected: ..." / "failed: ...")
         self._pending_path = pending_path
         self._assembler: BlobAssembler | None = None
+        self.accepting_tasks = True
         transport.set_handler(self.on_message)
+        transport.set_reconnect_handler(self._on_reconnect)
 
     def start(self) -> None:
         for channel in ("task", "ack", "blob/chunk"):
             self.transport.subscribe(self.topics.device(self.device_id, channel))  # type: ignore[arg-type]
         self.publish_state("online")
         self._load_pending()
+
+    def _on_reconnect(self) -> None:
+        """After an outage: say we are here again (a restarted broker may have lost the retained state)
+        and re-send a kept update; the server acks it if its round is open, refuses it if not."""
+        self.publish_state("online")
+        if self.pending is not None:
+            log.info(
+                "device %s: back online; re-sending the kept update of round %s", self.device_id, self.pending_round
+            )
+            self.transport.publish(self.topics.device(self.device_id, "update"), self.pending)
 
     def publish_state(self, state: str) -> None:
         message = DeviceState(
@@ -153,6 +165,9 @@ class AgentCore:
             raise ProtocolError("stale-task", f"round {task.round}, already on {current.round}")
         if current is not None and task.round == current.round:
             self._on_repeated_task(task)
+            return
+        if not self.accepting_tasks:
+            log.info("device %s: stopping; not taking the task of round %d", self.device_id, task.round)
             return
         self.current_task = task
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])

@@ -6,6 +6,11 @@ State directory layout::
     STATE_DIR/work/                 the worker's task, model and update files
     STATE_DIR/pending-update.bin    a finished update until the server acknowledges it
     STATE_DIR/status.json           what ``genfl-edge status`` shows, rewritten every few seconds
+
+Signals: the first SIGTERM (or SIGINT) stops taking tasks, lets a running
+worker finish within ``stop_grace_s`` (its update is sent, and kept on disk
+until acknowledged), publishes the offline state and exits 0. A second signal
+stops the worker at once. Every file write is temp-file + rename.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ import json
 import logging
 import os
 import random
-import resource
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from protocol import (
     BlobStore,
@@ -28,6 +33,7 @@ from protocol import (
     ConfigError,
     DeviceState,
     MqttTransport,
+    Notifier,
     Topics,
     TransportError,
     Will,
@@ -36,9 +42,10 @@ from protocol import (
 )
 
 from ._agent import AgentCore
+from ._gate import GatedRunner, TrainWindow
 from ._process_runner import WorkerRunner, describe_data
 
-__all__ = ["AgentConfig", "run_agent"]
+__all__ = ["AgentConfig", "load_agent_config", "run_agent"]
 
 log = logging.getLogger("genfl.edge")
 
@@ -46,132 +53,232 @@ log = logging.getLogger("genfl.edge")
 @dataclass(frozen=True)
 class AgentConfig:
     device_id: str
-    fleet: str
-    broker: str
     data: str
     state_dir: Path
+    fleet: str = "default"
+    broker: str = "mqtt://127.0.0.1:1883"
     data_dir: Path = Path("data")
     worker: str = "per-task"
     torch_device: str = "cpu"
     share_label_counts: bool = False
     backoff_cap_s: float = 60.0
     status_every_s: float = 5.0
+    stop_grace_s: float = 30.0
+    train_window: str | None = None  # "22:00-06:00", local time
+    min_free_memory_mb: float = 0.0
 
     def __post_init__(self) -> None:
         validate_name("device id", self.device_id)
         validate_name("fleet", self.fleet)
         BrokerAddress.parse(self.broker)
         if self.worker not in ("per-task", "persistent"):
-            raise ConfigError(f"--worker must be per-task or persistent, got {self.worker!r}")
+            raise ConfigError(f"worker must be per-task or persistent, got {self.worker!r}")
         if self.backoff_cap_s < 1:
             raise ConfigError("the backoff cap must be at least 1 s")
+        if self.stop_grace_s < 0 or self.min_free_memory_mb < 0:
+            raise ConfigError("stop grace and minimum free memory cannot be negative")
+        if self.train_window is not None:
+            TrainWindow.parse(self.train_window)
+
+
+def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
+    """Settings from a TOML file (``[agent]`` table or top level), then ``overrides`` (CLI flags) on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            document = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
+        values = document.get("agent", document)
+    known = {f.name: f for f in fields(AgentConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for name in ("device_id", "data", "state_dir"):
+        if name not in values:
+            raise ConfigError(f"{name.replace('_', '-')} is not set (give --{name.replace('_', '-')} or a config file)")
+    for name in ("state_dir", "data_dir"):
+        if name in values:
+            values[name] = Path(values[name])
+    try:
+        return AgentConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad config: {exc}") from exc
 
 
 def _rss_mb() -> float:
-    """Resident memory now, from /proc (ru_maxrss misreports after fork+exec of the worker)."""
+    """Resident memory now, from /proc (ru_maxrss misreports after the fork of a worker)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return 0.0
 
 
-def _connect_with_backoff(transport: MqttTransport, stop: threading.Event, cap_s: float) -> bool:
+class _Stop:
+    """First signal: stop gracefully. Second: stop now."""
+
+    def __init__(self, event: threading.Event | None) -> None:
+        self.graceful = event or threading.Event()
+        self.now = threading.Event()
+
+    def signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.graceful.is_set():
+            log.warning("second signal %d: stopping now", signum)
+            self.now.set()
+        else:
+            log.info("signal %d: finishing up, then stopping", signum)
+            self.graceful.set()
+
+
+def _connect_with_backoff(transport: MqttTransport, stop: _Stop, cap_s: float, notifier: Notifier) -> bool:
     """Try until connected or stopped: capped exponential backoff with jitter, one log line per try."""
     delay = 1.0
-    while not stop.is_set():
+    notifier.status("waiting for broker")
+    while not stop.graceful.is_set():
         try:
             transport.connect(timeout_s=10)
             return True
         except TransportError as exc:
             wait = min(cap_s, delay) * random.uniform(0.5, 1.0)
             log.warning("%s; retrying in %.0f s", exc, wait)
-            stop.wait(wait)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not stop.graceful.is_set():
+                notifier.watchdog()
+                stop.graceful.wait(min(1.0, deadline - time.monotonic()))
             delay *= 2
     return False
 
 
-def _write_status(config: AgentConfig, core: AgentCore, transport: MqttTransport, runner: WorkerRunner) -> None:
-    status = {
-        "device_id": config.device_id,
-        "fleet": config.fleet,
-        "broker": config.broker,
-        "connected": transport.connected,
-        "round": None if core.current_task is None else core.current_task.round,
-        "model_id": None if core.current_task is None else core.current_task.model_id,
-        "training": core.training,
-        "last_outcome": core.last_outcome,
-        "pending_round": core.pending_round,
-        "num_samples": core.num_samples,
-        "rejected": dict(core.rejected),
-        "pid": os.getpid(),
-        "worker_pid": runner.worker_pid,
-        "daemon_rss_mb": round(_rss_mb(), 1),
-        "updated": time.time(),
-    }
-    path = config.state_dir / "status.json"
-    tmp = path.with_name("status.json.tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(tmp, path)
+class _Agent:
+    """The daemon's pieces and its loop."""
+
+    def __init__(self, config: AgentConfig, notifier: Notifier) -> None:
+        self.config = config
+        self.notifier = notifier
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        summary = describe_data(config.data, config.data_dir)
+        log.info(
+            "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
+        )
+        topics = Topics(config.fleet)
+        offline = DeviceState(device_id=config.device_id, state="offline", num_samples=summary.num_samples)
+        self.transport = MqttTransport(
+            BrokerAddress.parse(config.broker),
+            f"genfl-{config.fleet}-{config.device_id}",
+            will=Will(topics.device(config.device_id, "state"), encode_message(offline)),
+            backoff_cap_s=config.backoff_cap_s,
+        )
+        self.worker = WorkerRunner(
+            config.device_id,
+            config.data,
+            config.state_dir / "work",
+            data_dir=config.data_dir,
+            mode=config.worker,
+            torch_device=config.torch_device,
+        )
+        window = TrainWindow.parse(config.train_window) if config.train_window else None
+        self.runner = GatedRunner(self.worker, window, config.min_free_memory_mb)
+        self.core = AgentCore(
+            config.device_id,
+            topics,
+            self.transport,
+            BlobStore(config.state_dir / "blobs"),
+            self.runner,
+            num_samples=summary.num_samples,
+            label_counts=tuple(float(c) for c in summary.label_counts) if config.share_label_counts else None,
+            pending_path=config.state_dir / "pending-update.bin",
+        )
+
+    def state_text(self) -> str:
+        if not self.transport.connected:
+            return "waiting for broker"
+        if self.core.training and self.core.current_task is not None:
+            return f"training round {self.core.current_task.round}"
+        if self.runner.waiting:
+            return "waiting for the train window"
+        return "idle"
+
+    def write_status(self) -> None:
+        core = self.core
+        status = {
+            "device_id": self.config.device_id,
+            "fleet": self.config.fleet,
+            "broker": self.config.broker,
+            "connected": self.transport.connected,
+            "state": self.state_text(),
+            "round": None if core.current_task is None else core.current_task.round,
+            "model_id": None if core.current_task is None else core.current_task.model_id,
+            "training": core.training,
+            "last_outcome": core.last_outcome,
+            "pending_round": core.pending_round,
+            "num_samples": core.num_samples,
+            "rejected": dict(core.rejected),
+            "pid": os.getpid(),
+            "worker_pid": self.worker.worker_pid,
+            "worker_peak_rss_mb": self.worker.worker_peak_rss_mb,
+            "daemon_rss_mb": round(_rss_mb(), 1),
+            "updated": time.time(),
+        }
+        path = self.config.state_dir / "status.json"
+        tmp = path.with_name("status.json.tmp")
+        tmp.write_text(json.dumps(status, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def step(self, timeout_s: float = 0.1) -> None:
+        self.transport.poll(timeout_s)
+        self.runner.check()
+        self.notifier.status(self.state_text())
+        self.notifier.watchdog()
 
 
-def run_agent(config: AgentConfig, stop: threading.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop``); returns the process exit code."""
-    stop = stop or threading.Event()
+def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop_event``); returns the process exit code."""
+    stop = _Stop(stop_event)
     if threading.current_thread() is threading.main_thread():
-
-        def _on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %d: stopping", signum)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, stop.signal)
+        signal.signal(signal.SIGINT, stop.signal)
+    notifier = Notifier()
+    (config.state_dir).mkdir(parents=True, exist_ok=True)
     (config.state_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=2) + "\n")
-    summary = describe_data(config.data, config.data_dir)
-    log.info("device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes))
-    topics = Topics(config.fleet)
-    state_topic = topics.device(config.device_id, "state")
-    offline = encode_message(DeviceState(device_id=config.device_id, state="offline", num_samples=summary.num_samples))
-    transport = MqttTransport(
-        BrokerAddress.parse(config.broker), f"genfl-{config.fleet}-{config.device_id}", will=Will(state_topic, offline)
-    )
-    runner = WorkerRunner(
-        config.device_id,
-        config.data,
-        config.state_dir / "work",
-        data_dir=config.data_dir,
-        mode=config.worker,
-        torch_device=config.torch_device,
-    )
-    core = AgentCore(
-        config.device_id,
-        topics,
-        transport,
-        BlobStore(config.state_dir / "blobs"),
-        runner,
-        num_samples=summary.num_samples,
-        label_counts=tuple(float(c) for c in summary.label_counts) if config.share_label_counts else None,
-        pending_path=config.state_dir / "pending-update.bin",
-    )
-    runner.warm_up()
-    if not _connect_with_backoff(transport, stop, config.backoff_cap_s):
-        runner.stop()
+    agent = _Agent(config, notifier)
+    agent.worker.warm_up()
+    if not _connect_with_backoff(agent.transport, stop, config.backoff_cap_s, notifier):
+        agent.worker.stop(grace_s=0.0)
+        notifier.stopping()
         return 0
-    core.start()
+    agent.core.start()
+    notifier.ready(agent.state_text())
     last_status = 0.0
     try:
-        while not stop.is_set():
-            transport.poll(0.1)
-            runner.check()
+        while not stop.graceful.is_set():
+            agent.step()
             if time.monotonic() - last_status >= config.status_every_s:
-                _write_status(config, core, transport, runner)
+                agent.write_status()
                 last_status = time.monotonic()
+        notifier.stopping()
+        agent.core.accepting_tasks = False
+        deadline = time.monotonic() + config.stop_grace_s
+        while agent.core.training and not stop.now.is_set() and time.monotonic() < deadline:
+            agent.step()  # the worker may finish: its update is sent and kept until acknowledged
+        if agent.core.training:
+            log.warning(
+                "stopping the training worker of round %s", agent.core.current_task and agent.core.current_task.round
+            )
+        grace_end = time.monotonic() + 1.0
+        while agent.core.pending is not None and not stop.now.is_set() and time.monotonic() < grace_end:
+            agent.step(0.05)  # a moment for the ack of a just-sent update
     finally:
-        runner.stop(grace_s=0.0)
-        core.publish_state("offline")
-        _write_status(config, core, transport, runner)
-        transport.close()
+        agent.worker.stop(grace_s=0.0)
+        agent.core.publish_state("offline")
+        agent.write_status()
+        agent.transport.close()
+        notifier.close()
     return 0

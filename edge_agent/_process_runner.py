@@ -92,6 +92,7 @@ class WorkerRunner:
         self._process: subprocess.Popen[str] | None = None
         self._inbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._job: _Job | None = None
+        self.worker_peak_rss_mb: float | None = None
 
     @property
     def busy(self) -> bool:
@@ -180,6 +181,7 @@ class WorkerRunner:
             job.done(job.task, f"the training worker died (exit code {code})")
             return
         reply = json.loads(line)
+        self.worker_peak_rss_mb = reply.get("peak_rss_mb", self.worker_peak_rss_mb)
         if self.mode == "per-task" and self._process is not None:
             self._process.wait()
             self._process = None

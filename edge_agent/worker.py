@@ -54,6 +54,12 @@ def _run_job(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> None:
     os.replace(tmp, out)
 
 
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
 def _take_slot(setting: str) -> object:
     """``DIR:K``: hold one of K lock files in DIR for this process's life.
 
@@ -98,7 +104,7 @@ def main() -> int:
     for line in sys.stdin:
         try:
             _run_job(json.loads(line), cache)
-            reply: dict[str, Any] = {"ok": True}
+            reply: dict[str, Any] = {"ok": True, "peak_rss_mb": _peak_rss_mb()}
         except GenflError as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         except (OSError, KeyError, ValueError) as exc:

@@ -20,11 +20,13 @@ from ._messages import (
     encode_message,
 )
 from ._mqtt import BrokerAddress, MqttTransport, Will
+from ._systemd import HARDENING, Notifier, UnitInstall, install_unit, systemd_is_running, uninstall_unit
 from ._tensors import TensorDict, blob_id, decode_tensors, encode_tensors
 from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
 from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
 
 __all__ = [
+    "HARDENING",
     "DEFAULT_CHUNK_SIZE",
     "DEVICE_CHANNELS",
     "PROTOCOL_VERSION",
@@ -45,6 +47,7 @@ __all__ = [
     "MessageHandler",
     "ModelError",
     "MqttTransport",
+    "Notifier",
     "ParsedTopic",
     "ProtocolError",
     "Task",
@@ -53,6 +56,7 @@ __all__ = [
     "TrainConfig",
     "Transport",
     "TransportError",
+    "UnitInstall",
     "Update",
     "Will",
     "blob_id",
@@ -61,7 +65,10 @@ __all__ = [
     "decode_tensors",
     "encode_message",
     "encode_tensors",
+    "install_unit",
     "iter_chunks",
+    "systemd_is_running",
     "topic_matches",
+    "uninstall_unit",
     "validate_name",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import random
 import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -93,6 +94,7 @@ class MqttTransport(Transport):
         session_expiry_s: int = 3600,
         keepalive_s: int = 30,
         max_inflight: int = 64,
+        backoff_cap_s: float = 30.0,
     ) -> None:
         super().__init__()
         self.address = address
@@ -112,7 +114,12 @@ class MqttTransport(Transport):
                 CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
             )
         self._client.max_inflight_messages_set(max_inflight)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # paho doubles the delay up to the cap; a random base per client is the jitter that keeps
+        # a fleet from reconnecting in lockstep after a broker restart.
+        # (paho takes whole seconds.)
+        self._client.reconnect_delay_set(min_delay=random.randint(1, 3), max_delay=max(3, round(backoff_cap_s)))
+        self._connects = 0
+        self._reconnected = threading.Event()
         if username is not None:
             self._client.username_pw_set(username, password)
         if will is not None:
@@ -133,6 +140,9 @@ class MqttTransport(Transport):
         for topic_filter in filters:
             self._subscribe(topic_filter)
         self._refused = None
+        self._connects += 1
+        if self._connects > 1:
+            self._reconnected.set()
         self._connected.set()
         log.info("connected to %s as %s", self.address.url(), self.client_id)
 
@@ -198,6 +208,10 @@ class MqttTransport(Transport):
     def poll(self, timeout_s: float = 0.1) -> int:
         """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""
         delivered = 0
+        if self._reconnected.is_set():
+            self._reconnected.clear()
+            if self._reconnect_handler is not None:
+                self._reconnect_handler()
         try:
             topic, payload = self._inbox.get(timeout=timeout_s)
         except queue.Empty:

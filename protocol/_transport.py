@@ -36,9 +36,14 @@ class Transport(ABC):
         self.bytes_sent = 0
         self.bytes_received = 0
         self._handler: MessageHandler | None = None
+        self._reconnect_handler: Callable[[], None] | None = None
 
     def set_handler(self, handler: MessageHandler) -> None:
         self._handler = handler
+
+    def set_reconnect_handler(self, handler: Callable[[], None]) -> None:
+        """Called (in the polling thread) after the connection came back, e.g. to re-announce state."""
+        self._reconnect_handler = handler
 
     def _deliver(self, topic: str, payload: bytes) -> None:
         self.bytes_received += len(payload)

@@ -5,26 +5,35 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from edge_agent._daemon import AgentConfig, run_agent
+from edge_agent._daemon import load_agent_config, run_agent
 
 from ._errors import exit_on_error
 
 
 def run(
-    device_id: Annotated[str, typer.Option(help="This device's id (letters, digits, '_', '.', '-').")],
-    data: Annotated[str, typer.Option(help="Local data: digits, cifar10, folder:PATH, zip:PATH or npz:PATH.")],
-    state_dir: Annotated[Path, typer.Option(help="Where the agent keeps models, the pending update and status.")],
-    fleet: Annotated[str, typer.Option(help="Fleet name (the topic prefix genfl/<fleet>/).")] = "default",
-    broker: Annotated[str, typer.Option(help="Broker URL, mqtt://HOST:PORT.")] = "mqtt://127.0.0.1:1883",
-    data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
-    worker: Annotated[str, typer.Option(help="per-task (frees memory between rounds) or persistent.")] = "per-task",
-    torch_device: Annotated[str, typer.Option(help="Where the worker trains: cpu or cuda.")] = "cpu",
-    share_label_counts: Annotated[bool, typer.Option(help="Send the label histogram to the server.")] = False,
-    status_interval: Annotated[float, typer.Option(help="Seconds between status.json rewrites.")] = 5.0,
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings; the flags below override it.")] = None,
+    device_id: Annotated[Optional[str], typer.Option(help="This device's id.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="digits, cifar10, folder:PATH, zip:PATH or npz:PATH.")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Models, the pending update, status.json.")] = None,
+    fleet: Annotated[Optional[str], typer.Option(help="Fleet name (topic prefix genfl/<fleet>/).")] = None,
+    broker: Annotated[Optional[str], typer.Option(help="Broker URL, mqtt://HOST:PORT.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where cifar10 is (or is downloaded to).")] = None,
+    worker: Annotated[Optional[str], typer.Option(help="per-task (frees memory) or persistent.")] = None,
+    torch_device: Annotated[Optional[str], typer.Option(help="Where the worker trains: cpu or cuda.")] = None,
+    share_label_counts: Annotated[
+        Optional[bool], typer.Option("--share-label-counts/--no-share-label-counts", help="Send the label histogram.")
+    ] = None,
+    backoff_cap: Annotated[Optional[float], typer.Option(help="Longest wait between reconnects, seconds.")] = None,
+    stop_grace: Annotated[Optional[float], typer.Option(help="Seconds a running training may finish on stop.")] = None,
+    train_window: Annotated[
+        Optional[str], typer.Option(help="Train only in this local window, e.g. 22:00-06:00.")
+    ] = None,
+    min_free_memory: Annotated[Optional[float], typer.Option(help="MB that must be free to start a worker.")] = None,
+    status_interval: Annotated[Optional[float], typer.Option(help="Seconds between status.json rewrites.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the agent: keep the broker session, train each round in a worker process, send updates."""
@@ -32,17 +41,24 @@ def run(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with exit_on_error():
-        config = AgentConfig(
-            device_id=device_id,
-            fleet=fleet,
-            broker=broker,
-            data=data,
-            state_dir=state_dir,
-            data_dir=data_dir,
-            worker=worker,
-            torch_device=torch_device,
-            share_label_counts=share_label_counts,
-            status_every_s=status_interval,
+        settings = load_agent_config(
+            config,
+            {
+                "device_id": device_id,
+                "data": data,
+                "state_dir": state_dir,
+                "fleet": fleet,
+                "broker": broker,
+                "data_dir": data_dir,
+                "worker": worker,
+                "torch_device": torch_device,
+                "share_label_counts": share_label_counts,
+                "backoff_cap_s": backoff_cap,
+                "stop_grace_s": stop_grace,
+                "train_window": train_window,
+                "min_free_memory_mb": min_free_memory,
+                "status_every_s": status_interval,
+            },
         )
-        code = run_agent(config)
+        code = run_agent(settings)
     raise typer.Exit(code=code)

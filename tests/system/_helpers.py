@@ -45,11 +45,12 @@ class Processes:
         return process
 
     def agent(
-        self, name: str, device_id: str, fleet: str, broker: str, data: str, *extra: str
+        self, name: str, device_id: str, fleet: str, broker: str, data: str, *extra: str, state: str | None = None
     ) -> subprocess.Popen[bytes]:
+        """An agent process; its state folder is ``state`` (default: ``name``) under the test's folder."""
         return self.start(
             name, "-m", "edge_agent", "run", "--device-id", device_id, "--fleet", fleet, "--broker", broker,
-            "--data", data, "--state-dir", str(self.folder / name), *extra,
+            "--data", data, "--state-dir", str(self.folder / (state or name)), *extra,
         )  # fmt: skip
 
     def server(self, name: str, state_dir: Path, fleet: str, *extra: str) -> subprocess.Popen[bytes]:

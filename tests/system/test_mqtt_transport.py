@@ -93,17 +93,19 @@ def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosqu
             round=7, device_id="dev-a", base_model_id=coordinator.global_id, num_samples=3,
             train_loss=0.1, train_accuracy=0.5, delta={"w": np.ones(4, dtype=np.float32)},
         )  # fmt: skip
-        # Execute: garbage, a truncated update, an update for a closed round, a message on the wrong channel
+        # Execute: garbage, a truncated update, a closed round, the wrong channel, an unknown topic
         send(topics.device("dev-a", "update"), b"\x00garbage\xff" * 10)
         send(topics.device("dev-a", "update"), encode_message(closed_round)[:-9])
         send(topics.device("dev-a", "update"), encode_message(closed_round))
         send(topics.device("dev-a", "blob/req"), encode_message(bad_chunk))
+        send(f"genfl/{fleet}/devices/dev-a/firmware", b"?")
         pump(1.5)
         # Assert: each rejected and counted, the round still open and served
         assert coordinator.rejected["bad-frame"] == 1
         assert coordinator.rejected["bad-tensors"] == 1
         assert coordinator.rejected["closed-round"] == 1
         assert coordinator.rejected["unexpected-type"] == 1
+        assert coordinator.rejected["unknown-topic"] == 1
         good = Update(
             round=1, device_id="dev-a", base_model_id=coordinator.global_id, num_samples=3,
             train_loss=0.1, train_accuracy=0.5, delta={"w": np.ones(4, dtype=np.float32)},

@@ -1,0 +1,76 @@
+"""The systemd unit of the coordinator, rendered for this installation."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from protocol import HARDENING, ConfigError
+
+__all__ = ["UNIT_NAME", "default_executable", "render_server_unit"]
+
+UNIT_NAME = "genfl-server.service"
+
+_TEMPLATE = """\
+# genfl-server: federated rounds, aggregation and the generator for a fleet.
+# Written by `genfl-server install-service`; `genfl-server uninstall-service` removes it.
+# Put the serve options (fleet, broker, rounds, ...) in /etc/genfl/server.env as
+#   GENFL_SERVER_ARGS=--fleet plant-3 --broker mqtt://broker.local:1883 --rounds 1000
+[Unit]
+Description=genfl-edge federated learning server
+Documentation=https://github.com/genfl-edge/genfl-edge
+Wants=network-online.target
+After=network-online.target
+StartLimitIntervalSec=600
+StartLimitBurst=5
+
+[Service]
+Type=notify
+NotifyAccess=main
+EnvironmentFile=-/etc/genfl/server.env
+ExecStart={executable} serve --state-dir /var/lib/genfl-server $GENFL_SERVER_ARGS
+WatchdogSec=60
+Restart=on-failure
+RestartSec=10
+TimeoutStopSec=30
+KillMode=mixed
+
+DynamicUser=yes
+StateDirectory=genfl-server
+StateDirectoryMode=0700
+ConfigurationDirectory=genfl
+ConfigurationDirectoryMode=0750
+WorkingDirectory=/var/lib/genfl-server
+MemoryMax=16G
+TasksMax=1024
+
+{hardening}{gpu}\
+# Not set on purpose: MemoryDenyWriteExecute= (torch's CPU kernels and CUDA generate code at run time).
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+_GPU = """\
+# The generator's GPU: the NVIDIA device nodes only.
+PrivateDevices=no
+DeviceAllow=/dev/nvidiactl rw
+DeviceAllow=/dev/nvidia-uvm rw
+DeviceAllow=/dev/nvidia0 rw
+"""
+
+
+def default_executable() -> Path:
+    """The ``genfl-server`` next to this Python (a venv's bin), else the one on PATH."""
+    beside = Path(sys.executable).parent / "genfl-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("genfl-server")
+    if found is None:
+        raise ConfigError("cannot find the genfl-server executable; install the package first")
+    return Path(found)
+
+
+def render_server_unit(executable: Path, gpu: bool = False) -> str:
+    return _TEMPLATE.format(executable=executable, hardening=HARDENING, gpu=_GPU if gpu else "")

@@ -1,0 +1,41 @@
+"""``genfl-server install-service`` / ``uninstall-service``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cloud_server._service import UNIT_NAME, default_executable, render_server_unit
+from protocol import install_unit, uninstall_unit
+
+from ._errors import exit_on_error
+
+
+def install_service(
+    root: Annotated[Path, typer.Option(help="Install under this root (default: the running system).")] = Path("/"),
+    gpu: Annotated[bool, typer.Option(help="Let the service use the NVIDIA GPU (for the generator).")] = False,
+    now: Annotated[bool, typer.Option(help="Also enable and start it (needs systemd as PID 1).")] = False,
+) -> None:
+    """Write genfl-server.service and print (or, with --now, run) the systemctl commands."""
+    with exit_on_error():
+        done = install_unit(root, UNIT_NAME, render_server_unit(default_executable(), gpu=gpu), now=now)
+    typer.echo(f"wrote {done.path}")
+    if not now:
+        typer.echo("serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:")
+        for command in done.commands:
+            typer.echo("  " + " ".join(command))
+
+
+def uninstall_service(
+    root: Annotated[Path, typer.Option(help="Remove from under this root.")] = Path("/"),
+    now: Annotated[bool, typer.Option(help="Also stop and disable it first (needs systemd as PID 1).")] = False,
+) -> None:
+    """Remove genfl-server.service (state in /var/lib/genfl-server is kept)."""
+    with exit_on_error():
+        done = uninstall_unit(root, UNIT_NAME, now=now)
+    typer.echo(f"removed {done.path}")
+    if not now:
+        for command in done.commands:
+            typer.echo("  " + " ".join(command))

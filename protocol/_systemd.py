@@ -1,0 +1,161 @@
+"""systemd integration shared by both services: sd_notify and unit installation.
+
+sd_notify is a datagram to the socket named in ``NOTIFY_SOCKET`` (a path, or
+an abstract name starting with ``@``); with no such variable every call is a
+no-op, so the same code runs under systemd, in a terminal and in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ConfigError
+
+# The sandbox both units share (systemd.exec(5)); each unit adds its own paths, limits and devices.
+HARDENING = """\
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+DevicePolicy=closed
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+KeyringMode=private
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+UMask=0077
+"""
+
+__all__ = ["HARDENING", "Notifier", "UnitInstall", "install_unit", "systemd_is_running", "uninstall_unit"]
+
+
+class Notifier:
+    """READY / STATUS / WATCHDOG / STOPPING for ``Type=notify`` units."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._socket: socket.socket | None = None
+        if self._address:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        usec = env.get("WATCHDOG_USEC", "")
+        # Ping at half the watchdog interval, as sd_watchdog_enabled(3) advises.
+        self._watchdog_every_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        self._last_ping = 0.0
+        self._status = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self._socket is not None
+
+    def _send(self, message: str) -> None:
+        if self._socket is None:
+            return
+        with contextlib.suppress(OSError):  # systemd went away (or a test closed its socket)
+            self._socket.sendto(message.encode(), self._address)
+
+    def ready(self, status: str) -> None:
+        self._status = status
+        self._send(f"READY=1\nSTATUS={status}")
+
+    def status(self, text: str) -> None:
+        if text != self._status:
+            self._status = text
+            self._send(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        """Ping if the unit has a watchdog and half its interval has passed; cheap to call often."""
+        if self._watchdog_every_s is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self._watchdog_every_s:
+            self._last_ping = now
+            self._send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1\nSTATUS=stopping")
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def systemd_is_running() -> bool:
+    """True when systemd is PID 1 (sd_booted(3))."""
+    return Path("/run/systemd/system").is_dir()
+
+
+@dataclass(frozen=True)
+class UnitInstall:
+    path: Path
+    commands: list[list[str]]
+
+
+def install_unit(root: Path, name: str, text: str, now: bool = False) -> UnitInstall:
+    """Write ``name`` under ``root``/etc/systemd/system; with ``now``, enable and start it."""
+    if now:
+        _check_can_run(root)
+    unit_dir = root / "etc" / "systemd" / "system"
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    path = unit_dir / name
+    tmp = path.with_name(f".{name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", name]]
+    if now:
+        _run_systemctl(root, commands)
+    return UnitInstall(path, commands)
+
+
+def uninstall_unit(root: Path, name: str, now: bool = False) -> UnitInstall:
+    """Remove the unit (after ``systemctl disable --now`` with ``now``)."""
+    path = root / "etc" / "systemd" / "system" / name
+    commands = [["systemctl", "disable", "--now", name], ["systemctl", "daemon-reload"]]
+    if now:
+        _check_can_run(root)
+        _run_systemctl(root, commands[:1])
+    path.unlink(missing_ok=True)
+    if now:
+        _run_systemctl(root, commands[1:])
+    return UnitInstall(path, commands)
+
+
+def _check_can_run(root: Path) -> None:
+    if root.resolve() != Path("/"):
+        raise ConfigError("--now only works with --root / (the running system)")
+    if not systemd_is_running() or shutil.which("systemctl") is None:
+        raise ConfigError("--now needs systemd as PID 1; run the printed systemctl commands yourself")
+
+
+def _run_systemctl(root: Path, commands: list[list[str]]) -> None:
+    _check_can_run(root)
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"{' '.join(command)} failed: {done.stderr.strip()}")

@@ -1,0 +1,28 @@
+"""Write the reference units in systemd/ (ExecStart under /usr/local/bin).
+
+`install-service` renders the same text with the installed executable's path;
+a test checks that these files match the renderers.
+
+    python tools/render_units.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cloud_server._service import render_server_unit  # noqa: E402
+from edge_agent._service import EdgeUnit, render_edge_unit  # noqa: E402
+
+UNITS = {
+    "genfl-edge.service": lambda: render_edge_unit(EdgeUnit(Path("/usr/local/bin/genfl-edge"))),
+    "genfl-server.service": lambda: render_server_unit(Path("/usr/local/bin/genfl-server")),
+}
+
+if __name__ == "__main__":
+    for name, render in UNITS.items():
+        (ROOT / "systemd" / name).write_text(render())
+        print(f"wrote systemd/{name}")
