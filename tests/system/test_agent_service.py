@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,10 +75,8 @@ def test_agent_reports_ready_status_and_watchdog_and_stays_small(
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in messages) < 2:
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append(notify.recv(4096).decode())
-            except TimeoutError:
-                pass
         time.sleep(1.0)
         idle = _status(tmp_path / "agent")
         agent.send_signal(signal.SIGTERM)
