@@ -89,8 +89,10 @@ class WeightedDeltaSum:
             terms[name] = np.rint(scaled * _SCALE).astype(np.int64)
         return terms
 
-    def add(self, delta: Mapping[str, np.ndarray], weight: int) -> None:
-        """Add ``weight * delta``; validates first, so a rejected update changes nothing."""
+    def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
+        """Add ``weight * delta``; validates first, so a rejected update changes nothing.
+
+        ``key`` (the device id) is not needed here: the sum does not depend on order."""
         if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
             raise ProtocolError("bad-weight", f"weight must be a positive integer, got {weight!r}")
         check_update_shapes({n: np.empty(s.shape, self._dtypes[n]) for n, s in self._sums.items()}, delta)

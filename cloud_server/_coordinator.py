@@ -48,7 +48,7 @@ from protocol import (
 
 from ._aggregation import WeightedDeltaSum, check_update_shapes
 from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
-from ._strategy import Strategy
+from ._strategy import Accumulator, Strategy
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundResult"]
 
@@ -65,8 +65,11 @@ class CoordinatorConfig:
     min_devices: int = 1
     round_timeout_s: float = 600.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_update_norm: float | None = None  # reject updates whose L2 norm is larger
 
     def __post_init__(self) -> None:
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise ConfigError("the update norm bound must be positive")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.min_devices < 1:
@@ -103,7 +106,7 @@ class RoundResult:
 class _OpenRound:
     number: int
     configs: dict[str, TrainConfig]
-    updates: WeightedDeltaSum
+    updates: Accumulator
     started: float
     bytes_up_at_start: int
     bytes_down_at_start: int
@@ -172,7 +175,7 @@ class Coordinator:
         """Re-open a round from the journal, adding its accepted updates to a fresh accumulator."""
         current = self._new_round(record.number, record.configs, record.started)
         for update in record.accepted:
-            current.updates.add(decode_tensors(update.delta), update.num_samples)
+            current.updates.add(decode_tensors(update.delta), update.num_samples, key=update.device_id)
             current.accepted.add(update.device_id)
             current.train_loss_sum += update.train_loss * update.num_samples
         current.failed = set(record.failed)
@@ -262,17 +265,21 @@ class Coordinator:
         if device_id in current.accepted:
             self._ack(device_id, update.round, True, "duplicate")  # QoS 1 redelivery: ack again, count once
             return
-        if update.base_model_id != self.global_id:
-            raise ProtocolError("stale-base", f"update built on {update.base_model_id[:12]}")
-        check_update_shapes(self.global_state, update.delta)
-        probe = WeightedDeltaSum(self.global_state)
-        probe.add(update.delta, update.num_samples)  # range check before anything is written
+        try:
+            norm = self._validate(update)
+        except ProtocolError as exc:
+            # The device answered, with something unusable: the round need not wait for it.
+            if device_id not in current.failed:
+                current.failed.add(device_id)
+                self._journal.failure_recorded(update.round, device_id, f"rejected: {exc}")
+            self._ack(device_id, update.round, False, exc.reason)
+            raise
         record = AcceptedUpdate(
             device_id=device_id,
             num_samples=update.num_samples,
             train_loss=update.train_loss,
             train_accuracy=update.train_accuracy,
-            norm=_norm(update.delta),
+            norm=norm,
             delta=encode_tensors(update.delta),
         )
         try:
@@ -280,7 +287,7 @@ class Coordinator:
         except GenflError as exc:
             log.error("could not persist %s's update for round %d, not acknowledged: %s", device_id, update.round, exc)
             return
-        current.updates.add(update.delta, update.num_samples)
+        current.updates.add(update.delta, update.num_samples, key=device_id)
         current.accepted.add(device_id)
         current.train_loss_sum += update.train_loss * update.num_samples
         if device_id in self.devices:
@@ -292,6 +299,18 @@ class Coordinator:
             "round %d: update from %s accepted (%d samples, norm %.3g, %d/%d)",
             update.round, device_id, update.num_samples, record.norm, len(current.accepted), len(current.configs),
         )  # fmt: skip
+
+    def _validate(self, update: Update) -> float:
+        """Check an update against the global model; its L2 norm, or ProtocolError."""
+        if update.base_model_id != self.global_id:
+            raise ProtocolError("stale-base", f"update built on {update.base_model_id[:12]}")
+        check_update_shapes(self.global_state, update.delta)
+        probe = WeightedDeltaSum(self.global_state)
+        probe.add(update.delta, update.num_samples)  # the fixed-point range check
+        norm = _norm(update.delta)
+        if self.config.max_update_norm is not None and norm > self.config.max_update_norm:
+            raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {self.config.max_update_norm:.3g}")
+        return norm
 
     def _on_failure(self, device_id: str, failure: Failure) -> None:
         current = self._check_round(device_id, failure.device_id, failure.round)
@@ -331,7 +350,7 @@ class Coordinator:
         return _OpenRound(
             number=number,
             configs=configs,
-            updates=WeightedDeltaSum(self.global_state),
+            updates=self.strategy.new_accumulator(self.global_state),
             started=started,
             bytes_up_at_start=self.transport.bytes_received,
             bytes_down_at_start=self.transport.bytes_sent,

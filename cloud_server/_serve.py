@@ -35,13 +35,16 @@ class ServeConfig:
     round_timeout_s: float = 600.0
     strategy: str = "fedavg"
     prox_mu: float = 0.01
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    local_epochs: int = StrategyConfig.local_epochs
+    batch_size: int = StrategyConfig.batch_size
+    learning_rate: float = StrategyConfig.learning_rate
     seed: int = 0
     chunk_size: int = 256 * 1024
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
+    aggregate: str = "fedavg"
+    trim: float = 0.2
+    max_update_norm: float | None = None
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
 
     def __post_init__(self) -> None:
@@ -72,6 +75,8 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             learning_rate=config.learning_rate,
             prox_mu=config.prox_mu,
             seed=config.seed,
+            aggregate=config.aggregate,
+            trim=config.trim,
         ),
     )
     journal = SqliteJournal(config.state_dir)
@@ -92,6 +97,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
                 min_devices=config.min_devices,
                 round_timeout_s=config.round_timeout_s,
                 chunk_size=config.chunk_size,
+                max_update_norm=config.max_update_norm,
             ),
             strategy,
             transport,

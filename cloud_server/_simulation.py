@@ -46,8 +46,10 @@ from protocol import (
     encode_tensors,
 )
 
+from ._attacks import ATTACKS, make_attack
 from ._broker import EmbeddedBroker
 from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
+from ._robust import AGGREGATORS
 from ._strategy import StrategyConfig, make_strategy
 
 __all__ = [
@@ -71,9 +73,9 @@ class SimulationConfig:
     classes_per_device: int = 2
     min_samples: int = 10
     rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    local_epochs: int = StrategyConfig.local_epochs
+    batch_size: int = StrategyConfig.batch_size
+    learning_rate: float = StrategyConfig.learning_rate
     strategy: str = "fedavg"
     prox_mu: float = 0.01
     fraction: float = 1.0
@@ -91,6 +93,10 @@ class SimulationConfig:
     worker: str = "persistent"  # the agents' worker mode (persistent saves torch's import each round)
     worker_slots: int | None = None  # at most this many workers train at once (per-task workers only)
     round_timeout_s: float = 600.0
+    aggregate: str = "fedavg"  # fedavg, median, trimmed-mean or clipped
+    trim: float = 0.2
+    malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)
+    attack: str = "sign-flip"
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -101,6 +107,14 @@ class SimulationConfig:
             raise ConfigError("train subset must hold at least one sample per device")
         if self.worker_slots is not None and (self.worker_slots < 1 or self.worker != "per-task"):
             raise ConfigError("worker slots need --worker per-task and a count of at least 1")
+        if self.aggregate not in AGGREGATORS:
+            raise ConfigError(f"unknown aggregation {self.aggregate!r}; use one of {', '.join(AGGREGATORS)}")
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}")
+        if not 0 <= self.malicious <= self.devices:
+            raise ConfigError(f"malicious devices must be 0..{self.devices}, got {self.malicious}")
+        if self.malicious and self.transport != "local":
+            raise ConfigError("--malicious is simulated in-process: use --transport local")
         if self.torch_threads < 1:
             raise ConfigError("torch threads must be at least 1")
         if self.transport not in ("local", "mqtt"):
@@ -163,10 +177,15 @@ class _InMemoryFederation:
                 topics,
                 self.bus.connect(),
                 BlobStore(),
-                InProcessRunner(device_id, shard, torch_device=torch_device),
+                InProcessRunner(
+                    device_id,
+                    shard,
+                    torch_device=torch_device,
+                    tamper=make_attack(config.attack, config.seed + index) if index < config.malicious else None,
+                ),
                 num_samples=len(shard),
             )
-            for device_id, shard in shards
+            for index, (device_id, shard) in enumerate(shards)
         ]
 
     def start(self) -> None:
@@ -321,6 +340,8 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
             prox_mu=config.prox_mu,
             fraction=config.fraction,
             seed=config.seed,
+            aggregate=config.aggregate,
+            trim=config.trim,
         ),
     )
     test = dataset.test

@@ -12,12 +12,16 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
 from protocol import ConfigError, TensorDict, TrainConfig
 
 from ._aggregation import WeightedDeltaSum, apply_delta
+from ._robust import AGGREGATORS, BufferedUpdates
+
+Accumulator = Union[WeightedDeltaSum, BufferedUpdates]
 
 __all__ = ["STRATEGIES", "FedAvg", "FedProx", "Strategy", "StrategyConfig", "derive_seed", "make_strategy"]
 
@@ -31,15 +35,22 @@ def derive_seed(*parts: object) -> int:
 @dataclass(frozen=True)
 class StrategyConfig:
     fraction: float = 1.0
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    # Defaults for every entry point (simulate, serve, the CLIs refer to these).
+    local_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     prox_mu: float = 0.01
     seed: int = 0
+    aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
+    trim: float = 0.2  # share cut from each end by trimmed-mean
 
     def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATORS:
+            raise ConfigError(f"unknown aggregation {self.aggregate!r}; use one of {', '.join(AGGREGATORS)}")
+        if not 0.0 <= self.trim < 0.5:
+            raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.prox_mu < 0:
@@ -79,7 +90,13 @@ class Strategy(ABC):
         """Devices picked for the round and the training config each gets."""
         return {d: self.train_config(round_number, d) for d in self.select(round_number, available)}
 
-    def aggregate_round(self, global_state: TensorDict, updates: WeightedDeltaSum) -> TensorDict:
+    def new_accumulator(self, template: TensorDict) -> Accumulator:
+        """Where a round's updates go: the streaming sum for FedAvg, a buffer for the robust rules."""
+        if self.config.aggregate == "fedavg":
+            return WeightedDeltaSum(template)
+        return BufferedUpdates(template, self.config.aggregate, self.config.trim)
+
+    def aggregate_round(self, global_state: TensorDict, updates: Accumulator) -> TensorDict:
         """New global model from the round's accumulated updates."""
         return apply_delta(global_state, updates.mean())
 

@@ -6,7 +6,10 @@ It imports torch only when it first trains, so importing it stays cheap.
 
 from __future__ import annotations
 
-from protocol import DataError, ModelError, ProtocolError, Task, Update, decode_tensors
+import dataclasses
+from collections.abc import Callable
+
+from protocol import DataError, ModelError, ProtocolError, Task, TensorDict, Update, decode_tensors
 
 from ._agent import TrainingDone
 from ._data import LabeledArrays, check_arrays_fit
@@ -41,14 +44,18 @@ class InProcessRunner:
         device_id: str,
         data: LabeledArrays,
         torch_device: str = "cpu",
+        tamper: Callable[[TensorDict], TensorDict] | None = None,
     ) -> None:
         self.device_id = device_id
         self.data = data
         self.torch_device = torch_device
+        self.tamper = tamper  # simulations of faulty or malicious devices only
 
     def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
         try:
             update = run_task(task, model_blob, self.device_id, self.data, self.torch_device)
+            if self.tamper is not None:
+                update = dataclasses.replace(update, delta=self.tamper(update.delta))
         except (DataError, ModelError, ProtocolError) as exc:
             done(task, f"{type(exc).__name__}: {exc}")
             return

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from cloud_server._serve import ServeConfig, run_server
+from cloud_server._strategy import StrategyConfig
 
 from ._errors import exit_on_error
 
@@ -24,14 +25,17 @@ def serve(
     round_timeout: Annotated[float, typer.Option(help="Seconds before stragglers are left out of a round.")] = 600.0,
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = 0.05,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
     seed: Annotated[int, typer.Option(help="Seed of the initial model and the device sampling.")] = 0,
     chunk_size: Annotated[int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")] = 262144,
     broker: Annotated[Optional[str], typer.Option(help="Broker URL; without it an embedded broker starts.")] = None,
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
+    aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
+    trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
+    max_norm: Annotated[Optional[float], typer.Option(help="Reject updates with a larger L2 norm.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
@@ -57,6 +61,9 @@ def serve(
             broker=broker,
             embedded_broker=embedded_broker,
             broker_port=broker_port,
+            aggregate=aggregate,
+            trim=trim,
+            max_update_norm=max_norm,
         )
         code = run_server(config)
     raise typer.Exit(code=code)

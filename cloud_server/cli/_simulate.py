@@ -13,6 +13,7 @@ from rich.table import Table
 
 from cloud_server._coordinator import RoundResult
 from cloud_server._simulation import SimulationConfig, SimulationHooks, run_simulation, write_outputs
+from cloud_server._strategy import StrategyConfig
 from edge_agent import histogram_table
 
 from ._errors import exit_on_error
@@ -28,9 +29,9 @@ def simulate(
     classes_per_device: Annotated[int, typer.Option(help="Classes per device for --partition shards.")] = 2,
     min_samples: Annotated[int, typer.Option(help="Least samples any device gets.")] = 10,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = 0.05,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     fraction: Annotated[float, typer.Option(help="Share of devices picked each round.")] = 1.0,
@@ -47,6 +48,10 @@ def simulate(
     worker_slots: Annotated[
         Optional[int], typer.Option(help="With --worker per-task: at most this many train at once.")
     ] = None,
+    aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
+    trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
+    malicious: Annotated[int, typer.Option(help="Devices that send corrupted updates (in-memory).")] = 0,
+    attack: Annotated[str, typer.Option(help="scale, sign-flip (x-10) or noise.")] = "sign-flip",
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
@@ -77,6 +82,10 @@ def simulate(
             broker=broker,
             embedded_broker=embedded_broker,
             worker=worker,
+            aggregate=aggregate,
+            trim=trim,
+            malicious=malicious,
+            attack=attack,
             worker_slots=worker_slots,
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )

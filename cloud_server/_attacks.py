@@ -1,0 +1,39 @@
+"""Corrupted updates, for demonstrations and tests of the robust aggregators (simulation only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from protocol import ConfigError, TensorDict
+
+__all__ = ["ATTACKS", "make_attack"]
+
+ATTACKS = ("scale", "sign-flip", "noise")
+
+
+def make_attack(name: str, seed: int) -> Callable[[TensorDict], TensorDict]:
+    """A function that corrupts a device's delta (float tensors only; counters stay honest).
+
+    ``scale``: x10; ``sign-flip``: x-10; ``noise``: Gaussian noise with ten times each tensor's spread.
+    """
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; use one of {', '.join(ATTACKS)}")
+    rng = np.random.default_rng(seed)
+
+    def attack(delta: TensorDict) -> TensorDict:
+        out = {}
+        for key, value in delta.items():
+            if not np.issubdtype(value.dtype, np.floating):
+                out[key] = value
+            elif name == "scale":
+                out[key] = value * np.float32(10)
+            elif name == "sign-flip":
+                out[key] = value * np.float32(-10)
+            else:
+                spread = float(value.std()) or 1e-3
+                out[key] = (value + rng.normal(0.0, 10 * spread, value.shape)).astype(value.dtype)
+        return out
+
+    return attack

@@ -1,0 +1,66 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from cloud_server import SimulationConfig, run_simulation
+from cloud_server._attacks import make_attack
+from cloud_server._robust import BufferedUpdates, robust_aggregate
+from protocol import ConfigError
+
+
+def _d(*values: float) -> dict[str, np.ndarray]:
+    return {"w": np.array(values, dtype=np.float32)}
+
+
+def test_median_and_trimmed_mean_match_hand_computed_values() -> None:
+    deltas = [_d(1, 10), _d(2, 20), _d(3, 30), _d(4, 40), _d(100, -1000)]
+    weights = [1, 1, 1, 1, 1]
+    np.testing.assert_array_equal(robust_aggregate("median", deltas, weights)["w"], [3, 20])
+    # trim 0.2 of 5 -> drop 1 from each end: (2+3+4)/3 = 3 and (10+20+30)/3 = 20
+    np.testing.assert_array_equal(robust_aggregate("trimmed-mean", deltas, weights, trim=0.2)["w"], [3, 20])
+
+
+def test_clipping_bounds_each_update_by_the_round_median_norm() -> None:
+    deltas = [_d(3, 4), _d(0, 5), _d(300, 400)]  # norms 5, 5, 500 -> bound 5
+    clipped = robust_aggregate("clipped", deltas, [1, 1, 2])
+    # (1*(3,4) + 1*(0,5) + 2*(3,4)) / 4 = (2.25, 4.25)
+    np.testing.assert_allclose(clipped["w"], [2.25, 4.25])
+
+
+def test_buffered_updates_do_not_depend_on_arrival_order() -> None:
+    rng = np.random.default_rng(1)
+    updates = [(f"dev-{i}", {"w": rng.standard_normal(64).astype(np.float32)}, int(rng.integers(1, 50)))
+               for i in range(5)]  # fmt: skip
+    results = set()
+    for order in itertools.permutations(updates):
+        buffer = BufferedUpdates({"w": np.zeros(64, np.float32)}, "trimmed-mean")
+        for key, delta, weight in order:
+            buffer.add(delta, weight, key=key)
+        results.add(buffer.mean()["w"].tobytes())
+    assert len(results) == 1
+
+
+def test_unknown_rules_fail_clearly() -> None:
+    with pytest.raises(ConfigError, match="aggregation"):
+        SimulationConfig(aggregate="krum")
+    with pytest.raises(ConfigError, match="attack"):
+        make_attack("bitflip", 0)
+    with pytest.raises(ConfigError, match="--transport local"):
+        SimulationConfig(malicious=1, transport="mqtt")
+
+
+def test_trimmed_mean_survives_two_sign_flipping_devices_where_fedavg_breaks() -> None:
+    # The demonstration: digits, 10 devices, 2 of them send updates multiplied by -10.
+    def accuracy(aggregate: str, malicious: int) -> float:
+        result = run_simulation(SimulationConfig(aggregate=aggregate, malicious=malicious, attack="sign-flip"))
+        assert result.final_accuracy is not None
+        return result.final_accuracy
+
+    clean_fedavg = accuracy("fedavg", 0)
+    attacked_fedavg = accuracy("fedavg", 2)
+    clean_trimmed = accuracy("trimmed-mean", 0)
+    attacked_trimmed = accuracy("trimmed-mean", 2)
+    assert clean_fedavg > 0.9
+    assert attacked_fedavg < 0.5  # plain FedAvg is broken by 2 of 10 devices
+    assert attacked_trimmed >= clean_trimmed - 0.02
