@@ -231,10 +231,17 @@ class Coordinator:
         if record is None:
             record = self.devices[device_id] = DeviceRecord(device_id, False, 0, None)
             log.info("device %s registered (%d samples)", device_id, state.num_samples)
+        came_back = state.state == "online"
         record.online = state.state == "online"
         record.num_samples = state.num_samples
         record.label_counts = state.label_counts
         self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts)
+        current = self._open
+        if came_back and current is not None and device_id in set(current.configs) - current.answered:
+            # It restarted, or the broker did: the task it had may be gone. A device that still
+            # holds it treats the copy as a repeat (re-sends its update or resumes its download).
+            log.info("round %d: %s is back; sending its task again", current.number, device_id)
+            self._publish_tasks(current, [device_id])
 
     def _on_blob_request(self, device_id: str, request: BlobRequest) -> None:
         if not self._store.has(request.blob_id):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,7 @@ class AgentCore:
         self.pending: bytes | None = None  # the encoded update, until acknowledged
         self.pending_round: int | None = None
         self.last_outcome: tuple[int, str] | None = None  # (round, "accepted" / "rejected: ..." / "failed: ...")
+        self._pending_sent_at = 0.0
         self._pending_path = pending_path
         self._assembler: BlobAssembler | None = None
         self.accepting_tasks = True
@@ -129,6 +131,18 @@ class AgentCore:
 
     # -- pending update ------------------------------------------------------------------------
 
+    def _send_pending(self, now: float) -> None:
+        assert self.pending is not None
+        self._pending_sent_at = now
+        self.transport.publish(self.topics.device(self.device_id, "update"), self.pending)
+
+    def resend_pending(self, now: float, every_s: float) -> None:
+        """At-least-once on top of QoS 1: re-send a kept update nobody acknowledged for ``every_s``
+        (the server may have failed to store it, say with a full disk)."""
+        if self.pending is not None and now - self._pending_sent_at >= every_s:
+            log.info("device %s: no ack for round %s yet; sending the update again", self.device_id, self.pending_round)
+            self._send_pending(now)
+
     def _keep(self, round_number: int, frame: bytes) -> None:
         self.pending, self.pending_round = frame, round_number
         if self._pending_path is not None:
@@ -153,7 +167,7 @@ class AgentCore:
             return
         self.pending, self.pending_round = frame, update.round
         log.info("device %s: re-sending the kept update of round %d", self.device_id, update.round)
-        self.transport.publish(self.topics.device(self.device_id, "update"), frame)
+        self._send_pending(time.monotonic())
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -179,7 +193,7 @@ class AgentCore:
     def _on_repeated_task(self, task: Task) -> None:
         """The server asked again (it restarted, or a message was lost): resume where we are."""
         if self.pending is not None and self.pending_round == task.round:
-            self.transport.publish(self.topics.device(self.device_id, "update"), self.pending)
+            self._send_pending(time.monotonic())
         elif not self.training and not self.store.has(task.model_id):
             missing = self._assembler.missing() if self._assembler is not None else ()
             self._request_blob(task.model_id, missing)
@@ -212,9 +226,8 @@ class AgentCore:
             failure = Failure(round=task.round, device_id=self.device_id, reason=outcome[:2000])
             self.transport.publish(self.topics.device(self.device_id, "update"), encode_message(failure))
             return
-        frame = encode_message(outcome)
-        self._keep(task.round, frame)
-        self.transport.publish(self.topics.device(self.device_id, "update"), frame)
+        self._keep(task.round, encode_message(outcome))
+        self._send_pending(time.monotonic())
 
     def _on_ack(self, ack: Ack) -> None:
         if self.pending is None or ack.round != self.pending_round:

@@ -66,6 +66,7 @@ class AgentConfig:
     stop_grace_s: float = 30.0
     train_window: str | None = None  # "22:00-06:00", local time
     min_free_memory_mb: float = 0.0
+    resend_after_s: float = 60.0  # re-send an update nobody acknowledged
 
     def __post_init__(self) -> None:
         validate_name("device id", self.device_id)
@@ -235,6 +236,7 @@ class _Agent:
     def step(self, timeout_s: float = 0.1) -> None:
         self.transport.poll(timeout_s)
         self.runner.check()
+        self.core.resend_pending(time.monotonic(), self.config.resend_after_s)
         self.notifier.status(self.state_text())
         self.notifier.watchdog()
 

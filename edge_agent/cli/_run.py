@@ -33,6 +33,7 @@ def run(
         Optional[str], typer.Option(help="Train only in this local window, e.g. 22:00-06:00.")
     ] = None,
     min_free_memory: Annotated[Optional[float], typer.Option(help="MB that must be free to start a worker.")] = None,
+    resend_after: Annotated[Optional[float], typer.Option(help="Re-send an unacknowledged update after N s.")] = None,
     status_interval: Annotated[Optional[float], typer.Option(help="Seconds between status.json rewrites.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -58,6 +59,7 @@ def run(
                 "train_window": train_window,
                 "min_free_memory_mb": min_free_memory,
                 "status_every_s": status_interval,
+                "resend_after_s": resend_after,
             },
         )
         code = run_agent(settings)
