@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench check clean
+.PHONY: demo test bench check fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_robust.py --out bench
 	$(BIN)/python tools/bench_mqtt.py --out bench
 	$(BIN)/python tools/bench_fedavg.py --out bench
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/protocol/test_fuzz.py
 
 check: $(STAMP)
 	$(BIN)/ruff check .

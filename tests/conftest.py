@@ -7,6 +7,12 @@ import socket
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzzing: a few hundred cases per decoder in `make test`; `make fuzz` runs 10,000 each.
+settings.register_profile("default", max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=10_000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 MOSQUITTO = ("127.0.0.1", 1883)
 

@@ -3,6 +3,7 @@ accepted update counted exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import sqlite3
@@ -158,7 +159,7 @@ def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto_url: str
              "--fleet", fleet], capture_output=True, text=True, env=ENV, timeout=60,
         )  # fmt: skip
     finally:
-        subprocess.run(["umount", str(state)], check=False)
+        subprocess.run(["umount", "--lazy", str(state)], check=False)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot use state dir {state}")
     assert "Traceback" not in done.stderr
@@ -180,7 +181,8 @@ def test_full_disk_refuses_updates_without_corrupting_state_and_recovers(
                 for name, (device_id, spec) in zip("ab", specs.items()):
                     group.agent(name, device_id, fleet, mosquitto_url, spec, "--resend-after", "2")
                 wait_for(lambda: "not acknowledged" in group.log("server"), 90, "an update the server cannot store")
-                integrity = sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0]
+                with contextlib.closing(sqlite3.connect(db)) as connection:
+                    integrity = connection.execute("PRAGMA integrity_check").fetchone()[0]
                 # Execute: the operator frees space; the kept updates are re-sent and the round completes
                 subprocess.run(["mount", "-o", "remount,size=8m", str(state)], check=True)
                 code = server.wait(timeout=120)
@@ -190,4 +192,4 @@ def test_full_disk_refuses_updates_without_corrupting_state_and_recovers(
         assert integrity == "ok"
         _counted_once(db, rounds=1, devices=2)
     finally:
-        subprocess.run(["umount", str(state)], check=False)
+        subprocess.run(["umount", "--lazy", str(state)], check=False)
