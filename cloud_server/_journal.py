@@ -22,12 +22,11 @@ import contextlib
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from protocol import BlobStore, ConfigError, GenflError, TrainConfig
+from protocol import BlobStore, ConfigError, GenflError, TrainConfig, atomic_write
 
 __all__ = ["AcceptedUpdate", "Journal", "NullJournal", "OpenRoundRecord", "ResumePoint", "SqliteJournal"]
 
@@ -118,20 +117,6 @@ class Journal:
 NullJournal = Journal
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class SqliteJournal(Journal):
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -206,7 +191,8 @@ class SqliteJournal(Journal):
             )
         if known is None:
             ident = self.blobs.put(global_blob)
-            _atomic_write(self.checkpoint_path(0), global_blob)
+            self.checkpoint_path(0).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.checkpoint_path(0), global_blob)
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 for key, value in (("model_name", model_name), ("fleet", fleet), ("global_model", ident)):
@@ -280,7 +266,7 @@ class SqliteJournal(Journal):
     ) -> None:
         try:
             self.blobs.put(global_blob)
-            _atomic_write(self.checkpoint_path(number), global_blob)
+            atomic_write(self.checkpoint_path(number), global_blob)
         except OSError as exc:
             raise GenflError(f"state dir {self.state_dir}: cannot write the round {number} checkpoint ({exc})") from exc
         try:

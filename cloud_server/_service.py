@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError
+from protocol import HARDENING, find_executable
 
 __all__ = ["UNIT_NAME", "default_executable", "render_server_unit"]
 
@@ -62,14 +60,7 @@ DeviceAllow=/dev/nvidia0 rw
 
 
 def default_executable() -> Path:
-    """The ``genfl-server`` next to this Python (a venv's bin), else the one on PATH."""
-    beside = Path(sys.executable).parent / "genfl-server"
-    if beside.exists():
-        return beside
-    found = shutil.which("genfl-server")
-    if found is None:
-        raise ConfigError("cannot find the genfl-server executable; install the package first")
-    return Path(found)
+    return find_executable("genfl-server")
 
 
 def render_server_unit(executable: Path, gpu: bool = False) -> str:

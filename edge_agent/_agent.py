@@ -17,7 +17,6 @@ in the daemon.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from protocol import (
     Topics,
     Transport,
     Update,
+    atomic_write,
     decode_message,
     encode_message,
 )
@@ -146,9 +146,7 @@ class AgentCore:
     def _keep(self, round_number: int, frame: bytes) -> None:
         self.pending, self.pending_round = frame, round_number
         if self._pending_path is not None:
-            tmp = self._pending_path.with_name(self._pending_path.name + ".tmp")
-            tmp.write_bytes(frame)
-            os.replace(tmp, self._pending_path)
+            atomic_write(self._pending_path, frame)  # survives a power cut right after the send
 
     def _forget(self) -> None:
         self.pending, self.pending_round = None, None

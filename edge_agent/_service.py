@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError
+from protocol import HARDENING, ConfigError, find_executable
 
 __all__ = ["EdgeUnit", "UNIT_NAME", "render_edge_unit"]
 
@@ -64,14 +62,7 @@ class EdgeUnit:
 
 
 def default_executable() -> Path:
-    """The ``genfl-edge`` next to this Python (a venv's bin), else the one on PATH."""
-    beside = Path(sys.executable).parent / "genfl-edge"
-    if beside.exists():
-        return beside
-    found = shutil.which("genfl-edge")
-    if found is None:
-        raise ConfigError("cannot find the genfl-edge executable; install the package first")
-    return Path(found)
+    return find_executable("genfl-edge")
 
 
 def render_edge_unit(unit: EdgeUnit) -> str:

@@ -3,7 +3,7 @@
 Imports no torch and knows nothing about rounds or training.
 """
 
-from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, chunk_count, iter_chunks
+from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
 from ._errors import ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
 from ._messages import (
     PROTOCOL_VERSION,
@@ -20,7 +20,15 @@ from ._messages import (
     encode_message,
 )
 from ._mqtt import BrokerAddress, MqttTransport, Will
-from ._systemd import HARDENING, Notifier, UnitInstall, install_unit, systemd_is_running, uninstall_unit
+from ._systemd import (
+    HARDENING,
+    Notifier,
+    UnitInstall,
+    find_executable,
+    install_unit,
+    systemd_is_running,
+    uninstall_unit,
+)
 from ._tensors import TensorDict, blob_id, decode_tensors, encode_tensors
 from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
 from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
@@ -59,12 +67,14 @@ __all__ = [
     "UnitInstall",
     "Update",
     "Will",
+    "atomic_write",
     "blob_id",
     "chunk_count",
     "decode_message",
     "decode_tensors",
     "encode_message",
     "encode_tensors",
+    "find_executable",
     "install_unit",
     "iter_chunks",
     "systemd_is_running",

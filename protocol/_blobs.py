@@ -18,7 +18,7 @@ from ._errors import ProtocolError
 from ._messages import BlobChunk
 from ._tensors import blob_id
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "BlobAssembler", "BlobStore", "chunk_count", "iter_chunks"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "atomic_write", "BlobAssembler", "BlobStore", "chunk_count", "iter_chunks"]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 
@@ -46,8 +46,8 @@ def iter_chunks(data: bytes, chunk_size: int, indices: tuple[int, ...] = ()) -> 
         )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync and rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -74,7 +74,7 @@ class BlobStore:
         if self._root is None:
             self._memory[ident] = bytes(data)
         elif not (self._root / ident).exists():
-            _atomic_write(self._root / ident, data)
+            atomic_write(self._root / ident, data)
         return ident
 
     def has(self, ident: str) -> bool:
@@ -129,7 +129,7 @@ class BlobAssembler:
         if chunk.index not in self._parts:
             self._parts[chunk.index] = chunk.data
             if self._dir is not None:
-                _atomic_write(self._dir / str(chunk.index), chunk.data)
+                atomic_write(self._dir / str(chunk.index), chunk.data)
         if self.missing():
             return False
         data = b"".join(self._parts[i] for i in range(self.count))

@@ -49,7 +49,15 @@ SystemCallErrorNumber=EPERM
 UMask=0077
 """
 
-__all__ = ["HARDENING", "Notifier", "UnitInstall", "install_unit", "systemd_is_running", "uninstall_unit"]
+__all__ = [
+    "HARDENING",
+    "Notifier",
+    "UnitInstall",
+    "find_executable",
+    "install_unit",
+    "systemd_is_running",
+    "uninstall_unit",
+]
 
 
 class Notifier:
@@ -105,6 +113,19 @@ class Notifier:
             self._socket = None
 
 
+def find_executable(name: str) -> Path:
+    """The console script ``name`` next to this Python (a venv's bin), else the one on PATH."""
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigError(f"cannot find the {name} executable; install the package first")
+    return Path(found)
+
+
 def systemd_is_running() -> bool:
     """True when systemd is PID 1 (sd_booted(3))."""
     return Path("/run/systemd/system").is_dir()
@@ -114,6 +135,14 @@ def systemd_is_running() -> bool:
 class UnitInstall:
     path: Path
     commands: list[list[str]]
+
+    def report(self, action: str, ran: bool, hint: str = "") -> list[str]:
+        """Lines for the person at the terminal: what was done, and what to run next."""
+        lines = [f"{action} {self.path}"]
+        if not ran:
+            lines += [hint] if hint else []
+            lines += ["  " + " ".join(command) for command in self.commands]
+        return lines
 
 
 def install_unit(root: Path, name: str, text: str, now: bool = False) -> UnitInstall:

@@ -21,11 +21,10 @@ def install_service(
     """Write genfl-server.service and print (or, with --now, run) the systemctl commands."""
     with exit_on_error():
         done = install_unit(root, UNIT_NAME, render_server_unit(default_executable(), gpu=gpu), now=now)
-    typer.echo(f"wrote {done.path}")
-    if not now:
-        typer.echo("serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:")
-        for command in done.commands:
-            typer.echo("  " + " ".join(command))
+    for line in done.report(
+        "wrote", ran=now, hint="serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:"
+    ):
+        typer.echo(line)
 
 
 def uninstall_service(
@@ -35,7 +34,5 @@ def uninstall_service(
     """Remove genfl-server.service (state in /var/lib/genfl-server is kept)."""
     with exit_on_error():
         done = uninstall_unit(root, UNIT_NAME, now=now)
-    typer.echo(f"removed {done.path}")
-    if not now:
-        for command in done.commands:
-            typer.echo("  " + " ".join(command))
+    for line in done.report("removed", ran=now):
+        typer.echo(line)

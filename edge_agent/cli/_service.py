@@ -23,11 +23,10 @@ def install_service(
     with exit_on_error():
         text = render_edge_unit(EdgeUnit(default_executable(), data=data, user=user))
         done = install_unit(root, UNIT_NAME, text, now=now)
-    typer.echo(f"wrote {done.path}")
-    if not now:
-        typer.echo("settings go to /etc/genfl/edge.toml (device_id, fleet, broker, data); then run:")
-        for command in done.commands:
-            typer.echo("  " + " ".join(command))
+    for line in done.report(
+        "wrote", ran=now, hint="settings go to /etc/genfl/edge.toml (device_id, fleet, broker, data); then run:"
+    ):
+        typer.echo(line)
 
 
 def uninstall_service(
@@ -37,7 +36,5 @@ def uninstall_service(
     """Remove genfl-edge.service (state in /var/lib/genfl-edge is kept)."""
     with exit_on_error():
         done = uninstall_unit(root, UNIT_NAME, now=now)
-    typer.echo(f"removed {done.path}")
-    if not now:
-        for command in done.commands:
-            typer.echo("  " + " ".join(command))
+    for line in done.report("removed", ran=now):
+        typer.echo(line)
