@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tools/bench_memory.py --out bench
 	$(BIN)/python tools/bench_robust.py --out bench
+	$(BIN)/python tools/bench_soak.py --out bench
 	$(BIN)/python tools/bench_mqtt.py --out bench
 	$(BIN)/python tools/bench_fedavg.py --out bench
 

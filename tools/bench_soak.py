@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+
 import paho.mqtt.client as paho
 import torch
 from paho.mqtt.enums import CallbackAPIVersion
@@ -63,6 +65,27 @@ def _hostile(url: str, fleet: str, devices: list[str], stop: threading.Event, se
         stop.wait(0.05)
     client.disconnect()
     client.loop_stop()
+
+
+def broker_counters(url: str, wait_s: float = 3.0) -> dict[str, int]:
+    """Mosquitto's own message counters ($SYS, retained, updated every sys_interval)."""
+    address = BrokerAddress.parse(url)
+    values: dict[str, int] = {}
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sys-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv5)
+
+    def on_message(client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        with contextlib.suppress(ValueError):
+            values[message.topic.removeprefix("$SYS/broker/")] = int(message.payload)
+
+    client.on_message = on_message
+    client.connect(address.host, address.port)
+    client.subscribe([("$SYS/broker/messages/received", 0), ("$SYS/broker/messages/sent", 0),
+                      ("$SYS/broker/publish/messages/received", 0), ("$SYS/broker/publish/messages/sent", 0)])  # fmt: skip
+    client.loop_start()
+    time.sleep(wait_s)
+    client.disconnect()
+    client.loop_stop()
+    return values
 
 
 def _hwm_mb(pid: int) -> float | None:
@@ -104,6 +127,7 @@ def soak(url: str, agents: int, rounds: int, hostile: bool) -> dict[str, object]
         stop = threading.Event()
         sent = [0]
         attacker = threading.Thread(target=_hostile, args=(url, fleet, [c.device_id for c in cores], stop, sent))
+        counters_before = broker_counters(url)
         started = time.perf_counter()
         for core in cores:
             core.start()
@@ -118,6 +142,8 @@ def soak(url: str, agents: int, rounds: int, hostile: bool) -> dict[str, object]
             if time.perf_counter() - started > rounds * 300:
                 server.kill()
         seconds = time.perf_counter() - started
+        time.sleep(11)  # mosquitto refreshes $SYS every 10 s by default
+        counters_after = broker_counters(url)
         stop.set()
         if hostile:
             attacker.join()
@@ -141,6 +167,8 @@ def soak(url: str, agents: int, rounds: int, hostile: bool) -> dict[str, object]
             "hostile_messages_sent": sent[0],
             "rejected_by_reason": rejected,
             "coordinator_peak_rss_mb": round(peak, 1),
+            # Whole-broker counters ($SYS, refreshed every 10 s): include any other traffic of that broker.
+            "broker_counts_during_run": {k: counters_after[k] - counters_before.get(k, 0) for k in counters_after},
             "seconds": round(seconds, 1),
         }
 
