@@ -79,8 +79,8 @@ def broker_counters(url: str, wait_s: float = 3.0) -> dict[str, int]:
 
     client.on_message = on_message
     client.connect(address.host, address.port)
-    client.subscribe([("$SYS/broker/messages/received", 0), ("$SYS/broker/messages/sent", 0),
-                      ("$SYS/broker/publish/messages/received", 0), ("$SYS/broker/publish/messages/sent", 0)])  # fmt: skip
+    counters = ["messages/received", "messages/sent", "publish/messages/received", "publish/messages/sent"]
+    client.subscribe([(f"$SYS/broker/{name}", 0) for name in counters])
     client.loop_start()
     time.sleep(wait_s)
     client.disconnect()
