@@ -39,6 +39,7 @@ from protocol import (
     TrainConfig,
     Transport,
     Update,
+    decode_delta,
     decode_message,
     decode_tensors,
     encode_message,
@@ -273,7 +274,7 @@ class Coordinator:
             self._ack(device_id, update.round, True, "duplicate")  # QoS 1 redelivery: ack again, count once
             return
         try:
-            norm = self._validate(update)
+            delta, norm = self._validate(update, current.configs[device_id].codec)
         except ProtocolError as exc:
             # The device answered, with something unusable: the round need not wait for it.
             if device_id not in current.failed:
@@ -287,14 +288,14 @@ class Coordinator:
             train_loss=update.train_loss,
             train_accuracy=update.train_accuracy,
             norm=norm,
-            delta=encode_tensors(update.delta),
+            delta=encode_tensors(delta),
         )
         try:
             self._journal.update_accepted(update.round, record)
         except GenflError as exc:
             log.error("could not persist %s's update for round %d, not acknowledged: %s", device_id, update.round, exc)
             return
-        current.updates.add(update.delta, update.num_samples, key=device_id)
+        current.updates.add(delta, update.num_samples, key=device_id)
         current.accepted.add(device_id)
         current.train_loss_sum += update.train_loss * update.num_samples
         if device_id in self.devices:
@@ -307,17 +308,20 @@ class Coordinator:
             update.round, device_id, update.num_samples, record.norm, len(current.accepted), len(current.configs),
         )  # fmt: skip
 
-    def _validate(self, update: Update) -> float:
-        """Check an update against the global model; its L2 norm, or ProtocolError."""
+    def _validate(self, update: Update, codec: str) -> tuple[TensorDict, float]:
+        """Decode and check an update against the global model: its delta and L2 norm, or ProtocolError."""
         if update.base_model_id != self.global_id:
             raise ProtocolError("stale-base", f"update built on {update.base_model_id[:12]}")
-        check_update_shapes(self.global_state, update.delta)
+        if update.codec != codec:
+            raise ProtocolError("wrong-codec", f"update in {update.codec}, the task asked for {codec}")
+        delta = decode_delta(update.delta, update.codec, self.global_state)
+        check_update_shapes(self.global_state, delta)
         probe = WeightedDeltaSum(self.global_state)
-        probe.add(update.delta, update.num_samples)  # the fixed-point range check
-        norm = _norm(update.delta)
+        probe.add(delta, update.num_samples)  # the fixed-point range check
+        norm = _norm(delta)
         if self.config.max_update_norm is not None and norm > self.config.max_update_norm:
             raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {self.config.max_update_norm:.3g}")
-        return norm
+        return delta, norm
 
     def _on_failure(self, device_id: str, failure: Failure) -> None:
         current = self._check_round(device_id, failure.device_id, failure.round)

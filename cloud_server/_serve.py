@@ -42,6 +42,7 @@ class ServeConfig:
     chunk_size: int = 256 * 1024
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
+    codec: str = "fp32"  # fp32, int8 or int4 updates
     aggregate: str = "fedavg"
     trim: float = 0.2
     max_update_norm: float | None = None
@@ -77,6 +78,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             seed=config.seed,
             aggregate=config.aggregate,
             trim=config.trim,
+            codec=config.codec,
         ),
     )
     journal = SqliteJournal(config.state_dir)

@@ -93,6 +93,7 @@ class SimulationConfig:
     worker: str = "persistent"  # the agents' worker mode (persistent saves torch's import each round)
     worker_slots: int | None = None  # at most this many workers train at once (per-task workers only)
     round_timeout_s: float = 600.0
+    codec: str = "fp32"  # fp32, int8 or int4 updates
     aggregate: str = "fedavg"  # fedavg, median, trimmed-mean or clipped
     trim: float = 0.2
     malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)
@@ -342,6 +343,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
             seed=config.seed,
             aggregate=config.aggregate,
             trim=config.trim,
+            codec=config.codec,
         ),
     )
     test = dataset.test

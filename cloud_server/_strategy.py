@@ -16,7 +16,7 @@ from typing import Union
 
 import numpy as np
 
-from protocol import ConfigError, TensorDict, TrainConfig
+from protocol import CODECS, ConfigError, TensorDict, TrainConfig
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._robust import AGGREGATORS, BufferedUpdates
@@ -43,10 +43,13 @@ class StrategyConfig:
     weight_decay: float = 5e-4
     prox_mu: float = 0.01
     seed: int = 0
+    codec: str = "fp32"  # how devices encode updates: fp32, int8 or int4 (announced in each task)
     aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
     trim: float = 0.2  # share cut from each end by trimmed-mean
 
     def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}; use one of {', '.join(CODECS)}")
         if self.aggregate not in AGGREGATORS:
             raise ConfigError(f"unknown aggregation {self.aggregate!r}; use one of {', '.join(AGGREGATORS)}")
         if not 0.0 <= self.trim < 0.5:
@@ -84,6 +87,7 @@ class Strategy(ABC):
             weight_decay=c.weight_decay,
             prox_mu=self.proximal_mu(),
             seed=derive_seed("train", c.seed, round_number, device_id),
+            codec=c.codec,
         )
 
     def configure_round(self, round_number: int, available: Sequence[str]) -> dict[str, TrainConfig]:

@@ -6,10 +6,19 @@ It imports torch only when it first trains, so importing it stays cheap.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
-from protocol import DataError, ModelError, ProtocolError, Task, TensorDict, Update, decode_tensors
+from protocol import (
+    DataError,
+    ModelError,
+    ProtocolError,
+    Task,
+    TensorDict,
+    Update,
+    decode_delta,
+    decode_tensors,
+    encode_delta,
+)
 
 from ._agent import TrainingDone
 from ._data import LabeledArrays, check_arrays_fit
@@ -17,8 +26,20 @@ from ._data import LabeledArrays, check_arrays_fit
 __all__ = ["InProcessRunner"]
 
 
-def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays, torch_device: str = "cpu") -> Update:
-    """Decode the global model, train on ``data``, and build the update message."""
+def run_task(
+    task: Task,
+    model_blob: bytes,
+    device_id: str,
+    data: LabeledArrays,
+    torch_device: str = "cpu",
+    residual: TensorDict | None = None,
+    tamper: Callable[[TensorDict], TensorDict] | None = None,
+) -> tuple[Update, TensorDict | None]:
+    """Decode the global model, train on ``data``, encode the delta with the task's codec.
+
+    Returns the update and the new residual: what the codec lost, to be added to
+    the next round's delta (error feedback); None for fp32.
+    """
     import models
 
     from ._training import train_local  # torch lives behind this import
@@ -27,15 +48,32 @@ def run_task(task: Task, model_blob: bytes, device_id: str, data: LabeledArrays,
     check_arrays_fit(f"{device_id}'s data", data, task.model_name, spec.input_shape, spec.num_classes)
     global_state = decode_tensors(model_blob)
     result = train_local(task.model_name, global_state, data, task.config, torch_device)
-    return Update(
+    delta = tamper(result.delta) if tamper is not None else result.delta
+    codec = task.config.codec
+    new_residual: TensorDict | None = None
+    if codec != "fp32":
+        fits = residual is not None and all(
+            name in residual and residual[name].shape == delta[name].shape for name in delta
+        )
+        if fits:
+            assert residual is not None
+            delta = {name: (value + residual[name]).astype(value.dtype) if value.dtype.kind == "f" else value
+                     for name, value in delta.items()}  # fmt: skip
+        encoded = encode_delta(delta, codec)
+        sent = decode_delta(encoded, codec, delta)
+        new_residual = {name: delta[name] - sent[name] for name in delta if delta[name].dtype.kind == "f"}
+        delta = encoded
+    update = Update(
         round=task.round,
         device_id=device_id,
         base_model_id=task.model_id,
         num_samples=result.num_samples,
         train_loss=result.loss,
         train_accuracy=result.accuracy,
-        delta=result.delta,
+        delta=delta,
+        codec=codec,
     )
+    return update, new_residual
 
 
 class InProcessRunner:
@@ -50,12 +88,13 @@ class InProcessRunner:
         self.data = data
         self.torch_device = torch_device
         self.tamper = tamper  # simulations of faulty or malicious devices only
+        self.residual: TensorDict | None = None  # error feedback for the low-bit codecs
 
     def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
         try:
-            update = run_task(task, model_blob, self.device_id, self.data, self.torch_device)
-            if self.tamper is not None:
-                update = dataclasses.replace(update, delta=self.tamper(update.delta))
+            update, self.residual = run_task(
+                task, model_blob, self.device_id, self.data, self.torch_device, self.residual, self.tamper
+            )
         except (DataError, ModelError, ProtocolError) as exc:
             done(task, f"{type(exc).__name__}: {exc}")
             return

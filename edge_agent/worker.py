@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol import GenflError, Task, decode_message, encode_message
+from protocol import GenflError, Task, atomic_write, decode_message, decode_tensors, encode_message, encode_tensors
 
 from ._data import DeviceDataset, load_dataset
 from ._runner import run_task
@@ -47,7 +47,15 @@ def _run_job(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> None:
         return
     task = decode_message(Path(job["task"]).read_bytes(), Task)
     model_blob = Path(job["model"]).read_bytes()
-    update = run_task(task, model_blob, job["device_id"], cache[spec].train, job.get("torch_device", "cpu"))
+    residual_path = Path(job["out"]).with_name("residual.safetensors")  # error feedback between rounds
+    residual = decode_tensors(residual_path.read_bytes()) if residual_path.is_file() else None
+    update, residual = run_task(
+        task, model_blob, job["device_id"], cache[spec].train, job.get("torch_device", "cpu"), residual
+    )
+    if residual is None:
+        residual_path.unlink(missing_ok=True)
+    else:
+        atomic_write(residual_path, encode_tensors(residual))
     out = Path(job["out"])
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(encode_message(update))

@@ -4,6 +4,7 @@ Imports no torch and knows nothing about rounds or training.
 """
 
 from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
+from ._codec import CODECS, decode_delta, encode_delta
 from ._errors import ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
 from ._messages import (
     PROTOCOL_VERSION,
@@ -34,6 +35,7 @@ from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
 from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
 
 __all__ = [
+    "CODECS",
     "HARDENING",
     "DEFAULT_CHUNK_SIZE",
     "DEVICE_CHANNELS",
@@ -70,8 +72,10 @@ __all__ = [
     "atomic_write",
     "blob_id",
     "chunk_count",
+    "decode_delta",
     "decode_message",
     "decode_tensors",
+    "encode_delta",
     "encode_message",
     "encode_tensors",
     "find_executable",

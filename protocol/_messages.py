@@ -87,8 +87,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     prox_mu: float = 0.0
     seed: int = 0
+    codec: str = "fp32"  # how the device encodes its update: fp32, int8 or int4
 
     def __post_init__(self) -> None:
+        if self.codec not in ("fp32", "int8", "int4"):
+            raise _fail(f"codec must be fp32, int8 or int4, got {self.codec!r}")
         _check_int("local_epochs", self.local_epochs, 1, 1000)
         _check_int("batch_size", self.batch_size, 1, 65536)
         _check_float("learning_rate", self.learning_rate, 0.0, 100.0)
@@ -166,11 +169,14 @@ class Update:
     num_samples: int
     train_loss: float
     train_accuracy: float
-    delta: TensorDict = field(repr=False, compare=False)
+    delta: TensorDict = field(repr=False, compare=False)  # as encoded by ``codec``
+    codec: str = "fp32"
 
     def __post_init__(self) -> None:
         _check_int("round", self.round, 1)
         _check_device(self.device_id)
+        if self.codec not in ("fp32", "int8", "int4"):
+            raise _fail(f"codec must be fp32, int8 or int4, got {self.codec!r}")
         _check_sha256("base_model_id", self.base_model_id)
         _check_int("num_samples", self.num_samples, 1, 2**40)
         _check_float("train_loss", self.train_loss, 0.0)
@@ -259,6 +265,7 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
             "num_samples": message.num_samples,
             "train_loss": message.train_loss,
             "train_accuracy": message.train_accuracy,
+            "codec": message.codec,
         }
         return header, encode_tensors(message.delta)
     if isinstance(message, BlobChunk):

@@ -33,6 +33,7 @@ def serve(
     broker: Annotated[Optional[str], typer.Option(help="Broker URL; without it an embedded broker starts.")] = None,
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
+    codec: Annotated[str, typer.Option(help="How devices send updates: fp32, int8 or int4.")] = "fp32",
     aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     max_norm: Annotated[Optional[float], typer.Option(help="Reject updates with a larger L2 norm.")] = None,
@@ -62,6 +63,7 @@ def serve(
             embedded_broker=embedded_broker,
             broker_port=broker_port,
             aggregate=aggregate,
+            codec=codec,
             trim=trim,
             max_update_norm=max_norm,
         )

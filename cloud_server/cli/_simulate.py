@@ -48,6 +48,7 @@ def simulate(
     worker_slots: Annotated[
         Optional[int], typer.Option(help="With --worker per-task: at most this many train at once.")
     ] = None,
+    codec: Annotated[str, typer.Option(help="How devices send updates: fp32, int8 or int4.")] = "fp32",
     aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     malicious: Annotated[int, typer.Option(help="Devices that send corrupted updates (in-memory).")] = 0,
@@ -83,6 +84,7 @@ def simulate(
             embedded_broker=embedded_broker,
             worker=worker,
             aggregate=aggregate,
+            codec=codec,
             trim=trim,
             malicious=malicious,
             attack=attack,

@@ -46,3 +46,11 @@ def test_bad_configs_fail_before_any_work() -> None:
         SimulationConfig(devices=0)
     with pytest.raises(DataError, match="cnn-small takes 3x32x32"):
         run_simulation(SimulationConfig(model="cnn-small", rounds=1))
+
+
+def test_int8_and_int4_updates_cut_the_uplink_and_keep_accuracy() -> None:
+    runs = {codec: run_simulation(SimulationConfig(rounds=6, codec=codec)) for codec in ("fp32", "int8", "int4")}
+    up = {codec: sum(r.bytes_up for r in run.rounds) for codec, run in runs.items()}
+    accuracy = {codec: run.final_accuracy or 0.0 for codec, run in runs.items()}
+    assert up["int8"] <= 0.27 * up["fp32"] and up["int4"] <= 0.15 * up["fp32"]
+    assert accuracy["int8"] >= accuracy["fp32"] - 0.005 and accuracy["int4"] >= accuracy["fp32"] - 0.01

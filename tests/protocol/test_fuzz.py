@@ -34,6 +34,7 @@ from protocol import (
     Topics,
     TrainConfig,
     Update,
+    decode_delta,
     decode_message,
     decode_tensors,
     encode_message,
@@ -190,3 +191,25 @@ def test_valid_frames_still_decode() -> None:
     for frame in VALID_FRAMES:
         assert decode_message(frame).TYPE
     assert decode_tensors(encode_tensors({"w": np.zeros(3, np.float32)}))["w"].shape == (3,)
+
+
+@given(
+    st.sampled_from(["int8", "int4", "fp16", ""]),
+    st.dictionaries(
+        st.sampled_from(["q", "scales", "ints", "w"]),
+        st.tuples(st.sampled_from(["int8", "uint8", "float32", "int64", "float64"]), st.integers(0, 64)),
+        max_size=4,
+    ),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_codec_payloads(codec: str, layout: dict, fill: float) -> None:
+    template = {"a": np.zeros((4, 3), np.float32), "b": np.zeros(5, np.float32), "n": np.zeros((), np.int64)}
+    payload = {}
+    for name, (dtype, size) in layout.items():
+        value = fill if np.dtype(dtype).kind == "f" else (int(fill) % 256 if np.isfinite(fill) else 0)
+        with np.errstate(all="ignore"):  # the test's own casts of extreme fills
+            payload[name] = np.full(size, value).astype(dtype)
+    with contextlib.suppress(ProtocolError):
+        decoded = decode_delta(payload, codec, template)
+        if codec in ("int8", "int4"):
+            assert {n: a.shape for n, a in decoded.items()} == {n: a.shape for n, a in template.items()}

@@ -27,11 +27,13 @@ def test_server_killed_mid_round_resumes_and_counts_each_update_once(
     tmp_path: Path, mosquitto_url: str, fleet: str
 ) -> None:
     # Prepare: three devices with the shards an in-memory simulation of the same config would use
-    config = SimulationConfig(devices=3, rounds=2, seed=0)
+    # int8 updates: the workers' error-feedback residual (a file between rounds) must match in-memory too
+    config = SimulationConfig(devices=3, rounds=2, seed=0, codec="int8")
     specs = _write_shards(config, tmp_path)
     state = tmp_path / "server"
     db = state / "state.sqlite3"
-    serve_args = ("--model", "cnn-digits", "--rounds", "2", "--min-devices", "3", "--broker", mosquitto_url)
+    serve_args = ("--model", "cnn-digits", "--rounds", "2", "--min-devices", "3", "--broker", mosquitto_url,
+                  "--codec", "int8")  # fmt: skip
     with processes(tmp_path) as group:
         try:
             group.server("server-1", state, fleet, *serve_args)
