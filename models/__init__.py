@@ -1,5 +1,6 @@
 """Model registry, definitions and the shared train/evaluate loop. Knows nothing of MQTT."""
 
+from ._checkpoint import read_checkpoint
 from ._registry import MODELS, ModelSpec, build_model, default_model_for, get_spec, load_state, model_state
 from ._training import EpochResult, evaluate, predict_logits, to_float, train_one_epoch
 
@@ -14,6 +15,7 @@ __all__ = [
     "load_state",
     "model_state",
     "predict_logits",
+    "read_checkpoint",
     "to_float",
     "train_one_epoch",
 ]

@@ -8,7 +8,7 @@ import typer
 
 from cloud_server import __version__
 
-from . import _serve, _service, _simulate
+from . import _export, _serve, _service, _simulate
 
 app = typer.Typer(
     name="genfl-server",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command("simulate")(_simulate.simulate)
 app.command("serve")(_serve.serve)
+app.command("export")(_export.export)
 app.command("install-service")(_service.install_service)
 app.command("uninstall-service")(_service.uninstall_service)
 

@@ -8,7 +8,7 @@ import typer
 
 from edge_agent import __version__
 
-from . import _data, _run, _service
+from . import _data, _predict, _run, _service
 
 app = typer.Typer(
     name="genfl-edge",
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 app.command("data")(_data.data)
 app.command("run")(_run.run)
+app.command("predict")(_predict.predict)
+app.command("export")(_predict.export)
 app.command("install-service")(_service.install_service)
 app.command("uninstall-service")(_service.uninstall_service)
 

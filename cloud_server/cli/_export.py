@@ -1,0 +1,54 @@
+"""``genfl-server export``: the global model to ONNX (float or int8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge_agent import load_dataset
+from protocol import ConfigError, ModelError
+
+from ._errors import exit_on_error
+
+
+def export(
+    out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
+    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8/--fp32", help="Quantize to int8 (static QDQ).")] = False,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Export the latest checkpoint of this state dir.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint (e.g. simulate's model).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name, if the checkpoint does not say.")] = None,
+    calibration: Annotated[
+        Optional[str], typer.Option(help="Data for the check and int8 calibration (default: digits for cnn-digits).")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX; the file is written only if onnxruntime agrees with PyTorch."""
+    with exit_on_error():
+        if format != "onnx":
+            raise ConfigError(f"unknown format {format!r}; only onnx")
+        if (state_dir is None) == (checkpoint is None):
+            raise ConfigError("give exactly one of --state-dir and --checkpoint")
+        if checkpoint is None:
+            assert state_dir is not None
+            found = sorted((state_dir / "checkpoints").glob("round-*.safetensors"))
+            if not found:
+                raise ModelError(f"{state_dir}: no checkpoints yet")
+            checkpoint = found[-1]
+        from models import read_checkpoint
+        from models._onnx import export_onnx
+
+        model_name, state = read_checkpoint(checkpoint, model)
+        if calibration is None:
+            if model_name != "cnn-digits":
+                raise ConfigError(f"{model_name} needs --calibration SPEC (images like the devices' data)")
+            calibration = "digits"
+        dataset = load_dataset(calibration)
+        report = export_onnx(model_name, state, out, int8=int8, check_images=dataset.test.images[:1000],
+                             calibration_images=dataset.train.images[:512], classes=dataset.classes)  # fmt: skip
+        typer.echo(
+            f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}) from {checkpoint}; "
+            f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "
+            f"top-1 agreement {report.top1_agreement:.2%}"
+        )

@@ -1,0 +1,62 @@
+"""``genfl-edge predict`` and ``genfl-edge export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge_agent._data import load_dataset
+from edge_agent._predict import OnnxClassifier, image_paths
+from protocol import ConfigError, ModelError
+
+from ._errors import exit_on_error
+
+
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of images.")],
+    model: Annotated[Path, typer.Option(help="An ONNX model from `export`.")],
+) -> None:
+    """Classify images with an exported ONNX model (onnxruntime); prints class and probability."""
+    with exit_on_error():
+        classifier = OnnxClassifier(model)
+        for result in classifier.predict(image_paths(images)):
+            typer.echo(f"{result.path}\t{result.label}\t{result.probability:.4f}")
+
+
+def export(
+    out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
+    state_dir: Annotated[Path, typer.Option(help="The agent's state folder (holds the current global model).")],
+    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    int8: Annotated[
+        bool, typer.Option("--int8/--fp32", help="Quantize to int8 (QDQ), calibrated on local data.")
+    ] = False,
+    data: Annotated[
+        Optional[str], typer.Option(help="Local data for the check/calibration (default: the agent's).")
+    ] = None,
+) -> None:
+    """Export the device's current global model to ONNX, checked against PyTorch first."""
+    with exit_on_error():
+        if format != "onnx":
+            raise ConfigError(f"unknown format {format!r}; only onnx")
+        try:
+            status = json.loads((state_dir / "status.json").read_text())
+            model_id = status["model_id"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"{state_dir}: no current model recorded in status.json ({exc})") from exc
+        if data is None:
+            data = json.loads((state_dir / "config.json").read_text())["data"]
+        from models import read_checkpoint
+        from models._onnx import export_onnx
+
+        model_name, state = read_checkpoint(state_dir / "blobs" / str(model_id))
+        dataset = load_dataset(str(data))
+        report = export_onnx(model_name, state, out, int8=int8, check_images=dataset.train.images[:1000],
+                             calibration_images=dataset.train.images[:512], classes=dataset.classes)  # fmt: skip
+        typer.echo(
+            f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}); "
+            f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "
+            f"top-1 agreement {report.top1_agreement:.2%}"
+        )

@@ -1,0 +1,147 @@
+"""ONNX export (float and int8 QDQ), checked against PyTorch before anything is written.
+
+The float model is exported by torch's dynamo exporter with a dynamic batch
+axis; int8 is onnxruntime's static QDQ quantization (per-channel weights),
+calibrated on a sample of real images. Before the file is written, the ONNX
+checker must pass and onnxruntime's outputs must agree with PyTorch's on a
+check batch: the largest absolute logit difference and the top-1 agreement are
+reported, and a mismatch beyond the tolerance is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protocol import ModelError, TensorDict
+
+from ._registry import build_model, get_spec, load_state
+from ._training import predict_logits, to_float
+
+__all__ = ["ExportReport", "export_onnx"]
+
+FLOAT_TOLERANCE = 1e-3  # max |logit difference| for the float export
+INT8_MIN_AGREEMENT = 0.95  # top-1 agreement with PyTorch for the int8 export
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    size_bytes: int
+    int8: bool
+    max_abs_diff: float
+    top1_agreement: float
+    check_samples: int
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over uint8 images."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 64) -> None:
+        self._batches = iter(
+            [{input_name: to_float(images[i : i + batch]).numpy()} for i in range(0, len(images), batch)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _session(path: Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    model_name: str,
+    state: TensorDict,
+    out: Path,
+    *,
+    int8: bool,
+    check_images: np.ndarray,
+    calibration_images: np.ndarray | None = None,
+    classes: tuple[str, ...] | None = None,
+) -> ExportReport:
+    """Export, check and (only then) write ``out``."""
+    import onnx
+
+    spec = get_spec(model_name)
+    model = build_model(model_name)
+    load_state(model, state)
+    model.eval()
+    if check_images.ndim != 4 or tuple(check_images.shape[1:]) != spec.input_shape:
+        raise ModelError(f"check images are {check_images.shape[1:]}, {model_name} takes {spec.input_shape}")
+    with tempfile.TemporaryDirectory(prefix="genfl-onnx-") as tmp:
+        float_path = Path(tmp) / "model.onnx"
+        example = (to_float(check_images[:2]),)
+        try:
+            program = torch.onnx.export(
+                model, example, dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
+            )
+            if program is None:  # only the legacy exporter returns None
+                raise ModelError("the ONNX exporter returned no program")
+            program.save(str(float_path))
+        except Exception as exc:  # torch's exporter raises many types; all mean "could not export"
+            raise ModelError(f"exporting {model_name} to ONNX failed: {exc}") from exc
+        proto = onnx.load(str(float_path))
+        onnx.helper.set_model_props(proto, {"genfl.model": model_name, "genfl.classes": json.dumps(classes or [])})
+        onnx.save(proto, str(float_path))
+        final = float_path
+        if int8:
+            final = _quantize(
+                float_path, Path(tmp), calibration_images if calibration_images is not None else check_images
+            )
+        onnx.checker.check_model(str(final))
+        reference = predict_logits(model, check_images).numpy()
+        session = _session(final)
+        name = session.get_inputs()[0].name
+        logits = np.concatenate([session.run(None, {name: to_float(check_images[i : i + 256]).numpy()})[0]
+                                 for i in range(0, len(check_images), 256)])  # fmt: skip
+        max_diff = float(np.abs(logits - reference).max())
+        agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+        if not int8 and max_diff > FLOAT_TOLERANCE:
+            raise ModelError(
+                f"the ONNX model differs from PyTorch by {max_diff:.2e} (> {FLOAT_TOLERANCE}); not written"
+            )
+        if int8 and agreement < INT8_MIN_AGREEMENT:
+            raise ModelError(
+                f"the int8 model agrees with PyTorch on {agreement:.1%} (< {INT8_MIN_AGREEMENT:.0%}); not written"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = out.with_name(f".{out.name}.tmp")
+        staged.write_bytes(final.read_bytes())
+        os.replace(staged, out)
+    return ExportReport(out, out.stat().st_size, int8, max_diff, agreement, len(check_images))
+
+
+def _quantize(float_path: Path, folder: Path, images: np.ndarray) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = folder / "prepared.onnx"
+    quantized = folder / "model-int8.onnx"
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's advice lines go to the root logger
+    try:
+        quant_pre_process(str(float_path), str(prepared))
+        name = _session(prepared).get_inputs()[0].name
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Batches(images, name),  # type: ignore[arg-type]
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return quantized

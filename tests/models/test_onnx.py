@@ -1,0 +1,104 @@
+"""ONNX export and inference: real exports, real onnxruntime sessions, real CLIs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import models
+from edge_agent import load_dataset
+from edge_agent._predict import OnnxClassifier
+from models._onnx import export_onnx
+from protocol import DataError, ModelError, encode_tensors
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """cnn-digits trained for two quick epochs, saved as a checkpoint like simulate writes."""
+    data = load_dataset("digits")
+    model = models.build_model("cnn-digits", seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        models.train_one_epoch(model, data.train.images, data.train.labels, optimizer, batch_size=32, rng=rng)
+    state = models.model_state(model)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    path.write_bytes(encode_tensors(state, {"model": "cnn-digits"}))
+    return path, state
+
+
+def test_fp32_and_int8_exports_agree_with_pytorch(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    _, state = trained
+    data = load_dataset("digits")
+    fp32 = export_onnx("cnn-digits", state, tmp_path / "m.onnx", int8=False, check_images=data.test.images,
+                       classes=data.classes)  # fmt: skip
+    int8 = export_onnx("cnn-digits", state, tmp_path / "m8.onnx", int8=True, check_images=data.test.images,
+                       calibration_images=data.train.images[:512], classes=data.classes)  # fmt: skip
+    assert fp32.max_abs_diff < 1e-3 and fp32.top1_agreement == 1.0
+    assert int8.top1_agreement >= 0.95
+    assert int8.size_bytes < fp32.size_bytes
+    onnx.checker.check_model(str(tmp_path / "m8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "m8.onnx")).graph.node)
+    # the batch axis is dynamic: one image or many
+    classifier = OnnxClassifier(tmp_path / "m.onnx")
+    assert (classifier.channels, classifier.height, classifier.width) == (1, 8, 8)
+    assert classifier.classes == list(data.classes)
+
+
+def test_server_export_and_edge_predict_clis(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    checkpoint, _ = trained
+    out = tmp_path / "digits-int8.onnx"
+    done = subprocess.run([BIN / "genfl-server", "export", "--format", "onnx", "--int8", "--checkpoint",
+                           str(checkpoint), "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "top-1 agreement" in done.stdout and out.is_file()
+    data = load_dataset("digits")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(20):
+        Image.fromarray(data.test.images[index, 0]).save(folder / f"{index:02d}.png")
+    done = subprocess.run([BIN / "genfl-edge", "predict", "--model", str(out), str(folder)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 20
+    predicted = [int(line.split("\t")[1]) for line in lines]
+    assert np.mean(np.array(predicted) == data.test.labels[:20]) >= 0.8
+    assert all(0.0 < float(line.split("\t")[2]) <= 1.0 for line in lines)
+
+
+def test_bad_model_files_and_images_fail_clearly(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    checkpoint, state = trained
+    good = tmp_path / "m.onnx"
+    export_onnx("cnn-digits", state, good, int8=False, check_images=load_dataset("digits").test.images[:64])
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(ModelError, match="not a usable ONNX model"):
+        OnnxClassifier(truncated)
+    cut_checkpoint = tmp_path / "cut.safetensors"
+    cut_checkpoint.write_bytes(checkpoint.read_bytes()[:-100])
+    with pytest.raises(ModelError, match="not a readable safetensors checkpoint"):
+        models.read_checkpoint(cut_checkpoint)
+    # an ONNX file whose input is not an image batch
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "flat",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 64])],
+    )  # fmt: skip
+    flat = tmp_path / "flat.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(flat))
+    with pytest.raises(ModelError, match="not one \\(batch, channels, height, width\\) image tensor"):
+        OnnxClassifier(flat)
+    big = tmp_path / "big.png"
+    Image.new("L", (32, 32)).save(big)
+    with pytest.raises(DataError, match=r"big\.png is 32x32; the model takes 8x8"):
+        OnnxClassifier(good).predict([big])
