@@ -43,6 +43,7 @@ class ServeConfig:
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
     codec: str = "fp32"  # fp32, int8 or int4 updates
+    qat: bool = False  # quantization-aware training on the devices
     aggregate: str = "fedavg"
     trim: float = 0.2
     max_update_norm: float | None = None
@@ -79,6 +80,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             aggregate=config.aggregate,
             trim=config.trim,
             codec=config.codec,
+            qat=config.qat,
         ),
     )
     journal = SqliteJournal(config.state_dir)

@@ -44,6 +44,7 @@ class StrategyConfig:
     prox_mu: float = 0.01
     seed: int = 0
     codec: str = "fp32"  # how devices encode updates: fp32, int8 or int4 (announced in each task)
+    qat: bool = False  # devices train int8 quantization-aware (fake quant)
     aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
     trim: float = 0.2  # share cut from each end by trimmed-mean
 
@@ -88,6 +89,7 @@ class Strategy(ABC):
             prox_mu=self.proximal_mu(),
             seed=derive_seed("train", c.seed, round_number, device_id),
             codec=c.codec,
+            qat=c.qat,
         )
 
     def configure_round(self, round_number: int, available: Sequence[str]) -> dict[str, TrainConfig]:

@@ -6,6 +6,7 @@ it in-process and the MQTT agent runs it in a worker process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -51,10 +52,14 @@ def train_local(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    anchor = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else None
+    # (parameter, global value) pairs, taken before fake quantization re-registers the weights
+    anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    if config.prox_mu > 0:
+        anchor = [(p, p.detach().clone()) for p in model.parameters()]
     rng = np.random.default_rng(config.seed)
     result = models.EpochResult(loss=0.0, accuracy=0.0, samples=0)
-    with torch.random.fork_rng(devices=[]):
+    quantization = models.fake_quantized(model) if config.qat else contextlib.nullcontext(model)
+    with torch.random.fork_rng(devices=[]), quantization:
         torch.manual_seed(_torch_seed(config.seed))
         for _ in range(config.local_epochs):
             result = models.train_one_epoch(

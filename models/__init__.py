@@ -1,6 +1,7 @@
 """Model registry, definitions and the shared train/evaluate loop. Knows nothing of MQTT."""
 
 from ._checkpoint import read_checkpoint
+from ._qat import fake_quantized
 from ._registry import MODELS, ModelSpec, build_model, default_model_for, get_spec, load_state, model_state
 from ._training import EpochResult, evaluate, predict_logits, to_float, train_one_epoch
 
@@ -11,6 +12,7 @@ __all__ = [
     "build_model",
     "default_model_for",
     "evaluate",
+    "fake_quantized",
     "get_spec",
     "load_state",
     "model_state",

@@ -38,12 +38,12 @@ def train_one_epoch(
     batch_size: int,
     rng: np.random.Generator,
     prox_mu: float = 0.0,
-    anchor: list[torch.Tensor] | None = None,
+    anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EpochResult:
     """One pass over (images, labels) in a shuffled order drawn from ``rng``.
 
     With ``prox_mu > 0`` adds FedProx's ``mu/2 * ||w - anchor||^2`` to the loss,
-    ``anchor`` being the round's global parameters in ``model.parameters()`` order.
+    ``anchor`` pairing each trained parameter with its value in the round's global model.
     Images may be numpy arrays (CPU) or uint8 tensors already on the model's device.
     """
     model.train()
@@ -64,7 +64,7 @@ def train_one_epoch(
         logits = model(inputs)
         loss = F.cross_entropy(logits, targets)
         if prox_mu > 0.0 and anchor is not None:
-            proximal = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+            proximal = sum(((p - a) ** 2).sum() for p, a in anchor)
             loss = loss + 0.5 * prox_mu * proximal
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -88,8 +88,11 @@ class TrainConfig:
     prox_mu: float = 0.0
     seed: int = 0
     codec: str = "fp32"  # how the device encodes its update: fp32, int8 or int4
+    qat: bool = False  # train int8 quantization-aware (fake quant) instead of in float
 
     def __post_init__(self) -> None:
+        if not isinstance(self.qat, bool):
+            raise _fail("qat must be a boolean")
         if self.codec not in ("fp32", "int8", "int4"):
             raise _fail(f"codec must be fp32, int8 or int4, got {self.codec!r}")
         _check_int("local_epochs", self.local_epochs, 1, 1000)
