@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python tools/bench_quant.py --out bench
 	$(BIN)/python tools/bench_memory.py --out bench
 	$(BIN)/python tools/bench_robust.py --out bench
 	$(BIN)/python tools/bench_soak.py --out bench
