@@ -70,18 +70,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         signal.signal(signal.SIGINT, _on_signal)
     strategy = make_strategy(
         config.strategy,
-        StrategyConfig(
-            fraction=config.fraction,
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            prox_mu=config.prox_mu,
-            seed=config.seed,
-            aggregate=config.aggregate,
-            trim=config.trim,
-            codec=config.codec,
-            qat=config.qat,
-        ),
+        StrategyConfig.taken_from(config),
     )
     journal = SqliteJournal(config.state_dir)
     with contextlib.ExitStack() as stack:

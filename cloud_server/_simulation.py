@@ -335,18 +335,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
     strategy = make_strategy(
         config.strategy,
-        StrategyConfig(
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            prox_mu=config.prox_mu,
-            fraction=config.fraction,
-            seed=config.seed,
-            aggregate=config.aggregate,
-            trim=config.trim,
-            codec=config.codec,
-            qat=config.qat,
-        ),
+        StrategyConfig.taken_from(config),
     )
     test = dataset.test
     torch_device = _resolve_device(config.torch_device)

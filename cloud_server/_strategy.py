@@ -11,7 +11,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Union
 
 import numpy as np
@@ -47,6 +47,11 @@ class StrategyConfig:
     qat: bool = False  # devices train int8 quantization-aware (fake quant)
     aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
     trim: float = 0.2  # share cut from each end by trimmed-mean
+
+    @classmethod
+    def taken_from(cls, settings: object) -> StrategyConfig:
+        """The strategy settings of a simulate or serve config (fields of the same name)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)})
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
