@@ -5,7 +5,8 @@ Imports no torch and knows nothing about rounds or training.
 
 from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
 from ._codec import CODECS, decode_delta, encode_delta
-from ._errors import ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
+from ._enrollment import EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
+from ._errors import BrokerRefused, ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
 from ._messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -21,6 +22,19 @@ from ._messages import (
     encode_message,
 )
 from ._mqtt import BrokerAddress, MqttTransport, Will
+from ._signing import (
+    FrameGuard,
+    OpenGuard,
+    SignedGuard,
+    generate_signing_key,
+    load_signing_key,
+    public_key_from_text,
+    public_key_text,
+    save_signing_key,
+    sign_frame,
+    verify_frame,
+    write_secret,
+)
 from ._systemd import (
     HARDENING,
     Notifier,
@@ -46,9 +60,16 @@ __all__ = [
     "BlobRequest",
     "BlobStore",
     "BrokerAddress",
+    "BrokerRefused",
     "ConfigError",
     "DataError",
     "DeviceState",
+    "EnrollReply",
+    "EnrollRequest",
+    "EnrollmentToken",
+    "FrameGuard",
+    "OpenGuard",
+    "SignedGuard",
     "Failure",
     "GenflError",
     "InMemoryBus",
@@ -78,6 +99,15 @@ __all__ = [
     "encode_delta",
     "encode_message",
     "encode_tensors",
+    "enroll_topic",
+    "generate_signing_key",
+    "load_signing_key",
+    "public_key_from_text",
+    "public_key_text",
+    "save_signing_key",
+    "sign_frame",
+    "verify_frame",
+    "write_secret",
     "find_executable",
     "install_unit",
     "iter_chunks",

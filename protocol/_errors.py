@@ -12,6 +12,7 @@ boundary with ``raise ... from exc`` so that callers need one ``except``.
     ├── ModelError             exit 4   unknown model, corrupt model file
     ├── ProtocolError          (none)   a network message was rejected
     └── TransportError         exit 5   broker unreachable, subscription refused
+        └── BrokerRefused      exit 5   the broker answered and refused the login
 
 A :class:`ProtocolError` never ends a process: it is logged, counted and the
 message is dropped. The others carry ``exit_code`` for the CLI layer.
@@ -20,6 +21,7 @@ message is dropped. The others carry ``exit_code`` for the CLI layer.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerRefused",
     "ConfigError",
     "DataError",
     "GenflError",
@@ -66,3 +68,7 @@ class TransportError(GenflError):
     """The broker cannot be reached or refused us."""
 
     exit_code = 5
+
+
+class BrokerRefused(TransportError):
+    """The broker is there and said no (bad credentials, not authorised, revoked)."""

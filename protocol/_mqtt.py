@@ -26,8 +26,10 @@ import contextlib
 import logging
 import queue
 import random
+import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -36,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ._errors import ConfigError, TransportError
+from ._errors import BrokerRefused, ConfigError, TransportError
 from ._transport import Transport
 
 __all__ = ["BrokerAddress", "MqttTransport", "Will"]
@@ -91,6 +93,7 @@ class MqttTransport(Transport):
         will: Will | None = None,
         username: str | None = None,
         password: str | None = None,
+        ca_file: Path | None = None,
         session_expiry_s: int = 3600,
         keepalive_s: int = 30,
         max_inflight: int = 64,
@@ -105,6 +108,7 @@ class MqttTransport(Transport):
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._connected = threading.Event()
         self._refused: str | None = None
+        self._dropped = False  # closed without a CONNACK (not a login refusal)
         self._lock = threading.Lock()
         self._last_publish: paho.MQTTMessageInfo | None = None
         if address.v5:
@@ -122,6 +126,14 @@ class MqttTransport(Transport):
         self._reconnected = threading.Event()
         if username is not None:
             self._client.username_pw_set(username, password)
+        if address.tls:
+            # The broker's certificate must chain to ``ca_file`` (the fleet's pinned CA) or, without
+            # one, to the system's CAs; its name must match the host. Nothing weaker is offered.
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._client.tls_set_context(context)
+        elif ca_file is not None:
+            raise ConfigError("a CA file was given for a plain mqtt:// broker URL; use mqtts://")
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         self._client.on_connect = self._on_connect
@@ -147,6 +159,13 @@ class MqttTransport(Transport):
         log.info("connected to %s as %s", self.address.url(), self.client_id)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if self._connects == 0 and not self._connected.is_set():
+            # Dropped before any CONNACK (a TLS listener hung up on plain MQTT, or the broker refused
+            # us without a reason code): wake connect(), which reports it.
+            self._refused = f"the connection was closed before the broker accepted it ({reason_code})"
+            self._dropped = True
+            self._connected.set()
+            return
         self._connected.clear()
         if reason_code != 0:
             log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
@@ -171,7 +190,12 @@ class MqttTransport(Transport):
                 )
             else:
                 self._client.connect(self.address.host, self.address.port, keepalive=self._keepalive_s)
-        except OSError as exc:
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(
+                f"the broker at {self.address.url()} presented a certificate that does not verify against "
+                f"the pinned CA: {exc.verify_message}"
+            ) from exc
+        except OSError as exc:  # ssl.SSLError included
             raise TransportError(f"cannot reach the broker at {self.address.url()}: {exc}") from exc
         self._client.loop_start()
         if not self._connected.wait(timeout_s):
@@ -180,7 +204,9 @@ class MqttTransport(Transport):
         if self._refused is not None:
             reason = self._refused
             self.close()
-            raise TransportError(f"the broker at {self.address.url()} refused {self.client_id}: {reason}")
+            if self._dropped:
+                raise TransportError(f"the broker at {self.address.url()} dropped {self.client_id}: {reason}")
+            raise BrokerRefused(f"the broker at {self.address.url()} refused {self.client_id}: {reason}")
 
     @property
     def connected(self) -> bool:
