@@ -14,6 +14,7 @@ simulations drive it without sleeping.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -31,7 +32,9 @@ from protocol import (
     ConfigError,
     DeviceState,
     Failure,
+    FrameGuard,
     GenflError,
+    OpenGuard,
     ProtocolError,
     Task,
     TensorDict,
@@ -139,6 +142,8 @@ class Coordinator:
         clock: Callable[[], float] = time.monotonic,
         store: BlobStore | None = None,
         journal: Journal | None = None,
+        guard: FrameGuard | None = None,
+        revoked: Callable[[], set[str]] | None = None,
     ) -> None:
         self.config = config
         self.strategy = strategy
@@ -156,6 +161,12 @@ class Coordinator:
         self._on_update_accepted = on_update_accepted
         self._clock = clock
         self._open: _OpenRound | None = None
+        self._guard = guard or OpenGuard()
+        self._revoked_source = revoked
+        self.revoked: set[str] = set()
+        self._revoked_checked = -math.inf
+        # sha256 of every update frame accepted -> its round: a byte-identical frame in a later round is a replay
+        self._accepted_frames: dict[str, int] = {}
         self._set_global(initial_state)
         resume = self._journal.resume()
         if resume is None:
@@ -204,21 +215,24 @@ class Coordinator:
         """Handle one message; a bad one is logged and counted, never raised."""
         try:
             parsed = self.topics.parse(topic)
-            if parsed.channel == "state":
-                if payload:  # an empty retained payload clears a state; nothing to register
-                    self._on_state(parsed.device_id, decode_message(payload, DeviceState))
-            elif parsed.channel == "update":
-                message: Update | Failure = decode_message(payload, (Update, Failure))
-                if isinstance(message, Update):
-                    self._on_update(parsed.device_id, message)
-                else:
-                    self._on_failure(parsed.device_id, message)
-            elif parsed.channel == "blob/req":
-                self._on_blob_request(parsed.device_id, decode_message(payload, BlobRequest))
-            elif parsed.channel in ("task", "ack", "blob/chunk"):
+            if parsed.channel in ("task", "ack", "blob/chunk"):
                 pass  # the server's own traffic to devices, seen through the wide subscription
+            elif parsed.channel == "state" and not payload:
+                pass  # an empty retained payload clears a state; nothing to register
             else:
-                raise ProtocolError("unexpected-channel", parsed.channel)
+                frame = self._guard.open(parsed.device_id, payload)  # signature, known and unrevoked device
+                if parsed.channel == "state":
+                    self._on_state(parsed.device_id, decode_message(frame, DeviceState))
+                elif parsed.channel == "update":
+                    message: Update | Failure = decode_message(frame, (Update, Failure))
+                    if isinstance(message, Update):
+                        self._on_update(parsed.device_id, message, hashlib.sha256(payload).hexdigest())
+                    else:
+                        self._on_failure(parsed.device_id, message)
+                elif parsed.channel == "blob/req":
+                    self._on_blob_request(parsed.device_id, decode_message(frame, BlobRequest))
+                else:
+                    raise ProtocolError("unexpected-channel", parsed.channel)
         except ProtocolError as exc:
             self.rejected[exc.reason] += 1
             self._journal.rejected(exc.reason)
@@ -250,7 +264,7 @@ class Coordinator:
         data = self._store.get(request.blob_id)
         topic = self.topics.device(device_id, "blob/chunk")
         for chunk in iter_chunks(data, self.config.chunk_size, request.chunks):
-            self.transport.publish(topic, encode_message(chunk))
+            self.transport.publish(topic, self._guard.seal(encode_message(chunk)))
 
     def _check_round(self, device_id: str, claimed_device: str, round_number: int) -> _OpenRound:
         current = self._open
@@ -262,7 +276,15 @@ class Coordinator:
             raise ProtocolError("not-selected", f"{device_id} was not picked for round {round_number}")
         return current
 
-    def _on_update(self, device_id: str, update: Update) -> None:
+    def _on_update(self, device_id: str, update: Update, frame_digest: str) -> None:
+        seen_in = self._accepted_frames.get(frame_digest)
+        if seen_in is not None and (self._open is None or self._open.number != seen_in):
+            # Byte-identical to an update accepted in an earlier round (in the same round it is a
+            # QoS 1 redelivery or a re-send, acknowledged again below and counted once). It is not
+            # used again; the ack tells a device that re-sends a kept copy after an outage that the
+            # copy did count, so that it stops sending it.
+            self._ack(device_id, update.round, True, "duplicate")
+            raise ProtocolError("replay", f"{device_id}'s update of round {seen_in} sent again")
         try:
             current = self._check_round(device_id, update.device_id, update.round)
         except ProtocolError as exc:
@@ -298,6 +320,7 @@ class Coordinator:
         current.updates.add(delta, update.num_samples, key=device_id)
         current.accepted.add(device_id)
         current.train_loss_sum += update.train_loss * update.num_samples
+        self._accepted_frames[frame_digest] = update.round
         if device_id in self.devices:
             self.devices[device_id].rounds += 1
         self._ack(device_id, update.round, True)
@@ -333,7 +356,7 @@ class Coordinator:
 
     def _ack(self, device_id: str, round_number: int, accepted: bool, reason: str = "") -> None:
         ack = Ack(round=round_number, device_id=device_id, accepted=accepted, reason=reason)
-        self.transport.publish(self.topics.device(device_id, "ack"), encode_message(ack))
+        self.transport.publish(self.topics.device(device_id, "ack"), self._guard.seal(encode_message(ack)))
 
     # -- rounds -------------------------------------------------------------------------------
 
@@ -343,10 +366,43 @@ class Coordinator:
         return None if current is None else (current.number, len(current.answered), len(current.configs))
 
     def online_devices(self) -> list[str]:
-        return sorted(d for d, r in self.devices.items() if r.online)
+        return sorted(d for d, r in self.devices.items() if r.online and d not in self.revoked)
+
+    def _check_revocations(self) -> None:
+        """Once a second: devices revoked since (``genfl-server devices revoke``) leave at once."""
+        if self._revoked_source is None or self._clock() - self._revoked_checked < 1.0:
+            return
+        self._revoked_checked = self._clock()
+        newly = self._revoked_source() - self.revoked
+        for device_id in sorted(newly):
+            self.revoked.add(device_id)
+            if device_id in self.devices:
+                self.devices[device_id].online = False
+            current = self._open
+            if current is not None and device_id in current.configs:
+                self._withdraw(current, device_id)
+            log.warning("device %s is revoked: no longer picked, its updates are refused", device_id)
+
+    def _withdraw(self, current: _OpenRound, device_id: str) -> None:
+        """Take a revoked device out of the open round, its already-accepted update included."""
+        if device_id in current.accepted:
+            record = self._journal.resume()
+            kept = [] if record is None or record.open_round is None else record.open_round.accepted
+            current.updates = self.strategy.new_accumulator(self.global_state)
+            current.train_loss_sum = 0.0
+            for update in kept:
+                if update.device_id != device_id:
+                    current.updates.add(decode_tensors(update.delta), update.num_samples, key=update.device_id)
+                    current.train_loss_sum += update.train_loss * update.num_samples
+            current.accepted.discard(device_id)
+            self._journal.update_withdrawn(current.number, device_id)
+        if device_id not in current.failed:
+            current.failed.add(device_id)
+            self._journal.failure_recorded(current.number, device_id, "revoked")
 
     def tick(self) -> None:
         """Open or close rounds as the registry and the clock say."""
+        self._check_revocations()
         current = self._open
         if current is not None:
             everyone = current.answered >= set(current.configs)
@@ -388,7 +444,7 @@ class Coordinator:
                 model_size=len(self._global_blob),
                 config=current.configs[device_id],
             )
-            self.transport.publish(self.topics.device(device_id, "task"), encode_message(task))
+            self.transport.publish(self.topics.device(device_id, "task"), self._guard.seal(encode_message(task)))
 
     def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
         accepted = len(current.accepted)

@@ -98,6 +98,8 @@ class Journal:
 
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None: ...
 
+    def update_withdrawn(self, round_number: int, device_id: str) -> None: ...
+
     def round_closed(
         self,
         number: int,
@@ -251,6 +253,23 @@ class SqliteJournal(Journal):
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None:
         self._write("INSERT OR IGNORE INTO failures VALUES (?, ?, ?)", round_number, device_id, reason[:2000])
         self._write("UPDATE rounds SET failed = failed + 1 WHERE round = ?", round_number)
+
+    def update_withdrawn(self, round_number: int, device_id: str) -> None:
+        """A revoked device's accepted update leaves the open round (it is not aggregated, not resumed)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "DELETE FROM updates WHERE round = ? AND device_id = ? RETURNING num_samples",
+                    (round_number, device_id),
+                ).fetchone()
+                if row is not None:
+                    self._db.execute(
+                        "UPDATE rounds SET accepted = accepted - 1, total_weight = total_weight - ? WHERE round = ?",
+                        (row[0], round_number),
+                    )
+        except sqlite3.Error as exc:
+            raise GenflError(f"state dir {self.state_dir}: cannot withdraw an update ({exc})") from exc
 
     def round_closed(
         self,

@@ -12,11 +12,13 @@ from pathlib import Path
 from types import FrameType
 
 import models
-from protocol import BrokerAddress, ConfigError, MqttTransport, Notifier
+from protocol import BrokerAddress, ConfigError, MqttTransport, Notifier, ProtocolError, Transport
 
 from ._broker import EmbeddedBroker
+from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
 from ._journal import SqliteJournal
+from ._security import Enroller, FleetSecurity
 from ._strategy import StrategyConfig, make_strategy
 
 __all__ = ["ServeConfig", "run_server"]
@@ -43,7 +45,7 @@ class ServeConfig:
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
     codec: str = "fp32"  # fp32, int8 or int4 updates
-    qat: bool = False  # quantization-aware training on the devices
+    qat: bool = True  # quantization-aware training on the devices
     aggregate: str = "fedavg"
     trim: float = 0.2
     max_update_norm: float | None = None
@@ -73,18 +75,36 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         StrategyConfig.taken_from(config),
     )
     journal = SqliteJournal(config.state_dir)
+    security = FleetSecurity.load(config.state_dir)
+    fleet = config.fleet
+    if security is not None:
+        if config.fleet not in ("default", security.fleet):
+            raise ConfigError(f"{config.state_dir} is set up for fleet {security.fleet!r}, not {config.fleet!r}")
+        fleet = security.fleet
     with contextlib.ExitStack() as stack:
         url = config.broker
-        if url is None:
-            broker = stack.enter_context(EmbeddedBroker(port=config.broker_port, kind=config.embedded_broker))
-            url = broker.url
-            print(f"embedded {broker.kind} broker at {url}", flush=True)
-        transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{config.fleet}-server", session_expiry_s=24 * 3600)
+        if security is not None:
+            stack.callback(security.close)
+            url = url or security.url
+            transport = MqttTransport(
+                BrokerAddress.parse(url),
+                f"genfl-{fleet}-server",
+                username=SERVER_USER,
+                password=security.server_password,
+                ca_file=security.ca_file,
+                session_expiry_s=24 * 3600,
+            )
+        else:
+            if url is None:
+                broker = stack.enter_context(EmbeddedBroker(port=config.broker_port, kind=config.embedded_broker))
+                url = broker.url
+                print(f"embedded {broker.kind} broker at {url}", flush=True)
+            transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{fleet}-server", session_expiry_s=24 * 3600)
         transport.connect()
         stack.callback(transport.close)
         coordinator = Coordinator(
             CoordinatorConfig(
-                fleet=config.fleet,
+                fleet=fleet,
                 model_name=config.model,
                 rounds=config.rounds,
                 min_devices=config.min_devices,
@@ -98,9 +118,16 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             clock=time.time,  # wall time: a deadline survives a restart
             store=journal.blobs,
             journal=journal,
+            guard=None if security is None else security.guard(),
+            revoked=None if security is None else security.registry.revoked_ids,
         )
+        if security is not None:
+            _serve_enrollment(transport, coordinator, Enroller(security, transport.publish))
         coordinator.start()
-        log.info("serving fleet %s on %s (state in %s)", config.fleet, url, config.state_dir)
+        log.info(
+            "serving fleet %s on %s (state in %s, %s)",
+            fleet, url, config.state_dir, "signed, enrolled devices only" if security else "open fleet",
+        )  # fmt: skip
         notifier = Notifier()
         stack.callback(notifier.close)
         notifier.ready(_state_text(coordinator))
@@ -114,6 +141,23 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
         journal.close()  # every accepted update is already committed; an open round resumes next start
     return 0
+
+
+def _serve_enrollment(transport: Transport, coordinator: Coordinator, enroller: Enroller) -> None:
+    """Route the enrollment topics to the enroller, everything else to the coordinator."""
+
+    def route(topic: str, payload: bytes) -> None:
+        if not enroller.handles(topic):
+            coordinator.on_message(topic, payload)
+            return
+        try:
+            enroller.on_message(topic, payload)
+        except ProtocolError as exc:
+            coordinator.rejected[f"enroll-{exc.reason}"] += 1
+            log.warning("rejected an enrollment message on %s: %s", topic[:120], exc.reason)
+
+    transport.set_handler(route)
+    transport.subscribe(enroller.subscription)
 
 
 def _state_text(coordinator: Coordinator) -> str:

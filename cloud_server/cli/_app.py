@@ -8,7 +8,7 @@ import typer
 
 from cloud_server import __version__
 
-from . import _export, _serve, _service, _simulate
+from . import _devices, _export, _serve, _service, _simulate
 
 app = typer.Typer(
     name="genfl-server",
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.command("simulate")(_simulate.simulate)
 app.command("serve")(_serve.serve)
 app.command("export")(_export.export)
+app.add_typer(_devices.devices_app, name="devices")
+app.command("broker-config")(_devices.broker_config)
 app.command("install-service")(_service.install_service)
 app.command("uninstall-service")(_service.uninstall_service)
 

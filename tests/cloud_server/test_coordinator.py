@@ -59,7 +59,7 @@ def _coordinator(bus: InMemoryBus, journal: SqliteJournal | None = None, rounds:
     return coordinator
 
 
-def test_duplicates_count_once_and_late_updates_get_a_negative_ack() -> None:
+def test_duplicates_count_once_and_a_replay_in_a_later_round_is_refused_and_counted() -> None:
     # Prepare
     bus = InMemoryBus()
     coordinator = _coordinator(bus)
@@ -73,11 +73,16 @@ def test_duplicates_count_once_and_late_updates_get_a_negative_ack() -> None:
     a.send("update", a.update(task_a, 1.0, 10))
     b.send("update", b.update(task_b, 5.0, 30))
     bus.drain()
-    a.send("update", a.update(task_a, 1.0, 10))  # the round is closed now
+    a.send("update", a.update(task_a, 1.0, 10))  # the round is closed now: the same bytes again
+    a.send("update", a.update(task_a, 2.0, 10))  # a late update it never sent before
     bus.drain()
-    # Assert: (10*1 + 30*5) / 40 = 4, a counted once; the late copy is refused with a reason
+    # Assert: (10*1 + 30*5) / 40 = 4, a counted once; the replay is refused and counted (its ack says the
+    # first copy did count), the late new update is refused with a reason
     np.testing.assert_array_equal(coordinator.global_state["w"], np.full(3, 4.0, dtype=np.float32))
-    assert [(k.accepted, k.reason) for k in a.acks()] == [(True, ""), (True, "duplicate"), (False, "closed-round")]
+    assert [(k.accepted, k.reason) for k in a.acks()] == [
+        (True, ""), (True, "duplicate"), (True, "duplicate"), (False, "closed-round"),
+    ]  # fmt: skip
+    assert coordinator.rejected["replay"] == 1
     assert coordinator.rejected["closed-round"] == 1
 
 

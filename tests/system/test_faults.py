@@ -135,7 +135,8 @@ def test_duplicate_and_out_of_order_updates_count_once(tmp_path: Path, mosquitto
             clear_retained(mosquitto_url, fleet, ["dev-a", "dev-b"])
         assert code == 0, group.log("server")[-3000:]
     _counted_once(db, rounds=2, devices=2)
-    assert query(db, "SELECT count FROM rejected WHERE reason = 'closed-round'") == [(1,)]
+    # the round-1 frame again in round 2: byte-identical to an accepted update, so a replay
+    assert query(db, "SELECT count FROM rejected WHERE reason = 'replay'") == [(1,)]
     # round 1: (10*0.01 + 10*0.03) / 20 = 0.02 added to each float weight, once; round 2 adds 0
     start = decode_tensors((state / "checkpoints" / "round-0000.safetensors").read_bytes())
     end = decode_tensors((state / "checkpoints" / "round-0002.safetensors").read_bytes())

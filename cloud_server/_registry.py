@@ -1,0 +1,191 @@
+"""Enrolled devices and enrollment tokens (``STATE_DIR/security/registry.sqlite3``, mode 0600).
+
+A token is printed once by ``genfl-server devices add`` and stored only as its
+SHA-256 (it is 192 random bits, so a plain hash cannot be searched). Redeeming
+one is a single transaction: unknown, used and expired tokens fail with the
+reason, and a token redeems at most once even when two requests race.
+
+Each device row holds its Ed25519 public key (which verifies its updates) and
+the Mosquitto hash of its broker password; the password itself is sent to the
+device once, at enrollment, and never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protocol import ConfigError, GenflError, ProtocolError, public_key_from_text, validate_name
+
+from ._broker_files import mosquitto_password_hash
+
+__all__ = ["DeviceEntry", "DeviceRegistry", "EnrollmentRefused", "Enrolled", "RESERVED_NAMES"]
+
+RESERVED_NAMES = frozenset({"genfl-server", "genfl-enroll", "server"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
+    enrolled REAL NOT NULL, revoked REAL
+);
+"""
+
+
+class EnrollmentRefused(GenflError):
+    """A token that is unknown, used or expired (the reason goes back to the device)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    device_id: str
+    public_key: str
+    enrolled: float
+    revoked: float | None
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    device_id: str
+    broker_password: str  # sent to the device once; only its hash is kept
+
+
+def _token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class DeviceRegistry:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not path.exists()
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            if fresh:
+                os.chmod(path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise GenflError(f"cannot open the device registry {path}: {exc}") from exc
+        self._cache: dict[str, tuple[Ed25519PublicKey | None, bool]] = {}
+        self._version = -1
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- tokens ----------------------------------------------------------------------------------
+
+    def add_token(self, name: str, ttl_s: float, *, now: float | None = None) -> str:
+        """A new single-use token secret for a device to be called ``name``."""
+        validate_name("device name", name)
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"{name!r} is reserved; choose another device name")
+        if ttl_s <= 0:
+            raise ConfigError("a token must expire in the future")
+        now = time.time() if now is None else now
+        secret = secrets.token_urlsafe(24)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (name,)).fetchone():
+                raise ConfigError(f"a device called {name!r} is already enrolled")
+            self._db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)", (_token_hash(secret), name, now, now + ttl_s)
+            )
+        return secret
+
+    def redeem(self, secret: str, public_key: str, *, now: float | None = None) -> Enrolled:
+        """Use a token once: the device ``name`` is enrolled with ``public_key`` and a new broker password."""
+        public_key_from_text(public_key)  # a well-formed key, or ConfigError
+        now = time.time() if now is None else now
+        password = secrets.token_urlsafe(24)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "SELECT name, expires, used FROM tokens WHERE token_hash = ?", (_token_hash(secret),)
+            ).fetchone()
+            if row is None:
+                raise EnrollmentRefused("unknown enrollment token")
+            name, expires, used = row
+            if used is not None:
+                raise EnrollmentRefused("this enrollment token was already used")
+            if now > expires:
+                raise EnrollmentRefused("this enrollment token has expired; ask for a new one")
+            if self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (name,)).fetchone():
+                raise EnrollmentRefused(f"a device called {name!r} is already enrolled")
+            self._db.execute("UPDATE tokens SET used = ? WHERE token_hash = ?", (now, _token_hash(secret)))
+            self._db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, NULL)",
+                (name, public_key, mosquitto_password_hash(password), now),
+            )
+        self._cache.clear()
+        return Enrolled(device_id=str(name), broker_password=password)
+
+    def pending_tokens(self, *, now: float | None = None) -> list[tuple[str, float]]:
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            "SELECT name, expires FROM tokens WHERE used IS NULL AND expires >= ? ORDER BY name", (now,)
+        )
+        return [(str(n), float(e)) for n, e in rows]
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def revoke(self, device_id: str, *, now: float | None = None) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT revoked FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise ConfigError(f"no enrolled device {device_id!r}")
+            if row[0] is None:
+                self._db.execute(
+                    "UPDATE devices SET revoked = ? WHERE device_id = ?",
+                    (time.time() if now is None else now, device_id),
+                )
+        self._cache.clear()
+
+    def devices(self) -> list[DeviceEntry]:
+        rows = self._db.execute("SELECT device_id, public_key, enrolled, revoked FROM devices ORDER BY device_id")
+        return [DeviceEntry(str(d), str(k), float(e), None if r is None else float(r)) for d, k, e, r in rows]
+
+    def broker_users(self) -> list[tuple[str, str]]:
+        """(user name, Mosquitto password hash) of every device that is not revoked."""
+        rows = self._db.execute("SELECT device_id, password_hash FROM devices WHERE revoked IS NULL ORDER BY device_id")
+        return [(str(d), str(h)) for d, h in rows]
+
+    def _refresh(self) -> None:
+        # data_version changes whenever another connection (``devices revoke``) commits: re-read then.
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._version:
+            self._version = version
+            self._cache.clear()
+
+    def revoked_ids(self) -> set[str]:
+        self._refresh()
+        return {str(d) for (d,) in self._db.execute("SELECT device_id FROM devices WHERE revoked IS NOT NULL")}
+
+    def public_key(self, device_id: str) -> Ed25519PublicKey:
+        """The key that verifies ``device_id``'s frames, or ProtocolError ``unknown-device`` / ``revoked``."""
+        self._refresh()
+        cached = self._cache.get(device_id)
+        if cached is None:
+            row = self._db.execute(
+                "SELECT public_key, revoked FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            cached = (None, False) if row is None else (public_key_from_text(row[0]), row[1] is not None)
+            self._cache[device_id] = cached
+        key, revoked = cached
+        if key is None:
+            raise ProtocolError("unknown-device", device_id)
+        if revoked:
+            raise ProtocolError("revoked", device_id)
+        return key

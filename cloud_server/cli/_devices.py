@@ -1,0 +1,164 @@
+"""``genfl-server devices add|list|revoke`` and ``genfl-server broker-config``."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cloud_server._security import FleetSecurity, write_broker_config
+from protocol import ConfigError
+
+from ._errors import exit_on_error
+
+devices_app = typer.Typer(help="Enroll, list and revoke the fleet's devices.", no_args_is_help=True)
+
+StateDir = Annotated[Path, typer.Option(help="The server's state dir (the one `serve` uses).")]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` -> seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"bad duration {text!r}: use a number and s, m, h or d (e.g. 24h)")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _security(state_dir: Path) -> FleetSecurity:
+    security = FleetSecurity.load(state_dir)
+    if security is None:
+        raise ConfigError(f"{state_dir} has no fleet security yet: run `genfl-server broker-config` first")
+    return security
+
+
+@devices_app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="The device's id (letters, digits, '_', '.', '-').")],
+    state_dir: StateDir,
+    expires: Annotated[str, typer.Option(help="How long the token is valid: 30m, 24h, 7d.")] = "24h",
+) -> None:
+    """Print a single-use enrollment token for a new device (only its hash is stored)."""
+    with exit_on_error():
+        security = _security(state_dir)
+        try:
+            token = security.new_token(name, parse_duration(expires))
+        finally:
+            security.close()
+    typer.echo(token)
+    typer.echo(
+        f"on the board: genfl-edge enroll --server {security.url} --token <the line above> --ca ca.crt", err=True
+    )
+
+
+def _activity(state_dir: Path) -> dict[str, dict[str, Any]]:
+    path = state_dir / "state.sqlite3"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT device_id, online, last_seen, rounds, last_norm, last_accuracy FROM devices")
+        return {
+            str(d): {"online": bool(o), "last_seen": s, "rounds": r, "last_norm": n, "last_accuracy": a}
+            for d, o, s, r, n, a in rows
+        }
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()
+
+
+@devices_app.command("list")
+def list_devices(
+    state_dir: StateDir,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
+) -> None:
+    """Every device: online/offline (from its last will), last seen, rounds, last update, revoked."""
+    with exit_on_error():
+        security = _security(state_dir)
+        try:
+            enrolled = security.registry.devices()
+            pending = security.registry.pending_tokens()
+        finally:
+            security.close()
+        activity = _activity(state_dir)
+    rows = []
+    for entry in enrolled:
+        seen = activity.get(entry.device_id, {})
+        rows.append(
+            {
+                "device_id": entry.device_id,
+                "online": bool(seen.get("online")) and entry.revoked is None,
+                "last_seen": seen.get("last_seen"),
+                "rounds": seen.get("rounds", 0),
+                "last_update_norm": seen.get("last_norm"),
+                "last_update_accuracy": seen.get("last_accuracy"),
+                "enrolled": entry.enrolled,
+                "revoked": entry.revoked is not None,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps({"devices": rows, "pending_tokens": [n for n, _ in pending]}, indent=2))
+        return
+    typer.echo(f"{'device':<20} {'state':<8} {'last seen':<20} {'rounds':>6} {'norm':>8} {'acc':>6}  revoked")
+    for row in rows:
+        seen = row["last_seen"]
+        when = "-" if seen is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
+        norm = "-" if row["last_update_norm"] is None else f"{row['last_update_norm']:.3g}"
+        acc = "-" if row["last_update_accuracy"] is None else f"{row['last_update_accuracy']:.3f}"
+        state = "online" if row["online"] else "offline"
+        typer.echo(f"{row['device_id']:<20} {state:<8} {when:<20} {row['rounds']:>6} {norm:>8} {acc:>6}  "
+                   f"{'yes' if row['revoked'] else 'no'}")  # fmt: skip
+    for name, expires in pending:
+        typer.echo(
+            f"{name:<20} (token not used yet; expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(expires))})"
+        )
+
+
+@devices_app.command("revoke")
+def revoke(
+    device_id: Annotated[str, typer.Argument(help="The device to cut off.")],
+    state_dir: StateDir,
+) -> None:
+    """Cut a device off: the broker drops and refuses it, the coordinator refuses its updates."""
+    with exit_on_error():
+        security = _security(state_dir)
+        try:
+            reloaded = security.revoke(device_id)
+        finally:
+            security.close()
+    typer.echo(f"revoked {device_id}" + ("" if reloaded else "; no running broker was found to reload"))
+
+
+def broker_config(
+    out: Annotated[Path, typer.Option(help="Folder for mosquitto.conf, certificates, passwd and acl.")],
+    host: Annotated[str, typer.Option(help="Name or IP devices use to reach the broker (in its certificate).")],
+    state_dir: StateDir,
+    fleet: Annotated[str, typer.Option(help="Fleet name.")] = "default",
+    port: Annotated[int, typer.Option(help="TLS listener port.")] = 8883,
+    bind: Annotated[str, typer.Option(help="Address the listener binds to (default: all).")] = "",
+    ca_cert: Annotated[Optional[Path], typer.Option(help="Your own CA certificate (PEM) instead of a new CA.")] = None,
+    ca_key: Annotated[Optional[Path], typer.Option(help="Its EC private key (PEM).")] = None,
+    broker_user: Annotated[
+        Optional[str], typer.Option(help="The user Mosquitto runs as (it must read the files); default: you.")
+    ] = None,
+    reload_command: Annotated[
+        Optional[str], typer.Option(help="How to make the broker re-read its files (default: SIGHUP to its pid).")
+    ] = None,
+) -> None:
+    """Write a Mosquitto setup for a secured fleet: TLS listener, password file, per-device ACL."""
+    with exit_on_error():
+        setup = write_broker_config(
+            state_dir, out, fleet=fleet, host=host, port=port, bind=bind, ca_cert=ca_cert, ca_key=ca_key,
+            reload_command=tuple(reload_command.split()) if reload_command else (), broker_user=broker_user,
+        )  # fmt: skip
+    typer.echo(f"wrote {setup.directory}/mosquitto.conf (TLS on {setup.url})")
+    typer.echo(f"run the broker:   mosquitto -c {setup.directory.resolve()}/mosquitto.conf")
+    typer.echo(f"run the server:   genfl-server serve --state-dir {state_dir}")
+    typer.echo(f"give boards:      {setup.ca_file} and a token from `genfl-server devices add NAME --state-dir ...`")

@@ -1,0 +1,190 @@
+"""The secured fleet's server side: registry, broker files, certificates, the signed coordinator."""
+
+from __future__ import annotations
+
+import ssl
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_server import Coordinator, CoordinatorConfig, FedAvg, SqliteJournal, StrategyConfig
+from cloud_server._broker_files import mosquitto_password_hash, render_acl
+from cloud_server._pki import issue_server_certificate, new_ca
+from cloud_server._registry import DeviceRegistry, EnrollmentRefused
+from cloud_server._security import write_broker_config
+from protocol import (
+    ConfigError,
+    DeviceState,
+    InMemoryBus,
+    ProtocolError,
+    SignedGuard,
+    Task,
+    Topics,
+    Update,
+    decode_message,
+    encode_message,
+    generate_signing_key,
+    public_key_text,
+)
+
+FLEET = "secure"
+TOPICS = Topics(FLEET)
+
+
+def test_a_token_redeems_once_and_unknown_or_expired_ones_are_refused(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "registry.sqlite3")
+    key = public_key_text(generate_signing_key())
+    secret = registry.add_token("board-1", ttl_s=60)
+    assert secret not in (tmp_path / "registry.sqlite3").read_bytes().decode(errors="replace")  # only the hash
+    enrolled = registry.redeem(secret, key)
+    assert enrolled.device_id == "board-1" and len(enrolled.broker_password) >= 24
+    with pytest.raises(EnrollmentRefused, match="already used"):
+        registry.redeem(secret, key)
+    with pytest.raises(EnrollmentRefused, match="unknown"):
+        registry.redeem("x" * 32, key)
+    late = registry.add_token("board-2", ttl_s=1, now=time.time() - 10)
+    with pytest.raises(EnrollmentRefused, match="expired"):
+        registry.redeem(late, key)
+    with pytest.raises(ConfigError, match="already enrolled"):
+        registry.add_token("board-1", ttl_s=60)
+    with pytest.raises(ConfigError, match="reserved"):
+        registry.add_token("genfl-server", ttl_s=60)
+    assert stat.S_IMODE((tmp_path / "registry.sqlite3").stat().st_mode) == 0o600
+
+
+def test_revocation_is_seen_by_another_connection_at_once(tmp_path: Path) -> None:
+    serving = DeviceRegistry(tmp_path / "r.sqlite3")
+    key = generate_signing_key()
+    serving.redeem(serving.add_token("a", 60), public_key_text(key))
+    assert serving.public_key("a") is not None
+    with pytest.raises(ProtocolError, match="unknown-device"):
+        serving.public_key("b")
+    DeviceRegistry(tmp_path / "r.sqlite3").revoke("a")  # the `devices revoke` process
+    with pytest.raises(ProtocolError, match="revoked"):
+        serving.public_key("a")
+    assert serving.revoked_ids() == {"a"}
+    assert serving.broker_users() == []
+
+
+def test_the_acl_confines_each_device_to_its_own_topics() -> None:
+    acl = render_acl("f", ["a", "b"])
+    a_block = acl.split("user a\n")[1].split("\n\n")[0]
+    assert "topic write genfl/f/devices/a/update" in a_block
+    assert "topic read genfl/f/devices/a/task" in a_block
+    assert "devices/b" not in a_block and "#" not in a_block and "+" not in a_block
+    assert "pattern write genfl/f/enroll/%c/request" in acl
+    assert mosquitto_password_hash("pw", b"0" * 12).startswith("$7$101$")
+
+
+def test_the_broker_certificate_chains_to_the_ca_and_names_the_host(tmp_path: Path) -> None:
+    ca = new_ca("f")
+    server = issue_server_certificate(ca, "127.0.0.1")
+    (tmp_path / "ca.crt").write_bytes(ca.certificate_pem())
+    (tmp_path / "server.crt").write_bytes(server.certificate_pem())
+    (tmp_path / "server.key").write_bytes(server.key_pem())
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    server.certificate.verify_directly_issued_by(ca.certificate)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    assert context.check_hostname
+
+
+def test_broker_config_keeps_secrets_owner_only(tmp_path: Path) -> None:
+    setup = write_broker_config(tmp_path / "state", tmp_path / "broker", fleet="f", host="broker.example", port=8883)
+    assert setup.url == "mqtts://broker.example:8883"
+    security = tmp_path / "state" / "security"
+    assert stat.S_IMODE(security.stat().st_mode) == 0o700
+    for name in ("signing.key", "ca.key", "server.password", "enroll.password", "registry.sqlite3"):
+        assert stat.S_IMODE((security / name).stat().st_mode) == 0o600, name
+    for name in ("server.key", "passwd", "acl"):
+        assert stat.S_IMODE((tmp_path / "broker" / name).stat().st_mode) == 0o600, name
+    conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "listener 8883" in conf
+    with pytest.raises(ConfigError, match="set up for fleet"):
+        write_broker_config(tmp_path / "state", tmp_path / "broker", fleet="other", host="h")
+
+
+class SignedDevice:
+    def __init__(self, bus: InMemoryBus, device_id: str, server_key, key=None) -> None:  # type: ignore[no-untyped-def]
+        self.device_id = device_id
+        self.key = key or generate_signing_key()
+        self.guard = SignedGuard(FLEET, self.key, lambda sender: server_key)
+        self.transport = bus.connect()
+        self.received: list[object] = []
+        self.transport.set_handler(
+            lambda topic, payload: self.received.append(decode_message(self.guard.open("server", payload)))
+        )
+        for channel in ("task", "ack"):
+            self.transport.subscribe(TOPICS.device(device_id, channel))  # type: ignore[arg-type]
+
+    def send(self, channel: str, message: object, guard: SignedGuard | None = None) -> bytes:
+        payload = (guard or self.guard).seal(encode_message(message))  # type: ignore[arg-type]
+        self.transport.publish(TOPICS.device(self.device_id, channel), payload)  # type: ignore[arg-type]
+        return payload
+
+    def update(self, task: Task, value: float) -> Update:
+        return Update(round=task.round, device_id=self.device_id, base_model_id=task.model_id, num_samples=10,
+                      train_loss=0.5, train_accuracy=0.5, delta={"w": np.full(3, value, dtype=np.float32)})  # fmt: skip
+
+
+def _tasks(device: SignedDevice) -> list[Task]:
+    return [m for m in device.received if isinstance(m, Task)]
+
+
+def test_forged_and_replayed_updates_are_refused_and_a_revoked_update_is_withdrawn(tmp_path: Path) -> None:
+    # Prepare: three enrolled devices and a stranger; a coordinator that signs and checks signatures
+    registry = DeviceRegistry(tmp_path / "registry.sqlite3")
+    server_key = generate_signing_key()
+    bus = InMemoryBus()
+    devices = {}
+    for name in ("a", "b", "c"):
+        device = SignedDevice(bus, name, server_key.public_key())
+        registry.redeem(registry.add_token(name, 60), public_key_text(device.key))
+        devices[name] = device
+    a, b, c = devices["a"], devices["b"], devices["c"]
+    clock = [0.0]
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=3, min_devices=2, round_timeout_s=60)
+    coordinator = Coordinator(
+        config, FedAvg(StrategyConfig()), bus.connect(), {"w": np.zeros(3, dtype=np.float32)},
+        journal=SqliteJournal(tmp_path / "state"), guard=SignedGuard(FLEET, server_key, registry.public_key),
+        revoked=registry.revoked_ids, clock=lambda: clock[0],
+    )  # fmt: skip
+    coordinator.start()
+    stranger = SignedDevice(bus, "d", server_key.public_key())  # never enrolled
+    for device in (a, b, c, stranger):
+        device.send("state", DeviceState(device_id=device.device_id, state="online", num_samples=10))
+    bus.drain()
+    assert coordinator.online_devices() == ["a", "b", "c"]
+    assert coordinator.rejected["unknown-device"] == 1
+    # Execute 1 (round 1 = a, b): a forged update for a (a's topic, the wrong key), then the real ones
+    forger = SignedGuard(FLEET, generate_signing_key(), lambda sender: server_key.public_key())
+    a.send("update", a.update(_tasks(a)[0], 100.0), guard=forger)
+    a_round1 = a.send("update", a.update(_tasks(a)[0], 1.0))
+    b.send("update", b.update(_tasks(b)[0], 1.0))
+    bus.drain()
+    assert coordinator.rejected["bad-signature"] == 1
+    np.testing.assert_array_equal(coordinator.global_state["w"], np.full(3, 1.0, dtype=np.float32))
+    # Execute 2 (round 2 = a, b, c): b's update is accepted, then b is revoked while the others train
+    assert coordinator.round_number == 2 and [t.round for t in _tasks(c)] == [2]
+    b.send("update", b.update(_tasks(b)[1], 30.0))
+    bus.drain()
+    registry.revoke("b")
+    clock[0] += 2.0
+    coordinator.tick()
+    a.send("update", a.update(_tasks(a)[1], 2.0))
+    c.send("update", c.update(_tasks(c)[0], 4.0))
+    bus.drain()
+    # Assert: round 2 aggregated a and c only: 1 + (2 + 4) / 2
+    assert coordinator.results[1].devices == 2
+    np.testing.assert_array_equal(coordinator.global_state["w"], np.full(3, 4.0, dtype=np.float32))
+    # Execute 3 (round 3 = a, c): a's round-1 frame arrives again
+    assert coordinator.round_number == 3 and [t.round for t in _tasks(b)] == [1, 2]  # b is not picked again
+    a.transport.publish(TOPICS.device("a", "update"), a_round1)
+    b.send("update", b.update(_tasks(b)[1], 30.0))  # and the revoked device tries once more
+    bus.drain()
+    assert coordinator.rejected["replay"] == 1
+    assert coordinator.rejected["revoked"] == 1
+    assert coordinator.round_progress() == (3, 0, 2)
