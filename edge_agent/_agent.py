@@ -31,6 +31,8 @@ from protocol import (
     BlobStore,
     DeviceState,
     Failure,
+    FrameGuard,
+    OpenGuard,
     ProtocolError,
     Task,
     Topics,
@@ -65,8 +67,10 @@ class AgentCore:
         num_samples: int,
         label_counts: tuple[float, ...] | None = None,
         pending_path: Path | None = None,
+        guard: FrameGuard | None = None,
     ) -> None:
         self.device_id = device_id
+        self.guard = guard or OpenGuard()  # signs what we send, checks the server signed what we get
         self.topics = topics
         self.transport = transport
         self.store = store
@@ -100,7 +104,7 @@ class AgentCore:
             log.info(
                 "device %s: back online; re-sending the kept update of round %s", self.device_id, self.pending_round
             )
-            self.transport.publish(self.topics.device(self.device_id, "update"), self.pending)
+            self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(self.pending))
 
     def publish_state(self, state: str) -> None:
         message = DeviceState(
@@ -109,7 +113,9 @@ class AgentCore:
             num_samples=self.num_samples,
             label_counts=self.label_counts,
         )
-        self.transport.publish(self.topics.device(self.device_id, "state"), encode_message(message), retain=True)
+        self.transport.publish(
+            self.topics.device(self.device_id, "state"), self.guard.seal(encode_message(message)), retain=True
+        )
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Handle one message; a bad one is logged and counted, never raised."""
@@ -117,12 +123,13 @@ class AgentCore:
             parsed = self.topics.parse(topic)
             if parsed.device_id != self.device_id:
                 raise ProtocolError("foreign-topic", topic)
+            frame = self.guard.open("server", payload)
             if parsed.channel == "task":
-                self._on_task(decode_message(payload, Task))
+                self._on_task(decode_message(frame, Task))
             elif parsed.channel == "blob/chunk":
-                self._on_chunk(decode_message(payload, BlobChunk))
+                self._on_chunk(decode_message(frame, BlobChunk))
             elif parsed.channel == "ack":
-                self._on_ack(decode_message(payload, Ack))
+                self._on_ack(decode_message(frame, Ack))
             else:
                 raise ProtocolError("unexpected-channel", parsed.channel)
         except ProtocolError as exc:
@@ -134,7 +141,9 @@ class AgentCore:
     def _send_pending(self, now: float) -> None:
         assert self.pending is not None
         self._pending_sent_at = now
-        self.transport.publish(self.topics.device(self.device_id, "update"), self.pending)
+        # Ed25519 signatures are deterministic: every re-send is byte-identical, which the server's
+        # replay check relies on.
+        self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(self.pending))
 
     def resend_pending(self, now: float, every_s: float) -> None:
         """At-least-once on top of QoS 1: re-send a kept update nobody acknowledged for ``every_s``
@@ -198,7 +207,7 @@ class AgentCore:
 
     def _request_blob(self, blob_id: str, chunks: tuple[int, ...]) -> None:
         request = BlobRequest(blob_id=blob_id, chunks=chunks)
-        self.transport.publish(self.topics.device(self.device_id, "blob/req"), encode_message(request))
+        self.transport.publish(self.topics.device(self.device_id, "blob/req"), self.guard.seal(encode_message(request)))
 
     def _on_chunk(self, chunk: BlobChunk) -> None:
         task = self.current_task
@@ -222,7 +231,9 @@ class AgentCore:
             log.error("device %s: training for round %d failed: %s", self.device_id, task.round, outcome)
             self.last_outcome = (task.round, f"failed: {outcome[:200]}")
             failure = Failure(round=task.round, device_id=self.device_id, reason=outcome[:2000])
-            self.transport.publish(self.topics.device(self.device_id, "update"), encode_message(failure))
+            self.transport.publish(
+                self.topics.device(self.device_id, "update"), self.guard.seal(encode_message(failure))
+            )
             return
         self._keep(task.round, encode_message(outcome))
         self._send_pending(time.monotonic())

@@ -22,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,12 +32,17 @@ from protocol import (
     BrokerAddress,
     ConfigError,
     DeviceState,
+    FrameGuard,
     MqttTransport,
     Notifier,
+    OpenGuard,
+    SignedGuard,
     Topics,
     TransportError,
     Will,
     encode_message,
+    load_signing_key,
+    public_key_from_text,
     validate_name,
 )
 
@@ -67,6 +72,13 @@ class AgentConfig:
     train_window: str | None = None  # "22:00-06:00", local time
     min_free_memory_mb: float = 0.0
     resend_after_s: float = 60.0  # re-send an update nobody acknowledged
+    # A secured fleet (written by `genfl-edge enroll`): broker login, the CA the broker's certificate must
+    # chain to, this board's signing key and the server's pinned public key.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    device_key: Path | None = None
+    server_public_key: str | None = None
 
     def __post_init__(self) -> None:
         validate_name("device id", self.device_id)
@@ -80,6 +92,23 @@ class AgentConfig:
             raise ConfigError("stop grace and minimum free memory cannot be negative")
         if self.train_window is not None:
             TrainWindow.parse(self.train_window)
+        if (self.device_key is None) != (self.server_public_key is None):
+            raise ConfigError("device_key and server_public_key go together (both come from `genfl-edge enroll`)")
+        if self.server_public_key is not None:
+            public_key_from_text(self.server_public_key)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings with the password hidden: what may be written to status files and logs."""
+        values = asdict(self)
+        if values.get("password") is not None:
+            values["password"] = "(set)"
+        return values
+
+    def guard(self) -> FrameGuard:
+        if self.device_key is None or self.server_public_key is None:
+            return OpenGuard()
+        server_key = public_key_from_text(self.server_public_key)
+        return SignedGuard(self.fleet, load_signing_key(self.device_key), lambda sender: server_key)
 
 
 def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
@@ -103,7 +132,7 @@ def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConf
     for name in ("device_id", "data", "state_dir"):
         if name not in values:
             raise ConfigError(f"{name.replace('_', '-')} is not set (give --{name.replace('_', '-')} or a config file)")
-    for name in ("state_dir", "data_dir"):
+    for name in ("state_dir", "data_dir", "ca_file", "device_key"):
         if name in values:
             values[name] = Path(values[name])
     try:
@@ -121,6 +150,15 @@ def _rss_mb() -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _latest_blob(directory: Path) -> str | None:
+    """The id of the newest whole model blob this device holds."""
+    try:
+        blobs = [p for p in directory.iterdir() if p.is_file() and len(p.name) == 64]
+    except OSError:
+        return None
+    return max(blobs, key=lambda p: p.stat().st_mtime).name if blobs else None
 
 
 class _Stop:
@@ -171,10 +209,14 @@ class _Agent:
         )
         topics = Topics(config.fleet)
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=summary.num_samples)
+        guard = config.guard()
         self.transport = MqttTransport(
             BrokerAddress.parse(config.broker),
             f"genfl-{config.fleet}-{config.device_id}",
-            will=Will(topics.device(config.device_id, "state"), encode_message(offline)),
+            will=Will(topics.device(config.device_id, "state"), guard.seal(encode_message(offline))),
+            username=config.username,
+            password=config.password,
+            ca_file=config.ca_file,
             backoff_cap_s=config.backoff_cap_s,
         )
         self.worker = WorkerRunner(
@@ -196,6 +238,7 @@ class _Agent:
             num_samples=summary.num_samples,
             label_counts=tuple(float(c) for c in summary.label_counts) if config.share_label_counts else None,
             pending_path=config.state_dir / "pending-update.bin",
+            guard=guard,
         )
 
     def state_text(self) -> str:
@@ -207,19 +250,22 @@ class _Agent:
             return "waiting for the train window"
         return "idle"
 
-    def write_status(self) -> None:
+    def write_status(self, *, stopped: bool = False) -> None:
         core = self.core
         status = {
             "device_id": self.config.device_id,
             "fleet": self.config.fleet,
             "broker": self.config.broker,
+            "signed": self.config.device_key is not None,
             "connected": self.transport.connected,
-            "state": self.state_text(),
+            "state": "stopped" if stopped else self.state_text(),
             "round": None if core.current_task is None else core.current_task.round,
             "model_id": None if core.current_task is None else core.current_task.model_id,
             "training": core.training,
             "last_outcome": core.last_outcome,
             "pending_round": core.pending_round,
+            "last_round": None if core.last_outcome is None else core.last_outcome[0],
+            "model_held": _latest_blob(self.config.state_dir / "blobs"),
             "num_samples": core.num_samples,
             "rejected": dict(core.rejected),
             "pid": os.getpid(),
@@ -249,7 +295,7 @@ def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) ->
         signal.signal(signal.SIGINT, stop.signal)
     notifier = Notifier()
     (config.state_dir).mkdir(parents=True, exist_ok=True)
-    (config.state_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=2) + "\n")
+    (config.state_dir / "config.json").write_text(json.dumps(config.redacted(), default=str, indent=2) + "\n")
     agent = _Agent(config, notifier)
     agent.worker.warm_up()
     if not _connect_with_backoff(agent.transport, stop, config.backoff_cap_s, notifier):
@@ -280,7 +326,7 @@ def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) ->
     finally:
         agent.worker.stop(grace_s=0.0)
         agent.core.publish_state("offline")
-        agent.write_status()
+        agent.write_status(stopped=True)
         agent.transport.close()
         notifier.close()
     return 0

@@ -54,3 +54,48 @@ def test_partition_tool_prints_a_histogram_and_writes_json(tmp_path: Path) -> No
     parts = json.loads(out.read_text())
     assert len(parts["devices"]) == 5
     assert sum(len(d) for d in parts["devices"]) == 1438
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [
+        (["genfl-server", "devices", "add", "board-1", "--state-dir", "{tmp}"], 2, "run `genfl-server broker-config`"),
+        (["genfl-server", "devices", "revoke", "board-1", "--state-dir", "{tmp}"], 2, "no fleet security"),
+        (["genfl-edge", "status", "--home", "{tmp}"], 2, "enroll first"),
+        (["genfl-edge", "enroll", "--server", "mqtts://127.0.0.1:1", "--token", "nope", "--home", "{tmp}"], 2,
+         "not a genfl enrollment token"),
+        (["genfl-edge", "enroll", "--server", "mqtt://127.0.0.1:1883", "--token", "gfl1:f:p:" + "s" * 32,
+          "--home", "{tmp}"], 2, "use an mqtts:// server URL"),
+        (["genfl-edge", "enroll", "--server", "mqtts://127.0.0.1:1", "--token", "gfl1:f:p:" + "s" * 32,
+          "--home", "{tmp}"], 5, "cannot reach the broker"),
+    ],
+)  # fmt: skip
+def test_security_commands_explain_what_is_missing(tmp_path: Path, command: list[str], code: int, message: str) -> None:
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    done = subprocess.run([BIN / args[0], *args[1:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "edge.toml").exists()
+
+
+def test_broker_config_then_devices_add_and_list(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    subprocess.run(
+        [BIN / "genfl-server", "broker-config", "--out", str(tmp_path / "broker"), "--host", "127.0.0.1",
+         "--state-dir", state, "--fleet", "cli"], check=True, capture_output=True,
+    )  # fmt: skip
+    token = subprocess.run(
+        [BIN / "genfl-server", "devices", "add", "board-1", "--state-dir", state, "--expires", "30m"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert token.startswith("gfl1:cli:") and len(token.splitlines()) == 1
+    listing = subprocess.run(
+        [BIN / "genfl-server", "devices", "list", "--state-dir", state, "--json"], capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(listing) == {"devices": [], "pending_tokens": ["board-1"]}
+    bad = subprocess.run(
+        [BIN / "genfl-server", "devices", "add", "board-2", "--state-dir", state, "--expires", "soon"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "bad duration" in bad.stderr

@@ -8,7 +8,7 @@ import typer
 
 from edge_agent import __version__
 
-from . import _data, _predict, _run, _service
+from . import _data, _enroll, _predict, _run, _service
 
 app = typer.Typer(
     name="genfl-edge",
@@ -17,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("enroll")(_enroll.enroll)
+app.command("status")(_enroll.status)
 app.command("data")(_data.data)
 app.command("run")(_run.run)
 app.command("predict")(_predict.predict)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._daemon import load_agent_config, run_agent
+from edge_agent._enroll import EdgeHome
 
 from ._errors import exit_on_error
 
@@ -35,6 +36,9 @@ def run(
     min_free_memory: Annotated[Optional[float], typer.Option(help="MB that must be free to start a worker.")] = None,
     resend_after: Annotated[Optional[float], typer.Option(help="Re-send an unacknowledged update after N s.")] = None,
     status_interval: Annotated[Optional[float], typer.Option(help="Seconds between status.json rewrites.")] = None,
+    home: Annotated[
+        Optional[Path], typer.Option(help="Use the config `enroll` wrote under this folder (or $GENFL_EDGE_HOME).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the agent: keep the broker session, train each round in a worker process, send updates."""
@@ -42,6 +46,10 @@ def run(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with exit_on_error():
+        if config is None:
+            enrolled = EdgeHome.resolve(home).config
+            if enrolled.is_file() and device_id is None:
+                config = enrolled
         settings = load_agent_config(
             config,
             {

@@ -1,0 +1,180 @@
+"""``genfl-edge enroll``: make this board's key, trade the token for an identity, write the config.
+
+Where things go (:class:`EdgeHome`)::
+
+    --home DIR / $GENFL_EDGE_HOME    DIR/edge.toml  DIR/device.key  DIR/ca.crt  DIR/state/
+    root                             /etc/genfl/edge.toml  /etc/genfl/device.key  /etc/genfl/ca.crt
+                                     /var/lib/genfl-edge/
+    anyone else                      ~/.config/genfl-edge/{edge.toml,device.key,ca.crt}
+                                     ~/.local/state/genfl-edge/
+
+The private key is made here and never leaves the board; the config holds the
+broker password, so both are written 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol import (
+    BrokerAddress,
+    BrokerRefused,
+    ConfigError,
+    EnrollmentToken,
+    EnrollReply,
+    EnrollRequest,
+    GenflError,
+    MqttTransport,
+    ProtocolError,
+    Topics,
+    TransportError,
+    enroll_topic,
+    generate_signing_key,
+    public_key_from_text,
+    public_key_text,
+    save_signing_key,
+    write_secret,
+)
+
+__all__ = ["EdgeHome", "EnrollmentFailed", "enroll"]
+
+log = logging.getLogger("genfl.edge")
+
+ENROLL_USER = "genfl-enroll"
+
+
+class EnrollmentFailed(GenflError):
+    """The server refused the token (unknown, used, expired) or did not answer."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class EdgeHome:
+    config: Path
+    key: Path
+    ca: Path
+    state_dir: Path
+
+    @classmethod
+    def resolve(cls, home: Path | None = None) -> EdgeHome:
+        chosen = home or (Path(os.environ["GENFL_EDGE_HOME"]) if os.environ.get("GENFL_EDGE_HOME") else None)
+        if chosen is not None:
+            return cls(chosen / "edge.toml", chosen / "device.key", chosen / "ca.crt", chosen / "state")
+        if os.geteuid() == 0:
+            etc = Path("/etc/genfl")
+            return cls(etc / "edge.toml", etc / "device.key", etc / "ca.crt", Path("/var/lib/genfl-edge"))
+        user_home = Path.home()
+        config_dir = Path(os.environ.get("XDG_CONFIG_HOME") or user_home / ".config") / "genfl-edge"
+        state_dir = Path(os.environ.get("XDG_STATE_HOME") or user_home / ".local" / "state") / "genfl-edge"
+        return cls(config_dir / "edge.toml", config_dir / "device.key", config_dir / "ca.crt", state_dir)
+
+
+def _toml_value(value: object) -> str:
+    return (
+        json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    )
+
+
+def enroll(
+    server: str,
+    token_text: str,
+    home: EdgeHome,
+    *,
+    data: str = "digits",
+    ca_file: Path | None = None,
+    timeout_s: float = 30.0,
+    force: bool = False,
+) -> dict[str, object]:
+    """Enroll this board; returns the settings written to ``home.config`` (password left out)."""
+    token = EnrollmentToken.parse(token_text)
+    address = BrokerAddress.parse(server)
+    if not address.tls:
+        raise ConfigError("enrollment sends credentials: use an mqtts:// server URL")
+    if home.config.exists() and not force:
+        raise ConfigError(f"{home.config} exists: this board is enrolled already (--force to enroll again)")
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(f"CA file {ca_file} not found")
+    key = generate_signing_key()
+    client_id = f"enroll-{secrets.token_hex(8)}"
+    topics = Topics(token.fleet)
+    transport = MqttTransport(
+        address, client_id, username=ENROLL_USER, password=token.enroll_password, ca_file=ca_file, session_expiry_s=0
+    )
+    replies: list[bytes] = []
+    transport.set_handler(lambda topic, payload: replies.append(payload))
+    transport.connect(timeout_s=min(timeout_s, 15.0))
+    try:
+        transport.subscribe(enroll_topic(topics, client_id, "reply"))
+        time.sleep(0.2)  # let the SUBACK land before the request, so the reply cannot be missed
+        request = EnrollRequest(secret=token.secret, public_key=public_key_text(key))
+        transport.publish(enroll_topic(topics, client_id, "request"), request.encode())
+        deadline = time.monotonic() + timeout_s
+        reply: EnrollReply | None = None
+        while reply is None and time.monotonic() < deadline:
+            transport.poll(0.2)
+            while replies and reply is None:
+                try:
+                    candidate = EnrollReply.decode(replies.pop(0))
+                    candidate.verify(token.secret, client_id)
+                    reply = candidate
+                except (ProtocolError, ConfigError) as exc:
+                    log.warning("ignoring a bad enrollment reply: %s", exc)
+    finally:
+        transport.close()
+    if reply is None:
+        raise EnrollmentFailed(f"no enrollment reply from {address.url()} within {timeout_s:.0f} s (is serve running?)")
+    if not reply.ok:
+        raise EnrollmentFailed(f"the server refused the token: {reply.reason}")
+    public_key_from_text(reply.server_public_key)
+    save_signing_key(home.key, key)
+    if ca_file is not None:
+        home.ca.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ca_file, home.ca)
+    home.state_dir.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, object] = {
+        "device_id": reply.device_id,
+        "fleet": reply.fleet,
+        "broker": address.url(),
+        "data": data,
+        "state_dir": str(home.state_dir),
+        "username": reply.username,
+        "device_key": str(home.key),
+        "server_public_key": reply.server_public_key,
+    }
+    if ca_file is not None:
+        settings["ca_file"] = str(home.ca)
+    lines = ["# genfl-edge: written by `genfl-edge enroll`; holds the broker password (mode 0600).", "[agent]"]
+    lines += [f"{name} = {_toml_value(value)}" for name, value in settings.items()]
+    lines.append(f"password = {_toml_value(reply.password)}")
+    write_secret(home.config, ("\n".join(lines) + "\n").encode())
+    return settings
+
+
+def check_broker(
+    server: str, username: str | None, password: str | None, ca_file: Path | None
+) -> tuple[bool, bool, str]:
+    """(reachable, logged in, why not) now."""
+    probe = MqttTransport(
+        BrokerAddress.parse(server),
+        f"genfl-status-{secrets.token_hex(4)}",
+        username=username,
+        password=password,
+        ca_file=ca_file,
+        session_expiry_s=0,
+    )
+    try:
+        probe.connect(timeout_s=5.0)
+    except BrokerRefused as exc:
+        return True, False, str(exc)
+    except TransportError as exc:
+        return False, False, str(exc)
+    probe.close()
+    return True, True, ""
