@@ -19,14 +19,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol import ConfigError
 
-__all__ = ["CertificateAuthority", "ServerCertificate", "issue_server_certificate", "load_ca", "new_ca"]
+__all__ = ["CertificateAuthority", "KeyPair", "ServerCertificate", "issue_server_certificate", "load_ca", "new_ca"]
 
 _CA_YEARS = 10
 _SERVER_DAYS = 825  # the longest lifetime TLS clients commonly accept for a server certificate
 
 
 @dataclass(frozen=True)
-class CertificateAuthority:
+class KeyPair:
+    """A private key and its certificate: the fleet CA, or the broker's server certificate."""
+
     key: ec.EllipticCurvePrivateKey
     certificate: x509.Certificate
 
@@ -37,16 +39,8 @@ class CertificateAuthority:
         return _key_pem(self.key)
 
 
-@dataclass(frozen=True)
-class ServerCertificate:
-    key: ec.EllipticCurvePrivateKey
-    certificate: x509.Certificate
-
-    def certificate_pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    def key_pem(self) -> bytes:
-        return _key_pem(self.key)
+CertificateAuthority = KeyPair
+ServerCertificate = KeyPair
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
