@@ -94,7 +94,7 @@ class SimulationConfig:
     worker_slots: int | None = None  # at most this many workers train at once (per-task workers only)
     round_timeout_s: float = 600.0
     codec: str = "fp32"  # fp32, int8 or int4 updates
-    qat: bool = False  # quantization-aware training on the devices
+    qat: bool = True  # quantization-aware training on the devices (the default)
     aggregate: str = "fedavg"  # fedavg, median, trimmed-mean or clipped
     trim: float = 0.2
     malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)

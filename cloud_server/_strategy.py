@@ -44,7 +44,7 @@ class StrategyConfig:
     prox_mu: float = 0.01
     seed: int = 0
     codec: str = "fp32"  # how devices encode updates: fp32, int8 or int4 (announced in each task)
-    qat: bool = False  # devices train int8 quantization-aware (fake quant)
+    qat: bool = True  # devices train int8 quantization-aware (fake quant); --no-qat for float
     aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
     trim: float = 0.2  # share cut from each end by trimmed-mean
 

@@ -1,8 +1,8 @@
 """ONNX export (float and int8 QDQ), checked against PyTorch before anything is written.
 
 The float model is exported by torch's dynamo exporter with a dynamic batch
-axis; int8 is onnxruntime's static QDQ quantization (per-channel weights),
-calibrated on a sample of real images. Before the file is written, the ONNX
+axis; int8 is onnxruntime's static QDQ quantization (per-channel weights, the
+first convolution left in float), calibrated on a sample of real images. Before the file is written, the ONNX
 checker must pass and onnxruntime's outputs must agree with PyTorch's on a
 check batch: the largest absolute logit difference and the top-1 agreement are
 reported, and a mismatch beyond the tolerance is an error.
@@ -90,14 +90,14 @@ def export_onnx(
             program.save(str(float_path))
         except Exception as exc:  # torch's exporter raises many types; all mean "could not export"
             raise ModelError(f"exporting {model_name} to ONNX failed: {exc}") from exc
-        proto = onnx.load(str(float_path))
-        onnx.helper.set_model_props(proto, {"genfl.model": model_name, "genfl.classes": json.dumps(classes or [])})
-        onnx.save(proto, str(float_path))
         final = float_path
         if int8:
             final = _quantize(
                 float_path, Path(tmp), calibration_images if calibration_images is not None else check_images
             )
+        proto = _compact(onnx.load(str(final)))
+        onnx.helper.set_model_props(proto, {"genfl.model": model_name, "genfl.classes": json.dumps(classes or [])})
+        onnx.save(proto, str(final))
         onnx.checker.check_model(str(final))
         reference = predict_logits(model, check_images).numpy()
         session = _session(final)
@@ -121,7 +121,40 @@ def export_onnx(
     return ExportReport(out, out.stat().st_size, int8, max_diff, agreement, len(check_images))
 
 
+def _compact(proto):  # type: ignore[no-untyped-def]
+    """Drop what inference never reads: the exporter's per-node stack traces and namespaces, shape hints
+    (onnxruntime infers them), unused opset imports, and long internal tensor names (``t17`` instead of
+    ``features.3.0.weight_DequantizeLinear_Output``). Graph inputs and outputs keep their names. For a
+    small model this is a third of the file; the arithmetic does not change."""
+    graph = proto.graph
+    keep = {value.name for value in [*graph.input, *graph.output]}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+        tensor.doc_string = ""
+    for index, node in enumerate(graph.node):
+        del node.metadata_props[:]
+        node.doc_string = ""
+        node.name = f"n{index}"
+        node.input[:] = [short(name) for name in node.input]
+        node.output[:] = [short(name) for name in node.output]
+    del graph.value_info[:]
+    del graph.metadata_props[:]
+    used = {node.domain for node in graph.node} | {""}
+    opsets = [opset for opset in proto.opset_import if opset.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(opsets)
+    return proto
+
+
 def _quantize(float_path: Path, folder: Path, images: np.ndarray) -> Path:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -132,6 +165,10 @@ def _quantize(float_path: Path, folder: Path, images: np.ndarray) -> Path:
     try:
         quant_pre_process(str(float_path), str(prepared))
         name = _session(prepared).get_inputs()[0].name
+        # The first convolution stays float (a common choice, and a cheap one: 1-3 input channels):
+        # quantizing the normalised image it reads flipped 1.1% of the top-1 classes on digits, which
+        # no calibration method fixed; leaving it float gave 100% agreement for 1% more file.
+        first_conv = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv"][:1]
         quantize_static(
             str(prepared),
             str(quantized),
@@ -141,6 +178,7 @@ def _quantize(float_path: Path, folder: Path, images: np.ndarray) -> Path:
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=first_conv,
         )
     finally:
         logging.getLogger().setLevel(quiet)

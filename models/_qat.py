@@ -42,7 +42,8 @@ class _ActivationFakeQuant(nn.Module):
         self.high: float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = float(x.detach().min()), float(x.detach().max())
+        low_t, high_t = torch.aminmax(x.detach())  # one pass over the activations
+        low, high = float(low_t), float(high_t)
         if self.low is None or self.high is None:
             self.low, self.high = low, high
         else:

@@ -88,7 +88,7 @@ class TrainConfig:
     prox_mu: float = 0.0
     seed: int = 0
     codec: str = "fp32"  # how the device encodes its update: fp32, int8 or int4
-    qat: bool = False  # train int8 quantization-aware (fake quant) instead of in float
+    qat: bool = True  # train int8 quantization-aware (fake quant); False trains in float
 
     def __post_init__(self) -> None:
         if not isinstance(self.qat, bool):

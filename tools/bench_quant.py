@@ -50,28 +50,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="Skip the federated runs: export and time this model (e.g. simulate's model.safetensors).",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = {"dataset": args.dataset, "model": args.model, "rounds": args.rounds, "train_subset": args.train_subset}
-    codecs = {}
-    for codec in ("fp32", "int8", "int4"):
-        result = run_simulation(SimulationConfig(**base, codec=codec))
-        codecs[codec] = {"bytes_up": sum(r.bytes_up for r in result.rounds), "final_accuracy": result.final_accuracy}
-        print(codec, codecs[codec], flush=True)
-    for codec in ("int8", "int4"):
-        codecs[codec]["share_of_fp32_bytes"] = codecs[codec]["bytes_up"] / codecs["fp32"]["bytes_up"]  # type: ignore[operator]
-    qat = run_simulation(SimulationConfig(**base, qat=True))
+    codecs: dict[str, dict[str, float | None]] = {}
+    float_accuracy = None
+    if args.checkpoint is not None:
+        model_name, final_state = models.read_checkpoint(args.checkpoint)
+        base = {"dataset": args.dataset, "checkpoint": str(args.checkpoint)}
+    else:
+        runs = {}
+        for codec in ("fp32", "int8", "int4"):  # QAT on the devices, the default
+            runs[codec] = result = run_simulation(SimulationConfig(**base, codec=codec))
+            codecs[codec] = {
+                "bytes_up": sum(r.bytes_up for r in result.rounds),
+                "final_accuracy": result.final_accuracy,
+            }
+            print(codec, codecs[codec], flush=True)
+        for codec in ("int8", "int4"):
+            codecs[codec]["share_of_fp32_bytes"] = codecs[codec]["bytes_up"] / codecs["fp32"]["bytes_up"]  # type: ignore[operator]
+        float_accuracy = run_simulation(SimulationConfig(**base, qat=False)).final_accuracy  # the float path
+        print("float training", float_accuracy, flush=True)
+        model_name, final_state = runs["fp32"].model_name, runs["fp32"].final_state
     data = load_dataset(args.dataset)
     test = data.test
-    model = models.build_model(qat.model_name)
-    models.load_state(model, qat.final_state)
+    model = models.build_model(model_name)
+    models.load_state(model, final_state)
     torch_accuracy = models.evaluate(model, test.images, test.labels).accuracy
     exports: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, int8 in (("fp32", False), ("int8", True)):
             path = Path(tmp) / f"{label}.onnx"
-            report = export_onnx(qat.model_name, qat.final_state, path, int8=int8, check_images=test.images[:1000],
+            report = export_onnx(model_name, final_state, path, int8=int8, check_images=test.images[:1000],
                                  calibration_images=data.train.images[:512], classes=data.classes)  # fmt: skip
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
@@ -105,7 +122,10 @@ def main() -> None:
     }
     print(summary)
     name = "quant" if args.dataset == "digits" else "quant-" + args.dataset.split(":")[0]
-    write_json(args.out / f"{name}.json", {"machine": machine(), "config": base, "codecs": codecs, "qat_model": {
+    if args.checkpoint is not None:
+        name += "-checkpoint"
+    write_json(args.out / f"{name}.json", {"machine": machine(), "config": base, "codecs": codecs,
+        "float_training_final_accuracy": float_accuracy, "qat_model": {
         "pytorch": eager, "onnx": exports}, "summary": summary, "torch_threads": 1})  # fmt: skip
 
 

@@ -34,7 +34,9 @@ def serve(
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
     codec: Annotated[str, typer.Option(help="How devices send updates: fp32, int8 or int4.")] = "fp32",
-    qat: Annotated[bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware.")] = False,
+    qat: Annotated[
+        bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware (default) or in float.")
+    ] = True,
     aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     max_norm: Annotated[Optional[float], typer.Option(help="Reject updates with a larger L2 norm.")] = None,

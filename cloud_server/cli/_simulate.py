@@ -49,7 +49,9 @@ def simulate(
         Optional[int], typer.Option(help="With --worker per-task: at most this many train at once.")
     ] = None,
     codec: Annotated[str, typer.Option(help="How devices send updates: fp32, int8 or int4.")] = "fp32",
-    qat: Annotated[bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware.")] = False,
+    qat: Annotated[
+        bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware (default) or in float.")
+    ] = True,
     aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     malicious: Annotated[int, typer.Option(help="Devices that send corrupted updates (in-memory).")] = 0,

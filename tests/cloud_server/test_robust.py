@@ -53,7 +53,10 @@ def test_unknown_rules_fail_clearly() -> None:
 def test_trimmed_mean_survives_two_sign_flipping_devices_where_fedavg_breaks() -> None:
     # The demonstration: digits, 10 devices, 2 of them send updates multiplied by -10.
     def accuracy(aggregate: str, malicious: int) -> float:
-        result = run_simulation(SimulationConfig(aggregate=aggregate, malicious=malicious, attack="sign-flip"))
+        # Float training, as bench/robust.json measured it (see the README: with QAT, and on other seeds,
+        # trimmed mean loses more than 2 points; it still beats attacked FedAvg by far).
+        config = SimulationConfig(aggregate=aggregate, malicious=malicious, attack="sign-flip", qat=False)
+        result = run_simulation(config)
         assert result.final_accuracy is not None
         return result.final_accuracy
 
