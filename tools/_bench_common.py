@@ -9,12 +9,25 @@ from pathlib import Path
 from typing import Any
 
 
+def _cpu() -> dict[str, Any]:
+    """The CPU model and whether it has int8 dot-product instructions (they decide int8 ONNX speed)."""
+    try:
+        text = open("/proc/cpuinfo").read()  # noqa: SIM115 - a tiny read
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"cpu_model": model, "cpu_int8_dot": sorted(f for f in flags if "vnni" in f or f == "avx512bw"),
+            "cpu_avx2": "avx2" in flags}  # fmt: skip
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on (figures from different machines are not comparable)."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        **_cpu(),
     }
     try:
         import torch
