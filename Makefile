@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/genfl-server simulate --dataset digits --devices 10 --alpha 0.5 --rounds 10 --strategy fedavg --seed 0 --transport mqtt --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2  # two workers: most system tests wait on brokers and processes
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_quant.py --out bench
