@@ -31,7 +31,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ConfigError, GenflError, Topics, write_secret
+from protocol import ENROLL_USER, ConfigError, GenflError, Topics, write_secret
 
 __all__ = [
     "ENROLL_USER",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 SERVER_USER = "genfl-server"
-ENROLL_USER = "genfl-enroll"
 _ITERATIONS = 101
 
 

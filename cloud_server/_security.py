@@ -93,7 +93,10 @@ def write_broker_config(
     os.chmod(security, 0o700)
     existing = security / "broker.json"
     if existing.exists():
-        known = json.loads(existing.read_text()).get("fleet")
+        try:
+            known = json.loads(existing.read_text()).get("fleet")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{existing}: unreadable ({exc}); move it away to start the fleet's setup again") from exc
         if known != fleet:
             raise ConfigError(f"{state_dir} is set up for fleet {known!r}, not {fleet!r}")
     if (ca_cert is None) != (ca_key is None):

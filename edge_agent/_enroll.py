@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import (
+    ENROLL_USER,
     BrokerAddress,
     BrokerRefused,
     ConfigError,
@@ -46,8 +47,6 @@ from protocol import (
 __all__ = ["EdgeHome", "EnrollmentFailed", "enroll"]
 
 log = logging.getLogger("genfl.edge")
-
-ENROLL_USER = "genfl-enroll"
 
 
 class EnrollmentFailed(GenflError):
@@ -112,8 +111,8 @@ def enroll(
     transport.set_handler(lambda topic, payload: replies.append(payload))
     transport.connect(timeout_s=min(timeout_s, 15.0))
     try:
+        # One connection: the broker takes the SUBSCRIBE before the PUBLISH, so the reply cannot be missed.
         transport.subscribe(enroll_topic(topics, client_id, "reply"))
-        time.sleep(0.2)  # let the SUBACK land before the request, so the reply cannot be missed
         request = EnrollRequest(secret=token.secret, public_key=public_key_text(key))
         transport.publish(enroll_topic(topics, client_id, "request"), request.encode())
         deadline = time.monotonic() + timeout_s

@@ -2,10 +2,11 @@
 
 The float model is exported by torch's dynamo exporter with a dynamic batch
 axis; int8 is onnxruntime's static QDQ quantization (per-channel weights; the
-first convolution and the logits left in float), calibrated on a sample of real images. Before the file is written, the ONNX
-checker must pass and onnxruntime's outputs must agree with PyTorch's on a
-check batch: the largest absolute logit difference and the top-1 agreement are
-reported, and a mismatch beyond the tolerance is an error.
+first convolution and the logits left in float), calibrated on a sample of
+real images. Before the file is written, the ONNX checker must pass and
+onnxruntime's outputs must agree with PyTorch's on a check batch: the largest
+absolute logit difference and the top-1 agreement are reported, and a mismatch
+beyond the tolerance is an error.
 """
 
 from __future__ import annotations

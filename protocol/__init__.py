@@ -5,7 +5,7 @@ Imports no torch and knows nothing about rounds or training.
 
 from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
 from ._codec import CODECS, decode_delta, encode_delta
-from ._enrollment import EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
+from ._enrollment import ENROLL_USER, EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
 from ._errors import BrokerRefused, ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
 from ._messages import (
     PROTOCOL_VERSION,
@@ -53,6 +53,7 @@ __all__ = [
     "HARDENING",
     "DEFAULT_CHUNK_SIZE",
     "DEVICE_CHANNELS",
+    "ENROLL_USER",
     "PROTOCOL_VERSION",
     "Ack",
     "BlobAssembler",

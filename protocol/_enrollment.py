@@ -25,12 +25,14 @@ from ._errors import ConfigError, ProtocolError
 from ._topics import Topics, validate_name
 
 __all__ = [
+    "ENROLL_USER",
     "EnrollReply",
     "EnrollRequest",
     "EnrollmentToken",
     "enroll_topic",
 ]
 
+ENROLL_USER = "genfl-enroll"  # the broker user whose ACL allows nothing but enrollment
 _TOKEN_PREFIX = "gfl1"
 _MAX_BYTES = 8192
 
