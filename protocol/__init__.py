@@ -35,6 +35,7 @@ from ._signing import (
     verify_frame,
     write_secret,
 )
+from ._synthetic import SyntheticBatch, decode_synthetic, encode_synthetic
 from ._systemd import (
     HARDENING,
     Notifier,
@@ -49,6 +50,9 @@ from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
 from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
 
 __all__ = [
+    "SyntheticBatch",
+    "decode_synthetic",
+    "encode_synthetic",
     "CODECS",
     "HARDENING",
     "DEFAULT_CHUNK_SIZE",

@@ -93,6 +93,13 @@ class BlobStore:
             raise KeyError(f"blob {ident[:12]} was corrupt on disk and has been removed")
         return data
 
+    def discard(self, ident: str) -> None:
+        """Forget a blob (a round's synthetic batches once the round is over); no error if absent."""
+        if self._root is None:
+            self._memory.pop(ident, None)
+        else:
+            (self._root / ident).unlink(missing_ok=True)
+
     def path(self, ident: str) -> Path | None:
         """Where a blob lies on disk (None for a memory store)."""
         return None if self._root is None else self._root / ident

@@ -89,10 +89,14 @@ class TrainConfig:
     seed: int = 0
     codec: str = "fp32"  # how the device encodes its update: fp32, int8 or int4
     qat: bool = True  # train int8 quantization-aware (fake quant); False trains in float
+    # GenFL: the weight of the loss on the task's synthetic batch (0 when the task has none); the
+    # server lowers it round by round, so that the device's own data takes over.
+    synthetic_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.qat, bool):
             raise _fail("qat must be a boolean")
+        _check_float("synthetic_weight", self.synthetic_weight, 0.0, 100.0)
         if self.codec not in ("fp32", "int8", "int4"):
             raise _fail(f"codec must be fp32, int8 or int4, got {self.codec!r}")
         _check_int("local_epochs", self.local_epochs, 1, 1000)
@@ -149,6 +153,8 @@ class Task:
     model_id: str
     model_size: int
     config: TrainConfig
+    synthetic_id: str | None = None  # GenFL: a blob of synthetic samples tailored to this device
+    synthetic_size: int = 0
 
     def __post_init__(self) -> None:
         _check_int("round", self.round, 1)
@@ -157,6 +163,12 @@ class Task:
             raise _fail("model_name must be a short string")
         _check_sha256("model_id", self.model_id)
         _check_int("model_size", self.model_size, 1, MAX_BODY_BYTES)
+        if self.synthetic_id is None:
+            if self.synthetic_size != 0:
+                raise _fail("synthetic_size without a synthetic_id")
+        else:
+            _check_sha256("synthetic_id", self.synthetic_id)
+            _check_int("synthetic_size", self.synthetic_size, 1, MAX_BODY_BYTES)
         if not isinstance(self.config, TrainConfig):
             raise _fail("config must be a TrainConfig")
 
@@ -289,6 +301,9 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
             "model_size": message.model_size,
             "config": message.config.to_json(),
         }
+        if message.synthetic_id is not None:
+            header["synthetic_id"] = message.synthetic_id
+            header["synthetic_size"] = message.synthetic_size
         return header, b""
     header = {f.name: getattr(message, f.name) for f in fields(message)}
     if isinstance(message, BlobRequest):

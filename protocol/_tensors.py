@@ -22,7 +22,14 @@ __all__ = ["TensorDict", "blob_id", "decode_tensors", "encode_tensors"]
 TensorDict = dict[str, np.ndarray]
 
 _ALLOWED_DTYPES = frozenset(
-    {np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.int8), np.dtype(np.uint8)}
+    {
+        np.dtype(np.float16),
+        np.dtype(np.float32),
+        np.dtype(np.float64),
+        np.dtype(np.int64),
+        np.dtype(np.int8),
+        np.dtype(np.uint8),
+    }
 )
 
 
