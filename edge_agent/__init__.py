@@ -7,6 +7,7 @@ training code loads torch when it first runs.
 from ._agent import AgentCore, TrainingDone, TrainingRunner
 from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset, save_npz
 from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
+from ._privacy import laplace_label_counts, released_label_counts
 from ._report import histogram_table
 from ._runner import InProcessRunner, run_task
 
@@ -21,6 +22,8 @@ __all__ = [
     "dirichlet_partition",
     "histogram_table",
     "label_histogram",
+    "laplace_label_counts",
+    "released_label_counts",
     "load_dataset",
     "partition_labels",
     "run_task",

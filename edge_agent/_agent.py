@@ -2,7 +2,8 @@
 
 It reacts to messages on the device's own topics:
 
-* ``task``       -> fetch the global model blob if missing, then start training;
+* ``task``       -> fetch the global model blob (and the task's synthetic batch, if
+                    it names one) when missing, then start training;
                     a repeated task for the current round re-sends a kept update
                     or asks again for missing chunks
 * ``blob/chunk`` -> verify and store a chunk; when the blob is whole, train
@@ -51,8 +52,9 @@ TrainingDone = Callable[[Task, "Update | str"], None]
 
 
 class TrainingRunner(Protocol):
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
-        """Train on ``task``; call ``done(task, update)`` or ``done(task, reason)`` when finished."""
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
+        """Train on ``task`` (mixing in ``synthetic_blob`` if the task has one); call
+        ``done(task, update)`` or ``done(task, reason)`` when finished."""
 
 
 class AgentCore:
@@ -190,20 +192,35 @@ class AgentCore:
         if not self.accepting_tasks:
             log.info("device %s: stopping; not taking the task of round %d", self.device_id, task.round)
             return
+        if current is not None and current.synthetic_id is not None and current.synthetic_id != task.synthetic_id:
+            self.store.discard(current.synthetic_id)  # last round's synthetic batch is spent
         self.current_task = task
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
-        if self.store.has(task.model_id):
-            self._train(task)
-        else:
-            self._request_blob(task.model_id, ())
+        self._fetch_or_train(task)
+
+    @staticmethod
+    def _blobs_of(task: Task) -> list[str]:
+        return [task.model_id] + ([task.synthetic_id] if task.synthetic_id is not None else [])
+
+    def _fetch_or_train(self, task: Task) -> None:
+        """Ask for the first blob of the task we lack (one download at a time), or train if all are here."""
+        for ident in self._blobs_of(task):
+            if not self.store.has(ident):
+                self._request_blob(ident, ())
+                return
+        self._train(task)
 
     def _on_repeated_task(self, task: Task) -> None:
         """The server asked again (it restarted, or a message was lost): resume where we are."""
         if self.pending is not None and self.pending_round == task.round:
             self._send_pending(time.monotonic())
-        elif not self.training and not self.store.has(task.model_id):
-            missing = self._assembler.missing() if self._assembler is not None else ()
-            self._request_blob(task.model_id, missing)
+        elif not self.training:
+            for ident in self._blobs_of(task):
+                if not self.store.has(ident):
+                    assembler = self._assembler
+                    missing = assembler.missing() if assembler is not None and assembler.blob_id == ident else ()
+                    self._request_blob(ident, missing)
+                    return
 
     def _request_blob(self, blob_id: str, chunks: tuple[int, ...]) -> None:
         request = BlobRequest(blob_id=blob_id, chunks=chunks)
@@ -211,7 +228,7 @@ class AgentCore:
 
     def _on_chunk(self, chunk: BlobChunk) -> None:
         task = self.current_task
-        if task is None or chunk.blob_id != task.model_id:
+        if task is None or chunk.blob_id not in self._blobs_of(task):
             raise ProtocolError("unwanted-chunk", chunk.blob_id[:12])
         if self.store.has(chunk.blob_id) or self.training:
             return  # a duplicate after completion
@@ -219,11 +236,12 @@ class AgentCore:
             self._assembler = BlobAssembler(self.store, chunk.blob_id, chunk.count, chunk.total_size)
         if self._assembler.add(chunk):
             self._assembler = None
-            self._train(task)
+            self._fetch_or_train(task)
 
     def _train(self, task: Task) -> None:
         self.training = True
-        self.runner.start(task, self.store.get(task.model_id), self._on_trained)
+        synthetic = self.store.get(task.synthetic_id) if task.synthetic_id is not None else None
+        self.runner.start(task, self.store.get(task.model_id), self._on_trained, synthetic)
 
     def _on_trained(self, task: Task, outcome: Update | str) -> None:
         self.training = False

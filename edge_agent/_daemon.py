@@ -48,6 +48,7 @@ from protocol import (
 
 from ._agent import AgentCore
 from ._gate import GatedRunner, TrainWindow
+from ._privacy import released_label_counts
 from ._process_runner import WorkerRunner, describe_data
 
 __all__ = ["AgentConfig", "load_agent_config", "run_agent"]
@@ -66,6 +67,7 @@ class AgentConfig:
     worker: str = "per-task"
     torch_device: str = "cpu"
     share_label_counts: bool = False
+    label_noise: float | None = None  # epsilon: share the label counts with Laplace noise (epsilon-DP)
     backoff_cap_s: float = 60.0
     status_every_s: float = 5.0
     stop_grace_s: float = 30.0
@@ -88,6 +90,8 @@ class AgentConfig:
             raise ConfigError(f"worker must be per-task or persistent, got {self.worker!r}")
         if self.backoff_cap_s < 1:
             raise ConfigError("the backoff cap must be at least 1 s")
+        if self.label_noise is not None and not (isinstance(self.label_noise, (int, float)) and self.label_noise > 0):
+            raise ConfigError(f"label noise epsilon must be a positive number, got {self.label_noise!r}")
         if self.stop_grace_s < 0 or self.min_free_memory_mb < 0:
             raise ConfigError("stop grace and minimum free memory cannot be negative")
         if self.train_window is not None:
@@ -236,7 +240,11 @@ class _Agent:
             BlobStore(config.state_dir / "blobs"),
             self.runner,
             num_samples=summary.num_samples,
-            label_counts=tuple(float(c) for c in summary.label_counts) if config.share_label_counts else None,
+            label_counts=(
+                released_label_counts(config.state_dir, summary.label_counts, config.label_noise)
+                if config.share_label_counts or config.label_noise is not None
+                else None
+            ),
             pending_path=config.state_dir / "pending-update.bin",
             guard=guard,
         )

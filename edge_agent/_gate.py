@@ -72,20 +72,20 @@ class GatedRunner:
         self.min_free_mb = min_free_mb
         self._clock = clock
         self._free_memory = free_memory
-        self._held: tuple[Task, bytes, TrainingDone] | None = None
+        self._held: tuple[Task, bytes, TrainingDone, bytes | None] | None = None
 
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         if self.window is not None and not self.window.contains(self._clock().time()):
             log.info(
                 "round %d: outside the train window %s-%s; waiting", task.round, self.window.start, self.window.end
             )
-            self._held = (task, model_blob, done)
+            self._held = (task, model_blob, done, synthetic_blob)
             return
         free = self._free_memory()
         if self.min_free_mb and free is not None and free < self.min_free_mb:
             done(task, f"only {free:.0f} MB of memory free, the worker needs {self.min_free_mb:.0f} MB")
             return
-        self.inner.start(task, model_blob, done)
+        self.inner.start(task, model_blob, done, synthetic_blob)
 
     def check(self) -> None:
         """Start a held task once the window is open; then let the inner runner report."""

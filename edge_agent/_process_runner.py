@@ -148,7 +148,7 @@ class WorkerRunner:
             self.stop()
             raise DataError(f"the training worker failed to start: {reply.get('error')}")
 
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         if self._job is not None:  # a newer round overtakes a late one: its result would be refused anyway
             log.warning("device %s: abandoning round %d for round %d", self.device_id, self._job.task.round, task.round)
             self._job = None
@@ -157,9 +157,16 @@ class WorkerRunner:
         model_path = self.work_dir / "model.safetensors"
         out = self.work_dir / "update.bin"
         out.unlink(missing_ok=True)
+        synthetic_path = self.work_dir / "synthetic.safetensors"
         task_path.write_bytes(encode_message(task))
         model_path.write_bytes(model_blob)
-        process = self._send(self._job_fields(task=str(task_path), model=str(model_path), out=str(out)))
+        fields: dict[str, Any] = {"task": str(task_path), "model": str(model_path), "out": str(out)}
+        if synthetic_blob is not None:
+            synthetic_path.write_bytes(synthetic_blob)
+            fields["synthetic"] = str(synthetic_path)
+        else:
+            synthetic_path.unlink(missing_ok=True)
+        process = self._send(self._job_fields(**fields))
         if self.mode == "per-task" and process.stdin is not None:
             process.stdin.close()  # one job, then the worker exits
         self._job = _Job(task, done, out)

@@ -16,6 +16,7 @@ from protocol import (
     TensorDict,
     Update,
     decode_delta,
+    decode_synthetic,
     decode_tensors,
     encode_delta,
 )
@@ -34,8 +35,9 @@ def run_task(
     torch_device: str = "cpu",
     residual: TensorDict | None = None,
     tamper: Callable[[TensorDict], TensorDict] | None = None,
+    synthetic_blob: bytes | None = None,
 ) -> tuple[Update, TensorDict | None]:
-    """Decode the global model, train on ``data``, encode the delta with the task's codec.
+    """Decode the global model, train on ``data`` (plus the task's synthetic batch), encode the delta.
 
     Returns the update and the new residual: what the codec lost, to be added to
     the next round's delta (error feedback); None for fp32.
@@ -47,7 +49,10 @@ def run_task(
     spec = models.get_spec(task.model_name)
     check_arrays_fit(f"{device_id}'s data", data, task.model_name, spec.input_shape, spec.num_classes)
     global_state = decode_tensors(model_blob)
-    result = train_local(task.model_name, global_state, data, task.config, torch_device)
+    synthetic = None
+    if synthetic_blob is not None:
+        synthetic = decode_synthetic(synthetic_blob, spec.input_shape, spec.num_classes)
+    result = train_local(task.model_name, global_state, data, task.config, torch_device, synthetic)
     delta = tamper(result.delta) if tamper is not None else result.delta
     codec = task.config.codec
     new_residual: TensorDict | None = None
@@ -90,12 +95,13 @@ class InProcessRunner:
         self.tamper = tamper  # simulations of faulty or malicious devices only
         self.residual: TensorDict | None = None  # error feedback for the low-bit codecs
 
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         try:
             update, self.residual = run_task(
-                task, model_blob, self.device_id, self.data, self.torch_device, self.residual, self.tamper
-            )
-        except (DataError, ModelError, ProtocolError) as exc:
+                task, model_blob, self.device_id, self.data, self.torch_device, self.residual, self.tamper,
+                synthetic_blob,
+            )  # fmt: skip
+        except (DataError, ModelError, ProtocolError, RuntimeError) as exc:  # RuntimeError: torch refused
             done(task, f"{type(exc).__name__}: {exc}")
             return
         done(task, update)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import models
-from protocol import TensorDict, TrainConfig
+from protocol import SyntheticBatch, TensorDict, TrainConfig
 
 from ._data import LabeledArrays
 
@@ -34,9 +34,17 @@ def _torch_seed(seed: int) -> int:
 
 
 def train_local(
-    model_name: str, global_state: TensorDict, data: LabeledArrays, config: TrainConfig, device: str = "cpu"
+    model_name: str,
+    global_state: TensorDict,
+    data: LabeledArrays,
+    config: TrainConfig,
+    device: str = "cpu",
+    synthetic: SyntheticBatch | None = None,
 ) -> LocalResult:
     """Train ``config.local_epochs`` epochs from ``global_state`` on ``data``.
+
+    With a ``synthetic`` batch (GenFL) each step also takes as many synthetic
+    samples as real ones and adds their loss times ``config.synthetic_weight``.
 
     Everything random (shuffling, dropout) derives from ``config.seed``, which
     the coordinator sets per device and round: same task, same result.
@@ -56,6 +64,10 @@ def train_local(
     anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     if config.prox_mu > 0:
         anchor = [(p, p.detach().clone()) for p in model.parameters()]
+    mix: models.SyntheticMix | None = None
+    if synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0:
+        mix = models.SyntheticMix.on(device, synthetic.images, synthetic.labels, synthetic.soft_labels,
+                                     config.synthetic_weight)  # fmt: skip
     rng = np.random.default_rng(config.seed)
     result = models.EpochResult(loss=0.0, accuracy=0.0, samples=0)
     quantization = models.fake_quantized(model) if config.qat else contextlib.nullcontext(model)
@@ -71,6 +83,7 @@ def train_local(
                 rng=rng,
                 prox_mu=config.prox_mu,
                 anchor=anchor,
+                synthetic=mix,
             )
     trained = models.model_state(model.cpu())
     delta = {name: trained[name] - global_state[name] for name in trained}

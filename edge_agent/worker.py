@@ -49,9 +49,11 @@ def _run_job(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> None:
     model_blob = Path(job["model"]).read_bytes()
     residual_path = Path(job["out"]).with_name("residual.safetensors")  # error feedback between rounds
     residual = decode_tensors(residual_path.read_bytes()) if residual_path.is_file() else None
+    synthetic = Path(job["synthetic"]).read_bytes() if job.get("synthetic") else None
     update, residual = run_task(
-        task, model_blob, job["device_id"], cache[spec].train, job.get("torch_device", "cpu"), residual
-    )
+        task, model_blob, job["device_id"], cache[spec].train, job.get("torch_device", "cpu"), residual,
+        synthetic_blob=synthetic,
+    )  # fmt: skip
     if residual is None:
         residual_path.unlink(missing_ok=True)
     else:
@@ -115,7 +117,7 @@ def main() -> int:
             reply: dict[str, Any] = {"ok": True, "peak_rss_mb": _peak_rss_mb()}
         except GenflError as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:  # RuntimeError: torch refused the job
             reply = {"ok": False, "error": f"worker: {type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)
     del slot  # released when the process exits

@@ -3,7 +3,7 @@
 from ._checkpoint import read_checkpoint
 from ._qat import fake_quantized
 from ._registry import MODELS, ModelSpec, build_model, default_model_for, get_spec, load_state, model_state
-from ._training import EpochResult, evaluate, predict_logits, to_float, train_one_epoch
+from ._training import EpochResult, SyntheticMix, evaluate, predict_logits, to_float, train_one_epoch
 
 __all__ = [
     "MODELS",
@@ -18,6 +18,7 @@ __all__ = [
     "model_state",
     "predict_logits",
     "read_checkpoint",
+    "SyntheticMix",
     "to_float",
     "train_one_epoch",
 ]

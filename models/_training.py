@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EpochResult", "evaluate", "predict_logits", "to_float", "train_one_epoch"]
+__all__ = ["EpochResult", "SyntheticMix", "evaluate", "predict_logits", "to_float", "train_one_epoch"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,28 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.float32).div_(255.0)
 
 
+@dataclass(frozen=True)
+class SyntheticMix:
+    """GenFL's synthetic samples for local training, and the weight of their loss."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W) on the model's device
+    labels: torch.Tensor  # int64 (N,)
+    soft_labels: torch.Tensor | None  # float32 (N, classes), or None for hard labels
+    weight: float
+
+    @classmethod
+    def on(cls, device: str, images: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray | None,
+           weight: float) -> SyntheticMix:  # fmt: skip
+        soft = None if soft_labels is None else torch.from_numpy(soft_labels.astype(np.float32)).to(device)
+        return cls(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), soft,
+                   weight)  # fmt: skip
+
+    def loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self.soft_labels is None:
+            return F.cross_entropy(logits, self.labels[index])
+        return -(self.soft_labels[index] * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
 def train_one_epoch(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -39,12 +61,16 @@ def train_one_epoch(
     rng: np.random.Generator,
     prox_mu: float = 0.0,
     anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    synthetic: SyntheticMix | None = None,
 ) -> EpochResult:
     """One pass over (images, labels) in a shuffled order drawn from ``rng``.
 
     With ``prox_mu > 0`` adds FedProx's ``mu/2 * ||w - anchor||^2`` to the loss,
     ``anchor`` pairing each trained parameter with its value in the round's global model.
     Images may be numpy arrays (CPU) or uint8 tensors already on the model's device.
+    With ``synthetic``, every batch is joined by as many synthetic samples drawn at random, in one
+    forward pass (BatchNorm normalises the mix; keeping them apart measured worse on digits), and
+    their loss is added with its weight.
     """
     model.train()
     order = rng.permutation(len(labels))
@@ -59,10 +85,16 @@ def train_one_epoch(
         if len(index) < 2:  # BatchNorm needs two samples to estimate a variance
             continue
         batch = torch.from_numpy(index).to(images.device) if isinstance(images, torch.Tensor) else index
-        inputs = to_float(images[batch])
+        inputs = to_float(images[batch]).to(device)
         targets = targets_all[batch]
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, targets)
+        if synthetic is None:
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets)
+        else:
+            drawn = torch.from_numpy(rng.integers(0, len(synthetic.labels), size=len(index))).to(device)
+            joint = model(torch.cat([inputs, to_float(synthetic.images[drawn])]))
+            logits = joint[: len(index)]
+            loss = F.cross_entropy(logits, targets) + synthetic.weight * synthetic.loss(joint[len(index) :], drawn)
         if prox_mu > 0.0 and anchor is not None:
             proximal = sum(((p - a) ** 2).sum() for p, a in anchor)
             loss = loss + 0.5 * prox_mu * proximal

@@ -28,6 +28,12 @@ def run(
     share_label_counts: Annotated[
         Optional[bool], typer.Option("--share-label-counts/--no-share-label-counts", help="Send the label histogram.")
     ] = None,
+    label_noise: Annotated[
+        Optional[float],
+        typer.Option(
+            metavar="EPSILON", help="Share the label counts with Laplace noise (epsilon-DP); implies sharing."
+        ),
+    ] = None,
     backoff_cap: Annotated[Optional[float], typer.Option(help="Longest wait between reconnects, seconds.")] = None,
     stop_grace: Annotated[Optional[float], typer.Option(help="Seconds a running training may finish on stop.")] = None,
     train_window: Annotated[
@@ -62,6 +68,7 @@ def run(
                 "worker": worker,
                 "torch_device": torch_device,
                 "share_label_counts": share_label_counts,
+                "label_noise": label_noise,
                 "backoff_cap_s": backoff_cap,
                 "stop_grace_s": stop_grace,
                 "train_window": train_window,

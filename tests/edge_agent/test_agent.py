@@ -23,7 +23,7 @@ TOPICS = Topics("unit")
 
 
 class InstantRunner:
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone) -> None:
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         done(task, Update(round=task.round, device_id=task.device_id, base_model_id=task.model_id, num_samples=4,
                           train_loss=0.1, train_accuracy=1.0, delta={"w": np.ones(2, dtype=np.float32)}))  # fmt: skip
 
@@ -61,3 +61,54 @@ def test_update_is_kept_on_disk_until_acked_and_resent_after_a_restart(tmp_path:
     assert not pending.exists()
     assert again.last_outcome == (3, "accepted")
     assert {u.round for u in got} == {3}
+
+
+class KeepingRunner:
+    """Records what each training got, then answers like InstantRunner."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, bytes | None]] = []
+
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
+        self.got.append((model_blob, synthetic_blob))
+        InstantRunner().start(task, model_blob, done)
+
+
+def test_a_task_with_a_synthetic_batch_fetches_it_after_the_model_and_trains_with_both(tmp_path: Path) -> None:
+    # Prepare: a server that serves two blobs and records what the device asks for
+    from protocol import BlobRequest, iter_chunks
+
+    bus = InMemoryBus()
+    blobs = {b: BlobStore().put(b) for b in (b"model-bytes" * 300, b"synthetic-bytes" * 500)}
+    by_id = {ident: data for data, ident in blobs.items()}
+    server = bus.connect()
+    asked: list[str] = []
+
+    def serve(topic: str, payload: bytes) -> None:
+        if topic.endswith("/blob/req"):
+            request = decode_message(payload, BlobRequest)
+            asked.append(request.blob_id)
+            for chunk in iter_chunks(by_id[request.blob_id], 1024):
+                server.publish(TOPICS.device("dev", "blob/chunk"), encode_message(chunk))
+
+    server.set_handler(serve)
+    server.subscribe(TOPICS.all_devices("blob/req"))
+    runner = KeepingRunner()
+    store = BlobStore(tmp_path / "blobs")
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, runner, num_samples=4)
+    agent.start()
+    model, synthetic = list(blobs)
+    task = Task(round=1, device_id="dev", model_name="toy", model_id=blobs[model], model_size=len(model),
+                config=TrainConfig(synthetic_weight=0.5), synthetic_id=blobs[synthetic],
+                synthetic_size=len(synthetic))  # fmt: skip
+    # Execute
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))
+    bus.drain()
+    # Assert: model first, then the batch; training got both; the next round's task drops the old batch
+    assert asked == [blobs[model], blobs[synthetic]]
+    assert runner.got == [(model, synthetic)]
+    later = Task(round=2, device_id="dev", model_name="toy", model_id=blobs[model], model_size=len(model),
+                 config=TrainConfig())  # fmt: skip
+    server.publish(TOPICS.device("dev", "task"), encode_message(later))
+    bus.drain()
+    assert not store.has(blobs[synthetic]) and runner.got[-1] == (model, None)

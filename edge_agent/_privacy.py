@@ -1,0 +1,56 @@
+"""Label counts a device may share, with epsilon-differential privacy (the Laplace mechanism).
+
+A label histogram has L1 sensitivity 1: adding or removing one sample
+changes one count by one. Adding independent ``Laplace(0, 1/epsilon)`` noise
+to every count therefore releases the histogram with epsilon-DP (Dwork et
+al. 2006); clipping at zero and rounding afterwards are post-processing and
+keep the guarantee.
+
+The noise is drawn once per data set and kept in the state folder: drawing
+anew at every start would let an observer average the releases and spend
+the privacy budget again each time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from protocol import ConfigError, atomic_write
+
+__all__ = ["laplace_label_counts", "released_label_counts"]
+
+log = logging.getLogger("genfl.edge")
+
+
+def laplace_label_counts(counts: Sequence[int], epsilon: float, rng: np.random.Generator) -> tuple[float, ...]:
+    """An epsilon-DP release of a label histogram: Laplace(1/epsilon) noise per count, clipped at 0."""
+    if not epsilon > 0:
+        raise ConfigError(f"label noise epsilon must be positive, got {epsilon}")
+    noisy = np.asarray(counts, dtype=np.float64) + rng.laplace(0.0, 1.0 / epsilon, size=len(counts))
+    return tuple(round(float(x), 2) for x in np.clip(noisy, 0.0, None))
+
+
+def released_label_counts(state_dir: Path, counts: Sequence[int], epsilon: float | None) -> tuple[float, ...]:
+    """What this device sends as its label counts: exact, or the one noised release it keeps on disk."""
+    if epsilon is None:
+        return tuple(float(c) for c in counts)
+    path = state_dir / "label-counts.json"
+    num_samples = int(sum(counts))
+    try:
+        kept = json.loads(path.read_text())
+        if kept["epsilon"] == epsilon and kept["num_samples"] == num_samples and len(kept["counts"]) == len(counts):
+            return tuple(float(c) for c in kept["counts"])
+        log.warning("the data set or epsilon changed: drawing new label noise (the privacy budgets add up)")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable %s (%s): drawing new label noise", path, exc)
+    released = laplace_label_counts(counts, epsilon, np.random.default_rng())
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"epsilon": epsilon, "num_samples": num_samples, "counts": released}).encode())
+    return released
