@@ -104,6 +104,8 @@ class RoundResult:
     seconds: float
     bytes_up: int
     bytes_down: int
+    generator_s: float = 0.0  # GenFL: server seconds spent generating and learning the generator
+    synthetic_bytes: int = 0  # GenFL: synthetic data sent to devices this round, all devices together
 
 
 @dataclass
@@ -117,6 +119,7 @@ class _OpenRound:
     accepted: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     train_loss_sum: float = 0.0
+    synthetic: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (blob id, size)
 
     @property
     def answered(self) -> set[str]:
@@ -167,6 +170,7 @@ class Coordinator:
         self._revoked_checked = -math.inf
         # sha256 of every update frame accepted -> its round: a byte-identical frame in a later round is a replay
         self._accepted_frames: dict[str, int] = {}
+        strategy.bind(config.model_name)
         self._set_global(initial_state)
         resume = self._journal.resume()
         if resume is None:
@@ -425,7 +429,10 @@ class Coordinator:
 
     def _open_round(self, number: int) -> None:
         configs = self.strategy.configure_round(number, self.online_devices())
+        picked = {d: (self.devices[d].num_samples, self.devices[d].label_counts) for d in configs}
+        configs, batches = self.strategy.synthetic_batches(number, configs, picked)
         current = self._new_round(number, configs, self._clock())
+        current.synthetic = {d: (self._store.put(blob), len(blob)) for d, blob in batches.items()}
         self._journal.round_opened(number, current.started, self.global_id, configs)
         self._open = current
         self.round_number = number
@@ -436,6 +443,7 @@ class Coordinator:
 
     def _publish_tasks(self, current: _OpenRound, device_ids: list[str]) -> None:
         for device_id in device_ids:
+            synthetic_id, synthetic_size = current.synthetic.get(device_id, (None, 0))
             task = Task(
                 round=current.number,
                 device_id=device_id,
@@ -443,13 +451,19 @@ class Coordinator:
                 model_id=self.global_id,
                 model_size=len(self._global_blob),
                 config=current.configs[device_id],
+                synthetic_id=synthetic_id,
+                synthetic_size=synthetic_size,
             )
             self.transport.publish(self.topics.device(device_id, "task"), self._guard.seal(encode_message(task)))
 
     def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
         accepted = len(current.accepted)
         if accepted >= self.config.min_devices:
-            self._set_global(self.strategy.aggregate_round(self.global_state, current.updates))
+            new_state = self.strategy.aggregate_round(self.global_state, current.updates)
+            if all(np.isfinite(value).all() for value in new_state.values() if value.dtype.kind == "f"):
+                self._set_global(new_state)
+            else:  # never send devices a model they cannot train from
+                log.error("round %d: the new global model is not finite; keeping the previous one", current.number)
         else:
             log.warning(
                 "round %d: %d updates < min devices %d; model unchanged",
@@ -460,6 +474,9 @@ class Coordinator:
         if timed_out:
             missing = sorted(set(current.configs) - current.answered)
             log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
+        for blob, _ in current.synthetic.values():
+            self._store.discard(blob)  # a synthetic batch is for one round only
+        generator_s, synthetic_bytes = self.strategy.round_stats()
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
         result = RoundResult(
             round=current.number,
@@ -471,6 +488,8 @@ class Coordinator:
             seconds=self._clock() - current.started,
             bytes_up=self.transport.bytes_received - current.bytes_up_at_start,
             bytes_down=self.transport.bytes_sent - current.bytes_down_at_start,
+            generator_s=generator_s,
+            synthetic_bytes=sum(synthetic_bytes.values()),
         )
         self._journal.round_closed(
             current.number,

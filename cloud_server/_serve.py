@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -19,7 +19,7 @@ from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
 from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
-from ._strategy import StrategyConfig, make_strategy
+from ._strategy import GenflConfig, StrategyConfig, make_strategy
 
 __all__ = ["ServeConfig", "run_server"]
 
@@ -50,6 +50,7 @@ class ServeConfig:
     trim: float = 0.2
     max_update_norm: float | None = None
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
+    genfl: GenflConfig = field(default_factory=GenflConfig)
 
     def __post_init__(self) -> None:
         models.get_spec(self.model)

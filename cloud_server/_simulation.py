@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from edge_agent import (
     LabeledArrays,
     check_fits_model,
     label_histogram,
+    laplace_label_counts,
     load_dataset,
     partition_labels,
     save_npz,
@@ -50,7 +51,7 @@ from ._attacks import ATTACKS, make_attack
 from ._broker import EmbeddedBroker
 from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
 from ._robust import AGGREGATORS
-from ._strategy import StrategyConfig, make_strategy
+from ._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy
 
 __all__ = [
     "DeviceShards",
@@ -99,6 +100,9 @@ class SimulationConfig:
     trim: float = 0.2
     malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)
     attack: str = "sign-flip"
+    share_label_counts: bool = True  # devices send their label histograms (GenFL tailors batches by them)
+    label_noise: float | None = None  # epsilon: the histograms get Laplace noise (epsilon-DP)
+    genfl: GenflConfig = field(default_factory=GenflConfig)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -119,6 +123,8 @@ class SimulationConfig:
             raise ConfigError("--malicious is simulated in-process: use --transport local")
         if self.torch_threads < 1:
             raise ConfigError("torch threads must be at least 1")
+        if self.label_noise is not None and not self.label_noise > 0:
+            raise ConfigError(f"label noise epsilon must be positive, got {self.label_noise}")
         if self.transport not in ("local", "mqtt"):
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
 
@@ -173,6 +179,7 @@ class _InMemoryFederation:
         self.bus = InMemoryBus()
         self.coordinator_transport: Transport = self.bus.connect()
         topics = Topics(config.fleet)
+        num_classes = models.get_spec(config.model).num_classes if config.model else None
         self.agents = [
             AgentCore(
                 device_id,
@@ -186,6 +193,7 @@ class _InMemoryFederation:
                     tamper=make_attack(config.attack, config.seed + index) if index < config.malicious else None,
                 ),
                 num_samples=len(shard),
+                label_counts=shared_label_counts(config, device_id, shard, num_classes),
             )
             for index, (device_id, shard) in enumerate(shards)
         ]
@@ -201,6 +209,19 @@ class _InMemoryFederation:
 
     def close(self) -> None:
         pass
+
+
+def shared_label_counts(
+    config: SimulationConfig, device_id: str, shard: LabeledArrays, num_classes: int | None
+) -> tuple[float, ...] | None:
+    """What a simulated device shares of its label histogram: nothing, the exact counts, or a noised release."""
+    if not config.share_label_counts and config.label_noise is None:
+        return None
+    counts = shard.label_counts(num_classes or int(shard.labels.max()) + 1)
+    if config.label_noise is None:
+        return tuple(float(c) for c in counts)
+    rng = np.random.default_rng(derive_seed("label-noise", config.seed, device_id))
+    return laplace_label_counts([int(c) for c in counts], config.label_noise, rng)
 
 
 class _ProcessFederation:
@@ -241,6 +262,10 @@ class _ProcessFederation:
                 "--data", f"npz:{folder / 'data.npz'}", "--state-dir", str(folder / "state"),
                 "--worker", self.config.worker, "--torch-device", self.torch_device, "--log-level", "warning",
             ]  # fmt: skip
+            if self.config.share_label_counts:
+                command.append("--share-label-counts")
+            if self.config.label_noise is not None:
+                command += ["--label-noise", str(self.config.label_noise)]
             env = {**os.environ, "GENFL_TORCH_THREADS": str(self.config.torch_threads)}
             if self.config.worker_slots is not None:
                 env["GENFL_WORKER_SLOTS"] = f"{self.run_dir / 'slots'}:{self.config.worker_slots}"
@@ -333,6 +358,9 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     started = time.perf_counter()
     prepared = device_shards(config)
     dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
+    config = replace(config, model=model_name)
+    if config.genfl.generator == "local-pipeline" and not config.genfl.class_names:
+        config = replace(config, genfl=replace(config.genfl, class_names=dataset.classes))
     strategy = make_strategy(
         config.strategy,
         StrategyConfig.taken_from(config),

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Union
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Union
 
 import numpy as np
 
@@ -23,13 +23,64 @@ from ._robust import AGGREGATORS, BufferedUpdates
 
 Accumulator = Union[WeightedDeltaSum, BufferedUpdates]
 
-__all__ = ["STRATEGIES", "FedAvg", "FedProx", "Strategy", "StrategyConfig", "derive_seed", "make_strategy"]
+__all__ = [
+    "GENERATORS",
+    "STRATEGIES",
+    "FedAvg",
+    "FedProx",
+    "GenflConfig",
+    "Strategy",
+    "StrategyConfig",
+    "derive_seed",
+    "make_strategy",
+]
+
+STRATEGIES = ("fedavg", "fedprox", "genfl", "aigc-only")
+GENERATORS = ("data-free", "local-pipeline")
 
 
 def derive_seed(*parts: object) -> int:
     """A stable 63-bit seed from any parts (Python's ``hash`` changes between processes)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class GenflConfig:
+    """Settings of the GenFL strategies (``--generator``, ``--synthetic-*`` ... on the command line)."""
+
+    generator: str = "data-free"  # data-free or local-pipeline
+    pipeline_path: str | None = None  # local-pipeline: the folder a diffusers pipeline was saved to
+    class_names: tuple[str, ...] = ()  # local-pipeline: prompts name the classes
+    warmup_rounds: int = 1  # rounds of plain FedAvg before the first synthetic batch
+    generator_steps: int = 40  # data-free generator updates per round
+    generator_batch: int = 128
+    distill_steps: int = 0  # genfl: server-side distillation steps per round (0: off)
+    server_steps: int = 100  # aigc-only: training steps of the global model on synthetic data per round
+    synthetic_share: float = 1.0  # fill lacking classes up to this share of a balanced set of the device's size
+    synthetic_budget_kb: int = 1024  # at most this many KiB of synthetic data per device and round
+    synthetic_weight: float = 1.0  # weight of the synthetic loss in the first synthetic round
+    synthetic_decay: float = 0.97  # ... multiplied by this every round after
+    soft_labels: bool = False  # send the ensemble's probabilities instead of the hard labels
+    generator_device: str = "auto"  # cuda when present
+
+    def __post_init__(self) -> None:
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"unknown generator {self.generator!r}; use one of {', '.join(GENERATORS)}")
+        if self.generator == "local-pipeline" and not self.pipeline_path:
+            raise ConfigError("the local-pipeline generator needs --pipeline-path (a saved diffusers pipeline)")
+        if self.warmup_rounds < 0 or self.generator_steps < 0 or self.distill_steps < 0 or self.server_steps < 0:
+            raise ConfigError("warm-up rounds and step counts must be >= 0")
+        if self.generator_batch < 2:
+            raise ConfigError("the generator batch needs at least 2 samples")
+        if not 0.0 < self.synthetic_share <= 10.0:
+            raise ConfigError(f"synthetic share must be in (0, 10], got {self.synthetic_share}")
+        if self.synthetic_budget_kb < 1:
+            raise ConfigError("the synthetic budget must be at least 1 KiB")
+        if not 0.0 <= self.synthetic_weight <= 100.0 or not 0.0 < self.synthetic_decay <= 1.0:
+            raise ConfigError("synthetic weight must be in [0, 100] and its decay in (0, 1]")
+        if self.generator_device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"generator device must be auto, cpu or cuda, got {self.generator_device!r}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +98,7 @@ class StrategyConfig:
     qat: bool = True  # devices train int8 quantization-aware (fake quant); --no-qat for float
     aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
     trim: float = 0.2  # share cut from each end by trimmed-mean
+    genfl: GenflConfig = field(default_factory=GenflConfig)  # the genfl and aigc-only strategies' settings
 
     @classmethod
     def taken_from(cls, settings: object) -> StrategyConfig:
@@ -71,6 +123,7 @@ class Strategy(ABC):
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
+        self.model_name: str | None = None
 
     def select(self, round_number: int, available: Sequence[str]) -> list[str]:
         """A seeded sample of ``fraction`` of the available devices (at least one)."""
@@ -100,6 +153,24 @@ class Strategy(ABC):
     def configure_round(self, round_number: int, available: Sequence[str]) -> dict[str, TrainConfig]:
         """Devices picked for the round and the training config each gets."""
         return {d: self.train_config(round_number, d) for d in self.select(round_number, available)}
+
+    def bind(self, model_name: str) -> None:
+        """The coordinator tells the strategy which model it trains (the generative ones need it)."""
+        self.model_name = model_name
+
+    def synthetic_batches(
+        self, round_number: int, configs: dict[str, TrainConfig], devices: Mapping[str, tuple[int, Any]]
+    ) -> tuple[dict[str, TrainConfig], dict[str, bytes]]:
+        """GenFL: synthetic batches (encoded) per picked device, and the configs that weigh them.
+
+        ``devices`` maps each picked device to (sample count, label counts or None). Plain
+        strategies send none."""
+        del round_number, devices
+        return configs, {}
+
+    def round_stats(self) -> tuple[float, dict[str, int]]:
+        """Generator seconds spent for the round and synthetic bytes sent per device (none here)."""
+        return 0.0, {}
 
     def new_accumulator(self, template: TensorDict) -> Accumulator:
         """Where a round's updates go: the streaming sum for FedAvg, a buffer for the robust rules."""
@@ -133,10 +204,13 @@ class FedProx(Strategy):
         return self.config.prox_mu
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx}
-
-
 def make_strategy(name: str, config: StrategyConfig) -> Strategy:
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](config)
+    if name == "fedavg":
+        return FedAvg(config)
+    if name == "fedprox":
+        return FedProx(config)
+    from ._genfl import AigcOnly, GenFL  # the generative strategies import torch when they first generate
+
+    return GenFL(config) if name == "genfl" else AigcOnly(config)

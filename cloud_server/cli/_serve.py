@@ -13,6 +13,22 @@ from cloud_server._serve import ServeConfig, run_server
 from cloud_server._strategy import StrategyConfig
 
 from ._errors import exit_on_error
+from ._genfl_options import (
+    D,
+    DistillSteps,
+    GeneratorDevice,
+    GeneratorKind,
+    GeneratorSteps,
+    PipelinePath,
+    ServerSteps,
+    SoftLabels,
+    SyntheticBudget,
+    SyntheticDecay,
+    SyntheticShare,
+    SyntheticWeight,
+    WarmupRounds,
+    genfl_config,
+)
 
 
 def serve(
@@ -23,7 +39,7 @@ def serve(
     min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
     fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
     round_timeout: Annotated[float, typer.Option(help="Seconds before stragglers are left out of a round.")] = 600.0,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, genfl or aigc-only.")] = "fedavg",
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
@@ -40,6 +56,18 @@ def serve(
     aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     max_norm: Annotated[Optional[float], typer.Option(help="Reject updates with a larger L2 norm.")] = None,
+    generator: GeneratorKind = D.generator,
+    pipeline_path: PipelinePath = None,
+    warmup_rounds: WarmupRounds = D.warmup_rounds,
+    generator_steps: GeneratorSteps = D.generator_steps,
+    distill_steps: DistillSteps = D.distill_steps,
+    server_steps: ServerSteps = D.server_steps,
+    synthetic_share: SyntheticShare = D.synthetic_share,
+    synthetic_budget_kb: SyntheticBudget = D.synthetic_budget_kb,
+    synthetic_weight: SyntheticWeight = D.synthetic_weight,
+    synthetic_decay: SyntheticDecay = D.synthetic_decay,
+    soft_labels: SoftLabels = D.soft_labels,
+    generator_device: GeneratorDevice = D.generator_device,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
@@ -70,6 +98,20 @@ def serve(
             qat=qat,
             trim=trim,
             max_update_norm=max_norm,
+            genfl=genfl_config(
+                generator,
+                pipeline_path,
+                warmup_rounds,
+                generator_steps,
+                distill_steps,
+                server_steps,
+                synthetic_share,
+                synthetic_budget_kb,
+                synthetic_weight,
+                synthetic_decay,
+                soft_labels,
+                generator_device,
+            ),
         )
         code = run_server(config)
     raise typer.Exit(code=code)

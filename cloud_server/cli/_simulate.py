@@ -17,6 +17,22 @@ from cloud_server._strategy import StrategyConfig
 from edge_agent import histogram_table
 
 from ._errors import exit_on_error
+from ._genfl_options import (
+    D,
+    DistillSteps,
+    GeneratorDevice,
+    GeneratorKind,
+    GeneratorSteps,
+    PipelinePath,
+    ServerSteps,
+    SoftLabels,
+    SyntheticBudget,
+    SyntheticDecay,
+    SyntheticShare,
+    SyntheticWeight,
+    WarmupRounds,
+    genfl_config,
+)
 
 console = Console(stderr=True)
 
@@ -32,7 +48,7 @@ def simulate(
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, genfl or aigc-only.")] = "fedavg",
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     fraction: Annotated[float, typer.Option(help="Share of devices picked each round.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for partitions, initial model and training.")] = 0,
@@ -56,6 +72,24 @@ def simulate(
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     malicious: Annotated[int, typer.Option(help="Devices that send corrupted updates (in-memory).")] = 0,
     attack: Annotated[str, typer.Option(help="scale, sign-flip (x-10) or noise.")] = "sign-flip",
+    generator: GeneratorKind = D.generator,
+    pipeline_path: PipelinePath = None,
+    warmup_rounds: WarmupRounds = D.warmup_rounds,
+    generator_steps: GeneratorSteps = D.generator_steps,
+    distill_steps: DistillSteps = D.distill_steps,
+    server_steps: ServerSteps = D.server_steps,
+    synthetic_share: SyntheticShare = D.synthetic_share,
+    synthetic_budget_kb: SyntheticBudget = D.synthetic_budget_kb,
+    synthetic_weight: SyntheticWeight = D.synthetic_weight,
+    synthetic_decay: SyntheticDecay = D.synthetic_decay,
+    soft_labels: SoftLabels = D.soft_labels,
+    generator_device: GeneratorDevice = D.generator_device,
+    share_label_counts: Annotated[
+        bool, typer.Option("--share-label-counts/--no-share-label-counts", help="Devices send label histograms.")
+    ] = True,
+    label_noise: Annotated[
+        Optional[float], typer.Option(metavar="EPSILON", help="Laplace noise on the histograms (epsilon-DP).")
+    ] = None,
     data_dir: Annotated[Path, typer.Option(help="Where cifar10 is (or is downloaded to).")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
@@ -93,6 +127,22 @@ def simulate(
             malicious=malicious,
             attack=attack,
             worker_slots=worker_slots,
+            genfl=genfl_config(
+                generator,
+                pipeline_path,
+                warmup_rounds,
+                generator_steps,
+                distill_steps,
+                server_steps,
+                synthetic_share,
+                synthetic_budget_kb,
+                synthetic_weight,
+                synthetic_decay,
+                soft_labels,
+                generator_device,
+            ),
+            share_label_counts=share_label_counts,
+            label_noise=label_noise,
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
         rows = Table(title=f"{strategy} on {dataset}, {devices} devices")

@@ -1,0 +1,71 @@
+"""The GenFL options ``simulate`` and ``serve`` share (typed once, used by both commands)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cloud_server._strategy import GenflConfig
+
+__all__ = [
+    "DistillSteps",
+    "GeneratorDevice",
+    "GeneratorKind",
+    "GeneratorSteps",
+    "PipelinePath",
+    "ServerSteps",
+    "SoftLabels",
+    "SyntheticBudget",
+    "SyntheticDecay",
+    "SyntheticShare",
+    "SyntheticWeight",
+    "WarmupRounds",
+    "genfl_config",
+]
+
+D = GenflConfig()
+GeneratorKind = Annotated[str, typer.Option("--generator", help="GenFL generator: data-free or local-pipeline.")]
+PipelinePath = Annotated[
+    Optional[str], typer.Option(help="local-pipeline: folder of a saved diffusers pipeline (read offline).")
+]
+WarmupRounds = Annotated[int, typer.Option(help="GenFL: rounds of plain FedAvg before synthetic data.")]
+GeneratorSteps = Annotated[int, typer.Option(help="GenFL: data-free generator updates per round.")]
+DistillSteps = Annotated[int, typer.Option(help="genfl: server-side distillation steps per round (0: off).")]
+ServerSteps = Annotated[int, typer.Option(help="aigc-only: server training steps on synthetic data per round.")]
+SyntheticShare = Annotated[float, typer.Option(help="GenFL: fill lacking classes up to this share of balanced.")]
+SyntheticBudget = Annotated[int, typer.Option("--synthetic-budget-kb", help="GenFL: KiB per device and round.")]
+SyntheticWeight = Annotated[float, typer.Option(help="GenFL: weight of the synthetic loss, first round.")]
+SyntheticDecay = Annotated[float, typer.Option(help="GenFL: the weight is multiplied by this each round.")]
+SoftLabels = Annotated[bool, typer.Option("--soft-labels/--hard-labels", help="GenFL: ensemble probabilities.")]
+GeneratorDevice = Annotated[str, typer.Option(help="GenFL generator device: auto, cpu or cuda.")]
+
+
+def genfl_config(
+    generator: str,
+    pipeline_path: str | None,
+    warmup_rounds: int,
+    generator_steps: int,
+    distill_steps: int,
+    server_steps: int,
+    synthetic_share: float,
+    synthetic_budget_kb: int,
+    synthetic_weight: float,
+    synthetic_decay: float,
+    soft_labels: bool,
+    generator_device: str,
+) -> GenflConfig:
+    return GenflConfig(
+        generator=generator,
+        pipeline_path=pipeline_path,
+        warmup_rounds=warmup_rounds,
+        generator_steps=generator_steps,
+        distill_steps=distill_steps,
+        server_steps=server_steps,
+        synthetic_share=synthetic_share,
+        synthetic_budget_kb=synthetic_budget_kb,
+        synthetic_weight=synthetic_weight,
+        synthetic_decay=synthetic_decay,
+        soft_labels=soft_labels,
+        generator_device=generator_device,
+    )

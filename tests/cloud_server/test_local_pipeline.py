@@ -1,0 +1,90 @@
+"""The local-pipeline generator, with a tiny Stable Diffusion pipeline this test builds and saves itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_server import StrategyConfig, make_strategy
+from cloud_server._strategy import GenflConfig
+from protocol import ConfigError, TrainConfig, decode_synthetic
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+DIGITS = tuple(str(i) for i in range(10))
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised text-to-image pipeline of a few thousand weights, saved like a real one."""
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2,
+    )  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[8, 16], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, sample_size=16,
+    )  # fmt: skip
+    characters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    words = ["<|startoftext|>", "<|endoftext|>", *characters, *(c + "</w>" for c in characters)]
+    tokenizer = transformers.CLIPTokenizer(vocab={w: i for i, w in enumerate(words)}, merges=[], model_max_length=16)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=1, vocab_size=len(words), max_position_embeddings=16,
+    ))  # fmt: skip
+    pipeline = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=diffusers.DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("pipeline")
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def test_the_pipeline_makes_model_sized_uint8_images_offline(
+    pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud_server._local_pipeline import LocalPipelineGenerator
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # loading must not reach for the network
+    generator = LocalPipelineGenerator("cnn-digits", pipeline_dir, DIGITS, inference_steps=2)
+    labels = np.array([0, 3, 3, 9])
+    images = generator.sample(labels, seed=4)
+    assert images.shape == (4, 1, 8, 8) and images.dtype == np.uint8  # 16x16 RGB -> 8x8 grey
+    assert np.array_equal(generator.sample(labels, seed=4), images)
+    assert generator.ready
+    rgb = LocalPipelineGenerator("cnn-small", pipeline_dir, DIGITS, inference_steps=1)
+    assert rgb.sample(np.array([1]), seed=0).shape == (1, 3, 32, 32)  # resized up to CIFAR size
+
+
+def test_genfl_with_a_local_pipeline_sends_batches_from_the_first_synthetic_round(pipeline_dir: Path) -> None:
+    genfl = GenflConfig(generator="local-pipeline", pipeline_path=str(pipeline_dir), class_names=DIGITS,
+                        synthetic_budget_kb=1)  # fmt: skip
+    strategy = make_strategy("genfl", StrategyConfig(genfl=genfl))
+    strategy.bind("cnn-digits")
+    counts = (10.0,) * 9 + (0.0,)
+    _, batches = strategy.synthetic_batches(2, {"d": TrainConfig()}, {"d": (90, counts)})
+    batch = decode_synthetic(batches["d"], (1, 8, 8), 10)
+    assert set(batch.labels.tolist()) == {9} and 0 < len(batch) <= 1024 // 72
+
+
+def test_a_folder_without_a_saved_pipeline_is_a_config_error(tmp_path: Path) -> None:
+    from cloud_server._local_pipeline import LocalPipelineGenerator
+
+    with pytest.raises(ConfigError, match="no saved diffusers pipeline"):
+        LocalPipelineGenerator("cnn-digits", tmp_path, DIGITS)
+    with pytest.raises(ConfigError, match="one name per class"):
+        LocalPipelineGenerator("cnn-digits", tmp_path, ("cat", "dog"))
