@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_soak.py --out bench
 	$(BIN)/python tools/bench_mqtt.py --out bench
 	$(BIN)/python tools/bench_fedavg.py --out bench
+	$(BIN)/python tools/bench_learning.py --train-subset 4000 --rounds 10 --jobs 2 --torch-device cpu --out bench \
+		--genfl '{"generator_steps": 30, "generator_batch": 64, "soft_labels": true, "distill_steps": 30}'
 
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/protocol/test_fuzz.py
