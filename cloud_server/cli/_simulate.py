@@ -146,7 +146,9 @@ def simulate(
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
         rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
-        for column in ("round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"):
+        generative = strategy in ("genfl", "aigc-only")
+        columns = ["round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"]
+        for column in columns + (["gen s", "KB syn"] if generative else []):
             rows.add_column(column, justify="right")
         with Progress(
             TextColumn("[bold]round {task.fields[round]}/" + str(rounds)),
@@ -165,10 +167,13 @@ def simulate(
             def closed(result: RoundResult) -> None:
                 accuracy = "-" if result.accuracy is None else f"{result.accuracy:.4f}"
                 loss = "-" if result.loss is None else f"{result.loss:.4f}"
-                rows.add_row(
+                cells = [
                     str(result.round), str(result.devices), accuracy, loss, f"{result.seconds:.2f}",
                     f"{result.bytes_up / 1024:.0f}", f"{result.bytes_down / 1024:.0f}",
-                )  # fmt: skip
+                ]  # fmt: skip
+                if generative:
+                    cells += [f"{result.generator_s:.1f}", f"{result.synthetic_bytes / 1024:.0f}"]
+                rows.add_row(*cells)
                 progress.console.print(
                     f"round {result.round}: accuracy {accuracy}, loss {loss}, {result.seconds:.2f} s"
                 )
