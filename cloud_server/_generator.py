@@ -153,6 +153,17 @@ class ConditionalImageGenerator(nn.Module):
         return self.body(hidden.view(len(z), 2 * self.width, self.start, self.start))
 
 
+def generator_threads() -> int:
+    """CPU threads for the generator: all cores, or ``GENFL_GENERATOR_THREADS`` (on a shared machine
+    more threads than free cores make OpenMP spin: 1 is then several times faster)."""
+    setting = os.environ.get("GENFL_GENERATOR_THREADS")
+    if setting is None:
+        return os.cpu_count() or 1
+    if not setting.isdigit() or int(setting) < 1:
+        raise ConfigError(f"GENFL_GENERATOR_THREADS must be a positive integer, got {setting!r}")
+    return int(setting)
+
+
 @contextlib.contextmanager
 def _threads(count: int) -> Iterator[None]:
     """Use ``count`` CPU threads inside (simulations pin torch to one thread per device)."""
@@ -266,7 +277,7 @@ class DataFreeGenerator(Generator):
     def fit(self, teachers: Teachers) -> tuple[TensorDict, FitReport]:
         started = time.perf_counter()
         s = self.settings
-        with _threads(os.cpu_count() or 1), torch.random.fork_rng(devices=[]):
+        with _threads(generator_threads()), torch.random.fork_rng(devices=[]):
             self._teachers = [self._build(state) for state in teachers.states]
             weights = teachers.weights
             say = np.where((weights >= _MIN_SAY) | (weights == weights.max(0)), weights, 0.0)
@@ -381,7 +392,7 @@ def train_on_synthetic(
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(seed)
-    with _threads(os.cpu_count() or 1):
+    with _threads(generator_threads()):
         for step in range(steps):
             labels = rng.integers(0, spec.num_classes, size=batch_size)
             images = generator.sample(labels, seed + step)

@@ -94,3 +94,14 @@ def test_aigc_only_training_uses_only_the_generators_samples(digit_teachers: Tea
     assert any(not np.array_equal(trained[n], start[n]) for n in start)
     assert all(np.array_equal(trained[n], again[n]) for n in start)  # a pure function of its seed
     assert torch.get_num_threads() >= 1
+
+
+def test_the_generator_thread_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloud_server._generator import generator_threads
+    from protocol import ConfigError
+
+    monkeypatch.setenv("GENFL_GENERATOR_THREADS", "3")
+    assert generator_threads() == 3
+    monkeypatch.setenv("GENFL_GENERATOR_THREADS", "many")
+    with pytest.raises(ConfigError):
+        generator_threads()
