@@ -18,9 +18,18 @@ from ._errors import ProtocolError
 from ._messages import BlobChunk
 from ._tensors import blob_id
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "atomic_write", "BlobAssembler", "BlobStore", "chunk_count", "iter_chunks"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "atomic_write",
+    "BlobAssembler",
+    "BlobStore",
+    "chunk_count",
+    "iter_chunks",
+]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+MIN_CHUNK_SIZE = 1024  # a server never sends smaller chunks (but the last), so a receiver can bound the count
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -46,11 +55,21 @@ def iter_chunks(data: bytes, chunk_size: int, indices: tuple[int, ...] = ()) -> 
         )
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync and rename: readers never see half a file."""
+def atomic_write(path: Path, data: bytes, *, mode: int | None = None, owner: tuple[int, int] | None = None) -> None:
+    """Write via a temp file in the same folder, fsync and rename: readers never see half a file.
+
+    The temp file has a random name and is created exclusively (a planted symlink makes it fail, never
+    followed). ``mode`` and ``owner`` are set on the open file before it appears under its name, so the file
+    is never readable by others, and nothing is changed by path afterwards (a folder owned by another user
+    cannot redirect a ``chown``).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

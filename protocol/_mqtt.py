@@ -15,6 +15,9 @@ paho quirks handled here:
   start, expired), so every subscription is renewed in ``on_connect``.
 * ``publish`` while disconnected queues the message in paho; it is sent after
   the reconnect (QoS 1), so a short outage loses nothing.
+* paho acknowledges a QoS 1 message as soon as it is read, before we handle it: the inbox is bounded
+  (messages and bytes) so that a flood cannot grow it without limit; what does not fit is dropped and
+  counted (``dropped``), and the sender's at-least-once re-send brings what mattered back.
 * MQTT 3.1.1 (for amqtt, which has no MQTT 5) takes ``clean_session`` in the
   constructor instead of ``clean_start`` at connect, has no session expiry and
   no "no local" subscriptions: a client then also receives what it published.
@@ -98,6 +101,8 @@ class MqttTransport(Transport):
         keepalive_s: int = 30,
         max_inflight: int = 64,
         backoff_cap_s: float = 30.0,
+        inbox_messages: int = 20_000,
+        inbox_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         super().__init__()
         self.address = address
@@ -106,6 +111,9 @@ class MqttTransport(Transport):
         self._keepalive_s = keepalive_s
         self._filters: list[str] = []
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._inbox_limits = (inbox_messages, inbox_bytes)
+        self._inbox_held = [0, 0]  # messages, bytes waiting for poll(); under self._lock
+        self.dropped = 0  # messages dropped because the inbox was full
         self._connected = threading.Event()
         self._refused: str | None = None
         self._dropped = False  # closed without a CONNACK (not a login refusal)
@@ -171,7 +179,25 @@ class MqttTransport(Transport):
             log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
-        self._inbox.put((message.topic, bytes(message.payload)))
+        payload = bytes(message.payload)
+        with self._lock:
+            full = (self._inbox_held[0] >= self._inbox_limits[0]
+                    or self._inbox_held[1] + len(payload) > self._inbox_limits[1])  # fmt: skip
+            if not full:
+                self._inbox_held[0] += 1
+                self._inbox_held[1] += len(payload)
+            else:
+                self.dropped += 1
+        if full:
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("inbox full: dropped %d messages so far (last on %s)", self.dropped, message.topic[:120])
+            return
+        self._inbox.put((message.topic, payload))
+
+    def _taken(self, payload: bytes) -> None:
+        with self._lock:
+            self._inbox_held[0] -= 1
+            self._inbox_held[1] -= len(payload)
 
     # -- Transport ---------------------------------------------------------------------------
 
@@ -243,6 +269,7 @@ class MqttTransport(Transport):
         except queue.Empty:
             return 0
         while True:
+            self._taken(payload)
             self._deliver(topic, payload)
             delivered += 1
             try:
@@ -250,14 +277,18 @@ class MqttTransport(Transport):
             except queue.Empty:
                 return delivered
 
-    def close(self, flush_timeout_s: float = 5.0) -> None:
-        """Send what is queued, disconnect cleanly (no will) and stop the network thread."""
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until the broker acknowledged everything published so far (or ``timeout_s`` passed)."""
         last = self._last_publish
         if last is not None and self._connected.is_set():
             # In order: the last one acknowledged means all were. If the connection went away
             # meanwhile paho raises; there is nothing more to flush then.
             with contextlib.suppress(RuntimeError, ValueError):
-                last.wait_for_publish(flush_timeout_s)
+                last.wait_for_publish(timeout_s)
+
+    def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Send what is queued, disconnect cleanly (no will) and stop the network thread."""
+        self.flush(flush_timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()

@@ -16,8 +16,6 @@ for fleets that do not sign (the demo on an anonymous broker).
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -86,16 +84,10 @@ def generate_signing_key() -> Ed25519PrivateKey:
 
 def write_secret(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` readable by its owner only (0600 from the first byte), atomically."""
+    from ._blobs import atomic_write  # mkstemp creates it 0600 already; the mode is set again to be explicit
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        staged.unlink()
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staged, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def save_signing_key(path: Path, key: Ed25519PrivateKey) -> None:

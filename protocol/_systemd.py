@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._blobs import atomic_write
 from ._errors import ConfigError
 
 # The sandbox both units share (systemd.exec(5)); each unit adds its own paths, limits and devices.
@@ -152,10 +153,7 @@ def install_unit(root: Path, name: str, text: str, now: bool = False) -> UnitIns
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True, exist_ok=True)
     path = unit_dir / name
-    tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), mode=0o644)
     commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", name]]
     if now:
         _run_systemctl(root, commands)

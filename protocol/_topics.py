@@ -23,7 +23,7 @@ from ._errors import ConfigError, ProtocolError
 
 __all__ = ["DEVICE_CHANNELS", "DeviceChannel", "ParsedTopic", "Topics", "validate_name"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 DeviceChannel = Literal["state", "task", "update", "ack", "blob/req", "blob/chunk"]
 DEVICE_CHANNELS: tuple[DeviceChannel, ...] = ("state", "task", "update", "ack", "blob/req", "blob/chunk")
@@ -31,7 +31,7 @@ DEVICE_CHANNELS: tuple[DeviceChannel, ...] = ("state", "task", "update", "ack", 
 
 def validate_name(kind: str, value: str) -> str:
     """A fleet or device name: 1-64 of ``[A-Za-z0-9_.-]``, no MQTT wildcards or slashes."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ConfigError(f"invalid {kind} {value!r}: use 1-64 letters, digits, '_', '.', '-'")
     return value
 
@@ -68,6 +68,6 @@ class Topics:
         if not topic.startswith(prefix):
             raise ProtocolError("unknown-topic", topic[:200])
         device_id, _, channel = topic[len(prefix) :].partition("/")
-        if not _NAME.match(device_id) or channel not in DEVICE_CHANNELS:
+        if not _NAME.fullmatch(device_id) or channel not in DEVICE_CHANNELS:
             raise ProtocolError("unknown-topic", topic[:200])
         return ParsedTopic(device_id=device_id, channel=channel)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,6 +29,8 @@ from protocol import (
     BrokerAddress,
     ConfigError,
     DeviceState,
+    EnrollReply,
+    EnrollRequest,
     Failure,
     ProtocolError,
     Task,
@@ -213,3 +216,54 @@ def test_codec_payloads(codec: str, layout: dict, fill: float) -> None:
         decoded = decode_delta(payload, codec, template)
         if codec in ("int8", "int4"):
             assert {n: a.shape for n, a in decoded.items()} == {n: a.shape for n, a in template.items()}
+
+
+# What json.loads lets through or turns into the wrong exception: integers past CPython's 4,300-digit limit
+# (ValueError), integers no float can hold (OverflowError where they become one), huge floats (inf),
+# NaN and Infinity, nesting deep enough for RecursionError, bytes that are not UTF-8.
+hostile_values = st.one_of(
+    st.integers(18, 6000).map(lambda n: "9" * n),
+    st.integers(18, 6000).map(lambda n: "-" + "1" * n),
+    st.sampled_from(["1e999", "-1e999", "1e308", "NaN", "Infinity", "-Infinity", "1" + "0" * 400 + ".5", "0e-99999"]),
+    st.integers(1, 100_000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 20_000).map(lambda depth: '{"a":' * depth + "1" + "}" * depth),
+)
+hostile_bytes = st.binary(min_size=1, max_size=8).filter(lambda b: not _is_utf8(b))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _every_decoder(payload_header: bytes) -> None:
+    """Each decoder of network JSON returns or raises ProtocolError: never anything else."""
+    _decodes_or_rejects(_frame(payload_header))
+    for decoder in (EnrollRequest.decode, EnrollReply.decode):
+        with contextlib.suppress(ProtocolError):
+            decoder(payload_header)
+
+
+KINDS = ["state", "task", "update", "failure", "ack", "blob-req", "blob-chunk", "enroll-request", "enroll-reply"]
+
+
+@given(st.sampled_from(KINDS), st.sampled_from([*FIELDS, "secret", "public_key", "ok"]), hostile_values)
+def test_hostile_numbers_and_nesting_in_every_decoder(kind: str, field: str, value: str) -> None:
+    _every_decoder(f'{{"type":"{kind}","{field}":{value}}}'.encode())
+
+
+@given(st.sampled_from(["state", "task", "enroll-request"]), hostile_bytes)
+def test_headers_that_are_not_utf8(kind: str, junk: bytes) -> None:
+    _every_decoder(b'{"type":"' + kind.encode() + b'","device_id":"' + junk + b'"}')
+
+
+def test_the_reported_killers_are_protocol_errors() -> None:
+    for value in ("9" * 5000, "9" * 400, "1e999", "NaN"):
+        header = f'{{"type":"state","device_id":"d","state":"online","num_samples":{value}}}'.encode()
+        with pytest.raises(ProtocolError):
+            decode_message(_frame(header))
+        with pytest.raises(ProtocolError):
+            EnrollRequest.decode(f'{{"type":"enroll-request","secret":{value},"public_key":"k"}}'.encode())

@@ -1,6 +1,6 @@
 import pytest
 
-from protocol import ConfigError, InMemoryBus, ProtocolError, Topics, topic_matches
+from protocol import ConfigError, InMemoryBus, ProtocolError, Topics, topic_matches, validate_name
 
 
 def test_topic_layout_confines_each_device_to_its_subtree() -> None:
@@ -43,3 +43,11 @@ def test_in_memory_bus_delivers_in_order_and_counts_bytes() -> None:
     assert late_got == ["a/3/c"]  # retained
     assert sender.bytes_sent == 3 + 7 + 5
     assert receiver.bytes_received == 8
+
+
+def test_names_match_in_full_so_that_no_newline_reaches_the_password_file_or_acl() -> None:
+    for bad in ("board\n", "board\nuser genfl-server", "\nboard"):
+        with pytest.raises(ConfigError):
+            validate_name("device id", bad)
+    with pytest.raises(ProtocolError):
+        Topics("f").parse("genfl/f/devices/board\n/state")
