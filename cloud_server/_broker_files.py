@@ -3,22 +3,30 @@
 The password file uses Mosquitto 2's ``$7$`` format (PBKDF2-HMAC-SHA512,
 101 iterations, 12-byte salt, base64), which ``mosquitto_passwd`` writes too.
 The ACL confines each device to its own subtree, and to the direction each
-channel goes; the enrollment user may only write its request and read its
-reply, under a topic named after its MQTT client id (``%c``)::
+channel goes; each pending enrollment token's login may only write its request
+and read its reply::
 
     user genfl-server
     topic readwrite genfl/<fleet>/#
     user <device>
     topic write genfl/<fleet>/devices/<device>/state      (and update, blob/req)
     topic read  genfl/<fleet>/devices/<device>/task       (and ack, blob/chunk)
-    pattern write genfl/<fleet>/enroll/%c/request
-    pattern read  genfl/<fleet>/enroll/%c/reply
+    user enroll-<12 hex>
+    topic write genfl/<fleet>/enroll/enroll-<12 hex>/request
+    topic read  genfl/<fleet>/enroll/enroll-<12 hex>/reply
 
-Mosquitto re-reads both files on SIGHUP and re-checks every connected client
-against them, so a revoked device is disconnected at the reload and cannot
-connect again. Mosquitto refuses ``%c``/``%u`` substitution for client ids
-and user names holding ``+`` or ``#`` (CVE-2017-7650), so the enrollment
-pattern cannot be widened by a crafted client id.
+The listener sets ``use_username_as_clientid``: the broker replaces whatever
+client id a client asks for with its user name, so nobody can take over the
+server's session (or a device's) by claiming its client id, and
+``max_packet_size``, so that no client can send more than the fleet's largest
+message. Mosquitto re-reads both files on SIGHUP and re-checks every connected
+client against them, so a revoked device (or a used token's login) is
+disconnected at the reload and cannot connect again.
+
+The broker runs as its own user and reads these files; the server (often root)
+writes them. Ownership and mode are set on the open file before it is renamed
+into place, and nothing is ever changed by path afterwards, so the broker user,
+who may own the directory, cannot redirect a write or a ``chown`` with a symlink.
 """
 
 from __future__ import annotations
@@ -31,16 +39,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ENROLL_USER, ConfigError, GenflError, Topics, write_secret
+from protocol import ConfigError, GenflError, Topics, atomic_write
 
 __all__ = [
-    "ENROLL_USER",
     "SERVER_USER",
     "BrokerFiles",
     "mosquitto_password_hash",
     "render_acl",
     "render_mosquitto_conf",
     "render_password_file",
+    "write_owned",
 ]
 
 SERVER_USER = "genfl-server"
@@ -57,7 +65,7 @@ def render_password_file(users: list[tuple[str, str]]) -> str:
     return "".join(f"{user}:{hashed}\n" for user, hashed in users)
 
 
-def render_acl(fleet: str, devices: list[str]) -> str:
+def render_acl(fleet: str, devices: list[str], enroll_users: list[str] = ()) -> str:  # type: ignore[assignment]
     topics = Topics(fleet)
     lines = [
         f"# genfl-edge fleet {fleet}: written by genfl-server; edits are overwritten at the next enrollment.",
@@ -70,15 +78,16 @@ def render_acl(fleet: str, devices: list[str]) -> str:
         lines += [f"topic write {topics.device(device, c)}" for c in ("state", "update", "blob/req")]  # type: ignore[arg-type]
         lines += [f"topic read {topics.device(device, c)}" for c in ("task", "ack", "blob/chunk")]  # type: ignore[arg-type]
         lines.append("")
-    lines.append(f"user {ENROLL_USER}")
-    lines.append("")
-    lines.append("# every user, the enrollment user's only rights: its own request and reply, by client id")
-    lines.append(f"pattern write {topics.root}/enroll/%c/request")
-    lines.append(f"pattern read {topics.root}/enroll/%c/reply")
-    return "\n".join(lines) + "\n"
+    for login in enroll_users:  # one per pending token: its own request and reply, nothing else
+        lines.append(f"user {login}")
+        lines.append(f"topic write {topics.root}/enroll/{login}/request")
+        lines.append(f"topic read {topics.root}/enroll/{login}/reply")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def render_mosquitto_conf(directory: Path, port: int, *, bind: str = "", user: str = "") -> str:
+def render_mosquitto_conf(directory: Path, port: int, *, bind: str = "", user: str = "",
+                          max_packet_size: int = 4 * 1024 * 1024) -> str:  # fmt: skip
     d = directory.resolve()
     return "\n".join(
         [
@@ -97,7 +106,14 @@ def render_mosquitto_conf(directory: Path, port: int, *, bind: str = "", user: s
             "log_type warning",
             "log_type notice",
             "connection_messages true",
+            # The largest message the fleet sends (an update of the largest model, a blob chunk), with room to
+            # spare; a client that sends more is disconnected.
+            f"max_packet_size {max_packet_size}",
+            # Clients queue at most this much for a client that is away (a board offline for days).
+            "max_queued_bytes 268435456",
             f"listener {port}{' ' + bind if bind else ''}",
+            # The client id is the user name: nobody can claim the server's (or a device's) session.
+            "use_username_as_clientid true",
             f"cafile {d / 'ca.crt'}",
             f"certfile {d / 'server.crt'}",
             f"keyfile {d / 'server.key'}",
@@ -108,6 +124,12 @@ def render_mosquitto_conf(directory: Path, port: int, *, bind: str = "", user: s
     )
 
 
+def write_owned(path: Path, data: bytes, *, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Write ``path`` atomically with ``mode`` and ``owner`` set on the open file before it is renamed in
+    (:func:`protocol.atomic_write`): the rename replaces a name, never a link's target."""
+    atomic_write(path, data, mode=mode, owner=owner)
+
+
 @dataclass(frozen=True)
 class BrokerFiles:
     """The broker directory ``broker-config`` wrote, and how to make the broker re-read it."""
@@ -116,17 +138,57 @@ class BrokerFiles:
     fleet: str
     reload_command: tuple[str, ...] = ()  # e.g. ("systemctl", "reload", "mosquitto"); default: SIGHUP via pid file
 
-    def write_users(self, server_password_hash: str, enroll_password_hash: str, devices: list[tuple[str, str]]) -> None:
-        users = [(SERVER_USER, server_password_hash), (ENROLL_USER, enroll_password_hash), *devices]
+    def write_users(
+        self, server_password_hash: str, devices: list[tuple[str, str]], enroll_users: list[tuple[str, str]]
+    ) -> None:
+        """The password file and the ACL: the server, every device given, every pending token's login."""
+        users = [(SERVER_USER, server_password_hash), *devices, *enroll_users]
         self._write(self.directory / "passwd", render_password_file(users).encode())
-        self._write(self.directory / "acl", render_acl(self.fleet, [d for d, _ in devices]).encode())
+        acl = render_acl(self.fleet, [d for d, _ in devices], [u for u, _ in enroll_users])
+        self._write(self.directory / "acl", acl.encode())
+
+    def logins(self, prefix: str) -> set[str]:
+        """The user names in the password file that start with ``prefix`` (empty if there is none yet)."""
+        try:
+            text = (self.directory / "passwd").read_text()
+        except (OSError, UnicodeDecodeError):
+            return set()
+        return {line.split(":", 1)[0] for line in text.splitlines() if line.startswith(prefix)}
+
+    def _owner(self) -> tuple[int, int] | None:
+        """Whoever owns the broker directory (the broker's user) when we are root, so the broker can read."""
+        if os.geteuid() != 0:
+            return None
+        info = os.stat(self.directory)
+        return info.st_uid, info.st_gid
 
     def _write(self, path: Path, data: bytes) -> None:
-        """0600, owned by whoever owns the broker directory (the broker's user), so the broker can read it."""
-        write_secret(path, data)
-        if os.geteuid() == 0:
-            owner = self.directory.stat()
-            os.chown(path, owner.st_uid, owner.st_gid)
+        try:
+            write_owned(path, data, mode=0o600, owner=self._owner())
+        except OSError as exc:
+            raise GenflError(
+                f"cannot write the broker's {path.name} in {self.directory}: {exc.strerror or exc}"
+            ) from exc
+
+    def _broker_pid(self) -> int | None:
+        """The pid in the pid file, if it is a running mosquitto of the directory's owner (the file is the
+        broker user's to write: we must not signal whatever it names)."""
+        pid_file = self.directory / "mosquitto.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{pid_file}: not a pid ({exc})") from exc
+        proc = Path(f"/proc/{pid}")
+        try:
+            name = (proc / "comm").read_text().strip()
+            uid = proc.stat().st_uid
+        except OSError:
+            return None  # not running
+        if pid <= 1 or name != "mosquitto" or uid not in (os.stat(self.directory).st_uid, 0):
+            raise GenflError(f"{pid_file} names pid {pid} ({name}), not this broker; not signalling it")
+        return pid
 
     def reload(self) -> bool:
         """Ask the broker to re-read its files; False if no broker runs from this directory."""
@@ -136,13 +198,9 @@ class BrokerFiles:
             except (OSError, subprocess.SubprocessError) as exc:
                 raise GenflError(f"reloading the broker with {' '.join(self.reload_command)} failed: {exc}") from exc
             return True
-        pid_file = self.directory / "mosquitto.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except FileNotFoundError:
+        pid = self._broker_pid()
+        if pid is None:
             return False
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{pid_file}: not a pid ({exc})") from exc
         try:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:

@@ -5,6 +5,11 @@ SHA-256 (it is 192 random bits, so a plain hash cannot be searched). Redeeming
 one is a single transaction: unknown, used and expired tokens fail with the
 reason, and a token redeems at most once even when two requests race.
 
+Each token carries its own broker login (``enroll-<12 hex>``), whose only
+right is to send that token's request and read its reply. The login exists
+while the token is pending: once the token is redeemed or expired it leaves the
+password file at the next sync, so a token that leaked after use opens nothing.
+
 Each device row holds its Ed25519 public key (which verifies its updates) and
 the Mosquitto hash of its broker password; the password itself is sent to the
 device once, at enrollment, and never stored.
@@ -17,7 +22,8 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,13 +32,23 @@ from protocol import ConfigError, GenflError, ProtocolError, public_key_from_tex
 
 from ._broker_files import mosquitto_password_hash
 
-__all__ = ["DeviceEntry", "DeviceRegistry", "EnrollmentRefused", "Enrolled", "RESERVED_NAMES"]
+__all__ = [
+    "ENROLL_USER_PREFIX",
+    "DeviceEntry",
+    "DeviceRegistry",
+    "EnrollmentRefused",
+    "Enrolled",
+    "NewToken",
+    "RESERVED_NAMES",
+]
 
 RESERVED_NAMES = frozenset({"genfl-server", "genfl-enroll", "server"})
+ENROLL_USER_PREFIX = "enroll-"  # the enrollment logins; no device may be called like them
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
-    token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL
+    token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL,
+    enroll_user TEXT, enroll_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
@@ -56,6 +72,13 @@ class DeviceEntry:
 
 
 @dataclass(frozen=True)
+class NewToken:
+    secret: str  # proves the token at redemption and keys the HMAC of the reply
+    enroll_user: str  # the broker login of this token alone
+    enroll_password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Enrolled:
     device_id: str
     broker_password: str  # sent to the device once; only its hash is kept
@@ -76,6 +99,10 @@ class DeviceRegistry:
                 os.chmod(path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(tokens)")}
+            for column in ("enroll_user", "enroll_hash"):  # a registry from before per-token logins
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot open the device registry {path}: {exc}") from exc
         self._cache: dict[str, tuple[Ed25519PublicKey | None, bool]] = {}
@@ -86,41 +113,60 @@ class DeviceRegistry:
 
     # -- tokens ----------------------------------------------------------------------------------
 
-    def add_token(self, name: str, ttl_s: float, *, now: float | None = None) -> str:
-        """A new single-use token secret for a device to be called ``name``."""
+    def add_token(self, name: str, ttl_s: float, *, now: float | None = None) -> NewToken:
+        """A new single-use token for a device to be called ``name``, with its own enrollment login."""
         validate_name("device name", name)
-        if name in RESERVED_NAMES:
+        if name in RESERVED_NAMES or name.startswith(ENROLL_USER_PREFIX):
             raise ConfigError(f"{name!r} is reserved; choose another device name")
         if ttl_s <= 0:
             raise ConfigError("a token must expire in the future")
         now = time.time() if now is None else now
-        secret = secrets.token_urlsafe(24)
+        token = NewToken(
+            secrets.token_urlsafe(24), ENROLL_USER_PREFIX + secrets.token_hex(6), secrets.token_urlsafe(24)
+        )
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             if self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (name,)).fetchone():
                 raise ConfigError(f"a device called {name!r} is already enrolled")
             self._db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)", (_token_hash(secret), name, now, now + ttl_s)
-            )
-        return secret
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                (_token_hash(token.secret), name, now, now + ttl_s, token.enroll_user,
+                 mosquitto_password_hash(token.enroll_password)),
+            )  # fmt: skip
+        return token
 
-    def redeem(self, secret: str, public_key: str, *, now: float | None = None) -> Enrolled:
-        """Use a token once: the device ``name`` is enrolled with ``public_key`` and a new broker password."""
+    def redeem(
+        self,
+        secret: str,
+        public_key: str,
+        *,
+        enroll_user: str | None = None,
+        now: float | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> Enrolled:
+        """Use a token once: the device ``name`` is enrolled with ``public_key`` and a new broker password.
+
+        ``enroll_user``, when given, must be the token's own enrollment login (the one the request came
+        from). ``before_commit`` runs inside the transaction, after the device was added: if it raises,
+        nothing happened (the token stays unused), which is how the broker files are written first.
+        """
         public_key_from_text(public_key)  # a well-formed key, or ConfigError
         now = time.time() if now is None else now
         password = secrets.token_urlsafe(24)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
-                "SELECT name, expires, used FROM tokens WHERE token_hash = ?", (_token_hash(secret),)
+                "SELECT name, expires, used, enroll_user FROM tokens WHERE token_hash = ?", (_token_hash(secret),)
             ).fetchone()
             if row is None:
                 raise EnrollmentRefused("unknown enrollment token")
-            name, expires, used = row
+            name, expires, used, token_user = row
             if used is not None:
                 raise EnrollmentRefused("this enrollment token was already used")
             if now > expires:
                 raise EnrollmentRefused("this enrollment token has expired; ask for a new one")
+            if enroll_user is not None and enroll_user != token_user:
+                raise EnrollmentRefused("this token belongs to another enrollment login")
             if self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (name,)).fetchone():
                 raise EnrollmentRefused(f"a device called {name!r} is already enrolled")
             self._db.execute("UPDATE tokens SET used = ? WHERE token_hash = ?", (now, _token_hash(secret)))
@@ -128,6 +174,8 @@ class DeviceRegistry:
                 "INSERT INTO devices VALUES (?, ?, ?, ?, NULL)",
                 (name, public_key, mosquitto_password_hash(password), now),
             )
+            if before_commit is not None:
+                before_commit()  # raises: the with-block rolls everything back
         self._cache.clear()
         return Enrolled(device_id=str(name), broker_password=password)
 
@@ -137,6 +185,16 @@ class DeviceRegistry:
             "SELECT name, expires FROM tokens WHERE used IS NULL AND expires >= ? ORDER BY name", (now,)
         )
         return [(str(n), float(e)) for n, e in rows]
+
+    def enrollment_users(self, *, now: float | None = None) -> list[tuple[str, str]]:
+        """(login, Mosquitto password hash) of every pending token: unused, unexpired, with a login."""
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            "SELECT enroll_user, enroll_hash FROM tokens WHERE used IS NULL AND expires >= ?"
+            " AND enroll_user IS NOT NULL ORDER BY enroll_user",
+            (now,),
+        )
+        return [(str(u), str(h)) for u, h in rows]
 
     # -- devices ---------------------------------------------------------------------------------
 

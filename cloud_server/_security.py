@@ -7,9 +7,8 @@ the state directory. Every secret lives there, owner-only::
         signing.key                     Ed25519: signs tasks, acks and chunks (0600)
         ca.key  ca.crt                  the fleet CA (the key 0600)
         server.password                 the server's broker password (0600)
-        enroll.password                 the enrollment user's password (0600)
-        registry.sqlite3                devices, public keys, token hashes (0600)
-        broker.json                     fleet, broker URL, broker directory, reload command
+        registry.sqlite3                devices, public keys, token hashes, enrollment logins (0600)
+        broker.json                     fleet, broker URL, broker directory, reload command, size limit
 
 A state dir without ``security/`` is an open fleet (anonymous broker, no
 signatures): the demo. With it, the server signs everything it sends and
@@ -18,11 +17,14 @@ accepts only frames signed by an enrolled, unrevoked device.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pwd
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +46,15 @@ from protocol import (
     write_secret,
 )
 
-from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf
+from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf, write_owned
 from ._pki import issue_server_certificate, load_ca, new_ca
-from ._registry import DeviceRegistry, EnrollmentRefused
+from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused
 
-__all__ = ["BrokerSetup", "Enroller", "FleetSecurity", "write_broker_config"]
+__all__ = ["DEFAULT_MAX_PACKET_SIZE", "BrokerSetup", "Enroller", "FleetSecurity", "write_broker_config"]
+
+# What the generated broker accepts in one packet: an fp32 update of the registered models (cnn-small:
+# 1.2 MB) and a default chunk (256 KiB) with room to spare. `serve` checks its model and chunk size fit.
+DEFAULT_MAX_PACKET_SIZE = 4 * 1024 * 1024
 
 log = logging.getLogger("genfl.security")
 
@@ -83,11 +89,14 @@ def write_broker_config(
     ca_key: Path | None = None,
     reload_command: tuple[str, ...] = (),
     broker_user: str | None = None,
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
 ) -> BrokerSetup:
     """Create (or reuse) the fleet's keys in ``state_dir`` and write a Mosquitto setup to ``out``."""
     Topics(fleet)
     if not 1 <= port <= 65535:
         raise ConfigError(f"bad port {port}")
+    if not 64 * 1024 <= max_packet_size <= 256 * 1024 * 1024:
+        raise ConfigError(f"the maximum packet size must be 64 KiB..256 MiB, got {max_packet_size}")
     security = _security_dir(state_dir)
     security.mkdir(parents=True, exist_ok=True)
     os.chmod(security, 0o700)
@@ -111,37 +120,33 @@ def write_broker_config(
     (security / "ca.crt").write_bytes(ca.certificate_pem())
     if not (security / "signing.key").exists():
         save_signing_key(security / "signing.key", generate_signing_key())
-    for name in ("server.password", "enroll.password"):
-        if not (security / name).exists():
-            write_secret(security / name, secrets.token_urlsafe(24).encode())
+    if not (security / "server.password").exists():
+        write_secret(security / "server.password", secrets.token_urlsafe(24).encode())
     server = issue_server_certificate(ca, host)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ca.crt").write_bytes(ca.certificate_pem())
-    (out / "server.crt").write_bytes(server.certificate_pem())
-    write_secret(out / "server.key", server.key_pem())
     user = broker_user or pwd.getpwuid(os.geteuid()).pw_name
     try:
         account = pwd.getpwnam(user)
     except KeyError as exc:
         raise ConfigError(f"no user {user!r} on this machine to run the broker as") from exc
-    (out / "mosquitto.conf").write_text(render_mosquitto_conf(out, port, bind=bind, user=user))
+    out.mkdir(parents=True, exist_ok=True)
+    # The broker reads its key, passwd and acl as its own user; the server (root) keeps writing them at
+    # enrollments. Every file is written with its owner and mode set before it appears under its name.
+    broker_owner = (account.pw_uid, account.pw_gid) if os.geteuid() == 0 else None
+    if broker_owner is not None:
+        os.chown(out, *broker_owner, follow_symlinks=False)
+    write_owned(out / "ca.crt", ca.certificate_pem(), mode=0o644)
+    write_owned(out / "server.crt", server.certificate_pem(), mode=0o644)
+    write_owned(out / "server.key", server.key_pem(), mode=0o600, owner=broker_owner)
+    conf = render_mosquitto_conf(out, port, bind=bind, user=user, max_packet_size=max_packet_size)
+    write_owned(out / "mosquitto.conf", conf.encode(), mode=0o644)
     url = BrokerAddress(host, port, tls=True).url()
-    (security / "broker.json").write_text(
-        json.dumps(
-            {"fleet": fleet, "url": url, "broker_dir": str(out.resolve()), "reload_command": list(reload_command)},
-            indent=2,
-        )
-        + "\n"
-    )
+    settings = {"fleet": fleet, "url": url, "broker_dir": str(out.resolve()), "reload_command": list(reload_command),
+                "max_packet_size": max_packet_size}  # fmt: skip
+    write_owned(security / "broker.json", (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
     security_state = FleetSecurity.load(state_dir)
     assert security_state is not None
     security_state.sync_broker(reload=False)
     security_state.close()
-    if os.geteuid() == 0 and account.pw_uid != 0:
-        # The broker reads these as its own user; the server (root) keeps writing them at enrollments.
-        for name in ("server.key", "passwd", "acl"):
-            os.chown(out / name, account.pw_uid, account.pw_gid)
-        os.chown(out, account.pw_uid, account.pw_gid)
     return BrokerSetup(out, url, out / "ca.crt")
 
 
@@ -154,6 +159,7 @@ class FleetSecurity:
             self.url: str = settings["url"]
             broker_dir = Path(settings["broker_dir"])
             reload_command = tuple(settings.get("reload_command", ()))
+            self.max_packet_size = int(settings.get("max_packet_size", DEFAULT_MAX_PACKET_SIZE))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 f"{self.dir / 'broker.json'}: unreadable ({exc}); run genfl-server broker-config"
@@ -162,7 +168,6 @@ class FleetSecurity:
         self.ca_file = self.dir / "ca.crt"
         self.signing_key = load_signing_key(self.dir / "signing.key")
         self.server_password = _read_secret(self.dir / "server.password")
-        self.enroll_password = _read_secret(self.dir / "enroll.password")
         self.registry = DeviceRegistry(self.dir / "registry.sqlite3")
 
     @classmethod
@@ -182,18 +187,34 @@ class FleetSecurity:
     def guard(self) -> SignedGuard:
         return SignedGuard(self.fleet, self.signing_key, self.registry.public_key)
 
-    def new_token(self, name: str, ttl_s: float) -> str:
-        secret = self.registry.add_token(name, ttl_s)
-        return EnrollmentToken(self.fleet, self.enroll_password, secret).text()
+    def new_token(self, name: str, ttl_s: float) -> tuple[str, bool]:
+        """A token for a device to be called ``name``, and whether a running broker took its login."""
+        token = self.registry.add_token(name, ttl_s)
+        reloaded = self.sync_broker()  # the token's own login exists from now until it is used or expires
+        return EnrollmentToken(self.fleet, token.enroll_user, token.enroll_password, token.secret).text(), reloaded
+
+    def write_broker_files(self) -> None:
+        """The password file and ACL as the registry says now (the server, devices, pending tokens' logins)."""
+        logins = self.registry.enrollment_users()
+        self.broker_files.write_users(
+            mosquitto_password_hash(self.server_password), self.registry.broker_users(), logins
+        )
 
     def sync_broker(self, *, reload: bool = True) -> bool:
         """Rewrite the password file and ACL from the registry; have the broker re-read them."""
-        self.broker_files.write_users(
-            mosquitto_password_hash(self.server_password),
-            mosquitto_password_hash(self.enroll_password),
-            self.registry.broker_users(),
-        )
+        self.write_broker_files()
         return self.broker_files.reload() if reload else False
+
+    def expire_logins(self) -> bool:
+        """Take the logins of tokens that expired (or were used) out of the broker; True if it synced.
+
+        Compares the enrollment logins in the broker's password file with the pending tokens, so that it
+        also catches what another process (``devices add``) or a restart left behind."""
+        current = {login for login, _ in self.registry.enrollment_users()}
+        if self.broker_files.logins(ENROLL_USER_PREFIX) <= current:
+            return False
+        self.sync_broker()
+        return True
 
     def revoke(self, device_id: str) -> bool:
         """Revoke in the registry (the coordinator stops accepting at once) and at the broker."""
@@ -202,14 +223,40 @@ class FleetSecurity:
 
 
 class Enroller:
-    """Serves ``genfl/<fleet>/enroll/+/request`` inside ``genfl-server serve``."""
+    """Serves ``genfl/<fleet>/enroll/+/request`` inside ``genfl-server serve``.
 
-    def __init__(self, security: FleetSecurity, publish) -> None:  # type: ignore[no-untyped-def]
+    A redemption is all or nothing: the device is added and the token marked used in one registry
+    transaction that commits only after the broker files (with the device, without the token's login)
+    were written. If they cannot be (a read-only broker directory, a full disk), the board is told to try
+    again later and its token stays good.
+    """
+
+    def __init__(
+        self,
+        security: FleetSecurity,
+        publish: Callable[[str, bytes], None],
+        flush: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.security = security
         self.topics = Topics(security.fleet)
         self._publish = publish
+        self._flush = flush  # wait until the broker has what we published (before a reload may drop the board)
+        self._clock = clock
+        self._expiry_checked = clock()
         self.enrolled = 0
         self.refused = 0
+
+    def tick(self) -> None:
+        """Every few seconds: take the logins of tokens that expired out of the broker."""
+        if self._clock() - self._expiry_checked < 5.0:
+            return
+        self._expiry_checked = self._clock()
+        try:
+            if self.security.expire_logins():
+                log.info("removed the broker logins of expired enrollment tokens")
+        except GenflError as exc:
+            log.error("could not remove expired enrollment logins: %s", exc)
 
     @property
     def subscription(self) -> str:
@@ -222,19 +269,28 @@ class Enroller:
         parts = topic.split("/")
         if len(parts) != 5 or parts[4] != "request" or not parts[3]:
             raise ProtocolError("unknown-topic", topic[:200])
-        client_id = parts[3]
+        client_id = parts[3]  # the broker makes it the enrollment login (use_username_as_clientid)
         request = EnrollRequest.decode(payload)
+        enrolled = None
         try:
-            enrolled = self.security.registry.redeem(request.secret, request.public_key)
+            enrolled = self.security.registry.redeem(
+                request.secret,
+                request.public_key,
+                enroll_user=client_id,
+                before_commit=self.security.write_broker_files,
+            )
         except (EnrollmentRefused, ConfigError) as exc:
             self.refused += 1
             log.warning("enrollment refused for client %s: %s", client_id[:64], exc)
             reply = EnrollReply(ok=False, reason=str(exc))
+        except (GenflError, OSError) as exc:  # the broker files: nothing was committed, the token stays good
+            self.refused += 1
+            log.error("enrollment of client %s rolled back: %s", client_id[:64], exc)
+            with contextlib.suppress(GenflError, OSError):  # undo a password file written before the ACL failed
+                self.security.write_broker_files()
+            reply = EnrollReply(ok=False, reason="the server cannot enroll boards right now (its broker files "
+                                "cannot be written); the token is still good, try again later")  # fmt: skip
         else:
-            try:
-                self.security.sync_broker()
-            except GenflError as exc:
-                log.error("device %s enrolled but the broker was not reloaded: %s", enrolled.device_id, exc)
             self.enrolled += 1
             log.info("device %s enrolled", enrolled.device_id)
             reply = EnrollReply(
@@ -246,3 +302,10 @@ class Enroller:
                 server_public_key=self.security.public_key,
             )
         self._publish(enroll_topic(self.topics, client_id, "reply"), reply.signed(request.secret, client_id).encode())
+        if enrolled is None:
+            return
+        self._flush()  # the reply is at the broker before the reload drops the used token's login
+        try:
+            self.security.broker_files.reload()
+        except GenflError as exc:
+            log.error("device %s enrolled but the broker was not reloaded: %s", enrolled.device_id, exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol import HARDENING, find_executable
+from protocol import HARDENING, ConfigError, find_executable
 
 __all__ = ["UNIT_NAME", "default_executable", "render_server_unit"]
 
@@ -34,13 +34,11 @@ RestartSec=10
 TimeoutStopSec=30
 KillMode=mixed
 
-DynamicUser=yes
+{user}
 StateDirectory=genfl-server
 StateDirectoryMode=0700
-ConfigurationDirectory=genfl
-ConfigurationDirectoryMode=0750
 WorkingDirectory=/var/lib/genfl-server
-MemoryMax=16G
+{broker}MemoryMax=16G
 TasksMax=1024
 
 {hardening}{gpu}\
@@ -63,5 +61,25 @@ def default_executable() -> Path:
     return find_executable("genfl-server")
 
 
-def render_server_unit(executable: Path, gpu: bool = False) -> str:
-    return _TEMPLATE.format(executable=executable, hardening=HARDENING, gpu=_GPU if gpu else "")
+_BROKER = """\
+# A secured fleet: enrollments and revocations rewrite the broker's password file and ACL here, and the
+# server signals the broker to re-read them, so it runs as the broker's user (broker-config --broker-user).
+ReadWritePaths={directory}
+"""
+
+
+def render_server_unit(
+    executable: Path, gpu: bool = False, broker_dir: Path | None = None, user: str | None = None
+) -> str:
+    """The unit; ``broker_dir`` (a secured fleet's broker files) is the one path outside its state it writes."""
+    if broker_dir is not None and not broker_dir.is_absolute():
+        raise ConfigError(f"--broker-dir must be an absolute path, got {broker_dir}")
+    if user is not None and not user.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"invalid user name {user!r}")
+    return _TEMPLATE.format(
+        executable=executable,
+        hardening=HARDENING,
+        gpu=_GPU if gpu else "",
+        user="DynamicUser=yes" if user is None else f"User={user}\nGroup={user}",
+        broker="" if broker_dir is None else _BROKER.format(directory=broker_dir),
+    )

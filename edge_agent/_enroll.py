@@ -9,7 +9,10 @@ Where things go (:class:`EdgeHome`)::
                                      ~/.local/state/genfl-edge/
 
 The private key is made here and never leaves the board; the config holds the
-broker password, so both are written 0600.
+broker password, so both are written 0600 (by root, when root enrolls). The
+config names the key and the CA relative to its own folder, so that the same
+files work where they are and as systemd credentials: the unit loads them with
+``LoadCredential=`` into a folder only the service's (dynamic) user can read.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import (
-    ENROLL_USER,
     BrokerAddress,
     BrokerRefused,
     ConfigError,
@@ -82,6 +84,14 @@ def _toml_value(value: object) -> str:
     )
 
 
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it lies inside it (the config's folder), else absolute."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
 def enroll(
     server: str,
     token_text: str,
@@ -102,14 +112,21 @@ def enroll(
     if ca_file is not None and not ca_file.is_file():
         raise ConfigError(f"CA file {ca_file} not found")
     key = generate_signing_key()
-    client_id = f"enroll-{secrets.token_hex(8)}"
+    client_id = token.enroll_user  # the broker binds client ids to user names: this token's login is its id
     topics = Topics(token.fleet)
     transport = MqttTransport(
-        address, client_id, username=ENROLL_USER, password=token.enroll_password, ca_file=ca_file, session_expiry_s=0
-    )
+        address, client_id, username=token.enroll_user, password=token.enroll_password, ca_file=ca_file,
+        session_expiry_s=0,
+    )  # fmt: skip
     replies: list[bytes] = []
     transport.set_handler(lambda topic, payload: replies.append(payload))
-    transport.connect(timeout_s=min(timeout_s, 15.0))
+    try:
+        transport.connect(timeout_s=min(timeout_s, 15.0))
+    except BrokerRefused as exc:
+        raise EnrollmentFailed(
+            f"the broker refused this token's login: the token was already used, has expired, or is not from "
+            f"this fleet; ask for a new one ({exc})"
+        ) from exc
     try:
         # One connection: the broker takes the SUBSCRIBE before the PUBLISH, so the reply cannot be missed.
         transport.subscribe(enroll_topic(topics, client_id, "reply"))
@@ -145,11 +162,11 @@ def enroll(
         "data": data,
         "state_dir": str(home.state_dir),
         "username": reply.username,
-        "device_key": str(home.key),
+        "device_key": _relative_to(home.key, home.config.parent),
         "server_public_key": reply.server_public_key,
     }
     if ca_file is not None:
-        settings["ca_file"] = str(home.ca)
+        settings["ca_file"] = _relative_to(home.ca, home.config.parent)
     lines = ["# genfl-edge: written by `genfl-edge enroll`; holds the broker password (mode 0600).", "[agent]"]
     lines += [f"{name} = {_toml_value(value)}" for name, value in settings.items()]
     lines.append(f"password = {_toml_value(reply.password)}")

@@ -7,10 +7,14 @@ from pathlib import Path
 
 from protocol import HARDENING, ConfigError, find_executable
 
-__all__ = ["EdgeUnit", "UNIT_NAME", "render_edge_unit"]
+__all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "render_edge_unit"]
 
 UNIT_NAME = "genfl-edge.service"
-CONFIG_PATH = Path("/etc/genfl/edge.toml")
+CONFIG_DIR = Path("/etc/genfl")
+CONFIG_PATH = CONFIG_DIR / "edge.toml"
+# What `genfl-edge enroll` writes as root (0600 root): systemd hands copies to the service's dynamic user as
+# credentials (LoadCredential=), in a folder only that user can read; the config names the others relative to it.
+CREDENTIALS = ("edge.toml", "device.key", "ca.crt")
 
 _TEMPLATE = """\
 # genfl-edge agent: trains on this board's data, talks to the server over MQTT.
@@ -37,9 +41,9 @@ KillMode=mixed
 {user}
 StateDirectory=genfl-edge
 StateDirectoryMode=0700
-ConfigurationDirectory=genfl
-ConfigurationDirectoryMode=0750
 WorkingDirectory=/var/lib/genfl-edge
+# The config, the board's key and the fleet CA stay root-only in /etc/genfl; the service reads copies in %d.
+{credentials}
 {data}
 # A board: bounded memory and CPU; the training worker lowers its own priority further.
 MemoryMax=1500M
@@ -59,14 +63,21 @@ class EdgeUnit:
     executable: Path
     data: str | None = None
     user: str | None = None
+    credentials: tuple[str, ...] = ("edge.toml",)  # which of CREDENTIALS exist in /etc/genfl
 
 
 def default_executable() -> Path:
     return find_executable("genfl-edge")
 
 
+def present_credentials(root: Path) -> tuple[str, ...]:
+    """Which of the enrolled files are in ``root``/etc/genfl (an open fleet has a config and no key)."""
+    folder = root / CONFIG_DIR.relative_to("/")
+    return tuple(name for name in CREDENTIALS if name == "edge.toml" or (folder / name).is_file())
+
+
 def render_edge_unit(unit: EdgeUnit) -> str:
-    exec_start = f"{unit.executable} run --config {CONFIG_PATH} --state-dir /var/lib/genfl-edge"
+    exec_start = f"{unit.executable} run --config %d/edge.toml --state-dir /var/lib/genfl-edge"
     data_lines = ""
     if unit.data is not None:
         kind, _, path = unit.data.partition(":")
@@ -81,4 +92,10 @@ def render_edge_unit(unit: EdgeUnit) -> str:
         if not unit.user.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"invalid user name {unit.user!r}")
         user = f"User={unit.user}\nGroup={unit.user}"
-    return _TEMPLATE.format(exec_start=exec_start, user=user, data=data_lines, hardening=HARDENING)
+    unknown = sorted(set(unit.credentials) - set(CREDENTIALS))
+    if unknown or "edge.toml" not in unit.credentials:
+        raise ConfigError(f"credentials must include edge.toml and be among {CREDENTIALS}, got {unit.credentials}")
+    credentials = "\n".join(f"LoadCredential={name}:{CONFIG_DIR / name}" for name in unit.credentials)
+    return _TEMPLATE.format(
+        exec_start=exec_start, user=user, data=data_lines, credentials=credentials, hardening=HARDENING
+    )

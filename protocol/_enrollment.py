@@ -2,15 +2,15 @@
 
 Token text (what ``genfl-server devices add`` prints)::
 
-    gfl1:<fleet>:<enrollment password>:<secret>
+    gfl2:<fleet>:<enrollment login>:<enrollment password>:<secret>
 
-The enrollment password lets the board log in as the broker's enrollment
-user, whose ACL allows nothing but ``genfl/<fleet>/enroll/<client id>/request``
-(write) and ``.../reply`` (read). The board sends its public key and the
-secret; the server answers with the device id, a broker password and its own
-signing key, all under an HMAC keyed with the secret: only someone who knows
-the token (the server) can produce a reply the board accepts, so the board can
-pin the server key it receives.
+Each token has its own broker login, valid only while the token is pending;
+its ACL allows nothing but ``genfl/<fleet>/enroll/<login>/request`` (write)
+and ``.../reply`` (read), and the broker makes the login its client id. The
+board sends its public key and the secret; the server answers with the device
+id, a broker password and its own signing key, all under an HMAC keyed with
+the secret: only someone who knows the token (the server) can produce a reply
+the board accepts, so the board can pin the server key it receives.
 """
 
 from __future__ import annotations
@@ -18,41 +18,44 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._errors import ConfigError, ProtocolError
+from ._json import loads_bounded
 from ._topics import Topics, validate_name
 
 __all__ = [
-    "ENROLL_USER",
     "EnrollReply",
     "EnrollRequest",
     "EnrollmentToken",
     "enroll_topic",
 ]
 
-ENROLL_USER = "genfl-enroll"  # the broker user whose ACL allows nothing but enrollment
-_TOKEN_PREFIX = "gfl1"
+_TOKEN_PREFIX = "gfl2"
 _MAX_BYTES = 8192
 
 
 @dataclass(frozen=True)
 class EnrollmentToken:
     fleet: str
-    enroll_password: str
-    secret: str
+    enroll_user: str
+    enroll_password: str = field(repr=False)
+    secret: str = field(repr=False)
 
     def text(self) -> str:
-        return f"{_TOKEN_PREFIX}:{self.fleet}:{self.enroll_password}:{self.secret}"
+        return f"{_TOKEN_PREFIX}:{self.fleet}:{self.enroll_user}:{self.enroll_password}:{self.secret}"
 
     @classmethod
     def parse(cls, text: str) -> EnrollmentToken:
         parts = text.strip().split(":")
-        if len(parts) != 4 or parts[0] != _TOKEN_PREFIX or not parts[2] or len(parts[3]) < 16:
-            raise ConfigError("this is not a genfl enrollment token (expected gfl1:FLEET:...:...)")
+        if parts and parts[0] == "gfl1":
+            raise ConfigError("this token is from an older server that shared one enrollment login; ask for a new one")
+        if len(parts) != 5 or parts[0] != _TOKEN_PREFIX or not parts[3] or len(parts[4]) < 16:
+            raise ConfigError("this is not a genfl enrollment token (expected gfl2:FLEET:LOGIN:...:...)")
         validate_name("fleet", parts[1])
-        return cls(parts[1], parts[2], parts[3])
+        validate_name("enrollment login", parts[2])
+        return cls(parts[1], parts[2], parts[3], parts[4])
 
 
 def enroll_topic(topics: Topics, client_id: str, kind: str) -> str:
@@ -62,10 +65,7 @@ def enroll_topic(topics: Topics, client_id: str, kind: str) -> str:
 def _load(payload: bytes, kind: str) -> dict[str, Any]:
     if len(payload) > _MAX_BYTES:
         raise ProtocolError("bad-frame", "enrollment message too large")
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError("bad-frame", f"enrollment message is not JSON ({exc})") from exc
+    document = loads_bounded(payload, "enrollment message")
     if not isinstance(document, dict) or document.pop("type", None) != kind:
         raise ProtocolError("unexpected-type", f"expected {kind}")
     return document

@@ -14,11 +14,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud_server._service import render_server_unit  # noqa: E402
-from edge_agent._service import EdgeUnit, render_edge_unit  # noqa: E402
+from cloud_server._unit import render_server_unit  # noqa: E402
+from edge_agent._unit import CREDENTIALS, EdgeUnit, render_edge_unit  # noqa: E402
 
 UNITS = {
-    "genfl-edge.service": lambda: render_edge_unit(EdgeUnit(Path("/usr/local/bin/genfl-edge"))),
+    "genfl-edge.service": lambda: render_edge_unit(
+        EdgeUnit(Path("/usr/local/bin/genfl-edge"), credentials=CREDENTIALS)
+    ),
     "genfl-server.service": lambda: render_server_unit(Path("/usr/local/bin/genfl-server")),
 }
 

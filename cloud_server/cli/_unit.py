@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from cloud_server._service import UNIT_NAME, default_executable, render_server_unit
-from protocol import install_unit, uninstall_unit
-
-from ._errors import exit_on_error
+from cloud_server._unit import UNIT_NAME, default_executable, render_server_unit
+from protocol import exit_on_error, install_unit, uninstall_unit
 
 
 def install_service(
     root: Annotated[Path, typer.Option(help="Install under this root (default: the running system).")] = Path("/"),
     gpu: Annotated[bool, typer.Option(help="Let the service use the NVIDIA GPU (for the generator).")] = False,
+    broker_dir: Annotated[
+        Optional[Path], typer.Option(help="A secured fleet's broker folder (broker-config --out): made writable.")
+    ] = None,
+    user: Annotated[
+        Optional[str], typer.Option(help="Run as this user (a secured fleet: the broker's user); default: dynamic.")
+    ] = None,
     now: Annotated[bool, typer.Option(help="Also enable and start it (needs systemd as PID 1).")] = False,
 ) -> None:
     """Write genfl-server.service and print (or, with --now, run) the systemctl commands."""
     with exit_on_error():
-        done = install_unit(root, UNIT_NAME, render_server_unit(default_executable(), gpu=gpu), now=now)
+        text = render_server_unit(default_executable(), gpu=gpu, broker_dir=broker_dir, user=user)
+        done = install_unit(root, UNIT_NAME, text, now=now)
     for line in done.report(
         "wrote", ran=now, hint="serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:"
     ):

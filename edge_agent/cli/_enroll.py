@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,9 +16,7 @@ import typer
 from edge_agent._daemon import load_agent_config
 from edge_agent._enroll import EdgeHome, check_broker
 from edge_agent._enroll import enroll as enroll_board
-from protocol import ConfigError
-
-from ._errors import exit_on_error
+from protocol import ConfigError, exit_on_error
 
 HomeOption = Annotated[
     Optional[Path], typer.Option(help="Config, keys and state under this folder (or $GENFL_EDGE_HOME).")
@@ -26,7 +25,15 @@ HomeOption = Annotated[
 
 def enroll(
     server: Annotated[str, typer.Option(help="The fleet's broker, mqtts://HOST:8883.")],
-    token: Annotated[str, typer.Option(help="The token `genfl-server devices add` printed.")],
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The token `genfl-server devices add` printed; '-' reads it from stdin (keeps it out of ps)."
+        ),
+    ] = None,
+    token_file: Annotated[
+        Optional[Path], typer.Option(help="A file holding the token (keeps it out of ps and shell history).")
+    ] = None,
     data: Annotated[str, typer.Option(help="This board's data: digits, folder:PATH, zip:PATH, npz:PATH.")] = "digits",
     ca: Annotated[Optional[Path], typer.Option(help="The fleet CA (ca.crt) to pin; default: system CAs.")] = None,
     home: HomeOption = None,
@@ -36,10 +43,25 @@ def enroll(
     """Make this board's key pair, trade the single-use token for its identity, write its config (0600)."""
     with exit_on_error():
         where = EdgeHome.resolve(home)
-        settings = enroll_board(server, token, where, data=data, ca_file=ca, timeout_s=timeout, force=force)
+        text = _token_text(token, token_file)
+        settings = enroll_board(server, text, where, data=data, ca_file=ca, timeout_s=timeout, force=force)
         typer.echo(f"enrolled as {settings['device_id']} in fleet {settings['fleet']}")
         typer.echo(f"config: {where.config}  key: {where.key}  state: {where.state_dir}")
         typer.echo(f"next: genfl-edge run{'' if home is None else f' --home {home}'}")
+
+
+def _token_text(token: str | None, token_file: Path | None) -> str:
+    if (token is None) == (token_file is None):
+        raise ConfigError("give the token with exactly one of --token-file FILE, --token - (stdin) or --token TEXT")
+    if token_file is not None:
+        try:
+            return token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the token from {token_file}: {exc}") from exc
+    if token == "-":
+        return sys.stdin.readline().strip()
+    assert token is not None
+    return token
 
 
 def _directory_bytes(path: Path) -> int:
@@ -51,11 +73,30 @@ def _directory_bytes(path: Path) -> int:
     return total
 
 
+def _agent_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        agent = json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return agent if isinstance(agent, dict) else None
+
+
 def collect_status(config_path: Path) -> dict[str, Any]:
     settings = load_agent_config(config_path, {})
-    reachable, authenticated, why = check_broker(
-        settings.broker, settings.username, settings.password, settings.ca_file
+    agent = _agent_status(settings.state_dir)
+    pid = None if agent is None else agent.get("pid")
+    alive = (
+        agent is not None and isinstance(pid, int) and Path(f"/proc/{pid}").exists() and agent.get("state") != "stopped"
     )
+    fresh = alive and agent is not None and time.time() - float(agent.get("updated", 0) or 0) < 60
+    if fresh and agent is not None and agent.get("connected") is True:
+        # The broker makes the login the client id: a probe with the device's login would take over the
+        # running agent's session. The agent is logged in right now; that is the answer.
+        reachable, authenticated, why = True, True, ""
+    else:
+        reachable, authenticated, why = check_broker(
+            settings.broker, settings.username, settings.password, settings.ca_file
+        )
     status: dict[str, Any] = {
         "device_id": settings.device_id,
         "fleet": settings.fleet,
@@ -69,22 +110,15 @@ def collect_status(config_path: Path) -> dict[str, Any]:
         "disk_bytes": _directory_bytes(settings.state_dir),
         "disk_free_bytes": shutil.disk_usage(settings.state_dir).free if settings.state_dir.exists() else None,
     }
-    agent_file = settings.state_dir / "status.json"
-    try:
-        agent = json.loads(agent_file.read_text())
-    except (OSError, ValueError):
-        agent = None
     if agent is None:
         status.update(agent_running=False, last_round=None, last_outcome=None, model_held=None,
                       local_samples=None, pending_update_round=None, agent_rss_mb=None)  # fmt: skip
     else:
-        pid = agent.get("pid")
-        alive = isinstance(pid, int) and Path(f"/proc/{pid}").exists() and agent.get("state") != "stopped"
         outcome = agent.get("last_outcome")
         status.update(
             agent_running=alive,
             agent_state=agent.get("state"),
-            status_age_s=round(time.time() - float(agent.get("updated", 0)), 1),
+            status_age_s=round(time.time() - float(agent.get("updated", 0) or 0), 1),
             last_round=outcome[0] if outcome else agent.get("last_round"),
             last_outcome=outcome[1] if outcome else None,
             model_held=agent.get("model_held"),

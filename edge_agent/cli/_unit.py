@@ -7,10 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent._service import UNIT_NAME, EdgeUnit, default_executable, render_edge_unit
-from protocol import install_unit, uninstall_unit
-
-from ._errors import exit_on_error
+from edge_agent._unit import UNIT_NAME, EdgeUnit, default_executable, present_credentials, render_edge_unit
+from protocol import exit_on_error, install_unit, uninstall_unit
 
 
 def install_service(
@@ -21,10 +19,13 @@ def install_service(
 ) -> None:
     """Write genfl-edge.service and print (or, with --now, run) the systemctl commands."""
     with exit_on_error():
-        text = render_edge_unit(EdgeUnit(default_executable(), data=data, user=user))
+        unit = EdgeUnit(default_executable(), data=data, user=user, credentials=present_credentials(root))
+        text = render_edge_unit(unit)
         done = install_unit(root, UNIT_NAME, text, now=now)
     for line in done.report(
-        "wrote", ran=now, hint="settings go to /etc/genfl/edge.toml (device_id, fleet, broker, data); then run:"
+        "wrote",
+        ran=now,
+        hint="settings: /etc/genfl/edge.toml (written by `genfl-edge enroll` as root, or by hand); then run:",
     ):
         typer.echo(line)
 

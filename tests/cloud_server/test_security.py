@@ -37,28 +37,36 @@ TOPICS = Topics(FLEET)
 def test_a_token_redeems_once_and_unknown_or_expired_ones_are_refused(tmp_path: Path) -> None:
     registry = DeviceRegistry(tmp_path / "registry.sqlite3")
     key = public_key_text(generate_signing_key())
-    secret = registry.add_token("board-1", ttl_s=60)
-    assert secret not in (tmp_path / "registry.sqlite3").read_bytes().decode(errors="replace")  # only the hash
-    enrolled = registry.redeem(secret, key)
+    token = registry.add_token("board-1", ttl_s=60)
+    secret = token.secret
+    stored = (tmp_path / "registry.sqlite3").read_bytes().decode(errors="replace")
+    assert secret not in stored and token.enroll_password not in stored  # only hashes
+    assert registry.enrollment_users()[0][0] == token.enroll_user  # the token's own login, while it is pending
+    with pytest.raises(EnrollmentRefused, match="another enrollment login"):
+        registry.redeem(secret, key, enroll_user="enroll-000000000000")
+    enrolled = registry.redeem(secret, key, enroll_user=token.enroll_user)
+    assert registry.enrollment_users() == []  # used: its login is gone at the next sync
     assert enrolled.device_id == "board-1" and len(enrolled.broker_password) >= 24
     with pytest.raises(EnrollmentRefused, match="already used"):
         registry.redeem(secret, key)
     with pytest.raises(EnrollmentRefused, match="unknown"):
         registry.redeem("x" * 32, key)
     late = registry.add_token("board-2", ttl_s=1, now=time.time() - 10)
+    assert registry.enrollment_users() == []  # expired: no login either
     with pytest.raises(EnrollmentRefused, match="expired"):
-        registry.redeem(late, key)
+        registry.redeem(late.secret, key)
     with pytest.raises(ConfigError, match="already enrolled"):
         registry.add_token("board-1", ttl_s=60)
-    with pytest.raises(ConfigError, match="reserved"):
-        registry.add_token("genfl-server", ttl_s=60)
+    for reserved in ("genfl-server", "enroll-0123456789ab"):
+        with pytest.raises(ConfigError, match="reserved"):
+            registry.add_token(reserved, ttl_s=60)
     assert stat.S_IMODE((tmp_path / "registry.sqlite3").stat().st_mode) == 0o600
 
 
 def test_revocation_is_seen_by_another_connection_at_once(tmp_path: Path) -> None:
     serving = DeviceRegistry(tmp_path / "r.sqlite3")
     key = generate_signing_key()
-    serving.redeem(serving.add_token("a", 60), public_key_text(key))
+    serving.redeem(serving.add_token("a", 60).secret, public_key_text(key))
     assert serving.public_key("a") is not None
     with pytest.raises(ProtocolError, match="unknown-device"):
         serving.public_key("b")
@@ -69,13 +77,16 @@ def test_revocation_is_seen_by_another_connection_at_once(tmp_path: Path) -> Non
     assert serving.broker_users() == []
 
 
-def test_the_acl_confines_each_device_to_its_own_topics() -> None:
-    acl = render_acl("f", ["a", "b"])
+def test_the_acl_confines_each_device_and_each_token_login_to_its_own_topics() -> None:
+    acl = render_acl("f", ["a", "b"], ["enroll-aaaa"])
     a_block = acl.split("user a\n")[1].split("\n\n")[0]
     assert "topic write genfl/f/devices/a/update" in a_block
     assert "topic read genfl/f/devices/a/task" in a_block
     assert "devices/b" not in a_block and "#" not in a_block and "+" not in a_block
-    assert "pattern write genfl/f/enroll/%c/request" in acl
+    login = acl.split("user enroll-aaaa\n")[1].split("\n\n")[0]
+    assert login.splitlines() == ["topic write genfl/f/enroll/enroll-aaaa/request",
+                                  "topic read genfl/f/enroll/enroll-aaaa/reply"]  # fmt: skip
+    assert "pattern" not in acl and "%c" not in acl  # no rule shared by every user
     assert mosquitto_password_hash("pw", b"0" * 12).startswith("$7$101$")
 
 
@@ -97,12 +108,14 @@ def test_broker_config_keeps_secrets_owner_only(tmp_path: Path) -> None:
     assert setup.url == "mqtts://broker.example:8883"
     security = tmp_path / "state" / "security"
     assert stat.S_IMODE(security.stat().st_mode) == 0o700
-    for name in ("signing.key", "ca.key", "server.password", "enroll.password", "registry.sqlite3"):
+    for name in ("signing.key", "ca.key", "server.password", "registry.sqlite3"):
         assert stat.S_IMODE((security / name).stat().st_mode) == 0o600, name
     for name in ("server.key", "passwd", "acl"):
         assert stat.S_IMODE((tmp_path / "broker" / name).stat().st_mode) == 0o600, name
     conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 8883" in conf
+    assert "use_username_as_clientid true" in conf.split("listener 8883")[1]  # client ids belong to their users
+    assert f"max_packet_size {4 * 1024 * 1024}" in conf
     with pytest.raises(ConfigError, match="set up for fleet"):
         write_broker_config(tmp_path / "state", tmp_path / "broker", fleet="other", host="h")
 
@@ -142,7 +155,7 @@ def test_forged_and_replayed_updates_are_refused_and_a_revoked_update_is_withdra
     devices = {}
     for name in ("a", "b", "c"):
         device = SignedDevice(bus, name, server_key.public_key())
-        registry.redeem(registry.add_token(name, 60), public_key_text(device.key))
+        registry.redeem(registry.add_token(name, 60).secret, public_key_text(device.key))
         devices[name] = device
     a, b, c = devices["a"], devices["b"], devices["c"]
     clock = [0.0]

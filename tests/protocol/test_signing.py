@@ -88,11 +88,15 @@ def test_keys_are_written_owner_only_and_read_back(tmp_path: Path) -> None:
 
 
 def test_tokens_parse_and_bad_ones_say_what_they_should_look_like() -> None:
-    token = EnrollmentToken("fleet-1", "enrollpw", "s" * 32)
+    token = EnrollmentToken("fleet-1", "enroll-0123456789ab", "enrollpw", "s" * 32)
     assert EnrollmentToken.parse(token.text()) == token
-    for bad in ("", "gfl1:fleet", "gfl2:f:p:" + "s" * 32, "gfl1:bad/fleet:p:" + "s" * 32, "gfl1:f:p:short"):
+    assert "enrollpw" not in repr(token) and "sss" not in repr(token)
+    for bad in ("", "gfl2:fleet", "gfl3:f:u:p:" + "s" * 32, "gfl2:bad/fleet:u:p:" + "s" * 32, "gfl2:f:u:p:short",
+                "gfl2:f:bad/login:p:" + "s" * 32, "gfl2:f:u\n:p:" + "s" * 32):  # fmt: skip
         with pytest.raises(ConfigError):
             EnrollmentToken.parse(bad)
+    with pytest.raises(ConfigError, match="older server"):
+        EnrollmentToken.parse("gfl1:f:p:" + "s" * 32)
 
 
 def test_an_enrollment_reply_verifies_only_with_its_token_and_client_id() -> None:

@@ -7,121 +7,23 @@ real `genfl-server serve`, and enrolls boards with the real `genfl-edge enroll`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cloud_server._broker import free_port
 from cloud_server._pki import new_ca
-from edge_agent._daemon import load_agent_config
 from protocol import (
     BrokerAddress,
     BrokerRefused,
+    EnrollmentToken,
     MqttTransport,
     TransportError,
     generate_signing_key,
     sign_frame,
     verify_frame,
 )
-from tests.system._helpers import ENV, Processes, processes, query, wait_for
-
-
-@dataclass
-class SecuredFleet:
-    root: Path
-    fleet: str
-    port: int
-    group: Processes
-
-    @property
-    def state(self) -> Path:
-        return self.root / "server"
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.port}"
-
-    @property
-    def ca(self) -> Path:
-        return self.root / "broker" / "ca.crt"
-
-    def cli(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        module = "cloud_server" if program == "server" else "edge_agent"
-        done = subprocess.run(
-            [sys.executable, "-m", module, *args], capture_output=True, text=True, env=ENV, timeout=120
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"{program} {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
-        return done
-
-    def serve(self, *extra: str) -> None:
-        self.group.start("server", "-m", "cloud_server", "serve", "--state-dir", str(self.state), *extra)
-        wait_for(lambda: "serving fleet" in self.group.log("server"), 60, "the server to connect")
-
-    def enroll(self, name: str) -> Path:
-        token = self.cli("server", "devices", "add", name, "--state-dir", str(self.state)).stdout.strip()
-        home = self.root / f"home-{name}"
-        self.cli("edge", "enroll", "--server", self.url, "--token", token, "--ca", str(self.ca), "--home", str(home))
-        return home
-
-    def login(self, home: Path) -> tuple[str, str]:
-        settings = load_agent_config(home / "edge.toml", {})
-        assert settings.username is not None and settings.password is not None
-        return settings.username, settings.password
-
-    def secret(self, name: str) -> str:
-        return (self.state / "security" / name).read_text().strip()
-
-    def client(self, name: str, username: str | None, password: str | None, ca: Path | None = None) -> MqttTransport:
-        transport = MqttTransport(
-            BrokerAddress.parse(self.url), f"{name}-{os.getpid()}", username=username, password=password,
-            ca_file=ca or self.ca, session_expiry_s=0,
-        )  # fmt: skip
-        transport.connect(timeout_s=10)
-        return transport
-
-
-@pytest.fixture
-def secured(tmp_path: Path, fleet: str) -> Iterator[SecuredFleet]:
-    mosquitto = shutil.which("mosquitto")
-    if mosquitto is None:
-        if os.environ.get("GENFL_REQUIRE_MOSQUITTO") == "1":
-            pytest.fail("no mosquitto on PATH, and GENFL_REQUIRE_MOSQUITTO=1")
-        pytest.skip("no mosquitto on PATH; GENFL_REQUIRE_MOSQUITTO=1 makes this a failure")
-    with processes(tmp_path) as group:
-        setup = SecuredFleet(tmp_path, fleet, free_port(), group)
-        setup.cli(
-            "server", "broker-config", "--out", str(tmp_path / "broker"), "--host", "127.0.0.1",
-            "--port", str(setup.port), "--state-dir", str(setup.state), "--fleet", fleet,
-        )  # fmt: skip
-        log = open(tmp_path / "mosquitto.log", "ab")  # noqa: SIM115 - closed right after the start
-        broker = subprocess.Popen([mosquitto, "-c", str(tmp_path / "broker" / "mosquitto.conf")], stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
-        log.close()
-        group.running["mosquitto"] = broker
-        wait_for(lambda: (tmp_path / "broker" / "mosquitto.pid").exists(), 20, "mosquitto to start")
-        time.sleep(0.3)
-        yield setup
-
-
-def _collect(transport: MqttTransport) -> list[tuple[str, bytes]]:
-    received: list[tuple[str, bytes]] = []
-    transport.set_handler(lambda topic, payload: received.append((topic, payload)))
-    return received
-
-
-def _pump(seconds: float, *transports: MqttTransport) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for transport in transports:
-            transport.poll(0.02)
+from tests.system._helpers import query, wait_for
+from tests.system._secured import SecuredFleet, collect, pump
 
 
 def test_enroll_then_status_then_run_take_part_in_a_signed_round(secured: SecuredFleet) -> None:
@@ -137,7 +39,7 @@ def test_enroll_then_status_then_run_take_part_in_a_signed_round(secured: Secure
                 "--home", str(secured.root / "home-c"))  # fmt: skip
     reused = secured.cli("edge", "enroll", "--server", secured.url, "--token", token_again, "--ca", str(secured.ca),
                          "--home", str(secured.root / "home-d"), check=False)  # fmt: skip
-    assert reused.returncode != 0 and "already used" in reused.stderr
+    assert reused.returncode == 6 and "already used, has expired" in reused.stderr  # its login died with it
     # Execute: status before the agent runs
     before = json.loads(secured.cli("edge", "status", "--home", str(homes["board-a"]), "--json").stdout)
     # Assert
@@ -167,7 +69,7 @@ def test_enroll_then_status_then_run_take_part_in_a_signed_round(secured: Secure
                and rows[d]["last_update_norm"] > 0 for d in ("board-a", "board-b"))  # fmt: skip
     assert rows["board-c"]["rounds"] == 0 and not rows["board-c"]["online"]
     # Assert: no secret in any log
-    secrets = [secured.secret("server.password"), secured.secret("enroll.password"), token_again.split(":")[-1]]
+    secrets = [secured.secret("server.password"), token_again.split(":")[-2], token_again.split(":")[-1]]
     secrets += [secured.login(home)[1] for home in homes.values()]
     for log_name in ("server", "board-a", "board-b"):
         text = secured.group.log(log_name)
@@ -175,22 +77,23 @@ def test_enroll_then_status_then_run_take_part_in_a_signed_round(secured: Secure
 
 
 def test_acls_confine_devices_and_the_enrollment_user(secured: SecuredFleet) -> None:
-    # Prepare: two enrolled boards (no agents), the server's own login as the observer
+    # Prepare: two enrolled boards (no agents), an operator's read-only login as the observer
     secured.serve("--rounds", "1", "--min-devices", "5")
     user_a, password_a = secured.login(secured.enroll("a"))
     user_b, password_b = secured.login(secured.enroll("b"))
     root = f"genfl/{secured.fleet}"
-    server = secured.client("observer", "genfl-server", secured.secret("server.password"))
+    pending = EnrollmentToken.parse(secured.token("c"))  # a pending token's own login
+    server = secured.observer()
     a = secured.client("a-attacker", user_a, password_a)
     b = secured.client("b-honest", user_b, password_b)
-    enroller = secured.client("enroller", "genfl-enroll", secured.secret("enroll.password"))
-    seen_by = {name: _collect(t) for name, t in (("server", server), ("a", a), ("b", b), ("enroll", enroller))}
+    enroller = secured.client(pending.enroll_user, pending.enroll_user, pending.enroll_password)
+    seen_by = {name: collect(t) for name, t in (("server", server), ("a", a), ("b", b), ("enroll", enroller))}
     server.subscribe(f"{root}/#")
     b.subscribe(f"{root}/devices/b/task")
     for spy in (a, enroller):
         for topic_filter in (f"{root}/devices/b/task", f"{root}/devices/+/task", f"{root}/#", "#"):
             spy.subscribe(topic_filter)
-    _pump(0.5, server, a, b, enroller)
+    pump(0.5, server, a, b, enroller)
     # Execute
     server.publish(f"{root}/devices/b/task", b"for b only")
     a.publish(f"{root}/devices/b/update", b"a forging b")
@@ -198,8 +101,8 @@ def test_acls_confine_devices_and_the_enrollment_user(secured: SecuredFleet) -> 
     enroller.publish(f"{root}/devices/a/update", b"enroller forging a")
     enroller.publish(f"{root}/enroll/other-client/request", b"enroller on another client's topic")
     a.publish(f"{root}/devices/a/update", b"a on its own topic")  # the controls: these do arrive
-    enroller.publish(f"{root}/enroll/{enroller.client_id}/request", b"enroller on its own topic")
-    _pump(2.0, server, a, b, enroller)
+    enroller.publish(f"{root}/enroll/{pending.enroll_user}/request", b"enroller on its own topic")
+    pump(2.0, server, a, b, enroller)
     # Assert
     payloads = {name: [p for _, p in got] for name, got in seen_by.items()}
     assert b"for b only" in payloads["b"]
@@ -249,18 +152,18 @@ def test_forged_and_replayed_updates_are_counted_and_a_revoked_device_is_cut_off
     secured.serve("--rounds", "2", "--min-devices", "2", "--local-epochs", "1", "--round-timeout", "300")
     homes = {name: secured.enroll(name) for name in ("a", "b")}
     root = f"genfl/{secured.fleet}"
-    observer = secured.client("observer", "genfl-server", secured.secret("server.password"))
+    observer = secured.observer()
     a_updates: list[bytes] = []
     observer.set_handler(lambda topic, payload: a_updates.append(payload))
     observer.subscribe(f"{root}/devices/a/update")
-    _pump(0.3, observer)
+    pump(0.3, observer)
     for name, home in homes.items():
         secured.group.start(name, "-m", "edge_agent", "run", "--home", str(home))
     db = secured.state / "state.sqlite3"
     while not query(db, "SELECT 1 FROM rounds WHERE round = 1 AND closed IS NOT NULL"):
-        _pump(0.2, observer)
+        pump(0.2, observer)
         assert secured.group.running["server"].poll() is None, secured.group.log("server")[-3000:]
-    _pump(0.3, observer)
+    pump(0.3, observer)
     assert a_updates, "a's round 1 update was not seen"
     # Execute: as a (its own valid login), a forged update and a replay of a's round-1 update
     user_a, password_a = secured.login(homes["a"])
