@@ -13,17 +13,30 @@ rounding happens per term, before the sum, and cannot depend on order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from protocol import ProtocolError, TensorDict
 
-__all__ = ["FIXED_POINT_BITS", "WeightedDeltaSum", "apply_delta", "check_update_shapes", "weighted_average"]
+__all__ = [
+    "FIXED_POINT_BITS",
+    "WeightedDeltaSum",
+    "apply_delta",
+    "check_update_shapes",
+    "l2_norm",
+    "weighted_average",
+]
 
 FIXED_POINT_BITS = 24
 _SCALE = float(2**FIXED_POINT_BITS)
 _MAX_TERM = float(2**47)  # per term; 2**16 terms still fit in int64
+
+
+def l2_norm(delta: Mapping[str, np.ndarray]) -> float:
+    """The L2 norm of all tensors of a delta together (float64)."""
+    return math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in delta.values()))
 
 
 def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> TensorDict:

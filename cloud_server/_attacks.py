@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 
 import numpy as np
 
 from protocol import ConfigError, TensorDict
 
-__all__ = ["ATTACKS", "make_attack"]
+__all__ = ["ATTACKS", "Attack", "make_attack"]
 
-ATTACKS = ("scale", "sign-flip", "noise")
+
+class Attack(str, Enum):
+    """A simulated device's corruption of its update."""
+
+    SCALE = "scale"
+    SIGN_FLIP = "sign-flip"
+    NOISE = "noise"
+
+
+ATTACKS = tuple(a.value for a in Attack)
 
 
 def make_attack(name: str, seed: int) -> Callable[[TensorDict], TensorDict]:

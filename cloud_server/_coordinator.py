@@ -26,6 +26,7 @@ import numpy as np
 
 from protocol import (
     DEFAULT_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
     Ack,
     BlobRequest,
     BlobStore,
@@ -50,8 +51,9 @@ from protocol import (
     iter_chunks,
 )
 
-from ._aggregation import WeightedDeltaSum, check_update_shapes
+from ._aggregation import WeightedDeltaSum, check_update_shapes, l2_norm
 from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
+from ._limits import ByteBudget
 from ._strategy import Accumulator, Strategy
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundResult"]
@@ -70,17 +72,22 @@ class CoordinatorConfig:
     round_timeout_s: float = 600.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_norm: float | None = None  # reject updates whose L2 norm is larger
+    # A device's weight (its claimed sample count) is capped at this many times the median claim of the
+    # round's picked devices, so that no device decides the average by what it claims. None: no cap.
+    max_weight_ratio: float | None = 5.0
 
     def __post_init__(self) -> None:
         if self.max_update_norm is not None and not self.max_update_norm > 0:
             raise ConfigError("the update norm bound must be positive")
+        if self.max_weight_ratio is not None and not self.max_weight_ratio >= 1.0:
+            raise ConfigError(f"the weight cap ratio must be at least 1, got {self.max_weight_ratio}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.min_devices < 1:
             raise ConfigError(f"min devices must be at least 1, got {self.min_devices}")
         if self.round_timeout_s <= 0:
             raise ConfigError("round timeout must be positive")
-        if not 1024 <= self.chunk_size <= 256 * 1024 * 1024:
+        if not MIN_CHUNK_SIZE <= self.chunk_size <= 256 * 1024 * 1024:
             raise ConfigError(f"chunk size must be 1 KiB..256 MiB, got {self.chunk_size}")
 
 
@@ -106,6 +113,8 @@ class RoundResult:
     bytes_down: int
     generator_s: float = 0.0  # GenFL: server seconds spent generating and learning the generator
     synthetic_bytes: int = 0  # GenFL: synthetic data sent to devices this round, all devices together
+    # The model the round started from, on the devices' own data (their reports before training, weighted)
+    device_accuracy: float | None = None
 
 
 @dataclass
@@ -119,15 +128,32 @@ class _OpenRound:
     accepted: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     train_loss_sum: float = 0.0
+    train_accuracy_sum: float = 0.0  # weighted: how well the devices' models fit their own data
     synthetic: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (blob id, size)
+    weight_cap: int | None = None  # no update counts more than this many samples
+    evaluated: tuple[float, int] = (0.0, 0)  # sum of weight x accuracy the devices reported, sum of weights
+    budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
+
+    def weight(self, claimed: int) -> int:
+        return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
 
     @property
     def answered(self) -> set[str]:
         return self.accepted | self.failed
 
 
-def _norm(delta: TensorDict) -> float:
-    return math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in delta.values()))
+def weight_cap(claims: list[int], ratio: float | None) -> int | None:
+    """``ratio`` times the median claimed sample count (at least 1); None without a ratio or claims."""
+    if ratio is None or not claims:
+        return None
+    return max(1, math.ceil(ratio * float(np.median(claims))))
+
+
+def _scaled_counts(counts: tuple[float, ...] | None, claimed: int, weight: int) -> tuple[float, ...] | None:
+    """Label counts scaled with a capped weight, so that they keep adding up to what the device counts for."""
+    if counts is None or weight == claimed or claimed == 0:
+        return counts
+    return tuple(c * weight / claimed for c in counts)
 
 
 class Coordinator:
@@ -190,10 +216,12 @@ class Coordinator:
     def _restore(self, record: OpenRoundRecord) -> None:
         """Re-open a round from the journal, adding its accepted updates to a fresh accumulator."""
         current = self._new_round(record.number, record.configs, record.started)
+        current.weight_cap = record.weight_cap
         for update in record.accepted:
             current.updates.add(decode_tensors(update.delta), update.num_samples, key=update.device_id)
             current.accepted.add(update.device_id)
             current.train_loss_sum += update.train_loss * update.num_samples
+            current.train_accuracy_sum += update.train_accuracy * update.num_samples
         current.failed = set(record.failed)
         self._open = current
         log.info(
@@ -238,14 +266,25 @@ class Coordinator:
                 else:
                     raise ProtocolError("unexpected-channel", parsed.channel)
         except ProtocolError as exc:
-            self.rejected[exc.reason] += 1
-            self._journal.rejected(exc.reason)
+            self.count_rejected(exc.reason)
             log.warning("rejected a message on %s: %s", topic[:120], exc)
+        except Exception:  # a bug or an input nobody foresaw: drop this message, keep serving the fleet
+            self.count_rejected("internal-error")
+            log.exception("dropped a message on %s after an unexpected error", topic[:120])
         self.tick()
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        self._journal.rejected(reason)
 
     def _on_state(self, device_id: str, state: DeviceState) -> None:
         if state.device_id != device_id:
             raise ProtocolError("wrong-device", f"state for {state.device_id} on {device_id}'s topic")
+        if state.label_counts is not None:
+            total = math.fsum(state.label_counts)
+            if min(state.label_counts) < 0 or abs(total - state.num_samples) > 0.01 * state.num_samples + 1:
+                raise ProtocolError("bad-label-counts", f"{device_id}'s counts add up to {total:.0f}, "
+                                    f"not its {state.num_samples} samples")  # fmt: skip
         record = self.devices.get(device_id)
         if record is None:
             record = self.devices[device_id] = DeviceRecord(device_id, False, 0, None)
@@ -263,11 +302,27 @@ class Coordinator:
             self._publish_tasks(current, [device_id])
 
     def _on_blob_request(self, device_id: str, request: BlobRequest) -> None:
+        """Send the chunks asked for, of a blob the device's task names only, within its byte budget."""
+        current = self._open
+        if current is None or device_id not in current.configs or device_id in current.answered:
+            raise ProtocolError("unwanted-blob", f"{device_id} has no task that needs blobs")
+        named = {self.global_id: len(self._global_blob)}
+        if device_id in current.synthetic:
+            synthetic_id, synthetic_size = current.synthetic[device_id]
+            named[synthetic_id] = synthetic_size
+        if request.blob_id not in named:
+            raise ProtocolError("unwanted-blob", f"{request.blob_id[:12]} is not named in {device_id}'s task")
         if not self._store.has(request.blob_id):
             raise ProtocolError("unknown-blob", request.blob_id[:12])
+        budget = current.budgets.get(device_id)
+        if budget is None:
+            budget = current.budgets[device_id] = ByteBudget.for_task(sum(named.values()), self._clock())
         data = self._store.get(request.blob_id)
+        chunks = list(iter_chunks(data, self.config.chunk_size, request.chunks))
+        if not budget.take(sum(len(c.data) for c in chunks), self._clock()):
+            raise ProtocolError("rate-limited", f"{device_id} asked for {request.blob_id[:12]} too often")
         topic = self.topics.device(device_id, "blob/chunk")
-        for chunk in iter_chunks(data, self.config.chunk_size, request.chunks):
+        for chunk in chunks:
             self.transport.publish(topic, self._guard.seal(encode_message(chunk)))
 
     def _check_round(self, device_id: str, claimed_device: str, round_number: int) -> _OpenRound:
@@ -299,8 +354,9 @@ class Coordinator:
         if device_id in current.accepted:
             self._ack(device_id, update.round, True, "duplicate")  # QoS 1 redelivery: ack again, count once
             return
+        weight = current.weight(update.num_samples)
         try:
-            delta, norm = self._validate(update, current.configs[device_id].codec)
+            delta, norm = self._validate(update, current.configs[device_id].codec, weight)
         except ProtocolError as exc:
             # The device answered, with something unusable: the round need not wait for it.
             if device_id not in current.failed:
@@ -310,7 +366,7 @@ class Coordinator:
             raise
         record = AcceptedUpdate(
             device_id=device_id,
-            num_samples=update.num_samples,
+            num_samples=weight,  # what it counts for: the claim, capped
             train_loss=update.train_loss,
             train_accuracy=update.train_accuracy,
             norm=norm,
@@ -321,9 +377,14 @@ class Coordinator:
         except GenflError as exc:
             log.error("could not persist %s's update for round %d, not acknowledged: %s", device_id, update.round, exc)
             return
-        current.updates.add(delta, update.num_samples, key=device_id)
+        current.updates.add(delta, weight, key=device_id)
         current.accepted.add(device_id)
-        current.train_loss_sum += update.train_loss * update.num_samples
+        current.train_loss_sum += update.train_loss * weight
+        current.train_accuracy_sum += update.train_accuracy * weight
+        if update.eval_accuracy is not None:
+            total, weights = current.evaluated
+            current.evaluated = (total + update.eval_accuracy * weight, weights + weight)
+
         self._accepted_frames[frame_digest] = update.round
         if device_id in self.devices:
             self.devices[device_id].rounds += 1
@@ -331,11 +392,11 @@ class Coordinator:
         if self._on_update_accepted is not None:
             self._on_update_accepted(device_id)
         log.info(
-            "round %d: update from %s accepted (%d samples, norm %.3g, %d/%d)",
-            update.round, device_id, update.num_samples, record.norm, len(current.accepted), len(current.configs),
+            "round %d: update from %s accepted (weight %d, norm %.3g, %d/%d)",
+            update.round, device_id, weight, record.norm, len(current.accepted), len(current.configs),
         )  # fmt: skip
 
-    def _validate(self, update: Update, codec: str) -> tuple[TensorDict, float]:
+    def _validate(self, update: Update, codec: str, weight: int) -> tuple[TensorDict, float]:
         """Decode and check an update against the global model: its delta and L2 norm, or ProtocolError."""
         if update.base_model_id != self.global_id:
             raise ProtocolError("stale-base", f"update built on {update.base_model_id[:12]}")
@@ -344,8 +405,8 @@ class Coordinator:
         delta = decode_delta(update.delta, update.codec, self.global_state)
         check_update_shapes(self.global_state, delta)
         probe = WeightedDeltaSum(self.global_state)
-        probe.add(delta, update.num_samples)  # the fixed-point range check
-        norm = _norm(delta)
+        probe.add(delta, weight)  # the fixed-point range check
+        norm = l2_norm(delta)
         if self.config.max_update_norm is not None and norm > self.config.max_update_norm:
             raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {self.config.max_update_norm:.3g}")
         return delta, norm
@@ -393,11 +454,12 @@ class Coordinator:
             record = self._journal.resume()
             kept = [] if record is None or record.open_round is None else record.open_round.accepted
             current.updates = self.strategy.new_accumulator(self.global_state)
-            current.train_loss_sum = 0.0
+            current.train_loss_sum = current.train_accuracy_sum = 0.0
             for update in kept:
                 if update.device_id != device_id:
                     current.updates.add(decode_tensors(update.delta), update.num_samples, key=update.device_id)
                     current.train_loss_sum += update.train_loss * update.num_samples
+                    current.train_accuracy_sum += update.train_accuracy * update.num_samples
             current.accepted.discard(device_id)
             self._journal.update_withdrawn(current.number, device_id)
         if device_id not in current.failed:
@@ -429,11 +491,18 @@ class Coordinator:
 
     def _open_round(self, number: int) -> None:
         configs = self.strategy.configure_round(number, self.online_devices())
-        picked = {d: (self.devices[d].num_samples, self.devices[d].label_counts) for d in configs}
+        cap = weight_cap([self.devices[d].num_samples for d in configs], self.config.max_weight_ratio)
+        picked = {}
+        for device_id in configs:
+            record = self.devices[device_id]
+            weight = record.num_samples if cap is None else min(record.num_samples, cap)
+            picked[device_id] = (weight, _scaled_counts(record.label_counts, record.num_samples, weight))
         configs, batches = self.strategy.synthetic_batches(number, configs, picked)
         current = self._new_round(number, configs, self._clock())
+        current.weight_cap = cap
         current.synthetic = {d: (self._store.put(blob), len(blob)) for d, blob in batches.items()}
-        self._journal.round_opened(number, current.started, self.global_id, configs)
+
+        self._journal.round_opened(number, current.started, self.global_id, configs, cap)
         self._open = current
         self.round_number = number
         log.info("round %d: %d devices picked", number, len(configs))
@@ -444,6 +513,7 @@ class Coordinator:
     def _publish_tasks(self, current: _OpenRound, device_ids: list[str]) -> None:
         for device_id in device_ids:
             synthetic_id, synthetic_size = current.synthetic.get(device_id, (None, 0))
+
             task = Task(
                 round=current.number,
                 device_id=device_id,
@@ -458,6 +528,11 @@ class Coordinator:
 
     def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
         accepted = len(current.accepted)
+        total, weights = current.evaluated
+        device_accuracy = total / weights if weights else None
+        weight = current.updates.total_weight
+        teacher_accuracy = current.train_accuracy_sum / weight if weight else None
+        self.strategy.round_evaluated(current.number, device_accuracy, teacher_accuracy)
         if accepted >= self.config.min_devices:
             new_state = self.strategy.aggregate_round(self.global_state, current.updates)
             if all(np.isfinite(value).all() for value in new_state.values() if value.dtype.kind == "f"):
@@ -476,6 +551,7 @@ class Coordinator:
             log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
         for blob, _ in current.synthetic.values():
             self._store.discard(blob)  # a synthetic batch is for one round only
+
         generator_s, synthetic_bytes = self.strategy.round_stats()
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
         result = RoundResult(
@@ -490,6 +566,7 @@ class Coordinator:
             bytes_down=self.transport.bytes_sent - current.bytes_down_at_start,
             generator_s=generator_s,
             synthetic_bytes=sum(synthetic_bytes.values()),
+            device_accuracy=device_accuracy,
         )
         self._journal.round_closed(
             current.number,

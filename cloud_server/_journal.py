@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, started REAL NOT NULL, closed REAL, base_model TEXT NOT NULL, new_model TEXT,
     configs TEXT NOT NULL, accepted INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
-    total_weight INTEGER NOT NULL DEFAULT 0, timed_out INTEGER, accuracy REAL, loss REAL, train_loss REAL
+    total_weight INTEGER NOT NULL DEFAULT 0, timed_out INTEGER, accuracy REAL, loss REAL, train_loss REAL,
+    weight_cap INTEGER
 );
 CREATE TABLE IF NOT EXISTS updates (
     round INTEGER NOT NULL, device_id TEXT NOT NULL, num_samples INTEGER NOT NULL, train_loss REAL NOT NULL,
@@ -71,6 +72,7 @@ class OpenRoundRecord:
     configs: dict[str, TrainConfig]
     accepted: list[AcceptedUpdate]
     failed: set[str]
+    weight_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ class Journal:
         self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None
     ) -> None: ...
 
-    def round_opened(self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig]) -> None: ...
+    def round_opened(
+        self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig], weight_cap: int | None
+    ) -> None: ...
 
     def update_accepted(self, round_number: int, update: AcceptedUpdate) -> None: ...
 
@@ -130,6 +134,9 @@ class SqliteJournal(Journal):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
+            if "weight_cap" not in columns:  # a state dir from before the weight cap
+                self._db.execute("ALTER TABLE rounds ADD COLUMN weight_cap INTEGER")
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot use state dir {state_dir}: {exc}") from exc
 
@@ -163,11 +170,11 @@ class SqliteJournal(Journal):
             raise GenflError(f"state dir {self.state_dir}: the checkpoint of model {current[:12]} is missing")
         blob = checkpoint.read_bytes()
         row = self._db.execute(
-            "SELECT round, started, closed, configs FROM rounds ORDER BY round DESC LIMIT 1"
+            "SELECT round, started, closed, configs, weight_cap FROM rounds ORDER BY round DESC LIMIT 1"
         ).fetchone()
         if row is None:
             return ResumePoint(blob, 0, None)
-        number, started, closed, configs_json = row
+        number, started, closed, configs_json, cap = row
         if closed is not None:
             return ResumePoint(blob, int(number), None)
         configs = {d: TrainConfig(**c) for d, c in json.loads(configs_json).items()}
@@ -180,7 +187,10 @@ class SqliteJournal(Journal):
             )
         ]
         failed = {d for (d,) in self._db.execute("SELECT device_id FROM failures WHERE round = ?", (number,))}
-        return ResumePoint(blob, int(number), OpenRoundRecord(int(number), float(started), configs, accepted, failed))
+        record = OpenRoundRecord(
+            int(number), float(started), configs, accepted, failed, None if cap is None else int(cap)
+        )
+        return ResumePoint(blob, int(number), record)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -216,13 +226,16 @@ class SqliteJournal(Journal):
             now,
         )
 
-    def round_opened(self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig]) -> None:
+    def round_opened(
+        self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig], weight_cap: int | None
+    ) -> None:
         self._write(
-            "INSERT INTO rounds (round, started, base_model, configs) VALUES (?, ?, ?, ?)",
+            "INSERT INTO rounds (round, started, base_model, configs, weight_cap) VALUES (?, ?, ?, ?, ?)",
             number,
             started,
             base_model,
             json.dumps({d: asdict(c) for d, c in configs.items()}),
+            weight_cap,
         )
 
     def update_accepted(self, round_number: int, update: AcceptedUpdate) -> None:

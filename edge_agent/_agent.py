@@ -21,10 +21,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from protocol import (
+    MIN_CHUNK_SIZE,
     Ack,
     BlobAssembler,
     BlobChunk,
@@ -40,9 +42,12 @@ from protocol import (
     Transport,
     Update,
     atomic_write,
+    chunk_count,
     decode_message,
     encode_message,
 )
+
+from ._policy import TaskPolicy
 
 __all__ = ["AgentCore", "TrainingDone", "TrainingRunner"]
 
@@ -70,6 +75,7 @@ class AgentCore:
         label_counts: tuple[float, ...] | None = None,
         pending_path: Path | None = None,
         guard: FrameGuard | None = None,
+        policy: TaskPolicy | None = None,
     ) -> None:
         self.device_id = device_id
         self.guard = guard or OpenGuard()  # signs what we send, checks the server signed what we get
@@ -89,6 +95,8 @@ class AgentCore:
         self._pending_path = pending_path
         self._assembler: BlobAssembler | None = None
         self.accepting_tasks = True
+        self.policy = policy  # what this device agrees to train; None: anything the server asks
+        self._refused: Failure | None = None  # the refusal of the current task, sent again if it is repeated
         transport.set_handler(self.on_message)
         transport.set_reconnect_handler(self._on_reconnect)
 
@@ -137,6 +145,9 @@ class AgentCore:
         except ProtocolError as exc:
             self.rejected[exc.reason] += 1
             log.warning("device %s rejected a message on %s: %s", self.device_id, topic[:120], exc)
+        except Exception:  # a bug or an input nobody foresaw: drop this message, keep the agent running
+            self.rejected["internal-error"] += 1
+            log.exception("device %s dropped a message on %s after an unexpected error", self.device_id, topic[:120])
 
     # -- pending update ------------------------------------------------------------------------
 
@@ -195,6 +206,14 @@ class AgentCore:
         if current is not None and current.synthetic_id is not None and current.synthetic_id != task.synthetic_id:
             self.store.discard(current.synthetic_id)  # last round's synthetic batch is spent
         self.current_task = task
+        self._refused = None
+        refusal = None if self.policy is None else self.policy.refusal(task.config, self.num_samples)
+        if refusal is not None:
+            log.warning("device %s: refusing the task of round %d: %s", self.device_id, task.round, refusal)
+            self.last_outcome = (task.round, f"refused: {refusal}")
+            self._refused = Failure(round=task.round, device_id=self.device_id, reason=f"policy: {refusal}")
+            self._send_failure(self._refused)
+            return
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
         self._fetch_or_train(task)
 
@@ -212,7 +231,9 @@ class AgentCore:
 
     def _on_repeated_task(self, task: Task) -> None:
         """The server asked again (it restarted, or a message was lost): resume where we are."""
-        if self.pending is not None and self.pending_round == task.round:
+        if self._refused is not None:
+            self._send_failure(self._refused)
+        elif self.pending is not None and self.pending_round == task.round:
             self._send_pending(time.monotonic())
         elif not self.training:
             for ident in self._blobs_of(task):
@@ -232,6 +253,18 @@ class AgentCore:
             raise ProtocolError("unwanted-chunk", chunk.blob_id[:12])
         if self.store.has(chunk.blob_id) or self.training:
             return  # a duplicate after completion
+        sizes = {task.model_id: task.model_size}
+        if task.synthetic_id is not None:
+            sizes[task.synthetic_id] = task.synthetic_size
+        announced = sizes[chunk.blob_id]
+        # Checked before anything is allocated: the size the task announced, and no more chunks than
+        # the smallest chunk size the server may use allows (a hostile count would make us track 2**31 parts).
+        if chunk.total_size != announced:
+            raise ProtocolError(
+                "bad-chunk", f"blob {chunk.blob_id[:12]} of {chunk.total_size} B, the task said {announced}"
+            )
+        if chunk.count > chunk_count(announced, MIN_CHUNK_SIZE) or len(chunk.data) > announced:
+            raise ProtocolError("bad-chunk", f"{chunk.count} chunks for a blob of {announced} B")
         if self._assembler is None or self._assembler.blob_id != chunk.blob_id:
             self._assembler = BlobAssembler(self.store, chunk.blob_id, chunk.count, chunk.total_size)
         if self._assembler.add(chunk):
@@ -248,13 +281,14 @@ class AgentCore:
         if isinstance(outcome, str):
             log.error("device %s: training for round %d failed: %s", self.device_id, task.round, outcome)
             self.last_outcome = (task.round, f"failed: {outcome[:200]}")
-            failure = Failure(round=task.round, device_id=self.device_id, reason=outcome[:2000])
-            self.transport.publish(
-                self.topics.device(self.device_id, "update"), self.guard.seal(encode_message(failure))
-            )
+            self._send_failure(Failure(round=task.round, device_id=self.device_id, reason=outcome[:2000]))
             return
-        self._keep(task.round, encode_message(outcome))
+        # The weight it asks for is the count it announced (noised, if this device noises it).
+        self._keep(task.round, encode_message(replace(outcome, num_samples=self.num_samples)))
         self._send_pending(time.monotonic())
+
+    def _send_failure(self, failure: Failure) -> None:
+        self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(encode_message(failure)))
 
     def _on_ack(self, ack: Ack) -> None:
         if self.pending is None or ack.round != self.pending_round:

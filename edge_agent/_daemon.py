@@ -8,7 +8,7 @@ State directory layout::
     STATE_DIR/status.json           what ``genfl-edge status`` shows, rewritten every few seconds
 
 Signals: the first SIGTERM (or SIGINT) stops taking tasks, lets a running
-worker finish within ``stop_grace_s`` (its update is sent, and kept on disk
+worker finish within ``stop_grace`` (its update is sent, and kept on disk
 until acknowledged), publishes the offline state and exits 0. A second signal
 stops the worker at once. Every file write is temp-file + rename.
 """
@@ -40,6 +40,7 @@ from protocol import (
     Topics,
     TransportError,
     Will,
+    atomic_write,
     encode_message,
     load_signing_key,
     public_key_from_text,
@@ -48,7 +49,8 @@ from protocol import (
 
 from ._agent import AgentCore
 from ._gate import GatedRunner, TrainWindow
-from ._privacy import released_label_counts
+from ._policy import TaskPolicy
+from ._privacy import released_label_counts, released_sample_count, scaled_to_total
 from ._process_runner import WorkerRunner, describe_data
 
 __all__ = ["AgentConfig", "load_agent_config", "run_agent"]
@@ -64,16 +66,23 @@ class AgentConfig:
     fleet: str = "default"
     broker: str = "mqtt://127.0.0.1:1883"
     data_dir: Path = Path("data")
-    worker: str = "per-task"
+    worker: str = "per-task"  # per-task (a board), persistent, or pool (many agents on one host)
+    pool_socket: Path | None = None  # --worker pool: the socket of `python -m edge_agent.pool`
     torch_device: str = "cpu"
     share_label_counts: bool = False
     label_noise: float | None = None  # epsilon: share the label counts with Laplace noise (epsilon-DP)
-    backoff_cap_s: float = 60.0
-    status_every_s: float = 5.0
-    stop_grace_s: float = 30.0
+    backoff_cap: float = 60.0  # seconds: the longest wait between reconnects
+    status_interval: float = 5.0  # seconds between status.json rewrites
+    stop_grace: float = 30.0  # seconds a running training may finish on stop
     train_window: str | None = None  # "22:00-06:00", local time
-    min_free_memory_mb: float = 0.0
-    resend_after_s: float = 60.0  # re-send an update nobody acknowledged
+    min_free_memory: float = 0.0  # MB that must be free to start a worker
+    resend_after: float = 60.0  # seconds: re-send an update nobody acknowledged
+    # What this device agrees to train (see edge_agent._policy): tasks outside it are refused.
+    min_batch_size: int = TaskPolicy.min_batch_size
+    min_local_steps: int = TaskPolicy.min_local_steps
+    allowed_codecs: tuple[str, ...] = TaskPolicy.allowed_codecs
+    require_qat: bool = TaskPolicy.require_qat
+    sample_count_noise: float | None = None  # epsilon: report the sample count with Laplace noise
     # A secured fleet (written by `genfl-edge enroll`): broker login, the CA the broker's certificate must
     # chain to, this board's signing key and the server's pinned public key.
     username: str | None = None
@@ -86,20 +95,30 @@ class AgentConfig:
         validate_name("device id", self.device_id)
         validate_name("fleet", self.fleet)
         BrokerAddress.parse(self.broker)
-        if self.worker not in ("per-task", "persistent"):
-            raise ConfigError(f"worker must be per-task or persistent, got {self.worker!r}")
-        if self.backoff_cap_s < 1:
+        if self.worker not in ("per-task", "persistent", "pool"):
+            raise ConfigError(f"worker must be per-task, persistent or pool, got {self.worker!r}")
+        if (self.worker == "pool") != (self.pool_socket is not None):
+            raise ConfigError("--worker pool goes with --pool-socket PATH (and --pool-socket only with it)")
+        if self.backoff_cap < 1:
             raise ConfigError("the backoff cap must be at least 1 s")
         if self.label_noise is not None and not (isinstance(self.label_noise, (int, float)) and self.label_noise > 0):
             raise ConfigError(f"label noise epsilon must be a positive number, got {self.label_noise!r}")
-        if self.stop_grace_s < 0 or self.min_free_memory_mb < 0:
+        if self.stop_grace < 0 or self.min_free_memory < 0:
             raise ConfigError("stop grace and minimum free memory cannot be negative")
         if self.train_window is not None:
             TrainWindow.parse(self.train_window)
+        self.policy()
+        if self.sample_count_noise is not None and not (
+            isinstance(self.sample_count_noise, (int, float)) and self.sample_count_noise > 0
+        ):
+            raise ConfigError(f"sample count noise epsilon must be a positive number, got {self.sample_count_noise!r}")
         if (self.device_key is None) != (self.server_public_key is None):
             raise ConfigError("device_key and server_public_key go together (both come from `genfl-edge enroll`)")
         if self.server_public_key is not None:
             public_key_from_text(self.server_public_key)
+
+    def policy(self) -> TaskPolicy:
+        return TaskPolicy(self.min_batch_size, self.min_local_steps, tuple(self.allowed_codecs), self.require_qat)
 
     def redacted(self) -> dict[str, Any]:
         """The settings with the password hidden: what may be written to status files and logs."""
@@ -125,24 +144,34 @@ def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConf
             import tomli as tomllib  # type: ignore[no-redef]
         try:
             document = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
+        except (OSError, ValueError) as exc:  # TOMLDecodeError, UnicodeDecodeError, integers over 4,300 digits
+            raise ConfigError(f"{path}: cannot read the config ({str(exc)[:200]})") from exc
         values = document.get("agent", document)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [agent] must be a table of settings")
+        values = dict(values)
     known = {f.name: f for f in fields(AgentConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    overrides_given = {k for k, v in overrides.items() if v is not None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     for name in ("device_id", "data", "state_dir"):
         if name not in values:
             raise ConfigError(f"{name.replace('_', '-')} is not set (give --{name.replace('_', '-')} or a config file)")
-    for name in ("state_dir", "data_dir", "ca_file", "device_key"):
-        if name in values:
-            values[name] = Path(values[name])
     try:
+        for name in ("state_dir", "data_dir", "ca_file", "device_key", "pool_socket"):
+            if name in values:
+                values[name] = Path(values[name])
+        for name in ("ca_file", "device_key"):  # relative to the config file: it may be a systemd credential
+            if path is not None and name in values and not values[name].is_absolute() and name not in overrides_given:
+                values[name] = path.parent / values[name]
+        if isinstance(values.get("allowed_codecs"), (list, str)):
+            codecs = values["allowed_codecs"]
+            values["allowed_codecs"] = tuple(codecs.split(",") if isinstance(codecs, str) else codecs)
         return AgentConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"bad config: {exc}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"bad config: {str(exc)[:200]}") from exc
 
 
 def _rss_mb() -> float:
@@ -203,16 +232,19 @@ def _connect_with_backoff(transport: MqttTransport, stop: _Stop, cap_s: float, n
 class _Agent:
     """The daemon's pieces and its loop."""
 
-    def __init__(self, config: AgentConfig, notifier: Notifier) -> None:
+    def __init__(self, config: AgentConfig, notifier: Notifier, *, describe_in_process: bool = False) -> None:
         self.config = config
         self.notifier = notifier
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        summary = describe_data(config.data, config.data_dir)
+        summary = describe_data(config.data, config.data_dir, in_process=describe_in_process)
+        num_samples = summary.num_samples
+        if config.sample_count_noise is not None:
+            num_samples = released_sample_count(config.state_dir, summary.num_samples, config.sample_count_noise)
         log.info(
             "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
         )
         topics = Topics(config.fleet)
-        offline = DeviceState(device_id=config.device_id, state="offline", num_samples=summary.num_samples)
+        offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
         guard = config.guard()
         self.transport = MqttTransport(
             BrokerAddress.parse(config.broker),
@@ -221,7 +253,7 @@ class _Agent:
             username=config.username,
             password=config.password,
             ca_file=config.ca_file,
-            backoff_cap_s=config.backoff_cap_s,
+            backoff_cap_s=config.backoff_cap,
         )
         self.worker = WorkerRunner(
             config.device_id,
@@ -230,24 +262,27 @@ class _Agent:
             data_dir=config.data_dir,
             mode=config.worker,
             torch_device=config.torch_device,
+            pool_socket=config.pool_socket,
         )
         window = TrainWindow.parse(config.train_window) if config.train_window else None
-        self.runner = GatedRunner(self.worker, window, config.min_free_memory_mb)
+        self.runner = GatedRunner(self.worker, window, config.min_free_memory)
         self.core = AgentCore(
             config.device_id,
             topics,
             self.transport,
             BlobStore(config.state_dir / "blobs"),
             self.runner,
-            num_samples=summary.num_samples,
+            num_samples=num_samples,
             label_counts=(
-                released_label_counts(config.state_dir, summary.label_counts, config.label_noise)
+                scaled_to_total(released_label_counts(config.state_dir, summary.label_counts, config.label_noise),
+                                num_samples)
                 if config.share_label_counts or config.label_noise is not None
                 else None
             ),
             pending_path=config.state_dir / "pending-update.bin",
             guard=guard,
-        )
+            policy=config.policy(),
+        )  # fmt: skip
 
     def state_text(self) -> str:
         if not self.transport.connected:
@@ -283,14 +318,12 @@ class _Agent:
             "updated": time.time(),
         }
         path = self.config.state_dir / "status.json"
-        tmp = path.with_name("status.json.tmp")
-        tmp.write_text(json.dumps(status, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, (json.dumps(status, indent=2) + "\n").encode())
 
     def step(self, timeout_s: float = 0.1) -> None:
         self.transport.poll(timeout_s)
         self.runner.check()
-        self.core.resend_pending(time.monotonic(), self.config.resend_after_s)
+        self.core.resend_pending(time.monotonic(), self.config.resend_after)
         self.notifier.status(self.state_text())
         self.notifier.watchdog()
 
@@ -306,7 +339,7 @@ def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) ->
     (config.state_dir / "config.json").write_text(json.dumps(config.redacted(), default=str, indent=2) + "\n")
     agent = _Agent(config, notifier)
     agent.worker.warm_up()
-    if not _connect_with_backoff(agent.transport, stop, config.backoff_cap_s, notifier):
+    if not _connect_with_backoff(agent.transport, stop, config.backoff_cap, notifier):
         agent.worker.stop(grace_s=0.0)
         notifier.stopping()
         return 0
@@ -316,12 +349,12 @@ def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) ->
     try:
         while not stop.graceful.is_set():
             agent.step()
-            if time.monotonic() - last_status >= config.status_every_s:
+            if time.monotonic() - last_status >= config.status_interval:
                 agent.write_status()
                 last_status = time.monotonic()
         notifier.stopping()
         agent.core.accepting_tasks = False
-        deadline = time.monotonic() + config.stop_grace_s
+        deadline = time.monotonic() + config.stop_grace
         while agent.core.training and not stop.now.is_set() and time.monotonic() < deadline:
             agent.step()  # the worker may finish: its update is sent and kept until acknowledged
         if agent.core.training:

@@ -22,7 +22,7 @@ import numpy as np
 
 from protocol import ConfigError, atomic_write
 
-__all__ = ["laplace_label_counts", "released_label_counts"]
+__all__ = ["laplace_label_counts", "released_label_counts", "released_sample_count", "scaled_to_total"]
 
 log = logging.getLogger("genfl.edge")
 
@@ -35,8 +35,24 @@ def laplace_label_counts(counts: Sequence[int], epsilon: float, rng: np.random.G
     return tuple(round(float(x), 2) for x in np.clip(noisy, 0.0, None))
 
 
+def scaled_to_total(counts: Sequence[float], total: int) -> tuple[float, ...]:
+    """Counts rescaled to add up to ``total`` (the sample count the device reports), as the server checks.
+
+    Post-processing of a noised release with the reported sample count: it keeps the privacy the two
+    releases had (the count is exact unless the device noises it too). All-zero counts become uniform.
+    """
+    values = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    if len(values) == 0:
+        return ()
+    mass = float(values.sum())
+    scaled = values * (total / mass) if mass > 0 else np.full(len(values), total / len(values))
+    return tuple(round(float(x), 3) for x in scaled)
+
+
 def released_label_counts(state_dir: Path, counts: Sequence[int], epsilon: float | None) -> tuple[float, ...]:
-    """What this device sends as its label counts: exact, or the one noised release it keeps on disk."""
+    """What this device sends as its label counts: exact, or the one noised release it keeps on disk.
+
+    A noised release is rescaled (by the caller, :func:`scaled_to_total`) to the sample count it reports."""
     if epsilon is None:
         return tuple(float(c) for c in counts)
     path = state_dir / "label-counts.json"
@@ -53,4 +69,26 @@ def released_label_counts(state_dir: Path, counts: Sequence[int], epsilon: float
     released = laplace_label_counts(counts, epsilon, np.random.default_rng())
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps({"epsilon": epsilon, "num_samples": num_samples, "counts": released}).encode())
+    return released
+
+
+def released_sample_count(state_dir: Path, num_samples: int, epsilon: float) -> int:
+    """The sample count this device reports when it noises it: Laplace(1/epsilon), at least 1, kept on disk.
+
+    The count is the FedAvg weight; with noise the server no longer learns it exactly (one sample more or
+    less changes it by one: sensitivity 1). Drawn once, like the label counts.
+    """
+    path = state_dir / "sample-count.json"
+    try:
+        kept = json.loads(path.read_text())
+        if kept["epsilon"] == epsilon and kept["num_samples"] == num_samples and isinstance(kept["released"], int):
+            return max(1, kept["released"])
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable %s (%s): drawing new sample count noise", path, exc)
+    noise = np.random.default_rng().laplace(0.0, 1.0 / epsilon)
+    released = max(1, round(num_samples + float(noise)))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"epsilon": epsilon, "num_samples": num_samples, "released": released}).encode())
     return released

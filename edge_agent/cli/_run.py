@@ -11,8 +11,7 @@ import typer
 
 from edge_agent._daemon import load_agent_config, run_agent
 from edge_agent._enroll import EdgeHome
-
-from ._errors import exit_on_error
+from protocol import exit_on_error
 
 
 def run(
@@ -23,7 +22,12 @@ def run(
     fleet: Annotated[Optional[str], typer.Option(help="Fleet name (topic prefix genfl/<fleet>/).")] = None,
     broker: Annotated[Optional[str], typer.Option(help="Broker URL, mqtt://HOST:PORT.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where cifar10 is (or is downloaded to).")] = None,
-    worker: Annotated[Optional[str], typer.Option(help="per-task (frees memory) or persistent.")] = None,
+    worker: Annotated[
+        Optional[str], typer.Option(help="per-task (frees memory), persistent, or pool (a shared training pool).")
+    ] = None,
+    pool_socket: Annotated[
+        Optional[Path], typer.Option(help="With --worker pool: the socket of `python -m edge_agent.pool`.")
+    ] = None,
     torch_device: Annotated[Optional[str], typer.Option(help="Where the worker trains: cpu or cuda.")] = None,
     share_label_counts: Annotated[
         Optional[bool], typer.Option("--share-label-counts/--no-share-label-counts", help="Send the label histogram.")
@@ -42,6 +46,19 @@ def run(
     min_free_memory: Annotated[Optional[float], typer.Option(help="MB that must be free to start a worker.")] = None,
     resend_after: Annotated[Optional[float], typer.Option(help="Re-send an unacknowledged update after N s.")] = None,
     status_interval: Annotated[Optional[float], typer.Option(help="Seconds between status.json rewrites.")] = None,
+    min_batch_size: Annotated[Optional[int], typer.Option(help="Refuse tasks with smaller batches.")] = None,
+    min_local_steps: Annotated[
+        Optional[int], typer.Option(help="Refuse tasks with fewer optimizer steps over the local data.")
+    ] = None,
+    allowed_codecs: Annotated[
+        Optional[str], typer.Option(help="Comma-separated update codecs this device accepts, e.g. int8,int4.")
+    ] = None,
+    require_qat: Annotated[
+        Optional[bool], typer.Option("--require-qat/--allow-float", help="Refuse tasks that train in float.")
+    ] = None,
+    sample_count_noise: Annotated[
+        Optional[float], typer.Option(metavar="EPSILON", help="Report the sample count with Laplace noise.")
+    ] = None,
     home: Annotated[
         Optional[Path], typer.Option(help="Use the config `enroll` wrote under this folder (or $GENFL_EDGE_HOME).")
     ] = None,
@@ -66,15 +83,21 @@ def run(
                 "broker": broker,
                 "data_dir": data_dir,
                 "worker": worker,
+                "pool_socket": pool_socket,
                 "torch_device": torch_device,
                 "share_label_counts": share_label_counts,
                 "label_noise": label_noise,
-                "backoff_cap_s": backoff_cap,
-                "stop_grace_s": stop_grace,
+                "backoff_cap": backoff_cap,
+                "stop_grace": stop_grace,
                 "train_window": train_window,
-                "min_free_memory_mb": min_free_memory,
-                "status_every_s": status_interval,
-                "resend_after_s": resend_after,
+                "min_free_memory": min_free_memory,
+                "status_interval": status_interval,
+                "resend_after": resend_after,
+                "min_batch_size": min_batch_size,
+                "min_local_steps": min_local_steps,
+                "allowed_codecs": allowed_codecs,
+                "require_qat": require_qat,
+                "sample_count_noise": sample_count_noise,
             },
         )
         code = run_agent(settings)

@@ -9,6 +9,7 @@ import numpy as np
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, SqliteJournal, StrategyConfig
 from protocol import (
     Ack,
+    BlobRequest,
     DeviceState,
     Failure,
     InMemoryBus,
@@ -124,3 +125,87 @@ def test_a_restarted_coordinator_resumes_the_open_round_from_its_journal(tmp_pat
     assert second.finished
     np.testing.assert_array_equal(second.global_state["w"], np.full(3, 4.0, dtype=np.float32))
     assert (tmp_path / "checkpoints" / "round-0001.safetensors").is_file()
+
+
+def _frame(header: str) -> bytes:
+    """A frame with a hand-written JSON header (what a hostile client can send)."""
+    data = header.encode()
+    return b"GFL\x01" + len(data).to_bytes(4, "big") + data
+
+
+def test_hostile_numbers_are_rejected_and_an_unexpected_error_drops_one_message_only() -> None:
+    # Prepare
+    bus = InMemoryBus()
+    coordinator = _coordinator(bus)
+    a, b = Device(bus, "a"), Device(bus, "b")
+    evil = bus.connect()
+    # Execute: an integer of 5,000 digits (Python's int() refuses it), an integer too large for a float,
+    # a huge float, NaN: each once on a state topic, which every restart of a server reads again when retained
+    for value in ("9" * 5000, "9" * 400, "1e999", "NaN", "-Infinity"):
+        header = f'{{"type":"state","device_id":"a","state":"online","num_samples":{value}}}'
+        evil.publish(TOPICS.device("a", "state"), _frame(header), retain=True)
+    bus.drain()
+    # Execute: a handler that fails in a way nobody foresaw
+    original = coordinator._on_state
+    coordinator._on_state = lambda device_id, state: 1 / 0  # type: ignore[assignment,method-assign,misc]
+    b.hello()
+    bus.drain()
+    coordinator._on_state = original  # type: ignore[method-assign]
+    a.hello()
+    b.hello()
+    bus.drain()
+    # Assert: every hostile frame was counted, the failing one dropped, and the round opened afterwards
+    assert coordinator.rejected["bad-frame"] == 5
+    assert coordinator.rejected["internal-error"] == 1
+    assert coordinator.round_progress() == (1, 0, 2)
+
+
+def test_a_claimed_sample_count_counts_for_at_most_five_times_the_median() -> None:
+    # Prepare: two honest devices with 10 samples each, one that claims 2**40
+    bus = InMemoryBus()
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=3, round_timeout_s=60)
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START)
+    coordinator.start()
+    devices = [Device(bus, name) for name in ("a", "b", "liar")]
+    for device, samples in zip(devices, (10, 10, 2**40)):
+        device.hello(samples)
+    bus.drain()
+    # Execute
+    for device, value, samples in zip(devices, (1.0, 1.0, 100.0), (10, 10, 2**40)):
+        device.send("update", device.update(device.tasks()[0], value, samples))
+    bus.drain()
+    # Assert: the liar weighs 5 x median(10, 10, 2**40) = 50, not 2**40: (10 + 10 + 50 * 100) / 70
+    np.testing.assert_allclose(coordinator.global_state["w"], np.full(3, 5020 / 70, dtype=np.float32), rtol=1e-6)
+
+
+def test_label_counts_must_add_up_to_the_sample_count() -> None:
+    bus = InMemoryBus()
+    coordinator = _coordinator(bus)
+    a = Device(bus, "a")
+    a.send("state", DeviceState(device_id="a", state="online", num_samples=10, label_counts=(5.0, 5.0)))
+    a.send("state", DeviceState(device_id="a", state="online", num_samples=10, label_counts=(1e12, 0.0)))
+    bus.drain()
+    assert coordinator.rejected["bad-label-counts"] == 1
+    assert coordinator.devices["a"].label_counts == (5.0, 5.0)
+
+
+def test_blobs_go_only_to_the_device_whose_task_names_them_and_within_a_budget() -> None:
+    # Prepare
+    bus = InMemoryBus()
+    coordinator = _coordinator(bus)
+    a, b = Device(bus, "a"), Device(bus, "b")
+    a.hello()
+    b.hello()
+    chunks: list[bytes] = []
+    a.transport.subscribe(TOPICS.device("a", "blob/chunk"))
+    a.transport.set_handler(lambda topic, payload: chunks.append(payload) if "chunk" in topic else None)
+    bus.drain()
+    model = coordinator.global_id
+    # Execute: a asks for its model four times (its budget), a fifth time, and for a blob no task names
+    for _ in range(5):
+        a.send("blob/req", BlobRequest(blob_id=model))
+    a.send("blob/req", BlobRequest(blob_id="ab" * 32))
+    bus.drain()
+    # Assert
+    assert len(chunks) == 4
+    assert coordinator.rejected["rate-limited"] == 1 and coordinator.rejected["unwanted-blob"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_agent import AgentCore, TrainingDone
 from protocol import (
@@ -23,7 +24,8 @@ TOPICS = Topics("unit")
 
 
 class InstantRunner:
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None,
+              probe_blob: bytes | None = None) -> None:  # fmt: skip
         done(task, Update(round=task.round, device_id=task.device_id, base_model_id=task.model_id, num_samples=4,
                           train_loss=0.1, train_accuracy=1.0, delta={"w": np.ones(2, dtype=np.float32)}))  # fmt: skip
 
@@ -69,7 +71,8 @@ class KeepingRunner:
     def __init__(self) -> None:
         self.got: list[tuple[bytes, bytes | None]] = []
 
-    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None,
+              probe_blob: bytes | None = None) -> None:  # fmt: skip
         self.got.append((model_blob, synthetic_blob))
         InstantRunner().start(task, model_blob, done)
 
@@ -112,3 +115,57 @@ def test_a_task_with_a_synthetic_batch_fetches_it_after_the_model_and_trains_wit
     server.publish(TOPICS.device("dev", "task"), encode_message(later))
     bus.drain()
     assert not store.has(blobs[synthetic]) and runner.got[-1] == (model, None)
+
+
+def test_hostile_task_frames_and_chunks_are_rejected_without_allocating_and_the_agent_goes_on(tmp_path: Path) -> None:
+    # Prepare
+    import time
+
+    from edge_agent import TaskPolicy
+    from protocol import BlobChunk, Failure
+
+    bus = InMemoryBus()
+    got, server = _server(bus)
+    agent = AgentCore("dev", TOPICS, bus.connect(), BlobStore(tmp_path / "blobs"), InstantRunner(), num_samples=40,
+                      policy=TaskPolicy())  # fmt: skip
+    agent.start()
+    header = b'{"type":"task","round":' + b"7" * 5000 + b"}"
+    killer = b"GFL\x01" + len(header).to_bytes(4, "big") + header
+    model_id = "cd" * 32
+    task = Task(round=1, device_id="dev", model_name="toy", model_id=model_id, model_size=5000, config=TrainConfig())
+    # Execute: a task whose round has 5,000 digits; a real task; chunks that lie about the blob
+    server.publish(TOPICS.device("dev", "task"), killer)  # type: ignore[attr-defined]
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    for count, total in ((2**31 - 1, 5000), (2, 10**8)):  # more chunks than 5000 B can hold; another size
+        chunk = BlobChunk(model_id, 0, count, total, "00" * 32, b"x")
+        server.publish(TOPICS.device("dev", "blob/chunk"), encode_message(chunk))  # type: ignore[attr-defined]
+    bus.drain()
+    # Assert: rejected fast, and the agent still serves its task
+    assert time.perf_counter() - started < 1.0
+    assert agent.rejected["bad-frame"] == 1 and agent.rejected["bad-chunk"] == 2
+    assert agent.current_task == task
+    # Execute + Assert: a task outside the device's policy is refused with the reason, as a failure
+    greedy = Task(round=2, device_id="dev", model_name="toy", model_id=model_id, model_size=5000,
+                  config=TrainConfig(batch_size=40, local_epochs=1))  # one full-batch step  # fmt: skip
+    server.publish(TOPICS.device("dev", "task"), encode_message(greedy))  # type: ignore[attr-defined]
+    bus.drain()
+    assert isinstance(got[-1], Failure) and "policy: 1 local steps" in got[-1].reason
+    assert agent.last_outcome == (2, "refused: 1 local steps is below this device's minimum 2")
+    server.publish(TOPICS.device("dev", "task"), encode_message(greedy))  # type: ignore[attr-defined]
+    bus.drain()
+    assert isinstance(got[-1], Failure) and len(got) == 2  # a repeated task gets the same refusal
+
+
+def test_the_task_policy_bounds_batch_steps_codec_and_qat() -> None:
+    from edge_agent import TaskPolicy
+    from protocol import ConfigError
+
+    policy = TaskPolicy(min_batch_size=8, min_local_steps=3, allowed_codecs=("int8",), require_qat=True)
+    assert policy.refusal(TrainConfig(batch_size=16, local_epochs=2, codec="int8"), 40) is None  # 2 x 3 steps
+    assert "batch size 4" in str(policy.refusal(TrainConfig(batch_size=4, codec="int8"), 40))
+    assert "2 local steps" in str(policy.refusal(TrainConfig(batch_size=20, local_epochs=1, codec="int8"), 40))
+    assert "codec fp32" in str(policy.refusal(TrainConfig(batch_size=8, codec="fp32"), 40))
+    assert "quantization-aware" in str(policy.refusal(TrainConfig(batch_size=8, codec="int8", qat=False), 40))
+    with pytest.raises(ConfigError):
+        TaskPolicy(allowed_codecs=("zip",))

@@ -19,7 +19,7 @@ class Recorder:
     def __init__(self) -> None:
         self.started: list[int] = []
 
-    def start(self, task, model_blob, done, synthetic_blob=None) -> None:  # type: ignore[no-untyped-def]
+    def start(self, task, model_blob, done, synthetic_blob=None, probe_blob=None) -> None:  # type: ignore[no-untyped-def]
         self.started.append(task.round)
 
 
