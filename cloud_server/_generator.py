@@ -9,14 +9,17 @@ generator with
 * the cross-entropy of the label-count weighted ensemble of the devices'
   models on the class it was asked for (each device speaks for the classes it
   holds),
-* BatchNorm-statistics matching: the features of generated images must have
-  the mean and variance the global model's BatchNorm layers saw on real data,
+* BatchNorm-statistics matching per teacher (DENSE): the features a teacher
+  computes for the images it is asked about must have the mean and variance
+  its own BatchNorm layers saw on its real data,
 * a diversity term (mode seeking: images must differ as much as their noise),
 * an adversarial term: samples where the global model still disagrees with the
   ensemble are worth more,
 
-and, when asked, distils the ensemble into the global model on those samples.
-The generator is kept across rounds and runs on ``cuda`` when present.
+and, when asked, distils the ensemble into the global model on those samples
+(and on a replay pool of earlier rounds' images). Images are sampled the way
+they were optimised (BatchNorm in train mode, on mixed-class batches). The
+generator is kept across rounds and runs on ``cuda`` when present.
 
 ``local-pipeline`` wraps a text-to-image pipeline the operator already has on
 disk (see :mod:`cloud_server._local_pipeline`).
@@ -49,6 +52,7 @@ __all__ = [
     "Generator",
     "Teachers",
     "class_weights",
+    "recognised_share",
     "train_on_synthetic",
 ]
 
@@ -184,6 +188,8 @@ class _BatchNormMatch:
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
         x = inputs[0]
+        if len(x) < 2:
+            return  # one sample has no variance to compare
         mean = x.mean(dim=(0, 2, 3))
         var = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(1, unbiased=False)
         assert isinstance(module, nn.BatchNorm2d) and module.running_mean is not None and module.running_var is not None
@@ -219,7 +225,11 @@ class DataFreeSettings:
     adversarial_weight: float = 0.5
     distill_steps: int = 0  # server-side distillation of the global model per round (0: off)
     distill_learning_rate: float = 0.01
-    temperature: float = 1.0
+    temperature: float = 1.0  # of the adversarial term and of distillation
+    soft_temperature: float = 1.0  # of the soft labels sent to devices
+    bn_per_teacher: bool = True  # match each teacher's own BatchNorm statistics (else the global model's)
+    train_mode_sampling: bool = True  # sample as optimised: BatchNorm on batch statistics of mixed-class batches
+    replay: int = 0  # keep this many generated images across rounds for distillation (0: off)
 
 
 class DataFreeGenerator(Generator):
@@ -240,6 +250,9 @@ class DataFreeGenerator(Generator):
         self._rng = torch.Generator(device="cpu").manual_seed(seed)
         self._teachers: list[nn.Module] = []
         self._weights: torch.Tensor | None = None
+        self._teacher_statistics: list[_BatchNormMatch] = []
+        self._replay: torch.Tensor | None = None  # (images, labels) of earlier rounds, for distillation
+        self._replay_labels: torch.Tensor | None = None
         self.fits = 0
 
     @property
@@ -269,6 +282,17 @@ class DataFreeGenerator(Generator):
                 out = out.index_add(0, rows, weights[rows].unsqueeze(1) * teacher(images[rows]))
         return out
 
+    def _teacher_bn_loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each teacher's BatchNorm mismatch on the rows it was asked about, weighted by its share of them."""
+        assert self._weights is not None
+        share = (self._weights[:, labels] > 0).float().mean(1)  # (teachers,)
+        total = torch.zeros((), device=labels.device)
+        for statistics, weight in zip(self._teacher_statistics, share):
+            loss = statistics.take()
+            if weight > 0:
+                total = total + weight * loss
+        return total / share.sum().clamp(min=1e-8)
+
     def _noise(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(count, self.settings.z_dim, generator=self._rng).to(self.device)
         labels = torch.randint(0, self.num_classes, (count,), generator=self._rng).to(self.device)
@@ -284,6 +308,8 @@ class DataFreeGenerator(Generator):
             say = say / say.sum(0, keepdims=True)
             self._weights = torch.tensor(say, dtype=torch.float32, device=self.device)
             student = self._build(teachers.global_state)
+            if s.bn_per_teacher:
+                self._teacher_statistics = [_BatchNormMatch(teacher) for teacher in self._teachers]
             statistics = _BatchNormMatch(student)
             self.net.train()
             hits = 0.0
@@ -293,10 +319,14 @@ class DataFreeGenerator(Generator):
                 ensemble = self._ensemble_logits(images, labels)
                 student_logits = student(images)
                 bn_loss = statistics.take()
+                if s.bn_per_teacher:
+                    bn_loss = self._teacher_bn_loss(labels)
                 agree = (ensemble.argmax(1) == labels).float()
                 student_log_p = F.log_softmax(student_logits / s.temperature, 1)
-                ensemble_p = F.softmax(ensemble / s.temperature, 1)
-                disagreement = (F.kl_div(student_log_p, ensemble_p, reduction="none").sum(1) * agree).mean()
+                # log-space target: with a softmax target, a probability that underflows to 0 has a NaN gradient
+                ensemble_log_p = F.log_softmax(ensemble / s.temperature, 1)
+                divergence = F.kl_div(student_log_p, ensemble_log_p, reduction="none", log_target=True).sum(1)
+                disagreement = (divergence * agree).mean()
                 loss = (
                     F.cross_entropy(ensemble, labels)
                     + s.bn_weight * bn_loss
@@ -308,10 +338,15 @@ class DataFreeGenerator(Generator):
                     log.warning("generator step skipped: loss %s", float(loss.detach()))
                     continue
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
+                if not torch.isfinite(nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)):
+                    log.warning("generator step skipped: non-finite gradient")  # a step would poison the generator
+                    continue
                 self.optimizer.step()
                 hits = float(agree.mean())
             statistics.remove()
+            for teacher_statistics in self._teacher_statistics:
+                teacher_statistics.remove()
+            self._teacher_statistics = []
             self.fits += 1
             new_state, distill_loss = teachers.global_state, None
             if s.distill_steps > 0:
@@ -326,12 +361,12 @@ class DataFreeGenerator(Generator):
         models.load_state(student, global_state)
         student.to(self.device).eval()  # eval: synthetic batches must not overwrite the running statistics
         optimizer = torch.optim.SGD(student.parameters(), lr=s.distill_learning_rate, momentum=0.9)
-        self.net.eval()
         loss_value = 0.0
         for _ in range(s.distill_steps):
             with torch.no_grad():
                 z, labels = self._noise(s.batch_size)
-                images = self.net(z, labels)
+                images = self._generate(z, labels)
+                images, labels = self._with_replay(images, labels)
                 target = F.softmax(self._ensemble_logits(images, labels) / s.temperature, 1)
             loss = F.kl_div(F.log_softmax(student(images) / s.temperature, 1), target, reduction="batchmean")
             if not torch.isfinite(loss):
@@ -344,30 +379,82 @@ class DataFreeGenerator(Generator):
             loss_value = float(loss.detach())
         return models.model_state(student.cpu()), loss_value
 
+    def _with_replay(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep a random share of this batch in the replay pool; return the batch joined by as many replayed."""
+        capacity = self.settings.replay
+        if capacity <= 0:
+            return images, labels
+        if self._replay is None or self._replay_labels is None:
+            self._replay, self._replay_labels = images[:0].clone(), labels[:0].clone()
+        old, old_labels = self._replay, self._replay_labels
+        picked = torch.randperm(len(old), generator=self._rng)[: len(images)].to(self.device)
+        joined, joined_labels = torch.cat([images, old[picked]]), torch.cat([labels, old_labels[picked]])
+        pool, pool_labels = torch.cat([old, images]), torch.cat([old_labels, labels])
+        if len(pool) > capacity:  # drop a random part of the oldest and newest alike
+            keep = torch.randperm(len(pool), generator=self._rng)[:capacity].to(self.device)
+            pool, pool_labels = pool[keep], pool_labels[keep]
+        self._replay, self._replay_labels = pool, pool_labels
+        return joined, joined_labels
+
+    @torch.no_grad()
+    def _generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Images for noise and labels, the way they were optimised: in train mode (batch statistics), without
+        touching the generator's running statistics; in eval mode without ``train_mode_sampling``."""
+        if not self.settings.train_mode_sampling:
+            self.net.eval()
+            return self.net(z, labels)
+        buffers = {name: value.clone() for name, value in self.net.named_buffers()}
+        self.net.train()
+        try:
+            return self.net(z, labels)
+        finally:
+            for name, value in self.net.named_buffers():
+                value.copy_(buffers[name])
+
     @torch.no_grad()
     def sample(self, labels: np.ndarray, seed: int) -> np.ndarray:
-        self.net.eval()
+        """Images for ``labels``, made in shuffled mixed-class batches of the training batch size."""
         rng = torch.Generator(device="cpu").manual_seed(seed)
-        out = []
-        for start in range(0, len(labels), 512):
-            part = torch.from_numpy(labels[start : start + 512].astype(np.int64))
-            z = torch.randn(len(part), self.settings.z_dim, generator=rng)
-            out.append(self.net(z.to(self.device), part.to(self.device)).cpu())
-        if not out:
+        if len(labels) == 0:
             spec = models.get_spec(self.model_name)
             return np.zeros((0, *spec.input_shape), dtype=np.uint8)
-        return (torch.cat(out) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+        order = torch.randperm(len(labels), generator=rng)
+        wanted = torch.from_numpy(labels.astype(np.int64))[order]
+        z = torch.randn(len(labels), self.settings.z_dim, generator=rng)
+        size = max(self.settings.batch_size, 2)
+        out = torch.empty(len(labels), *models.get_spec(self.model_name).input_shape)
+        for start in range(0, len(labels), size):
+            stop = min(len(labels), start + size)
+            if stop - start < 2 and start > 0:  # a lone last sample: one batch statistic is no statistic
+                start = stop - 2
+            part = self._generate(z[start:stop].to(self.device), wanted[start:stop].to(self.device)).cpu()
+            out[order[start:stop]] = part
+        return (out * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
     @torch.no_grad()
     def soft_labels(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """The ensemble's probabilities (at ``soft_temperature``) for images made for ``labels``."""
         if not self._teachers:
             return None
         out = []
         for start in range(0, len(images), 512):
             batch = models.to_float(images[start : start + 512]).to(self.device)
             wanted = torch.from_numpy(labels[start : start + 512].astype(np.int64)).to(self.device)
-            out.append(F.softmax(self._ensemble_logits(batch, wanted), 1).cpu())
+            logits = self._ensemble_logits(batch, wanted)
+            out.append(F.softmax(logits / self.settings.soft_temperature, 1).cpu())
         return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def recognised_share(model_name: str, state: TensorDict, images: np.ndarray, labels: np.ndarray,
+                     device: str = "cpu") -> float:  # fmt: skip
+    """The share of ``images`` that the model ``state`` labels as ``labels`` (eval mode)."""
+    model = models.build_model(model_name)
+    models.load_state(model, state)
+    model.to(device)
+    with _threads(generator_threads()):
+        logits = models.predict_logits(model, images)
+    return float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else 0.0
 
 
 def train_on_synthetic(

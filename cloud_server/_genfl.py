@@ -1,11 +1,18 @@
 """GenFL strategies: FedAvg helped by server-side synthetic data, and the synthetic-only baseline.
 
 ``genfl`` (after "AIGC-assisted Federated Learning for Edge Intelligence",
-arXiv 2503.20166): each round every picked device gets, with its task, a
-synthetic batch that fills the classes it lacks (from its label counts) and
-mixes it into local training with a weight that decays over rounds; the
-server aggregates with FedAvg, then trains the generator on the round's
-models and, when asked, distils their ensemble into the global model.
+arXiv 2503.20166): each round the server makes one pool of synthetic images
+per class, drops those the devices' ensemble does not label as asked, and
+checks how well the current global model (trained on the devices' real data,
+never on these images) recognises the rest. Every picked device gets, with
+its task, a batch drawn from the pool for the classes it lacks (from its label
+counts), mixed into local training at a few synthetic samples per real one,
+with a weight that is the configured maximum times that check: near zero while
+the images are noise to a model of real data, growing as they become
+recognisable. So synthetic data is used as far as there is evidence it is
+real-like, and no further. The server aggregates with FedAvg (or the robust
+rule configured), then trains the generator on the round's models and, when
+asked, distils their ensemble into the global model.
 
 ``aigc-only`` (the paper's baseline): the global model is trained on
 synthetic data alone, on the server. Devices still train each round, but
@@ -18,9 +25,10 @@ fresh one (and sends no synthetic data until it has learned again).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,33 +37,36 @@ import models
 from protocol import ConfigError, SyntheticBatch, TensorDict, TrainConfig, encode_synthetic
 
 from ._aggregation import WeightedDeltaSum, apply_delta
-from ._strategy import GenflConfig, Strategy, StrategyConfig, derive_seed
+from ._strategy import Accumulator, GenflConfig, Strategy, StrategyConfig, derive_seed
 from ._tailor import synthetic_counts
 
-__all__ = ["AigcOnly", "GenFL", "KeptUpdates"]
+__all__ = ["AigcOnly", "GenFL", "HarmCheck", "KeptUpdates", "SyntheticPool", "synthetic_weight"]
+
+log = logging.getLogger("genfl.server")
 
 
 class KeptUpdates:
-    """FedAvg's streaming sum, plus each device's delta: the generator learns from the devices' models."""
+    """The strategy's own accumulator (FedAvg's streaming sum or a robust rule's buffer), plus each device's
+    delta: the generator learns from the devices' models."""
 
-    def __init__(self, template: Mapping[str, np.ndarray]) -> None:
-        self._sum = WeightedDeltaSum(template)
+    def __init__(self, template: Mapping[str, np.ndarray], inner: Accumulator | None = None) -> None:
+        self._inner = inner if inner is not None else WeightedDeltaSum(template)
         self.deltas: dict[str, Mapping[str, np.ndarray]] = {}
 
     @property
     def total_weight(self) -> int:
-        return self._sum.total_weight
+        return self._inner.total_weight
 
     @property
     def count(self) -> int:
-        return self._sum.count
+        return self._inner.count
 
     def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
-        self._sum.add(delta, weight, key)
-        self.deltas[key if key is not None else f"#{self._sum.count:09d}"] = delta
+        self._inner.add(delta, weight, key)
+        self.deltas[key if key is not None else f"#{self._inner.count:09d}"] = delta
 
     def mean(self) -> TensorDict:
-        return self._sum.mean()
+        return self._inner.mean()
 
 
 def _resolve_device(name: str) -> str:
@@ -68,10 +79,74 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def synthetic_weight(config: GenflConfig, round_number: int) -> float:
-    """The weight of the synthetic loss: ``synthetic_weight`` in the first synthetic round, then decaying."""
+def synthetic_weight(config: GenflConfig, round_number: int, evidence: float = 1.0) -> float:
+    """The weight of the synthetic loss: ``synthetic_weight`` times the share the evidence earns, times
+    ``synthetic_decay`` per round after the first synthetic one."""
     first = config.warmup_rounds + 1
-    return config.synthetic_weight * config.synthetic_decay ** max(0, round_number - first)
+    return config.synthetic_weight * evidence * config.synthetic_decay ** max(0, round_number - first)
+
+
+class HarmCheck:
+    """Halves the synthetic weight after a synthetic round that did the devices' own data harm, doubles it back
+    (up to the full weight) after one that did none.
+
+    The evidence is federated evaluation: every device reports how the model it received scores on its own data
+    before training, so what the devices measure at round r+1 against round r is the effect of round r's
+    training on data the server never saw. A round's effect is known one round later.
+    """
+
+    def __init__(self, tolerance: float) -> None:
+        self.value = 1.0
+        self.tolerance = tolerance
+        self.evaluations: dict[int, float] = {}  # round -> devices' accuracy of the model it started from
+        self.pending: list[int] = []  # synthetic rounds not judged yet
+        self.judged: list[tuple[int, float, float]] = []  # (round, accuracy change, value after)
+
+    def evaluated(self, round_number: int, accuracy: float | None) -> None:
+        if accuracy is not None:
+            self.evaluations[round_number] = accuracy
+
+    def used(self, round_number: int) -> None:
+        self.pending.append(round_number)
+
+    def update(self) -> float:
+        """Judge every synthetic round whose effect is known now; the share of the weight for the next one."""
+        for round_number in list(self.pending):
+            before, after = self.evaluations.get(round_number), self.evaluations.get(round_number + 1)
+            if after is None:
+                continue
+            self.pending.remove(round_number)
+            if before is None:
+                continue
+            change = after - before
+            self.value = min(1.0, self.value * 2.0) if change >= -self.tolerance else self.value / 2.0
+            self.judged.append((round_number, change, self.value))
+        return self.value
+
+
+@dataclass(frozen=True)
+class SyntheticPool:
+    """One round's synthetic images per class, checked; every device's batch is drawn from it."""
+
+    images: np.ndarray  # uint8 (N, C, H, W), only those the ensemble labels as asked
+    labels: np.ndarray  # int64 (N,)
+    soft_labels: np.ndarray | None  # float32 (N, classes)
+    made: int  # images generated before the filter
+    recognised: float  # share of the kept images the current global model labels as asked (reported only)
+
+    def draw(self, per_class: np.ndarray, seed: int) -> SyntheticBatch | None:
+        """``per_class[c]`` images of each class c (with replacement where the pool holds fewer)."""
+        rng = np.random.default_rng(seed)
+        picked = []
+        for label, count in enumerate(per_class):
+            members = np.flatnonzero(self.labels == label)
+            if count > 0 and len(members) > 0:
+                picked.append(rng.choice(members, size=int(count), replace=len(members) < count))
+        if not picked:
+            return None
+        index = np.concatenate(picked)
+        soft = None if self.soft_labels is None else self.soft_labels[index].astype(np.float16)
+        return SyntheticBatch(self.images[index], self.labels[index], soft)
 
 
 class _GenerativeStrategy(Strategy):
@@ -84,6 +159,23 @@ class _GenerativeStrategy(Strategy):
         self.generator_seconds = 0.0
         self.synthetic_bytes: dict[str, int] = {}
         self.last_fit: Any = None
+        self.last_pool: SyntheticPool | None = None
+        self.current_global: TensorDict | None = None  # the model the round's devices start from
+        self.weights: dict[int, float] = {}  # round -> the synthetic weight sent (0: none)
+        self.harm = HarmCheck(config.genfl.harm_tolerance)
+        self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
+
+    def round_evaluated(self, round_number: int, device_accuracy: float | None, teacher_accuracy: float | None) -> None:
+        self.harm.evaluated(round_number, device_accuracy)
+        if teacher_accuracy is not None:
+            self.teacher_accuracy[round_number] = teacher_accuracy
+
+    def teachers_fit(self, round_number: int) -> bool:
+        """Whether the models the generator learned from (the round before) fit their own data well enough."""
+        if self.genfl.teacher_gate == 0.0 or self.genfl.generator != "data-free":
+            return True  # no gate, or a generator whose labels are its prompts, not the devices' models
+        accuracy = self.teacher_accuracy.get(round_number - 1)
+        return accuracy is not None and accuracy >= self.genfl.teacher_gate
 
     @property
     def genfl(self) -> GenflConfig:
@@ -93,7 +185,7 @@ class _GenerativeStrategy(Strategy):
         return 0.0
 
     def new_accumulator(self, template: TensorDict) -> KeptUpdates:  # type: ignore[override]
-        return KeptUpdates(template)
+        return KeptUpdates(template, super().new_accumulator(template))
 
     def round_stats(self) -> tuple[float, dict[str, int]]:
         return self.generator_seconds, dict(self.synthetic_bytes)
@@ -117,8 +209,10 @@ class _GenerativeStrategy(Strategy):
                 from ._generator import DataFreeGenerator, DataFreeSettings
 
                 settings = DataFreeSettings(
-                    steps=g.generator_steps, batch_size=g.generator_batch, distill_steps=g.distill_steps
-                )
+                    steps=g.generator_steps, batch_size=g.generator_batch, distill_steps=g.distill_steps,
+                    soft_temperature=g.soft_temperature, bn_per_teacher=g.bn_per_teacher,
+                    train_mode_sampling=g.train_mode_sampling, replay=g.replay,
+                )  # fmt: skip
                 self.generator = DataFreeGenerator(spec.name, settings, device=device, seed=self.config.seed)
         return self.generator
 
@@ -143,26 +237,52 @@ class _GenerativeStrategy(Strategy):
         self.generator_seconds += time.perf_counter() - started
         return result  # type: ignore[no-any-return]
 
-    def _tailored(self, round_number: int, device_ids: Sequence[str]) -> dict[str, bytes]:
-        """Per device, a synthetic batch for the classes it lacks, within the byte budget."""
-        generator = self._generator()
+    def _needs(self, device_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per device, how many synthetic images of each class it gets (its lacking classes, within budget)."""
         g = self.genfl
         spec = self._spec()
         sample_bytes = int(np.prod(spec.input_shape)) + 8 + (2 * spec.num_classes if g.soft_labels else 0)
         max_samples = g.synthetic_budget_kb * 1024 // sample_bytes
-        out: dict[str, bytes] = {}
+        needs = {}
         for device_id in device_ids:
             num_samples, counts = self.devices_seen.get(device_id, (0, None))
-            per_class = synthetic_counts(counts, num_samples, spec.num_classes, share=g.synthetic_share,
-                                         max_samples=max_samples)  # fmt: skip
-            labels = np.repeat(np.arange(spec.num_classes, dtype=np.int64), per_class)
-            if len(labels) == 0:
-                continue
-            images = generator.sample(labels, derive_seed("synthetic", self.config.seed, round_number, device_id))
-            soft = generator.soft_labels(images, labels) if g.soft_labels else None
-            batch = SyntheticBatch(images, labels, None if soft is None else soft.astype(np.float16))
-            out[device_id] = encode_synthetic(batch)
-            self.synthetic_bytes[device_id] = len(out[device_id])
+            needs[device_id] = synthetic_counts(counts, num_samples, spec.num_classes, share=g.synthetic_share,
+                                                max_samples=max_samples)  # fmt: skip
+        return needs
+
+    def _pool(self, round_number: int, per_class: np.ndarray) -> SyntheticPool:
+        """Make ``per_class`` images of each class, keep those the ensemble labels as asked, check the rest."""
+        from ._generator import recognised_share
+
+        generator = self._generator()
+        g = self.genfl
+        spec = self._spec()
+        labels = np.repeat(np.arange(spec.num_classes, dtype=np.int64), per_class)
+        images = generator.sample(labels, derive_seed("synthetic-pool", self.config.seed, round_number))
+        probabilities = generator.soft_labels(images, labels)
+        keep = np.ones(len(labels), dtype=bool)
+        if g.filter_disagreeing and probabilities is not None:
+            keep = probabilities.argmax(1) == labels
+        images, labels = images[keep], labels[keep]
+        soft = probabilities[keep] if (g.soft_labels and probabilities is not None) else None
+        recognised = float("nan")
+        if self.current_global is not None and len(labels):
+            recognised = recognised_share(spec.name, self.current_global, images, labels, generator.device)
+        return SyntheticPool(images, labels, soft, len(keep), recognised)
+
+    def _tailored(self, round_number: int, device_ids: Sequence[str]) -> dict[str, bytes]:
+        """Per device, a batch from the round's pool for the classes it lacks, within the byte budget."""
+        needs = {d: n for d, n in self._needs(device_ids).items() if n.sum() > 0}
+        if not needs:
+            return {}
+        pool = self.last_pool = self._pool(round_number, np.max(np.stack(list(needs.values())), axis=0))
+
+        out: dict[str, bytes] = {}
+        for device_id, per_class in needs.items():
+            batch = pool.draw(per_class, derive_seed("synthetic", self.config.seed, round_number, device_id))
+            if batch is not None:
+                out[device_id] = encode_synthetic(batch)
+                self.synthetic_bytes[device_id] = len(out[device_id])
         return out
 
 
@@ -180,17 +300,37 @@ class GenFL(_GenerativeStrategy):
             return configs, {}
         if g.generator == "data-free" and (self.generator is None or not self.generator.ready):
             return configs, {}  # it learns from the first round's models before it has anything to say
+        if not self.teachers_fit(round_number):
+            log.info("round %d: the devices' models fit their data %.3f < %.2f: no synthetic data", round_number,
+                     self.teacher_accuracy.get(round_number - 1, float("nan")), g.teacher_gate)  # fmt: skip
+            self.weights[round_number] = 0.0
+            return configs, {}
         started = time.perf_counter()
         blobs = self._tailored(round_number, sorted(configs))
         self.generator_seconds += time.perf_counter() - started
-        weight = synthetic_weight(g, round_number)
-        return {d: replace(c, synthetic_weight=weight) if d in blobs else c for d, c in configs.items()}, blobs
+        pool = self.last_pool
+        weight = synthetic_weight(g, round_number, self.harm.update())
+        if pool is not None:
+            log.info(
+                "round %d: synthetic pool %d/%d kept (ensemble agrees), recognised by the global model %.2f; "
+                "teachers fit their data %.3f: weight %.3f", round_number, len(pool.labels), pool.made,
+                pool.recognised, self.teacher_accuracy.get(round_number - 1, float("nan")), weight,
+            )  # fmt: skip
+        self.weights[round_number] = weight
+        if not blobs or weight == 0.0:
+            return configs, {}
+        self.harm.used(round_number)
+        configured = {d: replace(c, synthetic_weight=weight, synthetic_ratio=g.synthetic_ratio,
+                                 synthetic_frozen_norm=g.frozen_norm) if d in blobs else c
+                      for d, c in configs.items()}  # fmt: skip
+        return configured, blobs
 
     def aggregate_round(self, global_state: TensorDict, updates: Any) -> TensorDict:
-        new_state = apply_delta(global_state, updates.mean())
-        if self.genfl.generator != "data-free" or self.genfl.generator_steps == 0:
-            return new_state
-        return self._learn(global_state, new_state, updates)
+        new_state = super().aggregate_round(global_state, updates)  # FedAvg, or the robust rule configured
+        if self.genfl.generator == "data-free" and self.genfl.generator_steps > 0:
+            new_state = self._learn(global_state, new_state, updates)
+        self.current_global = new_state
+        return new_state
 
 
 class AigcOnly(_GenerativeStrategy):

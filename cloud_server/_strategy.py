@@ -11,12 +11,13 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Union
 
 import numpy as np
 
-from protocol import CODECS, ConfigError, TensorDict, TrainConfig
+from protocol import AUGMENTATIONS, CODECS, ConfigError, TensorDict, TrainConfig
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._robust import AGGREGATORS, BufferedUpdates
@@ -26,6 +27,8 @@ Accumulator = Union[WeightedDeltaSum, BufferedUpdates]
 __all__ = [
     "GENERATORS",
     "STRATEGIES",
+    "GeneratorKind",
+    "StrategyName",
     "FedAvg",
     "FedProx",
     "GenflConfig",
@@ -35,8 +38,21 @@ __all__ = [
     "make_strategy",
 ]
 
-STRATEGIES = ("fedavg", "fedprox", "genfl", "aigc-only")
-GENERATORS = ("data-free", "local-pipeline")
+
+class StrategyName(str, Enum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    GENFL = "genfl"
+    AIGC_ONLY = "aigc-only"
+
+
+class GeneratorKind(str, Enum):
+    DATA_FREE = "data-free"
+    LOCAL_PIPELINE = "local-pipeline"
+
+
+STRATEGIES = tuple(s.value for s in StrategyName)
+GENERATORS = tuple(g.value for g in GeneratorKind)
 
 
 def derive_seed(*parts: object) -> int:
@@ -59,9 +75,24 @@ class GenflConfig:
     server_steps: int = 100  # aigc-only: training steps of the global model on synthetic data per round
     synthetic_share: float = 1.0  # fill lacking classes up to this share of a balanced set of the device's size
     synthetic_budget_kb: int = 1024  # at most this many KiB of synthetic data per device and round
-    synthetic_weight: float = 1.0  # weight of the synthetic loss in the first synthetic round
-    synthetic_decay: float = 0.97  # ... multiplied by this every round after
+    # The weight of the synthetic loss on the devices: `synthetic_weight`, when the evidence allows it:
+    # - the teachers gate: the generator learns its labels from the devices' models, so synthetic data is sent
+    #   only after a round whose models fit their own real data to at least `teacher_gate` (weighted training
+    #   accuracy the devices report); below it the labels are guesses, and every device trains as with FedAvg;
+    # - the harm check: a synthetic round after which the devices' accuracy of the model they received fell by
+    #   more than `harm_tolerance` halves the weight; one that did no harm restores it (doubling).
+    synthetic_weight: float = 0.3
+    synthetic_decay: float = 1.0  # x this per round after the first synthetic one
+    teacher_gate: float = 0.9
+    harm_tolerance: float = 0.02
+    filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
+    synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
+    frozen_norm: bool = False  # devices pass synthetic samples separately, BatchNorm statistics untouched
     soft_labels: bool = False  # send the ensemble's probabilities instead of the hard labels
+    soft_temperature: float = 1.0  # temperature of those probabilities
+    bn_per_teacher: bool = False  # the data-free generator matches each teacher's BatchNorm statistics
+    train_mode_sampling: bool = True  # ... and samples as it was optimised (batch statistics)
+    replay: int = 0  # ... and keeps this many images of earlier rounds for distillation
     generator_device: str = "auto"  # cuda when present
 
     def __post_init__(self) -> None:
@@ -79,37 +110,44 @@ class GenflConfig:
             raise ConfigError("the synthetic budget must be at least 1 KiB")
         if not 0.0 <= self.synthetic_weight <= 100.0 or not 0.0 < self.synthetic_decay <= 1.0:
             raise ConfigError("synthetic weight must be in [0, 100] and its decay in (0, 1]")
+        if not 0.0 < self.synthetic_ratio <= 4.0 or not 0.0 < self.soft_temperature <= 100.0:
+            raise ConfigError("synthetic ratio must be in (0, 4] and the soft-label temperature in (0, 100]")
+        if self.replay < 0:
+            raise ConfigError("the replay pool cannot be negative")
+        if not 0.0 <= self.teacher_gate <= 1.0 or not 0.0 <= self.harm_tolerance <= 1.0:
+            raise ConfigError("the teacher gate and the harm tolerance are shares in [0, 1]")
         if self.generator_device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"generator device must be auto, cpu or cuda, got {self.generator_device!r}")
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
+    """The strategy and training settings: the one place their defaults live (the training ones come from the
+    task's TrainConfig); SimulationConfig, ServeConfig and both CLIs take theirs from here, a test checks it."""
+
     fraction: float = 1.0
-    # Defaults for every entry point (simulate, serve, the CLIs refer to these).
-    local_epochs: int = 2
-    batch_size: int = 16
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    prox_mu: float = 0.01
+    local_epochs: int = TrainConfig.local_epochs
+    batch_size: int = TrainConfig.batch_size
+    learning_rate: float = TrainConfig.learning_rate
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+    prox_mu: float = 0.01  # FedProx's mu (a task carries 0 for the other strategies)
     seed: int = 0
-    codec: str = "fp32"  # how devices encode updates: fp32, int8 or int4 (announced in each task)
-    qat: bool = True  # devices train int8 quantization-aware (fake quant); --no-qat for float
+    codec: str = TrainConfig.codec  # how devices encode updates: fp32, int8 or int4 (announced in each task)
+    qat: bool = TrainConfig.qat  # devices train int8 quantization-aware (fake quant); --no-qat for float
     aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
     trim: float = 0.2  # share cut from each end by trimmed-mean
+    bucket_size: int = 1  # robust rules: average random buckets of this many updates first (1: off)
+    augment: str | None = None  # local augmentation: none or crop-flip (None: the model's default)
     genfl: GenflConfig = field(default_factory=GenflConfig)  # the genfl and aigc-only strategies' settings
-
-    @classmethod
-    def taken_from(cls, settings: object) -> StrategyConfig:
-        """The strategy settings of a simulate or serve config (fields of the same name)."""
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)})
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec {self.codec!r}; use one of {', '.join(CODECS)}")
         if self.aggregate not in AGGREGATORS:
             raise ConfigError(f"unknown aggregation {self.aggregate!r}; use one of {', '.join(AGGREGATORS)}")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {self.augment!r}; use one of {', '.join(AUGMENTATIONS)}")
         if not 0.0 <= self.trim < 0.5:
             raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
         if not 0.0 < self.fraction <= 1.0:
@@ -148,7 +186,18 @@ class Strategy(ABC):
             seed=derive_seed("train", c.seed, round_number, device_id),
             codec=c.codec,
             qat=c.qat,
+            augment=self.augmentation(),
         )
+
+    def augmentation(self) -> str:
+        """The augmentation devices apply: as configured, else the model's default (none for unknown models)."""
+        if self.config.augment is not None:
+            return self.config.augment
+        from models import MODELS  # torch: only once a round is configured
+
+        if self.model_name is None or self.model_name not in MODELS:
+            return "none"
+        return MODELS[self.model_name].augment
 
     def configure_round(self, round_number: int, available: Sequence[str]) -> dict[str, TrainConfig]:
         """Devices picked for the round and the training config each gets."""
@@ -168,6 +217,12 @@ class Strategy(ABC):
         del round_number, devices
         return configs, {}
 
+    def round_evaluated(self, round_number: int, device_accuracy: float | None, teacher_accuracy: float | None) -> None:
+        """What the round's devices measured on their own data (weighted means; None if none reported): the
+        model the round started from (``device_accuracy``) and their trained models (``teacher_accuracy``,
+        their training accuracy). Plain strategies need neither."""
+        del round_number, device_accuracy, teacher_accuracy
+
     def round_stats(self) -> tuple[float, dict[str, int]]:
         """Generator seconds spent for the round and synthetic bytes sent per device (none here)."""
         return 0.0, {}
@@ -176,7 +231,7 @@ class Strategy(ABC):
         """Where a round's updates go: the streaming sum for FedAvg, a buffer for the robust rules."""
         if self.config.aggregate == "fedavg":
             return WeightedDeltaSum(template)
-        return BufferedUpdates(template, self.config.aggregate, self.config.trim)
+        return BufferedUpdates(template, self.config.aggregate, self.config.trim, self.config.bucket_size)
 
     def aggregate_round(self, global_state: TensorDict, updates: Accumulator) -> TensorDict:
         """New global model from the round's accumulated updates."""

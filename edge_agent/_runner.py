@@ -77,6 +77,7 @@ def run_task(
         train_accuracy=result.accuracy,
         delta=delta,
         codec=codec,
+        eval_accuracy=None if result.eval_accuracy is None else round(result.eval_accuracy, 6),
     )
     return update, new_residual
 

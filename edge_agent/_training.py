@@ -27,6 +27,7 @@ class LocalResult:
     num_samples: int
     loss: float
     accuracy: float
+    eval_accuracy: float | None = None  # the global model on this data, before training
 
 
 def _torch_seed(seed: int) -> int:
@@ -43,8 +44,8 @@ def train_local(
 ) -> LocalResult:
     """Train ``config.local_epochs`` epochs from ``global_state`` on ``data``.
 
-    With a ``synthetic`` batch (GenFL) each step also takes as many synthetic
-    samples as real ones and adds their loss times ``config.synthetic_weight``.
+    With a ``synthetic`` batch (GenFL) each step also takes ``config.synthetic_ratio``
+    synthetic samples per real one and adds their loss times ``config.synthetic_weight``.
 
     Everything random (shuffling, dropout) derives from ``config.seed``, which
     the coordinator sets per device and round: same task, same result.
@@ -52,6 +53,7 @@ def train_local(
     model = models.build_model(model_name)
     models.load_state(model, global_state)
     model.to(device)
+    before = models.evaluate(model, data.images, data.labels).accuracy if len(data) else None
     images: np.ndarray | torch.Tensor = data.images
     labels: np.ndarray | torch.Tensor = data.labels
     if device != "cpu":  # keep the shard on the accelerator as uint8: one copy per round
@@ -67,7 +69,8 @@ def train_local(
     mix: models.SyntheticMix | None = None
     if synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0:
         mix = models.SyntheticMix.on(device, synthetic.images, synthetic.labels, synthetic.soft_labels,
-                                     config.synthetic_weight)  # fmt: skip
+                                     config.synthetic_weight, config.synthetic_ratio,
+                                     config.synthetic_frozen_norm)  # fmt: skip
     rng = np.random.default_rng(config.seed)
     result = models.EpochResult(loss=0.0, accuracy=0.0, samples=0)
     quantization = models.fake_quantized(model) if config.qat else contextlib.nullcontext(model)
@@ -84,7 +87,9 @@ def train_local(
                 prox_mu=config.prox_mu,
                 anchor=anchor,
                 synthetic=mix,
+                augmentation=config.augment,
             )
     trained = models.model_state(model.cpu())
     delta = {name: trained[name] - global_state[name] for name in trained}
-    return LocalResult(delta=delta, num_samples=len(data), loss=result.loss, accuracy=result.accuracy)
+    return LocalResult(delta=delta, num_samples=len(data), loss=result.loss, accuracy=result.accuracy,
+                       eval_accuracy=before)  # fmt: skip

@@ -3,7 +3,7 @@
 from ._checkpoint import read_checkpoint
 from ._qat import fake_quantized
 from ._registry import MODELS, ModelSpec, build_model, default_model_for, get_spec, load_state, model_state
-from ._training import EpochResult, SyntheticMix, evaluate, predict_logits, to_float, train_one_epoch
+from ._training import EpochResult, SyntheticMix, augment, evaluate, predict_logits, to_float, train_one_epoch
 
 __all__ = [
     "MODELS",
@@ -19,6 +19,7 @@ __all__ = [
     "predict_logits",
     "read_checkpoint",
     "SyntheticMix",
+    "augment",
     "to_float",
     "train_one_epoch",
 ]

@@ -24,6 +24,7 @@ class ModelSpec:
     num_classes: int
     build: Callable[[], nn.Module]
     summary: str
+    augment: str = "none"  # what local training applies by default: none, or crop-flip (natural images)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -40,6 +41,7 @@ MODELS: dict[str, ModelSpec] = {
         num_classes=10,
         build=lambda: CnnSmall(CnnSmallConfig()),
         summary="6 conv-bn-relu blocks for 3x32x32 images",
+        augment="crop-flip",
     ),
 }
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EpochResult", "SyntheticMix", "evaluate", "predict_logits", "to_float", "train_one_epoch"]
+__all__ = ["EpochResult", "SyntheticMix", "augment", "evaluate", "predict_logits", "to_float", "train_one_epoch"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,26 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.float32).div_(255.0)
 
 
+def augment(images: torch.Tensor, kind: str, pad: int = 4) -> torch.Tensor:
+    """Random crops of the ``pad``-padded images (reflected edges) and horizontal flips, one draw per sample.
+
+    ``kind`` ``none`` returns the images as they are. Draws come from torch's global generator (seeded per
+    task in local training). Works on uint8 or float (N, C, H, W) batches.
+    """
+    if kind == "none" or len(images) == 0:
+        return images
+    n, _, height, width = images.shape
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(images.dtype)
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+    rows = (torch.arange(height, device=images.device)[None, :] + dy[:, None])[:, :, None]  # (N, H, 1)
+    cols = (torch.arange(width, device=images.device)[None, :] + dx[:, None])[:, None, :]  # (N, 1, W)
+    cropped = padded[torch.arange(n, device=images.device)[:, None, None], :, rows, cols]  # (N, H, W, C)
+    cropped = cropped.permute(0, 3, 1, 2)
+    flip = torch.rand(n, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
 @dataclass(frozen=True)
 class SyntheticMix:
     """GenFL's synthetic samples for local training, and the weight of their loss."""
@@ -37,13 +57,15 @@ class SyntheticMix:
     labels: torch.Tensor  # int64 (N,)
     soft_labels: torch.Tensor | None  # float32 (N, classes), or None for hard labels
     weight: float
+    ratio: float = 1.0  # synthetic samples per real sample in each batch
+    frozen_norm: bool = False  # a separate pass with BatchNorm on its running statistics (which it leaves alone)
 
     @classmethod
     def on(cls, device: str, images: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray | None,
-           weight: float) -> SyntheticMix:  # fmt: skip
+           weight: float, ratio: float = 1.0, frozen_norm: bool = False) -> SyntheticMix:  # fmt: skip
         soft = None if soft_labels is None else torch.from_numpy(soft_labels.astype(np.float32)).to(device)
         return cls(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), soft,
-                   weight)  # fmt: skip
+                   weight, ratio, frozen_norm)  # fmt: skip
 
     def loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.soft_labels is None:
@@ -62,15 +84,16 @@ def train_one_epoch(
     prox_mu: float = 0.0,
     anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     synthetic: SyntheticMix | None = None,
+    augmentation: str = "none",
 ) -> EpochResult:
     """One pass over (images, labels) in a shuffled order drawn from ``rng``.
 
     With ``prox_mu > 0`` adds FedProx's ``mu/2 * ||w - anchor||^2`` to the loss,
     ``anchor`` pairing each trained parameter with its value in the round's global model.
     Images may be numpy arrays (CPU) or uint8 tensors already on the model's device.
-    With ``synthetic``, every batch is joined by as many synthetic samples drawn at random, in one
-    forward pass (BatchNorm normalises the mix; keeping them apart measured worse on digits), and
-    their loss is added with its weight.
+    With ``synthetic``, every batch of B real samples is joined by ``ratio`` x B synthetic samples drawn at
+    random, in one forward pass (BatchNorm normalises the mix; keeping them apart measured worse on
+    digits), and their loss is added with its weight. ``augmentation`` (``crop-flip``) applies to both.
     """
     model.train()
     order = rng.permutation(len(labels))
@@ -85,16 +108,27 @@ def train_one_epoch(
         if len(index) < 2:  # BatchNorm needs two samples to estimate a variance
             continue
         batch = torch.from_numpy(index).to(images.device) if isinstance(images, torch.Tensor) else index
-        inputs = to_float(images[batch]).to(device)
+        inputs = to_float(augment(torch.as_tensor(images[batch]), augmentation)).to(device)
         targets = targets_all[batch]
         if synthetic is None:
             logits = model(inputs)
             loss = F.cross_entropy(logits, targets)
         else:
-            drawn = torch.from_numpy(rng.integers(0, len(synthetic.labels), size=len(index))).to(device)
-            joint = model(torch.cat([inputs, to_float(synthetic.images[drawn])]))
-            logits = joint[: len(index)]
-            loss = F.cross_entropy(logits, targets) + synthetic.weight * synthetic.loss(joint[len(index) :], drawn)
+            count = max(1, round(len(index) * synthetic.ratio))
+            drawn = torch.from_numpy(rng.integers(0, len(synthetic.labels), size=count)).to(device)
+            extra = to_float(augment(synthetic.images[drawn], augmentation)).to(device)
+            if synthetic.frozen_norm:
+                logits = model(inputs)
+                norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                for norm in norms:
+                    norm.eval()
+                synthetic_logits = model(extra)
+                for norm in norms:
+                    norm.train()
+            else:
+                joint = model(torch.cat([inputs, extra]))
+                logits, synthetic_logits = joint[: len(index)], joint[len(index) :]
+            loss = F.cross_entropy(logits, targets) + synthetic.weight * synthetic.loss(synthetic_logits, drawn)
         if prox_mu > 0.0 and anchor is not None:
             proximal = sum(((p - a) ** 2).sum() for p, a in anchor)
             loss = loss + 0.5 * prox_mu * proximal

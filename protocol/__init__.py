@@ -3,13 +3,16 @@
 Imports no torch and knows nothing about rounds or training.
 """
 
-from ._blobs import DEFAULT_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
-from ._codec import CODECS, decode_delta, encode_delta
-from ._enrollment import ENROLL_USER, EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
+from ._blobs import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
+from ._cli import exit_on_error, new_app
+from ._codec import CODECS, Codec, decode_delta, encode_delta
+from ._enrollment import EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
 from ._errors import BrokerRefused, ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
 from ._messages import (
+    AUGMENTATIONS,
     PROTOCOL_VERSION,
     Ack,
+    Augmentation,
     BlobChunk,
     BlobRequest,
     DeviceState,
@@ -50,14 +53,17 @@ from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
 from ._transport import InMemoryBus, InMemoryTransport, MessageHandler, Transport, topic_matches
 
 __all__ = [
+    "AUGMENTATIONS",
+    "Augmentation",
+    "Codec",
     "SyntheticBatch",
     "decode_synthetic",
     "encode_synthetic",
     "CODECS",
     "HARDENING",
     "DEFAULT_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
     "DEVICE_CHANNELS",
-    "ENROLL_USER",
     "PROTOCOL_VERSION",
     "Ack",
     "BlobAssembler",
@@ -104,6 +110,8 @@ __all__ = [
     "encode_delta",
     "encode_message",
     "encode_tensors",
+    "exit_on_error",
+    "new_app",
     "enroll_topic",
     "generate_signing_key",
     "load_signing_key",

@@ -17,15 +17,25 @@ against the receiver's model before it builds anything.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 
 import numpy as np
 
 from ._errors import ProtocolError
 from ._tensors import TensorDict
 
-__all__ = ["CODECS", "decode_delta", "encode_delta"]
+__all__ = ["CODECS", "Codec", "decode_delta", "encode_delta"]
 
-CODECS = ("fp32", "int8", "int4")
+
+class Codec(str, Enum):
+    """How a device encodes its update."""
+
+    FP32 = "fp32"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+CODECS = tuple(c.value for c in Codec)
 _QMAX = {"int8": 127, "int4": 7}
 
 

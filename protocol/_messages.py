@@ -15,14 +15,18 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from ._errors import GenflError, ProtocolError
+from ._json import loads_bounded
 from ._tensors import TensorDict, decode_tensors, encode_tensors
 from ._topics import validate_name
 
 __all__ = [
+    "AUGMENTATIONS",
     "PROTOCOL_VERSION",
+    "Augmentation",
     "Ack",
     "BlobChunk",
     "BlobRequest",
@@ -37,6 +41,16 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+
+
+class Augmentation(str, Enum):
+    """What local training does to each batch: nothing, or random padded crops and horizontal flips."""
+
+    NONE = "none"
+    CROP_FLIP = "crop-flip"
+
+
+AUGMENTATIONS = tuple(a.value for a in Augmentation)
 _MAGIC = b"GFL"
 _PREFIX = struct.Struct(">3sBI")
 MAX_HEADER_BYTES = 64 * 1024
@@ -80,23 +94,32 @@ def _check_device(value: object) -> str:
 class TrainConfig:
     """How a device trains in one round (sent inside each task)."""
 
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    # The defaults of every entry point: the server's StrategyConfig (and through it `simulate`, `serve` and
+    # their options) takes its defaults from these.
+    local_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     prox_mu: float = 0.0
     seed: int = 0
     codec: str = "fp32"  # how the device encodes its update: fp32, int8 or int4
     qat: bool = True  # train int8 quantization-aware (fake quant); False trains in float
-    # GenFL: the weight of the loss on the task's synthetic batch (0 when the task has none); the
-    # server lowers it round by round, so that the device's own data takes over.
+    # GenFL: the weight of the loss on the task's synthetic batch (0 when the task has none), set by the
+    # server from how well the previous global model recognises the synthetic images, and how many
+    # synthetic samples join each local batch per real sample.
     synthetic_weight: float = 0.0
+    synthetic_ratio: float = 0.25
+    augment: str = "none"  # none, or crop-flip (random 4-pixel-padded crops and horizontal flips)
+    synthetic_frozen_norm: bool = False  # synthetic samples in a separate pass that leaves BatchNorm statistics alone
 
     def __post_init__(self) -> None:
-        if not isinstance(self.qat, bool):
-            raise _fail("qat must be a boolean")
+        if not isinstance(self.qat, bool) or not isinstance(self.synthetic_frozen_norm, bool):
+            raise _fail("qat and synthetic_frozen_norm must be booleans")
         _check_float("synthetic_weight", self.synthetic_weight, 0.0, 100.0)
+        _check_float("synthetic_ratio", self.synthetic_ratio, 0.0, 4.0)
+        if self.augment not in AUGMENTATIONS:
+            raise _fail(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.codec not in ("fp32", "int8", "int4"):
             raise _fail(f"codec must be fp32, int8 or int4, got {self.codec!r}")
         _check_int("local_epochs", self.local_epochs, 1, 1000)
@@ -186,6 +209,9 @@ class Update:
     train_accuracy: float
     delta: TensorDict = field(repr=False, compare=False)  # as encoded by ``codec``
     codec: str = "fp32"
+    # The global model it started from, evaluated on the device's own data before training: the
+    # federation's view of that model on real data it never sent (federated evaluation).
+    eval_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("round", self.round, 1)
@@ -196,6 +222,8 @@ class Update:
         _check_int("num_samples", self.num_samples, 1, 2**40)
         _check_float("train_loss", self.train_loss, 0.0)
         _check_float("train_accuracy", self.train_accuracy, 0.0, 1.0)
+        if self.eval_accuracy is not None:
+            _check_float("eval_accuracy", self.eval_accuracy, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -282,6 +310,9 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
             "train_accuracy": message.train_accuracy,
             "codec": message.codec,
         }
+        if message.eval_accuracy is not None:
+            header["eval_accuracy"] = message.eval_accuracy
+
         return header, encode_tensors(message.delta)
     if isinstance(message, BlobChunk):
         header = {
@@ -304,6 +335,7 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
         if message.synthetic_id is not None:
             header["synthetic_id"] = message.synthetic_id
             header["synthetic_size"] = message.synthetic_size
+
         return header, b""
     header = {f.name: getattr(message, f.name) for f in fields(message)}
     if isinstance(message, BlobRequest):
@@ -361,10 +393,7 @@ def decode_message(payload: bytes, expect: type[_M] | tuple[type[Message], ...] 
         raise ProtocolError("bad-frame", f"declared header of {header_len} bytes does not fit")
     if len(payload) - _PREFIX.size - header_len > MAX_BODY_BYTES:
         raise ProtocolError("bad-frame", "body too large")
-    try:
-        header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError("bad-frame", f"header is not JSON ({exc})") from exc
+    header = loads_bounded(payload[_PREFIX.size : _PREFIX.size + header_len], "header")
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ProtocolError("bad-frame", "header must be an object with a type")
     kind = header.pop("type")
@@ -373,6 +402,8 @@ def decode_message(payload: bytes, expect: type[_M] | tuple[type[Message], ...] 
         message = _build(kind, header, body)
     except TypeError as exc:  # missing or unexpected keyword from a hostile header
         raise ProtocolError("bad-field", f"{kind}: {exc}") from exc
+    except (ValueError, OverflowError, RecursionError, MemoryError) as exc:  # whatever else a field can provoke
+        raise ProtocolError("bad-field", f"{kind}: {type(exc).__name__}") from exc
     if expect is not None and not isinstance(message, expect):
         wanted = "/".join(t.TYPE for t in (expect if isinstance(expect, tuple) else (expect,)))
         raise ProtocolError("unexpected-type", f"expected {wanted}, got {kind}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cloud_server import StrategyConfig, make_strategy
-from cloud_server._genfl import AigcOnly, GenFL, KeptUpdates, synthetic_weight
+from cloud_server._genfl import AigcOnly, GenFL, HarmCheck, KeptUpdates, synthetic_weight
 from cloud_server._simulation import SimulationConfig, run_simulation
 from cloud_server._strategy import GenflConfig
 from protocol import ConfigError, TrainConfig, decode_synthetic
@@ -16,24 +16,54 @@ from protocol import ConfigError, TrainConfig, decode_synthetic
 PATHOLOGICAL = dict(dataset="digits", devices=10, partition="shards", classes_per_device=2, rounds=10, seed=0)
 
 
-def test_genfl_beats_fedavg_by_three_points_on_two_classes_per_device() -> None:
+def _last3(result) -> float:  # type: ignore[no-untyped-def]
+    """One round's accuracy swings by 10+ points on 2-class shards: compare the mean of the last three."""
+    return float(np.mean([r.accuracy for r in result.rounds[-3:]]))
+
+
+# Seed 3 is the one where GenFL with its first settings lost 5 points to FedAvg (docs/benchmarks.md has all five).
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 3])
+def test_genfl_beats_fedavg_on_two_classes_per_device(seed: int) -> None:
     started = time.perf_counter()
-    fedavg = run_simulation(SimulationConfig(strategy="fedavg", **PATHOLOGICAL))  # type: ignore[arg-type]
-    genfl = run_simulation(SimulationConfig(strategy="genfl", **PATHOLOGICAL))  # type: ignore[arg-type]
+    setup = {**PATHOLOGICAL, "seed": seed}
+    fedavg = run_simulation(SimulationConfig(strategy="fedavg", **setup))  # type: ignore[arg-type]
+    genfl = run_simulation(SimulationConfig(strategy="genfl", **setup))  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
-    assert fedavg.final_accuracy is not None and genfl.final_accuracy is not None
-    assert genfl.final_accuracy >= fedavg.final_accuracy + 0.03, (fedavg.final_accuracy, genfl.final_accuracy)
-    # the synthetic data came after the warm-up round, within each device's budget, and cost generator time
+    assert _last3(genfl) >= _last3(fedavg) + 0.05, (_last3(fedavg), _last3(genfl))
+    # the synthetic data came after the warm-up round, within each device's budget, and cost generator time;
+    # every device reported how the model it got scores on its own data
     rounds = genfl.rounds
     assert rounds[0].synthetic_bytes == 0 and all(r.synthetic_bytes > 0 for r in rounds[1:])
     assert all(r.synthetic_bytes <= 10 * (1024 * 1024 + 4096) for r in rounds)
     assert all(r.generator_s > 0 for r in rounds)
-    print(f"fedavg {fedavg.final_accuracy:.3f} genfl {genfl.final_accuracy:.3f} in {elapsed:.1f} s")
+    assert all(r.device_accuracy is not None and 0 <= r.device_accuracy <= 1 for r in rounds)
+    print(f"seed {seed}: fedavg {_last3(fedavg):.3f} genfl {_last3(genfl):.3f} in {elapsed:.1f} s")
 
 
-def test_the_synthetic_weight_decays_after_the_warm_up() -> None:
-    config = GenflConfig(warmup_rounds=2, synthetic_weight=1.0, synthetic_decay=0.5)
-    assert [synthetic_weight(config, r) for r in (3, 4, 5)] == [1.0, 0.5, 0.25]
+def test_the_weight_halves_after_a_round_that_did_harm_and_recovers_after_one_that_did_none() -> None:
+    check = HarmCheck(tolerance=0.02)
+    config = GenflConfig(warmup_rounds=1, synthetic_weight=0.4)
+    # round 1 (FedAvg) started from 0.30; round 2 sent synthetic data; round 3's devices measure its effect
+    check.evaluated(1, 0.30)
+    check.evaluated(2, 0.50)
+    assert synthetic_weight(config, 3, check.update()) == 0.4  # round 2's effect is not known yet
+    check.used(2)
+    check.used(3)
+    check.evaluated(3, 0.40)  # round 2's training cost the devices 10 points: harm
+    assert check.update() == 0.5 and synthetic_weight(config, 4, check.value) == 0.2
+    check.evaluated(4, 0.39)  # round 3's cost 1 point: within the tolerance
+    assert check.update() == 1.0
+    assert [(r, round(c, 2)) for r, c, _ in check.judged] == [(2, -0.1), (3, -0.01)]
+
+
+def test_synthetic_data_waits_for_teachers_that_fit_their_own_data() -> None:
+    strategy = _bound("genfl", generator_steps=2, generator_batch=8, teacher_gate=0.9)
+    assert isinstance(strategy, GenFL)
+    strategy.round_evaluated(1, 0.3, 0.57)  # CIFAR-10 after a round: the devices' models fit 57% of their data
+    assert not strategy.teachers_fit(2)
+    strategy.round_evaluated(2, 0.4, 0.98)  # digits, 2 classes each: 98%
+    assert strategy.teachers_fit(3)
 
 
 def _bound(name: str, **genfl: object) -> GenFL | AigcOnly:
@@ -46,7 +76,7 @@ def _bound(name: str, **genfl: object) -> GenFL | AigcOnly:
 def test_genfl_sends_nothing_before_its_generator_learned_then_tailored_batches() -> None:
     import models
 
-    strategy = _bound("genfl", generator_steps=3, generator_batch=8, synthetic_budget_kb=4)
+    strategy = _bound("genfl", generator_steps=3, generator_batch=8, synthetic_budget_kb=4, teacher_gate=0.0)
     configs = {"a": TrainConfig(), "b": TrainConfig()}
     devices = {"a": (100, (50.0, 50.0) + (0.0,) * 8), "b": (100, None)}
     same, batches = strategy.synthetic_batches(1, configs, devices)
@@ -59,10 +89,31 @@ def test_genfl_sends_nothing_before_its_generator_learned_then_tailored_batches(
     configs, batches = strategy.synthetic_batches(2, configs, devices)
     a = decode_synthetic(batches["a"], (1, 8, 8), 10)
     b = decode_synthetic(batches["b"], (1, 8, 8), 10)
-    assert set(np.unique(a.labels)) == set(range(2, 10))  # only the classes device a lacks
-    assert set(np.unique(b.labels)) == set(range(10))  # no counts shared: every class
-    assert len(batches["b"]) <= 4 * 1024 + 1024 and configs["a"].synthetic_weight == 1.0
+    assert set(np.unique(a.labels)) <= set(range(2, 10))  # only the classes device a lacks
+    assert (strategy._needs(["b"])["b"] > 0).all()  # no counts shared: every class is asked for
+    assert len(batches["b"]) <= 4 * 1024 + 1024
+    assert configs["a"].synthetic_weight == 0.3 and configs["a"].synthetic_ratio == 1.0
     assert strategy.round_stats()[1] == {"a": len(batches["a"]), "b": len(batches["b"])}
+    # every image sent is one the ensemble labels as asked, drawn from one pool for the round
+    pool = strategy.last_pool
+    assert pool is not None and len(pool.labels) <= pool.made
+    for batch in (a, b):
+        assert all(any(np.array_equal(image, kept) for kept in pool.images) for image in batch.images)
+
+
+def test_genfl_aggregates_with_the_robust_rule_it_is_given() -> None:
+    import models
+
+    strategy = make_strategy("genfl", StrategyConfig(aggregate="median", genfl=GenflConfig(generator_steps=0)))
+    strategy.bind("cnn-digits")
+    state = models.model_state(models.build_model("cnn-digits", seed=0))
+    updates = strategy.new_accumulator(state)
+    for key, value in (("a", 1.0), ("b", 2.0), ("c", 300.0)):
+        updates.add({n: np.full_like(v, value) if v.dtype.kind == "f" else v * 0 for n, v in state.items()}, 10,
+                    key=key)  # fmt: skip
+    new = strategy.aggregate_round(state, updates)
+    name = next(n for n, v in state.items() if v.dtype.kind == "f")
+    np.testing.assert_allclose(new[name] - state[name], 2.0, rtol=1e-5)  # the median, not the mean (101)
 
 
 def test_aigc_only_ignores_the_device_updates() -> None:
@@ -85,3 +136,5 @@ def test_bad_genfl_settings_are_config_errors() -> None:
         GenflConfig(generator="local-pipeline")  # needs a path
     with pytest.raises(ConfigError):
         GenflConfig(synthetic_decay=0.0)
+    with pytest.raises(ConfigError):
+        GenflConfig(teacher_gate=1.5)
