@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from edge_agent import (
     load_dataset,
     partition_labels,
     save_npz,
+    scaled_to_total,
 )
 from protocol import (
     BlobStore,
@@ -44,6 +45,7 @@ from protocol import (
     TensorDict,
     Topics,
     Transport,
+    atomic_write,
     encode_tensors,
 )
 
@@ -78,11 +80,12 @@ class SimulationConfig:
     batch_size: int = StrategyConfig.batch_size
     learning_rate: float = StrategyConfig.learning_rate
     strategy: str = "fedavg"
-    prox_mu: float = 0.01
-    fraction: float = 1.0
-    seed: int = 0
+    prox_mu: float = StrategyConfig.prox_mu
+    fraction: float = StrategyConfig.fraction
+    seed: int = StrategyConfig.seed
     model: str | None = None
     train_subset: int | None = None  # use only this many training samples (CPU benchmarks)
+    eval_subset: int | None = None  # evaluate on a fixed stratified subset of the test split (the same for every seed)
     fleet: str = "sim"
     torch_device: str = "cpu"  # where simulated devices train: cpu, cuda or auto
     # Threads per simulated device. Fixed so that in-process and worker-process training give the
@@ -91,13 +94,17 @@ class SimulationConfig:
     transport: str = "local"  # local (in-memory) or mqtt
     broker: str | None = None  # for mqtt: None starts an embedded broker
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
-    worker: str = "persistent"  # the agents' worker mode (persistent saves torch's import each round)
-    worker_slots: int | None = None  # at most this many workers train at once (per-task workers only)
+    # The agents' worker mode: pool (one torch-preloaded training pool for the whole fleet, the fastest),
+    # persistent or per-task (a worker process per agent, as on boards).
+    worker: str = "pool"
+    worker_slots: int | None = None  # at most this many train at once (pool: default the cores; per-task: no limit)
+    agents_per_process: int = 1  # simulated agents per process (--transport mqtt): 1,000 fit in one machine
     round_timeout_s: float = 600.0
-    codec: str = "fp32"  # fp32, int8 or int4 updates
-    qat: bool = True  # quantization-aware training on the devices (the default)
-    aggregate: str = "fedavg"  # fedavg, median, trimmed-mean or clipped
-    trim: float = 0.2
+    codec: str = StrategyConfig.codec  # fp32, int8 or int4 updates
+    qat: bool = StrategyConfig.qat  # quantization-aware training on the devices
+    aggregate: str = StrategyConfig.aggregate  # fedavg or a robust rule
+    trim: float = StrategyConfig.trim
+    bucket_size: int = StrategyConfig.bucket_size  # robust rules: average random buckets of updates first
     malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)
     attack: str = "sign-flip"
     share_label_counts: bool = True  # devices send their label histograms (GenFL tailors batches by them)
@@ -111,8 +118,14 @@ class SimulationConfig:
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.train_subset is not None and self.train_subset < self.devices:
             raise ConfigError("train subset must hold at least one sample per device")
-        if self.worker_slots is not None and (self.worker_slots < 1 or self.worker != "per-task"):
-            raise ConfigError("worker slots need --worker per-task and a count of at least 1")
+        if self.eval_subset is not None and self.eval_subset < 1:
+            raise ConfigError("the evaluation subset must hold at least one sample")
+        if self.worker not in ("pool", "persistent", "per-task"):
+            raise ConfigError(f"worker must be pool, persistent or per-task, got {self.worker!r}")
+        if self.worker_slots is not None and (self.worker_slots < 1 or self.worker == "persistent"):
+            raise ConfigError("worker slots need --worker pool or per-task and a count of at least 1")
+        if self.agents_per_process < 1:
+            raise ConfigError("agents per process must be at least 1")
         if self.aggregate not in AGGREGATORS:
             raise ConfigError(f"unknown aggregation {self.aggregate!r}; use one of {', '.join(AGGREGATORS)}")
         if self.attack not in ATTACKS:
@@ -127,6 +140,14 @@ class SimulationConfig:
             raise ConfigError(f"label noise epsilon must be positive, got {self.label_noise}")
         if self.transport not in ("local", "mqtt"):
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
+
+    def strategy_config(self) -> StrategyConfig:
+        """The strategy settings of this run (StrategyConfig holds their defaults)."""
+        return StrategyConfig(
+            fraction=self.fraction, local_epochs=self.local_epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, prox_mu=self.prox_mu, seed=self.seed, codec=self.codec, qat=self.qat,
+            aggregate=self.aggregate, trim=self.trim, bucket_size=self.bucket_size, genfl=self.genfl,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -221,7 +242,7 @@ def shared_label_counts(
     if config.label_noise is None:
         return tuple(float(c) for c in counts)
     rng = np.random.default_rng(derive_seed("label-noise", config.seed, device_id))
-    return laplace_label_counts([int(c) for c in counts], config.label_noise, rng)
+    return scaled_to_total(laplace_label_counts([int(c) for c in counts], config.label_noise, rng), len(shard))
 
 
 class _ProcessFederation:
@@ -252,31 +273,61 @@ class _ProcessFederation:
 
     def start(self) -> None:
         empty = LabeledArrays(np.empty((0, *self.dataset.input_shape), dtype=np.uint8), np.empty((0,), dtype=np.int64))
+        env = {**os.environ, "GENFL_TORCH_THREADS": str(self.config.torch_threads)}
+        pool_socket = self.run_dir / "pool.sock"
+        if self.config.worker == "pool":
+            # One process imports torch; every agent's training runs in a fork of it.
+            slots = self.config.worker_slots or (os.cpu_count() or 1)
+            log_file = self._stack.enter_context(open(self.run_dir / "pool.log", "wb"))  # noqa: SIM115
+            command = [sys.executable, "-m", "edge_agent.pool", "--socket", str(pool_socket), "--slots", str(slots)]
+            pool = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            self.processes.append(pool)
+            deadline = time.monotonic() + 120
+            while not pool_socket.exists():
+                if pool.poll() is not None or time.monotonic() > deadline:
+                    raise GenflError(f"the training pool did not start: {(self.run_dir / 'pool.log').read_text()}")
+                time.sleep(0.05)
+        elif self.config.worker_slots is not None:
+            env["GENFL_WORKER_SLOTS"] = f"{self.run_dir / 'slots'}:{self.config.worker_slots}"
+        agents = []
         for device_id, shard in self.shards:
             folder = self.run_dir / device_id
             save_npz(DeviceDataset(device_id, self.dataset.classes, shard, empty), folder / "data.npz")
-            log_file = self._stack.enter_context(open(folder / "agent.log", "wb"))  # noqa: SIM115
-            command = [
-                sys.executable, "-m", "edge_agent", "run",
-                "--device-id", device_id, "--fleet", self.config.fleet, "--broker", self.url,
-                "--data", f"npz:{folder / 'data.npz'}", "--state-dir", str(folder / "state"),
-                "--worker", self.config.worker, "--torch-device", self.torch_device, "--log-level", "warning",
-            ]  # fmt: skip
-            if self.config.share_label_counts:
-                command.append("--share-label-counts")
-            if self.config.label_noise is not None:
-                command += ["--label-noise", str(self.config.label_noise)]
-            env = {**os.environ, "GENFL_TORCH_THREADS": str(self.config.torch_threads)}
-            if self.config.worker_slots is not None:
-                env["GENFL_WORKER_SLOTS"] = f"{self.run_dir / 'slots'}:{self.config.worker_slots}"
+            settings: dict[str, object] = {
+                "device_id": device_id, "fleet": self.config.fleet, "broker": self.url,
+                "data": f"npz:{folder / 'data.npz'}", "state_dir": str(folder / "state"),
+                "worker": self.config.worker, "torch_device": self.torch_device,
+                "share_label_counts": self.config.share_label_counts, "label_noise": self.config.label_noise,
+                # The simulator is the server: its boards accept any batch size and step count it asks for.
+                "min_batch_size": 1, "min_local_steps": 0,
+            }  # fmt: skip
+            if self.config.worker == "pool":
+                settings["pool_socket"] = str(pool_socket)
+            agents.append(settings)
+        per_process = self.config.agents_per_process
+        for index in range(0, len(agents), per_process):
+            group = agents[index : index + per_process]
+            name = group[0]["device_id"] if per_process == 1 else f"agents-{index:05d}"
+            log_file = self._stack.enter_context(open(self.run_dir / f"{name}.log", "wb"))  # noqa: SIM115
+            if per_process == 1:
+                command = [sys.executable, "-m", "edge_agent", "run", "--log-level", "warning"]
+                for key, value in group[0].items():
+                    if isinstance(value, bool):
+                        command.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
+                    elif value is not None:
+                        command += [f"--{key.replace('_', '-')}", str(value)]
+            else:
+                spec = self.run_dir / f"{name}.json"
+                spec.write_text(json.dumps({"agents": group}))
+                command = [sys.executable, "-m", "edge_agent.multi", "--spec", str(spec)]
             self.processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env))
 
     def _agent_logs(self, lines: int = 5) -> str:
         tails = []
-        for device_id, _ in self.shards:
-            text = (self.run_dir / device_id / "agent.log").read_text(errors="replace").strip().splitlines()
+        for path in sorted(self.run_dir.glob("*.log")):
+            text = path.read_text(errors="replace").strip().splitlines()
             if text:
-                tails.append(f"{device_id}: " + " | ".join(text[-lines:]))
+                tails.append(f"{path.stem}: " + " | ".join(text[-lines:]))
         return "\n".join(tails[:5])
 
     def run(self, coordinator: Coordinator) -> None:
@@ -363,9 +414,11 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         config = replace(config, genfl=replace(config.genfl, class_names=dataset.classes))
     strategy = make_strategy(
         config.strategy,
-        StrategyConfig.taken_from(config),
+        config.strategy_config(),
     )
     test = dataset.test
+    if config.eval_subset is not None and config.eval_subset < len(test):
+        test = test.subset(_subset(test.labels, config.eval_subset, seed=0))  # fixed: the same for every seed
     torch_device = _resolve_device(config.torch_device)
     import torch
 
@@ -424,16 +477,21 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     )
 
 
-def write_outputs(result: SimulationResult, out: Path) -> dict[str, Path]:
-    """``metrics.json``, ``curve.png`` and ``model.safetensors`` under ``out``."""
+def write_outputs(result: SimulationResult, out: Path, compared: Sequence[SimulationResult] = ()) -> dict[str, Path]:
+    """``metrics.json`` (with the compared runs), ``curve.png`` (every run's curve) and ``model.safetensors``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "curve": out / "curve.png", "model": out / "model.safetensors"}
-    paths["metrics"].write_text(json.dumps(result.metrics(), indent=2) + "\n")
-    paths["model"].write_bytes(encode_tensors(result.final_state, {"model": result.model_name}))
+    metrics = result.metrics()
+    if compared:
+        metrics["compared"] = [other.metrics() for other in compared]
+    atomic_write(paths["metrics"], (json.dumps(metrics, indent=2) + "\n").encode())
+    atomic_write(paths["model"], encode_tensors(result.final_state, {"model": result.model_name}))
+    runs = [result, *compared]
     plot_curve(
-        {result.config.strategy: [r.accuracy or 0.0 for r in result.rounds]},
+        {run.config.strategy: [r.accuracy or 0.0 for r in run.rounds] for run in runs},
         paths["curve"],
-        title=result.config.dataset,
+        title=f"{result.config.dataset}, {result.config.devices} devices"
+        + (f", {result.config.classes_per_device} classes each" if result.config.partition == "shards" else ""),
     )
     return paths
 

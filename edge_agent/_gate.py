@@ -16,7 +16,7 @@ from ._agent import TrainingDone, TrainingRunner
 __all__ = ["GatedRunner", "TrainWindow", "available_memory_mb"]
 
 log = logging.getLogger("genfl.edge")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class TrainWindow:
         first, _, second = text.partition("-")
         bounds = []
         for part in (first.strip(), second.strip()):
-            match = _HHMM.match(part)
+            match = _HHMM.fullmatch(part)
             if not match:
                 raise ConfigError(f"train window must look like 22:00-06:00, got {text!r}")
             bounds.append(dt.time(int(match.group(1)), int(match.group(2))))

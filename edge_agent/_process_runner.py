@@ -13,10 +13,12 @@ answer is read by a small thread into a queue, so nothing blocks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -40,14 +42,23 @@ class DataSummary:
     label_counts: tuple[int, ...]
 
 
-def describe_data(spec: str, data_dir: Path, timeout_s: float = 600.0) -> DataSummary:
-    """The device's sample count and label histogram, read by a short-lived worker."""
-    done = subprocess.run(
-        [sys.executable, "-m", "edge_agent.worker", "--describe", spec, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+def describe_data(spec: str, data_dir: Path, timeout_s: float = 600.0, in_process: bool = False) -> DataSummary:
+    """The device's sample count and label histogram, read by a short-lived worker (or here, ``in_process``:
+    a process that hosts many simulated agents reads their small ``npz`` shards itself)."""
+    if in_process:
+        from .worker import describe
+
+        info = describe(spec, data_dir)
+        return DataSummary(int(info["num_samples"]), tuple(info["classes"]), tuple(info["label_counts"]))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_agent.worker", "--describe", spec, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DataError(f"cannot start the worker that reads the data ({sys.executable}): {exc}") from exc
     if done.returncode != 0:
         raise DataError(done.stderr.strip().removeprefix("error: ") or f"describing {spec} failed")
     info = json.loads(done.stdout)
@@ -78,9 +89,14 @@ class WorkerRunner:
         mode: str = "per-task",
         torch_device: str = "cpu",
         nice: int = 10,
+        pool_socket: Path | None = None,
     ) -> None:
-        if mode not in ("per-task", "persistent"):
-            raise ValueError(f"worker mode must be per-task or persistent, got {mode!r}")
+        if mode not in ("per-task", "persistent", "pool"):
+            raise ValueError(f"worker mode must be per-task, persistent or pool, got {mode!r}")
+        if (mode == "pool") != (pool_socket is not None):
+            raise ValueError("the pool worker mode needs a pool socket, and only it")
+        self.pool_socket = pool_socket
+        self._connection: socket.socket | None = None
         self.device_id = device_id
         self.data_spec = data_spec
         self.data_dir = data_dir
@@ -126,6 +142,29 @@ class WorkerRunner:
             **fields,
         }
 
+    def _send_to_pool(self, job: dict[str, Any]) -> None:
+        """One job to the training pool over its socket; the answer line (or EOF) lands in the inbox."""
+        assert self.pool_socket is not None
+        self._close_connection()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._inbox = queue.SimpleQueue()
+        try:
+            connection.connect(str(self.pool_socket))
+            connection.sendall((json.dumps(job) + "\n").encode())
+        except OSError as exc:
+            connection.close()
+            self._inbox.put(json.dumps({"ok": False, "error": f"the training pool at {self.pool_socket}: {exc}"}))
+            return
+        self._connection = connection
+        stream = connection.makefile("r", encoding="utf-8")
+        threading.Thread(target=_read_lines, args=(stream, self._inbox), daemon=True).start()
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(OSError):
+                self._connection.close()
+            self._connection = None
+
     def _send(self, job: dict[str, Any]) -> subprocess.Popen[str]:
         if self._process is None or self._process.poll() is not None:
             self._process = self._spawn()
@@ -157,15 +196,20 @@ class WorkerRunner:
         model_path = self.work_dir / "model.safetensors"
         out = self.work_dir / "update.bin"
         out.unlink(missing_ok=True)
-        synthetic_path = self.work_dir / "synthetic.safetensors"
         task_path.write_bytes(encode_message(task))
         model_path.write_bytes(model_blob)
         fields: dict[str, Any] = {"task": str(task_path), "model": str(model_path), "out": str(out)}
+        synthetic_path = self.work_dir / "synthetic.safetensors"
         if synthetic_blob is not None:
             synthetic_path.write_bytes(synthetic_blob)
             fields["synthetic"] = str(synthetic_path)
         else:
             synthetic_path.unlink(missing_ok=True)
+        if self.mode == "pool":
+            self._send_to_pool(self._job_fields(**fields))
+            self._job = _Job(task, done, out)
+            log.info("device %s: the training pool trains round %d", self.device_id, task.round)
+            return
         process = self._send(self._job_fields(**fields))
         if self.mode == "per-task" and process.stdin is not None:
             process.stdin.close()  # one job, then the worker exits
@@ -182,7 +226,12 @@ class WorkerRunner:
         except queue.Empty:
             return
         self._job = None
-        if line is None:
+        if self.mode == "pool":
+            self._close_connection()
+            if line is None:
+                job.done(job.task, "the training pool's worker ended without an answer")
+                return
+        elif line is None:
             code = self._process.wait() if self._process is not None else None
             self._process = None
             job.done(job.task, f"the training worker died (exit code {code})")
@@ -204,6 +253,7 @@ class WorkerRunner:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop the worker: close its input, wait ``grace_s`` for it to finish, then terminate it."""
+        self._close_connection()
         process = self._process
         if process is None:
             return

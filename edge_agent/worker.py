@@ -24,7 +24,7 @@ from ._data import DeviceDataset, load_dataset
 from ._runner import run_task
 
 
-def _describe(spec: str, data_dir: Path) -> dict[str, Any]:
+def describe(spec: str, data_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(spec, data_dir)
     counts = dataset.train.label_counts(dataset.num_classes)
     return {
@@ -59,9 +59,18 @@ def _run_job(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> None:
     else:
         atomic_write(residual_path, encode_tensors(residual))
     out = Path(job["out"])
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(encode_message(update))
-    os.replace(tmp, out)
+    atomic_write(out, encode_message(update))
+
+
+def answer(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> dict[str, Any]:
+    """Run one job; the reply line: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``."""
+    try:
+        _run_job(job, cache)
+        return {"ok": True, "peak_rss_mb": _peak_rss_mb()}
+    except GenflError as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: torch refused the job
+        return {"ok": False, "error": f"worker: {type(exc).__name__}: {exc}"}
 
 
 def _peak_rss_mb() -> float:
@@ -99,7 +108,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.describe:
         try:
-            print(json.dumps(_describe(args.describe, args.data_dir)), flush=True)
+            print(json.dumps(describe(args.describe, args.data_dir)), flush=True)
         except GenflError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
@@ -113,13 +122,11 @@ def main() -> int:
     cache: dict[str, DeviceDataset] = {}
     for line in sys.stdin:
         try:
-            _run_job(json.loads(line), cache)
-            reply: dict[str, Any] = {"ok": True, "peak_rss_mb": _peak_rss_mb()}
-        except GenflError as exc:
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:  # RuntimeError: torch refused the job
-            reply = {"ok": False, "error": f"worker: {type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
+            job = json.loads(line)
+        except ValueError as exc:
+            print(json.dumps({"ok": False, "error": f"worker: not a job ({exc})"}), flush=True)
+            continue
+        print(json.dumps(answer(job, cache)), flush=True)
     del slot  # released when the process exits
     return 0
 

@@ -37,8 +37,11 @@ def test_agent_processes_over_mqtt_give_the_in_memory_model_bit_for_bit(mosquitt
     # Execute
     local = run_simulation(SimulationConfig(**base))
     mqtt = run_simulation(SimulationConfig(**base, transport="mqtt", broker=mosquitto_url, fleet=fleet))
+    # the same fleet, five agents to a process, all training through the one torch-preloaded pool
+    grouped = run_simulation(SimulationConfig(**base, transport="mqtt", broker=mosquitto_url, fleet=f"{fleet}-k",
+                                              agents_per_process=5, worker_slots=2))  # fmt: skip
     # Assert
-    assert _model_hash(mqtt) == _model_hash(local)
+    assert _model_hash(mqtt) == _model_hash(local) == _model_hash(grouped)
     assert [r.accuracy for r in mqtt.rounds] == [r.accuracy for r in local.rounds]
     assert [r.bytes_up for r in mqtt.rounds] == [r.bytes_up for r in local.rounds]
 
@@ -119,3 +122,34 @@ def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosqu
         attacker.disconnect()
         attacker.loop_stop()
         transport.close()
+
+
+def test_the_inbox_is_bounded_and_what_overflows_is_dropped_and_counted(mosquitto_url: str, fleet: str) -> None:
+    # Prepare: a receiver that holds at most 10 messages (or 10 KiB) until it polls
+    address = BrokerAddress.parse(mosquitto_url)
+    receiver = MqttTransport(address, f"{fleet}-receiver", session_expiry_s=0, inbox_messages=10, inbox_bytes=10240)
+    got: list[bytes] = []
+    receiver.set_handler(lambda topic, payload: got.append(payload))
+    receiver.connect()
+    receiver.subscribe(f"genfl/{fleet}/flood")
+    sender = MqttTransport(address, f"{fleet}-sender", session_expiry_s=0)
+    sender.connect()
+    time.sleep(0.3)
+    # Execute: 50 small messages and one of 20 KiB, none polled yet
+    for index in range(50):
+        sender.publish(f"genfl/{fleet}/flood", b"%d" % index)
+    sender.publish(f"genfl/{fleet}/flood", b"x" * 20480)
+    sender.flush()
+    deadline = time.monotonic() + 10
+    while receiver.dropped < 41 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while receiver.poll(0.2):
+        pass
+    # Assert: the first ten were kept, everything else dropped; after polling, there is room again
+    assert got == [b"%d" % i for i in range(10)] and receiver.dropped == 41
+    sender.publish(f"genfl/{fleet}/flood", b"later")
+    sender.flush()
+    receiver.poll(2.0)
+    assert got[-1] == b"later"
+    sender.close()
+    receiver.close()
