@@ -1,49 +1,97 @@
-"""The cloud side: coordinator, strategies, aggregation, simulation, the CLI."""
+"""The cloud side: coordinator, strategies, aggregation, simulation, the CLI.
 
-from ._aggregation import WeightedDeltaSum, apply_delta, check_update_shapes, weighted_average
-from ._broker import EmbeddedBroker
-from ._coordinator import Coordinator, CoordinatorConfig, DeviceRecord, RoundResult
-from ._journal import SqliteJournal
-from ._serve import ServeConfig, run_server
-from ._simulation import (
-    DeviceShards,
-    SimulationConfig,
-    SimulationHooks,
-    SimulationResult,
-    device_shards,
-    plot_curve,
-    run_simulation,
-    write_outputs,
-)
-from ._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed, make_strategy
+Names are imported on first use (PEP 562), so that the administrative commands
+(``devices``, ``broker-config``, ``--help``) start without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._aggregation import WeightedDeltaSum, apply_delta, check_update_shapes, weighted_average
+    from ._broker import EmbeddedBroker
+    from ._coordinator import Coordinator, CoordinatorConfig, DeviceRecord, RoundResult
+    from ._journal import SqliteJournal
+    from ._serve import ServeConfig, run_server
+    from ._simulation import (
+        DeviceShards,
+        SimulationConfig,
+        SimulationHooks,
+        SimulationResult,
+        device_shards,
+        plot_curve,
+        run_simulation,
+        write_outputs,
+    )
+    from ._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed, make_strategy
+
+_WHERE = {
+    "WeightedDeltaSum": "_aggregation",
+    "apply_delta": "_aggregation",
+    "check_update_shapes": "_aggregation",
+    "weighted_average": "_aggregation",
+    "EmbeddedBroker": "_broker",
+    "Coordinator": "_coordinator",
+    "CoordinatorConfig": "_coordinator",
+    "DeviceRecord": "_coordinator",
+    "RoundResult": "_coordinator",
+    "SqliteJournal": "_journal",
+    "ServeConfig": "_serve",
+    "run_server": "_serve",
+    "DeviceShards": "_simulation",
+    "SimulationConfig": "_simulation",
+    "SimulationHooks": "_simulation",
+    "SimulationResult": "_simulation",
+    "device_shards": "_simulation",
+    "plot_curve": "_simulation",
+    "run_simulation": "_simulation",
+    "write_outputs": "_simulation",
+    "STRATEGIES": "_strategy",
+    "FedAvg": "_strategy",
+    "FedProx": "_strategy",
+    "Strategy": "_strategy",
+    "StrategyConfig": "_strategy",
+    "derive_seed": "_strategy",
+    "make_strategy": "_strategy",
+}
 
 __all__ = [
-    "STRATEGIES",
-    "Coordinator",
-    "EmbeddedBroker",
-    "CoordinatorConfig",
-    "DeviceRecord",
-    "DeviceShards",
-    "FedAvg",
-    "FedProx",
-    "RoundResult",
-    "ServeConfig",
-    "SimulationConfig",
-    "SimulationHooks",
-    "SimulationResult",
-    "Strategy",
-    "SqliteJournal",
-    "StrategyConfig",
     "WeightedDeltaSum",
     "apply_delta",
     "check_update_shapes",
-    "derive_seed",
-    "device_shards",
-    "make_strategy",
-    "plot_curve",
-    "run_server",
-    "run_simulation",
     "weighted_average",
+    "EmbeddedBroker",
+    "Coordinator",
+    "CoordinatorConfig",
+    "DeviceRecord",
+    "RoundResult",
+    "SqliteJournal",
+    "ServeConfig",
+    "run_server",
+    "DeviceShards",
+    "SimulationConfig",
+    "SimulationHooks",
+    "SimulationResult",
+    "device_shards",
+    "plot_curve",
+    "run_simulation",
     "write_outputs",
+    "STRATEGIES",
+    "FedAvg",
+    "FedProx",
+    "Strategy",
+    "StrategyConfig",
+    "derive_seed",
+    "make_strategy",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'cloud_server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -33,21 +33,22 @@ class ServeConfig:
     model: str = "cnn-digits"
     rounds: int = 100
     min_devices: int = 1
-    fraction: float = 1.0
+    fraction: float = StrategyConfig.fraction
     round_timeout_s: float = 600.0
     strategy: str = "fedavg"
-    prox_mu: float = 0.01
+    prox_mu: float = StrategyConfig.prox_mu
     local_epochs: int = StrategyConfig.local_epochs
     batch_size: int = StrategyConfig.batch_size
     learning_rate: float = StrategyConfig.learning_rate
-    seed: int = 0
+    seed: int = StrategyConfig.seed
     chunk_size: int = 256 * 1024
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
-    codec: str = "fp32"  # fp32, int8 or int4 updates
-    qat: bool = True  # quantization-aware training on the devices
-    aggregate: str = "fedavg"
-    trim: float = 0.2
+    codec: str = StrategyConfig.codec  # fp32, int8 or int4 updates
+    qat: bool = StrategyConfig.qat  # quantization-aware training on the devices
+    aggregate: str = StrategyConfig.aggregate
+    trim: float = StrategyConfig.trim
+    bucket_size: int = StrategyConfig.bucket_size
     max_update_norm: float | None = None
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
     genfl: GenflConfig = field(default_factory=GenflConfig)
@@ -58,6 +59,14 @@ class ServeConfig:
             BrokerAddress.parse(self.broker)
         if self.broker_port is not None and not 0 < self.broker_port < 65536:
             raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
+
+    def strategy_config(self) -> StrategyConfig:
+        """The strategy settings of this run (StrategyConfig holds their defaults)."""
+        return StrategyConfig(
+            fraction=self.fraction, local_epochs=self.local_epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, prox_mu=self.prox_mu, seed=self.seed, codec=self.codec, qat=self.qat,
+            aggregate=self.aggregate, trim=self.trim, bucket_size=self.bucket_size, genfl=self.genfl,
+        )  # fmt: skip
 
 
 def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
@@ -73,7 +82,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         signal.signal(signal.SIGINT, _on_signal)
     strategy = make_strategy(
         config.strategy,
-        StrategyConfig.taken_from(config),
+        config.strategy_config(),
     )
     journal = SqliteJournal(config.state_dir)
     security = FleetSecurity.load(config.state_dir)
@@ -87,9 +96,10 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         if security is not None:
             stack.callback(security.close)
             url = url or security.url
+            _check_fits_broker(config, security.max_packet_size)
             transport = MqttTransport(
                 BrokerAddress.parse(url),
-                f"genfl-{fleet}-server",
+                SERVER_USER,  # the broker makes every client id its user name: this one is the server's alone
                 username=SERVER_USER,
                 password=security.server_password,
                 ca_file=security.ca_file,
@@ -122,8 +132,10 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             guard=None if security is None else security.guard(),
             revoked=None if security is None else security.registry.revoked_ids,
         )
+        enroller = None
         if security is not None:
-            _serve_enrollment(transport, coordinator, Enroller(security, transport.publish))
+            enroller = Enroller(security, transport.publish, transport.flush)
+            _serve_enrollment(transport, coordinator, enroller)
         coordinator.start()
         log.info(
             "serving fleet %s on %s (state in %s, %s)",
@@ -135,6 +147,8 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         while not stop.is_set() and not coordinator.finished:
             transport.poll(0.1)
             coordinator.tick()
+            if enroller is not None:
+                enroller.tick()
             notifier.status(_state_text(coordinator))
             notifier.watchdog()
         notifier.stopping()
@@ -142,6 +156,19 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
         journal.close()  # every accepted update is already committed; an open round resumes next start
     return 0
+
+
+def _check_fits_broker(config: ServeConfig, max_packet_size: int) -> None:
+    """The broker disconnects a client that sends more than its maximum packet: refuse to start if an update of
+    this model or a chunk would not fit (a frame adds a header and a signature: 64 KiB is plenty)."""
+    spec = models.get_spec(config.model)
+    update_bytes = sum(v.nbytes for v in models.model_state(models.build_model(config.model)).values())
+    largest = max(update_bytes, config.chunk_size) + 64 * 1024
+    if largest > max_packet_size:
+        raise ConfigError(
+            f"{spec.name} updates ({update_bytes} B) or chunks ({config.chunk_size} B) do not fit the broker's "
+            f"maximum packet of {max_packet_size} B: run broker-config with --max-packet-size {largest} or more"
+        )
 
 
 def _serve_enrollment(transport: Transport, coordinator: Coordinator, enroller: Enroller) -> None:
@@ -154,8 +181,11 @@ def _serve_enrollment(transport: Transport, coordinator: Coordinator, enroller: 
         try:
             enroller.on_message(topic, payload)
         except ProtocolError as exc:
-            coordinator.rejected[f"enroll-{exc.reason}"] += 1
+            coordinator.count_rejected(f"enroll-{exc.reason}")
             log.warning("rejected an enrollment message on %s: %s", topic[:120], exc.reason)
+        except Exception:  # never let one enrollment message end the server
+            coordinator.count_rejected("enroll-internal-error")
+            log.exception("dropped an enrollment message on %s after an unexpected error", topic[:120])
 
     transport.set_handler(route)
     transport.subscribe(enroller.subscription)

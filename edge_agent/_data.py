@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from protocol import DataError
+from protocol import DataError, atomic_write
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -238,9 +238,9 @@ def _cached(kind: str, path: Path, load: Callable[[], DeviceDataset]) -> DeviceD
 def save_npz(dataset: DeviceDataset, path: Path) -> None:
     """Write a data set as plain arrays (no pickle), readable as ``npz:PATH``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
+    buffer = io.BytesIO()
     np.savez(
-        tmp,
+        buffer,
         name=dataset.name,
         classes=np.array(dataset.classes),
         train_x=dataset.train.images,
@@ -248,7 +248,7 @@ def save_npz(dataset: DeviceDataset, path: Path) -> None:
         test_x=dataset.test.images,
         test_y=dataset.test.labels,
     )
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getvalue())
 
 
 def _load_npz(path: Path) -> DeviceDataset:

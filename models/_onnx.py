@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol import ModelError, TensorDict
+from protocol import ModelError, TensorDict, atomic_write
 
 from ._registry import build_model, get_spec, load_state
 from ._training import predict_logits, to_float
@@ -116,9 +115,7 @@ def export_onnx(
                 f"the int8 model agrees with PyTorch on {agreement:.1%} (< {INT8_MIN_AGREEMENT:.0%}); not written"
             )
         out.parent.mkdir(parents=True, exist_ok=True)
-        staged = out.with_name(f".{out.name}.tmp")
-        staged.write_bytes(final.read_bytes())
-        os.replace(staged, out)
+        atomic_write(out, final.read_bytes())
     return ExportReport(out, out.stat().st_size, int8, max_diff, agreement, len(check_images))
 
 

@@ -45,3 +45,11 @@ def mosquitto_url() -> str:
 def fleet() -> str:
     """A random fleet prefix, so that runs sharing a broker never cross."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+# `make test-fast` runs `-m "not slow"`: the unit tests. Everything in tests/system/ (brokers, processes) is slow;
+# so are the tests marked slow where they run whole simulations.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/system/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.slow)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+TOKEN = "gfl2:f:enroll-0123456789ab:p:" + "s" * 32
 BIN = Path(sys.executable).parent
 
 
@@ -18,6 +19,7 @@ def test_help_and_version(script: str) -> None:
     assert version.startswith(f"{script} 0.")
 
 
+@pytest.mark.slow
 def test_simulate_writes_metrics_and_shows_progress(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
@@ -64,9 +66,9 @@ def test_partition_tool_prints_a_histogram_and_writes_json(tmp_path: Path) -> No
         (["genfl-edge", "status", "--home", "{tmp}"], 2, "enroll first"),
         (["genfl-edge", "enroll", "--server", "mqtts://127.0.0.1:1", "--token", "nope", "--home", "{tmp}"], 2,
          "not a genfl enrollment token"),
-        (["genfl-edge", "enroll", "--server", "mqtt://127.0.0.1:1883", "--token", "gfl1:f:p:" + "s" * 32,
+        (["genfl-edge", "enroll", "--server", "mqtt://127.0.0.1:1883", "--token", TOKEN,
           "--home", "{tmp}"], 2, "use an mqtts:// server URL"),
-        (["genfl-edge", "enroll", "--server", "mqtts://127.0.0.1:1", "--token", "gfl1:f:p:" + "s" * 32,
+        (["genfl-edge", "enroll", "--server", "mqtts://127.0.0.1:1", "--token", TOKEN,
           "--home", "{tmp}"], 5, "cannot reach the broker"),
     ],
 )  # fmt: skip
@@ -78,6 +80,7 @@ def test_security_commands_explain_what_is_missing(tmp_path: Path, command: list
     assert not (tmp_path / "edge.toml").exists()
 
 
+@pytest.mark.slow
 def test_broker_config_then_devices_add_and_list(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     subprocess.run(
@@ -88,7 +91,7 @@ def test_broker_config_then_devices_add_and_list(tmp_path: Path) -> None:
         [BIN / "genfl-server", "devices", "add", "board-1", "--state-dir", state, "--expires", "30m"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    assert token.startswith("gfl1:cli:") and len(token.splitlines()) == 1
+    assert token.startswith("gfl2:cli:enroll-") and len(token.splitlines()) == 1
     listing = subprocess.run(
         [BIN / "genfl-server", "devices", "list", "--state-dir", state, "--json"], capture_output=True, text=True,
         check=True,
@@ -99,3 +102,60 @@ def test_broker_config_then_devices_add_and_list(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "bad duration" in bad.stderr
+
+
+def _defaults(app: object, *path: str) -> dict[str, object]:
+    """Each option's parameter name and default, as Typer registered them."""
+    import typer.main
+
+    command = typer.main.get_command(app)  # type: ignore[arg-type]
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return {param.name: param.default for param in command.params if param.name}
+
+
+# CLI parameter names that differ from the config field they set
+RENAMED = {"lr": "learning_rate", "mu": "prox_mu", "round_timeout": "round_timeout_s", "max_norm": "max_update_norm"}
+
+
+@pytest.mark.parametrize("command", ["simulate", "serve"])
+def test_cli_defaults_are_the_config_defaults(command: str) -> None:
+    from dataclasses import MISSING, fields
+
+    from cloud_server import ServeConfig, SimulationConfig, StrategyConfig
+    from cloud_server._strategy import GenflConfig
+    from cloud_server.cli import app
+
+    config = {"simulate": SimulationConfig, "serve": ServeConfig}[command]
+    declared = {}
+    for kind in (config, StrategyConfig, GenflConfig):
+        for item in fields(kind):
+            if item.default is not MISSING:
+                declared.setdefault(item.name, item.default)
+    checked = 0
+    for name, default in _defaults(app, command).items():
+        field_name = RENAMED.get(name, name)
+        if field_name in declared and field_name not in ("data_dir", "strategy"):
+            assert default == declared[field_name], f"{command} --{name.replace('_', '-')}"
+            checked += 1
+    assert checked >= 20
+    from protocol import TrainConfig
+
+    strategy = StrategyConfig()
+    for name in ("local_epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "codec", "qat"):
+        assert getattr(strategy, name) == getattr(TrainConfig(), name), name
+
+
+def test_edge_toml_keys_are_the_run_flag_names(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from edge_agent._daemon import AgentConfig, load_agent_config
+    from edge_agent.cli import app
+
+    flags = set(_defaults(app, "run")) - {"config", "home", "log_level"}
+    assert flags <= {item.name for item in fields(AgentConfig)}, flags - {item.name for item in fields(AgentConfig)}
+    path = tmp_path / "edge.toml"
+    path.write_text('[agent]\ndevice_id = "d"\ndata = "digits"\nstate_dir = "s"\nbackoff_cap = 30\n'
+                    'resend_after = 20\nallowed_codecs = ["int8"]\nmin_local_steps = 4\n')  # fmt: skip
+    settings = load_agent_config(path, {})
+    assert (settings.backoff_cap, settings.resend_after, settings.allowed_codecs) == (30, 20, ("int8",))

@@ -11,21 +11,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cloud_server._security import FleetSecurity, write_broker_config
-from protocol import ConfigError
-
-from ._errors import exit_on_error
+from cloud_server._security import DEFAULT_MAX_PACKET_SIZE, FleetSecurity, write_broker_config
+from protocol import ConfigError, exit_on_error
 
 devices_app = typer.Typer(help="Enroll, list and revoke the fleet's devices.", no_args_is_help=True)
 
 StateDir = Annotated[Path, typer.Option(help="The server's state dir (the one `serve` uses).")]
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
 def parse_duration(text: str) -> float:
     """``90s``, ``30m``, ``24h``, ``7d`` -> seconds."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ConfigError(f"bad duration {text!r}: use a number and s, m, h or d (e.g. 24h)")
     return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
@@ -48,12 +46,16 @@ def add(
     with exit_on_error():
         security = _security(state_dir)
         try:
-            token = security.new_token(name, parse_duration(expires))
+            token, reloaded = security.new_token(name, parse_duration(expires))
         finally:
             security.close()
     typer.echo(token)
+    if not reloaded:
+        typer.echo("no running broker was found to reload; it takes the token's login when it starts", err=True)
     typer.echo(
-        f"on the board: genfl-edge enroll --server {security.url} --token <the line above> --ca ca.crt", err=True
+        f"on the board: genfl-edge enroll --server {security.url} --token-file FILE --ca ca.crt "
+        "(FILE holds the line above; --token - reads it from stdin)",
+        err=True,
     )
 
 
@@ -151,12 +153,16 @@ def broker_config(
     reload_command: Annotated[
         Optional[str], typer.Option(help="How to make the broker re-read its files (default: SIGHUP to its pid).")
     ] = None,
+    max_packet_size: Annotated[
+        int, typer.Option(help="Largest MQTT packet the broker takes, bytes (an update of the largest model).")
+    ] = DEFAULT_MAX_PACKET_SIZE,
 ) -> None:
     """Write a Mosquitto setup for a secured fleet: TLS listener, password file, per-device ACL."""
     with exit_on_error():
         setup = write_broker_config(
             state_dir, out, fleet=fleet, host=host, port=port, bind=bind, ca_cert=ca_cert, ca_key=ca_key,
             reload_command=tuple(reload_command.split()) if reload_command else (), broker_user=broker_user,
+            max_packet_size=max_packet_size,
         )  # fmt: skip
     typer.echo(f"wrote {setup.directory}/mosquitto.conf (TLS on {setup.url})")
     typer.echo(f"run the broker:   mosquitto -c {setup.directory.resolve()}/mosquitto.conf")

@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent import load_dataset
-from protocol import ConfigError, ModelError
-
-from ._errors import exit_on_error
+from protocol import ConfigError, ModelError, exit_on_error
 
 
 def export(

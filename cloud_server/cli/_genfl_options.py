@@ -6,12 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from cloud_server._strategy import GenflConfig
+from cloud_server._strategy import GeneratorKind, GenflConfig
 
 __all__ = [
     "DistillSteps",
     "GeneratorDevice",
-    "GeneratorKind",
+    "Generator",
     "GeneratorSteps",
     "PipelinePath",
     "ServerSteps",
@@ -20,12 +20,13 @@ __all__ = [
     "SyntheticDecay",
     "SyntheticShare",
     "SyntheticWeight",
+    "TeacherGate",
     "WarmupRounds",
     "genfl_config",
 ]
 
 D = GenflConfig()
-GeneratorKind = Annotated[str, typer.Option("--generator", help="GenFL generator: data-free or local-pipeline.")]
+Generator = Annotated[GeneratorKind, typer.Option("--generator", help="GenFL: where synthetic images come from.")]
 PipelinePath = Annotated[
     Optional[str], typer.Option(help="local-pipeline: folder of a saved diffusers pipeline (read offline).")
 ]
@@ -39,10 +40,13 @@ SyntheticWeight = Annotated[float, typer.Option(help="GenFL: weight of the synth
 SyntheticDecay = Annotated[float, typer.Option(help="GenFL: the weight is multiplied by this each round.")]
 SoftLabels = Annotated[bool, typer.Option("--soft-labels/--hard-labels", help="GenFL: ensemble probabilities.")]
 GeneratorDevice = Annotated[str, typer.Option(help="GenFL generator device: auto, cpu or cuda.")]
+TeacherGate = Annotated[
+    float, typer.Option(help="GenFL: send synthetic data only after devices' models fit their data this well.")
+]
 
 
 def genfl_config(
-    generator: str,
+    generator: str | GeneratorKind,
     pipeline_path: str | None,
     warmup_rounds: int,
     generator_steps: int,
@@ -54,9 +58,10 @@ def genfl_config(
     synthetic_decay: float,
     soft_labels: bool,
     generator_device: str,
+    teacher_gate: float = D.teacher_gate,
 ) -> GenflConfig:
     return GenflConfig(
-        generator=generator,
+        generator=GeneratorKind(generator).value,
         pipeline_path=pipeline_path,
         warmup_rounds=warmup_rounds,
         generator_steps=generator_steps,
@@ -68,4 +73,5 @@ def genfl_config(
         synthetic_decay=synthetic_decay,
         soft_labels=soft_labels,
         generator_device=generator_device,
+        teacher_gate=teacher_gate,
     )

@@ -9,15 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from cloud_server._serve import ServeConfig, run_server
-from cloud_server._strategy import StrategyConfig
+from cloud_server._robust import Aggregation
+from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
+from protocol import Codec, exit_on_error
 
-from ._errors import exit_on_error
 from ._genfl_options import (
     D,
     DistillSteps,
+    Generator,
     GeneratorDevice,
-    GeneratorKind,
     GeneratorSteps,
     PipelinePath,
     ServerSteps,
@@ -26,6 +26,7 @@ from ._genfl_options import (
     SyntheticDecay,
     SyntheticShare,
     SyntheticWeight,
+    TeacherGate,
     WarmupRounds,
     genfl_config,
 )
@@ -39,7 +40,7 @@ def serve(
     min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
     fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
     round_timeout: Annotated[float, typer.Option(help="Seconds before stragglers are left out of a round.")] = 600.0,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, genfl or aigc-only.")] = "fedavg",
+    strategy: Annotated[StrategyName, typer.Option(help="How rounds train and combine.")] = StrategyName.FEDAVG,
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
@@ -49,14 +50,16 @@ def serve(
     broker: Annotated[Optional[str], typer.Option(help="Broker URL; without it an embedded broker starts.")] = None,
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
-    codec: Annotated[str, typer.Option(help="How devices send updates: fp32, int8 or int4.")] = "fp32",
+    codec: Annotated[Codec, typer.Option(help="How devices send updates.")] = Codec.FP32,
     qat: Annotated[
         bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware (default) or in float.")
     ] = True,
-    aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
+    aggregate: Annotated[
+        Aggregation, typer.Option(help="FedAvg's weighted mean or a rule robust to faulty devices.")
+    ] = Aggregation.FEDAVG,
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     max_norm: Annotated[Optional[float], typer.Option(help="Reject updates with a larger L2 norm.")] = None,
-    generator: GeneratorKind = D.generator,
+    generator: Generator = GeneratorKind(D.generator),
     pipeline_path: PipelinePath = None,
     warmup_rounds: WarmupRounds = D.warmup_rounds,
     generator_steps: GeneratorSteps = D.generator_steps,
@@ -68,9 +71,12 @@ def serve(
     synthetic_decay: SyntheticDecay = D.synthetic_decay,
     soft_labels: SoftLabels = D.soft_labels,
     generator_device: GeneratorDevice = D.generator_device,
+    teacher_gate: TeacherGate = D.teacher_gate,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
+    from cloud_server._serve import ServeConfig, run_server
+
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -83,7 +89,7 @@ def serve(
             min_devices=min_devices,
             fraction=fraction,
             round_timeout_s=round_timeout,
-            strategy=strategy,
+            strategy=strategy.value,
             prox_mu=mu,
             local_epochs=local_epochs,
             batch_size=batch_size,
@@ -93,8 +99,8 @@ def serve(
             broker=broker,
             embedded_broker=embedded_broker,
             broker_port=broker_port,
-            aggregate=aggregate,
-            codec=codec,
+            aggregate=aggregate.value,
+            codec=codec.value,
             qat=qat,
             trim=trim,
             max_update_norm=max_norm,
@@ -111,6 +117,7 @@ def serve(
                 synthetic_decay,
                 soft_labels,
                 generator_device,
+                teacher_gate,
             ),
         )
         code = run_server(config)

@@ -11,17 +11,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cloud_server._attacks import Attack
 from cloud_server._coordinator import RoundResult
-from cloud_server._simulation import SimulationConfig, SimulationHooks, run_simulation, write_outputs
-from cloud_server._strategy import StrategyConfig
+from cloud_server._robust import Aggregation
+from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
 from edge_agent import histogram_table
+from protocol import Codec, exit_on_error
 
-from ._errors import exit_on_error
 from ._genfl_options import (
     D,
     DistillSteps,
+    Generator,
     GeneratorDevice,
-    GeneratorKind,
     GeneratorSteps,
     PipelinePath,
     ServerSteps,
@@ -30,6 +31,7 @@ from ._genfl_options import (
     SyntheticDecay,
     SyntheticShare,
     SyntheticWeight,
+    TeacherGate,
     WarmupRounds,
     genfl_config,
 )
@@ -48,7 +50,7 @@ def simulate(
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, genfl or aigc-only.")] = "fedavg",
+    strategy: Annotated[StrategyName, typer.Option(help="How rounds train and combine.")] = StrategyName.FEDAVG,
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     fraction: Annotated[float, typer.Option(help="Share of devices picked each round.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for partitions, initial model and training.")] = 0,
@@ -60,19 +62,27 @@ def simulate(
         Optional[str], typer.Option(help="Broker URL for --transport mqtt (default: start an embedded one).")
     ] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
-    worker: Annotated[str, typer.Option(help="Agents' worker mode for --transport mqtt.")] = "persistent",
+    worker: Annotated[
+        str, typer.Option(help="--transport mqtt: pool (one torch-preloaded training pool), persistent or per-task.")
+    ] = "pool",
     worker_slots: Annotated[
-        Optional[int], typer.Option(help="With --worker per-task: at most this many train at once.")
+        Optional[int], typer.Option(help="At most this many train at once (pool: default the cores).")
     ] = None,
-    codec: Annotated[str, typer.Option(help="How devices send updates: fp32, int8 or int4.")] = "fp32",
+    round_timeout: Annotated[float, typer.Option(help="Seconds before a round leaves stragglers out.")] = 600.0,
+    agents_per_process: Annotated[
+        int, typer.Option(help="--transport mqtt: simulated agents per process (a thousand fit in one machine).")
+    ] = 1,
+    codec: Annotated[Codec, typer.Option(help="How devices send updates.")] = Codec.FP32,
     qat: Annotated[
         bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware (default) or in float.")
     ] = True,
-    aggregate: Annotated[str, typer.Option(help="fedavg, median, trimmed-mean or clipped.")] = "fedavg",
+    aggregate: Annotated[
+        Aggregation, typer.Option(help="FedAvg's weighted mean or a rule robust to faulty devices.")
+    ] = Aggregation.FEDAVG,
     trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
     malicious: Annotated[int, typer.Option(help="Devices that send corrupted updates (in-memory).")] = 0,
-    attack: Annotated[str, typer.Option(help="scale, sign-flip (x-10) or noise.")] = "sign-flip",
-    generator: GeneratorKind = D.generator,
+    attack: Annotated[Attack, typer.Option(help="What --malicious devices do (sign-flip: x-10).")] = Attack.SIGN_FLIP,
+    generator: Generator = GeneratorKind(D.generator),
     pipeline_path: PipelinePath = None,
     warmup_rounds: WarmupRounds = D.warmup_rounds,
     generator_steps: GeneratorSteps = D.generator_steps,
@@ -84,6 +94,7 @@ def simulate(
     synthetic_decay: SyntheticDecay = D.synthetic_decay,
     soft_labels: SoftLabels = D.soft_labels,
     generator_device: GeneratorDevice = D.generator_device,
+    teacher_gate: TeacherGate = D.teacher_gate,
     share_label_counts: Annotated[
         bool, typer.Option("--share-label-counts/--no-share-label-counts", help="Devices send label histograms.")
     ] = True,
@@ -94,8 +105,14 @@ def simulate(
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json, curve.png, model.safetensors.")] = Path(
         "runs/simulate"
     ),
+    compare: Annotated[
+        Optional[StrategyName],
+        typer.Option(help="Then run this strategy on the same partitions and seed, and compare."),
+    ] = None,
 ) -> None:
     """Run a federation of simulated devices in one process and report accuracy per round."""
+    from cloud_server._simulation import SimulationConfig, write_outputs
+
     with exit_on_error():
         config = SimulationConfig(
             dataset=dataset,
@@ -109,7 +126,7 @@ def simulate(
             local_epochs=local_epochs,
             batch_size=batch_size,
             learning_rate=lr,
-            strategy=strategy,
+            strategy=strategy.value,
             prox_mu=mu,
             fraction=fraction,
             seed=seed,
@@ -120,13 +137,15 @@ def simulate(
             broker=broker,
             embedded_broker=embedded_broker,
             worker=worker,
-            aggregate=aggregate,
-            codec=codec,
+            aggregate=aggregate.value,
+            codec=codec.value,
             qat=qat,
             trim=trim,
             malicious=malicious,
-            attack=attack,
+            attack=attack.value,
             worker_slots=worker_slots,
+            agents_per_process=agents_per_process,
+            round_timeout_s=round_timeout,
             genfl=genfl_config(
                 generator,
                 pipeline_path,
@@ -140,54 +159,82 @@ def simulate(
                 synthetic_decay,
                 soft_labels,
                 generator_device,
+                teacher_gate,
             ),
             share_label_counts=share_label_counts,
             label_noise=label_noise,
             fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim",
         )
-        rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
-        generative = strategy in ("genfl", "aigc-only")
-        columns = ["round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"]
-        for column in columns + (["gen s", "KB syn"] if generative else []):
-            rows.add_column(column, justify="right")
-        with Progress(
-            TextColumn("[bold]round {task.fields[round]}/" + str(rounds)),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("updates"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            bar = progress.add_task("round", total=devices, round=0)
+        results = [_run_one(config, rounds, devices, dataset)]
+        if compare is not None:
+            from dataclasses import replace
 
-            def opened(number: int, picked: int) -> None:
-                progress.reset(bar, total=picked, round=number)
-
-            def closed(result: RoundResult) -> None:
-                accuracy = "-" if result.accuracy is None else f"{result.accuracy:.4f}"
-                loss = "-" if result.loss is None else f"{result.loss:.4f}"
-                cells = [
-                    str(result.round), str(result.devices), accuracy, loss, f"{result.seconds:.2f}",
-                    f"{result.bytes_up / 1024:.0f}", f"{result.bytes_down / 1024:.0f}",
-                ]  # fmt: skip
-                if generative:
-                    cells += [f"{result.generator_s:.1f}", f"{result.synthetic_bytes / 1024:.0f}"]
-                rows.add_row(*cells)
-                progress.console.print(
-                    f"round {result.round}: accuracy {accuracy}, loss {loss}, {result.seconds:.2f} s"
-                )
-
-            hooks = SimulationHooks(
-                on_round_start=opened,
-                on_update_accepted=lambda device_id: progress.advance(bar),
-                on_round_closed=closed,
+            other = replace(
+                config, strategy=compare.value, fleet=f"sim-{uuid.uuid4().hex[:8]}" if transport == "mqtt" else "sim"
             )
-            result = run_simulation(config, hooks)
-        console.print(histogram_table(result.classes, result.histogram, "samples per device and class"))
-        console.print(rows)
-        paths = write_outputs(result, out)
-        console.print(
-            f"final accuracy [bold]{result.final_accuracy:.4f}[/] in {result.seconds:.1f} s; "
-            f"wrote {paths['metrics']}, {paths['curve']}, {paths['model']}"
+            results.append(_run_one(other, rounds, devices, dataset))
+        console.print(histogram_table(results[0].classes, results[0].histogram, "samples per device and class"))
+        paths = write_outputs(results[0], out, compared=results[1:])
+        for result in results:
+            console.print(f"{result.config.strategy}: final accuracy [bold]{result.final_accuracy:.4f}[/] "
+                          f"in {result.seconds:.1f} s")  # fmt: skip
+        if len(results) == 2:
+            console.print(verdict(results[0], results[1]))
+        console.print(f"wrote {paths['metrics']}, {paths['curve']}, {paths['model']}")
+
+
+def verdict(first, second) -> str:  # type: ignore[no-untyped-def]
+    """One line: which strategy ended higher, by how much, and how soon the first reached the other's final."""
+    a, b = first.config.strategy, second.config.strategy
+    final_a, final_b = first.final_accuracy or 0.0, second.final_accuracy or 0.0
+    reached = next((r.round for r in first.rounds if (r.accuracy or 0.0) >= final_b), None)
+    when = f"; {a} reached {b}'s final accuracy in round {reached} of {len(first.rounds)}" if reached else ""
+    better = a if final_a >= final_b else b
+    return (f"verdict: {better} wins, {a} {100 * final_a:.1f}% vs {b} {100 * final_b:.1f}% after "
+            f"{len(first.rounds)} rounds ({100 * (final_a - final_b):+.1f} points){when}")  # fmt: skip
+
+
+def _run_one(config, rounds: int, devices: int, dataset: str):  # type: ignore[no-untyped-def]
+    """One simulation with a progress bar and a table of its rounds."""
+    from cloud_server._simulation import SimulationHooks, run_simulation
+
+    strategy = config.strategy
+    rows = Table(title=f"{strategy} on {dataset}, {devices} devices")
+    generative = strategy in ("genfl", "aigc-only")
+    columns = ["round", "devices", "accuracy", "loss", "seconds", "KB up", "KB down"]
+    for column in columns + (["gen s", "KB syn"] if generative else []):
+        rows.add_column(column, justify="right")
+    with Progress(
+        TextColumn(f"[bold]{strategy} round " + "{task.fields[round]}/" + str(rounds)),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("updates"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("round", total=devices, round=0)
+
+        def opened(number: int, picked: int) -> None:
+            progress.reset(bar, total=picked, round=number)
+
+        def closed(result: RoundResult) -> None:
+            accuracy = "-" if result.accuracy is None else f"{result.accuracy:.4f}"
+            loss = "-" if result.loss is None else f"{result.loss:.4f}"
+            cells = [
+                str(result.round), str(result.devices), accuracy, loss, f"{result.seconds:.2f}",
+                f"{result.bytes_up / 1024:.0f}", f"{result.bytes_down / 1024:.0f}",
+            ]  # fmt: skip
+            if generative:
+                cells += [f"{result.generator_s:.1f}", f"{result.synthetic_bytes / 1024:.0f}"]
+            rows.add_row(*cells)
+            progress.console.print(f"{strategy} round {result.round}: accuracy {accuracy}, {result.seconds:.2f} s")
+
+        hooks = SimulationHooks(
+            on_round_start=opened,
+            on_update_accepted=lambda device_id: progress.advance(bar),
+            on_round_closed=closed,
         )
+        result = run_simulation(config, hooks)
+    console.print(rows)
+    return result

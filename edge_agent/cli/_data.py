@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent._data import load_dataset
-
-from ._errors import exit_on_error
+from protocol import exit_on_error
 
 console = Console()
 

@@ -9,10 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._data import load_dataset
-from edge_agent._predict import OnnxClassifier, image_paths
-from protocol import ConfigError, ModelError
-
-from ._errors import exit_on_error
+from protocol import ConfigError, ModelError, exit_on_error
 
 
 def predict(
@@ -20,6 +17,8 @@ def predict(
     model: Annotated[Path, typer.Option(help="An ONNX model from `export`.")],
 ) -> None:
     """Classify images with an exported ONNX model (onnxruntime); prints class and probability."""
+    from edge_agent._predict import OnnxClassifier, image_paths
+
     with exit_on_error():
         classifier = OnnxClassifier(model)
         for result in classifier.predict(image_paths(images)):

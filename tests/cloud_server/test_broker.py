@@ -48,6 +48,7 @@ def test_embedded_broker_carries_messages(kind: str) -> None:
     assert [t for t, _ in got] == ["genfl/x/devices/d/state"]
 
 
+@pytest.mark.slow
 def test_serve_without_a_broker_url_starts_one_that_agents_use(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "cloud_server", "serve", "--state-dir", str(tmp_path / "server"), "--rounds", "1",

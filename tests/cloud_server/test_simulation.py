@@ -13,6 +13,7 @@ def _rounds_without_timing(metrics: dict) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics["rounds"]]
 
 
+@pytest.mark.slow
 def test_fedavg_on_digits_reaches_90_percent_and_is_reproducible(tmp_path: Path) -> None:
     # Prepare: the acceptance command, in-process
     config = SimulationConfig(dataset="digits", devices=10, alpha=0.5, rounds=10, strategy="fedavg", seed=0)
@@ -32,6 +33,7 @@ def test_fedavg_on_digits_reaches_90_percent_and_is_reproducible(tmp_path: Path)
     assert saved.keys() == first.final_state.keys()
 
 
+@pytest.mark.slow
 def test_fedprox_with_shards_and_sampling_runs(tmp_path: Path) -> None:
     config = SimulationConfig(
         devices=6, partition="shards", classes_per_device=2, rounds=3, strategy="fedprox", prox_mu=0.1, fraction=0.5
@@ -48,6 +50,7 @@ def test_bad_configs_fail_before_any_work() -> None:
         run_simulation(SimulationConfig(model="cnn-small", rounds=1))
 
 
+@pytest.mark.slow
 def test_int8_and_int4_updates_cut_the_uplink_and_keep_accuracy() -> None:
     runs = {codec: run_simulation(SimulationConfig(rounds=6, codec=codec)) for codec in ("fp32", "int8", "int4")}
     up = {codec: sum(r.bytes_up for r in run.rounds) for codec, run in runs.items()}

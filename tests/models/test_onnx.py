@@ -54,6 +54,7 @@ def test_fp32_and_int8_exports_agree_with_pytorch(trained: tuple[Path, dict], tm
     assert classifier.classes == list(data.classes)
 
 
+@pytest.mark.slow
 def test_server_export_and_edge_predict_clis(trained: tuple[Path, dict], tmp_path: Path) -> None:
     checkpoint, _ = trained
     out = tmp_path / "digits-int8.onnx"

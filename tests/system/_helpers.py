@@ -36,6 +36,7 @@ class Processes:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.cleanup: list[Callable[[], object]] = []  # run after every process is stopped
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
@@ -64,6 +65,8 @@ class Processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        for action in self.cleanup:
+            action()
 
 
 @contextmanager

@@ -77,8 +77,7 @@ def test_agent_reports_ready_status_and_watchdog_and_stays_small(
         while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in messages) < 2:
             with contextlib.suppress(TimeoutError):
                 messages.append(notify.recv(4096).decode())
-        time.sleep(1.0)
-        idle = _status(tmp_path / "agent")
+        idle = wait_for(lambda: (s := _status(tmp_path / "agent")).get("state") == "idle" and s, 10, "an idle status")
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(timeout=30)
         while True:

@@ -9,7 +9,6 @@ the label counts it shared must be the noised release, not the histogram.
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from protocol import (
     Update,
     decode_message,
 )
+from tests.system._helpers import wait_for
 
 DEVICE_CHANNELS = {"state", "update", "blob/req"}
 
@@ -61,7 +61,12 @@ def test_no_raw_sample_leaves_a_device_and_label_counts_are_noised(mosquitto_url
     pump.start()
     try:
         result = run_simulation(config)
-        time.sleep(0.5)
+
+        def last_updates_seen() -> bool:
+            with lock:
+                return sum(topic.endswith("/update") for topic, _ in seen) >= 2 * config.devices
+
+        wait_for(last_updates_seen, 10, "the spy to see every update")
     finally:
         stop.set()
         pump.join(5)
