@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -164,8 +165,10 @@ class _GenerativeStrategy(Strategy):
         self.weights: dict[int, float] = {}  # round -> the synthetic weight sent (0: none)
         self.harm = HarmCheck(config.genfl.harm_tolerance)
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
+        self._closing_round = 0
 
     def round_evaluated(self, round_number: int, device_accuracy: float | None, teacher_accuracy: float | None) -> None:
+        self._closing_round = round_number  # the coordinator reports a round just before it aggregates it
         self.harm.evaluated(round_number, device_accuracy)
         if teacher_accuracy is not None:
             self.teacher_accuracy[round_number] = teacher_accuracy
@@ -200,7 +203,13 @@ class _GenerativeStrategy(Strategy):
             g = self.genfl
             spec = self._spec()
             device = _resolve_device(g.generator_device)
-            if g.generator == "local-pipeline":
+            if g.generator == "pool":
+                from ._pool import PoolGenerator
+
+                assert g.synthetic_pool is not None
+                classes = g.class_names or tuple(sorted(p.name for p in Path(g.synthetic_pool).iterdir() if p.is_dir()))
+                self.generator = PoolGenerator(spec.name, g.synthetic_pool, classes)
+            elif g.generator == "local-pipeline":
                 from ._local_pipeline import LocalPipelineGenerator
 
                 assert g.pipeline_path is not None
@@ -327,7 +336,10 @@ class GenFL(_GenerativeStrategy):
 
     def aggregate_round(self, global_state: TensorDict, updates: Any) -> TensorDict:
         new_state = super().aggregate_round(global_state, updates)  # FedAvg, or the robust rule configured
-        if self.genfl.generator == "data-free" and self.genfl.generator_steps > 0:
+        # The generator learns only from teachers that fit their own data: from the others it would learn
+        # guesses (and the next round sends nothing anyway), so a closed gate also costs no generator time.
+        learn = self.teachers_fit(self._closing_round + 1)
+        if self.genfl.generator == "data-free" and self.genfl.generator_steps > 0 and learn:
             new_state = self._learn(global_state, new_state, updates)
         self.current_global = new_state
         return new_state

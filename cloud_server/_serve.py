@@ -19,7 +19,7 @@ from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
 from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
-from ._strategy import GenflConfig, StrategyConfig, make_strategy
+from ._strategy import GenflConfig, StrategyConfig, make_strategy, strategy_config_of
 
 __all__ = ["ServeConfig", "run_server"]
 
@@ -61,12 +61,7 @@ class ServeConfig:
             raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
 
     def strategy_config(self) -> StrategyConfig:
-        """The strategy settings of this run (StrategyConfig holds their defaults)."""
-        return StrategyConfig(
-            fraction=self.fraction, local_epochs=self.local_epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, prox_mu=self.prox_mu, seed=self.seed, codec=self.codec, qat=self.qat,
-            aggregate=self.aggregate, trim=self.trim, bucket_size=self.bucket_size, genfl=self.genfl,
-        )  # fmt: skip
+        return strategy_config_of(self)
 
 
 def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:

@@ -53,7 +53,7 @@ from ._attacks import ATTACKS, make_attack
 from ._broker import EmbeddedBroker
 from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
 from ._robust import AGGREGATORS
-from ._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy
+from ._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy, strategy_config_of
 
 __all__ = [
     "DeviceShards",
@@ -142,12 +142,7 @@ class SimulationConfig:
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
 
     def strategy_config(self) -> StrategyConfig:
-        """The strategy settings of this run (StrategyConfig holds their defaults)."""
-        return StrategyConfig(
-            fraction=self.fraction, local_epochs=self.local_epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, prox_mu=self.prox_mu, seed=self.seed, codec=self.codec, qat=self.qat,
-            aggregate=self.aggregate, trim=self.trim, bucket_size=self.bucket_size, genfl=self.genfl,
-        )  # fmt: skip
+        return strategy_config_of(self)
 
 
 @dataclass(frozen=True)
@@ -410,7 +405,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     prepared = device_shards(config)
     dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
     config = replace(config, model=model_name)
-    if config.genfl.generator == "local-pipeline" and not config.genfl.class_names:
+    if config.genfl.generator in ("local-pipeline", "pool") and not config.genfl.class_names:
         config = replace(config, genfl=replace(config.genfl, class_names=dataset.classes))
     strategy = make_strategy(
         config.strategy,

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 
@@ -49,6 +49,7 @@ class StrategyName(str, Enum):
 class GeneratorKind(str, Enum):
     DATA_FREE = "data-free"
     LOCAL_PIPELINE = "local-pipeline"
+    POOL = "pool"
 
 
 STRATEGIES = tuple(s.value for s in StrategyName)
@@ -65,9 +66,10 @@ def derive_seed(*parts: object) -> int:
 class GenflConfig:
     """Settings of the GenFL strategies (``--generator``, ``--synthetic-*`` ... on the command line)."""
 
-    generator: str = "data-free"  # data-free or local-pipeline
+    generator: str = "data-free"  # data-free, local-pipeline or pool
     pipeline_path: str | None = None  # local-pipeline: the folder a diffusers pipeline was saved to
-    class_names: tuple[str, ...] = ()  # local-pipeline: prompts name the classes
+    synthetic_pool: str | None = None  # pool: a folder of class-named folders of images (generate-pool makes one)
+    class_names: tuple[str, ...] = ()  # local-pipeline and pool: the classes, in the model's order
     warmup_rounds: int = 1  # rounds of plain FedAvg before the first synthetic batch
     generator_steps: int = 40  # data-free generator updates per round
     generator_batch: int = 128
@@ -100,6 +102,8 @@ class GenflConfig:
             raise ConfigError(f"unknown generator {self.generator!r}; use one of {', '.join(GENERATORS)}")
         if self.generator == "local-pipeline" and not self.pipeline_path:
             raise ConfigError("the local-pipeline generator needs --pipeline-path (a saved diffusers pipeline)")
+        if (self.generator == "pool") != (self.synthetic_pool is not None):
+            raise ConfigError("--synthetic-pool POOL is the pool generator's, and it needs one")
         if self.warmup_rounds < 0 or self.generator_steps < 0 or self.distill_steps < 0 or self.server_steps < 0:
             raise ConfigError("warm-up rounds and step counts must be >= 0")
         if self.generator_batch < 2:
@@ -154,6 +158,56 @@ class StrategyConfig:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.prox_mu < 0:
             raise ConfigError(f"prox mu must be >= 0, got {self.prox_mu}")
+
+
+class StrategySettings(Protocol):
+    """What a run's config (SimulationConfig, ServeConfig) holds of the strategy's settings (read-only)."""
+
+    @property
+    def fraction(self) -> float: ...
+
+    @property
+    def local_epochs(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def learning_rate(self) -> float: ...
+
+    @property
+    def prox_mu(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def codec(self) -> str: ...
+
+    @property
+    def qat(self) -> bool: ...
+
+    @property
+    def aggregate(self) -> str: ...
+
+    @property
+    def trim(self) -> float: ...
+
+    @property
+    def bucket_size(self) -> int: ...
+
+    @property
+    def genfl(self) -> GenflConfig: ...
+
+
+def strategy_config_of(settings: StrategySettings) -> StrategyConfig:
+    """The StrategyConfig of a run, field by field."""
+    s = settings
+    return StrategyConfig(
+        fraction=s.fraction, local_epochs=s.local_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+        prox_mu=s.prox_mu, seed=s.seed, codec=s.codec, qat=s.qat, aggregate=s.aggregate, trim=s.trim,
+        bucket_size=s.bucket_size, genfl=s.genfl,
+    )  # fmt: skip
 
 
 class Strategy(ABC):

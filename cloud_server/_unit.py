@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, find_executable
+from protocol import HARDENING, ConfigError, find_executable, unit_head
 
 __all__ = ["UNIT_NAME", "default_executable", "render_server_unit"]
 
@@ -15,18 +15,7 @@ _TEMPLATE = """\
 # Written by `genfl-server install-service`; `genfl-server uninstall-service` removes it.
 # Put the serve options (fleet, broker, rounds, ...) in /etc/genfl/server.env as
 #   GENFL_SERVER_ARGS=--fleet plant-3 --broker mqtt://broker.local:1883 --rounds 1000
-[Unit]
-Description=genfl-edge federated learning server
-Documentation=https://github.com/genfl-edge/genfl-edge
-Wants=network-online.target
-After=network-online.target
-StartLimitIntervalSec=600
-StartLimitBurst=5
-
-[Service]
-Type=notify
-NotifyAccess=main
-EnvironmentFile=-/etc/genfl/server.env
+{head}EnvironmentFile=-/etc/genfl/server.env
 ExecStart={executable} serve --state-dir /var/lib/genfl-server $GENFL_SERVER_ARGS
 WatchdogSec=60
 Restart=on-failure
@@ -77,6 +66,7 @@ def render_server_unit(
     if user is not None and not user.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"invalid user name {user!r}")
     return _TEMPLATE.format(
+        head=unit_head("genfl-edge federated learning server"),
         executable=executable,
         hardening=HARDENING,
         gpu=_GPU if gpu else "",

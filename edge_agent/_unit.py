@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, find_executable
+from protocol import HARDENING, ConfigError, find_executable, unit_head
 
 __all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "render_edge_unit"]
 
@@ -19,18 +19,7 @@ CREDENTIALS = ("edge.toml", "device.key", "ca.crt")
 _TEMPLATE = """\
 # genfl-edge agent: trains on this board's data, talks to the server over MQTT.
 # Written by `genfl-edge install-service`; `genfl-edge uninstall-service` removes it.
-[Unit]
-Description=genfl-edge federated learning agent
-Documentation=https://github.com/genfl-edge/genfl-edge
-Wants=network-online.target
-After=network-online.target
-StartLimitIntervalSec=600
-StartLimitBurst=5
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart={exec_start}
+{head}ExecStart={exec_start}
 WatchdogSec=60
 Restart=on-failure
 RestartSec=10
@@ -97,5 +86,6 @@ def render_edge_unit(unit: EdgeUnit) -> str:
         raise ConfigError(f"credentials must include edge.toml and be among {CREDENTIALS}, got {unit.credentials}")
     credentials = "\n".join(f"LoadCredential={name}:{CONFIG_DIR / name}" for name in unit.credentials)
     return _TEMPLATE.format(
+        head=unit_head("genfl-edge federated learning agent"),
         exec_start=exec_start, user=user, data=data_lines, credentials=credentials, hardening=HARDENING
     )

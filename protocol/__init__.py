@@ -4,7 +4,7 @@ Imports no torch and knows nothing about rounds or training.
 """
 
 from ._blobs import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, BlobAssembler, BlobStore, atomic_write, chunk_count, iter_chunks
-from ._cli import exit_on_error, new_app
+from ._cli import exit_on_error, new_app, uninstall_command
 from ._codec import CODECS, Codec, decode_delta, encode_delta
 from ._enrollment import EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
 from ._errors import BrokerRefused, ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
@@ -47,6 +47,7 @@ from ._systemd import (
     install_unit,
     systemd_is_running,
     uninstall_unit,
+    unit_head,
 )
 from ._tensors import TensorDict, blob_id, decode_tensors, encode_tensors
 from ._topics import DEVICE_CHANNELS, ParsedTopic, Topics, validate_name
@@ -112,6 +113,7 @@ __all__ = [
     "encode_tensors",
     "exit_on_error",
     "new_app",
+    "uninstall_command",
     "enroll_topic",
     "generate_signing_key",
     "load_signing_key",
@@ -127,5 +129,6 @@ __all__ = [
     "systemd_is_running",
     "topic_matches",
     "uninstall_unit",
+    "unit_head",
     "validate_name",
 ]

@@ -7,7 +7,7 @@ Typer is imported when a CLI needs it, so the agent daemon does not carry it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from ._errors import GenflError
 if TYPE_CHECKING:
     import typer
 
-__all__ = ["exit_on_error", "new_app"]
+__all__ = ["exit_on_error", "new_app", "uninstall_command"]
 
 
 @contextmanager
@@ -53,3 +53,28 @@ def new_app(name: str, help_text: str, version: str) -> typer.Typer:
     _root.__doc__ = help_text
     app.callback()(_root)
     return app
+
+
+def uninstall_command(unit_name: str, state_dir: str) -> Callable[..., None]:
+    """The ``uninstall-service`` command of a program whose unit is ``unit_name``."""
+    from pathlib import Path
+    from typing import Annotated
+
+    import typer
+
+    from ._systemd import uninstall_unit
+
+    def uninstall_service(root: Path = Path("/"), now: bool = False) -> None:
+        with exit_on_error():
+            done = uninstall_unit(root, unit_name, now=now)
+        for line in done.report("removed", ran=now):
+            typer.echo(line)
+
+    # Set as objects: this module's annotations are strings, which Typer would resolve in the wrong namespace.
+    uninstall_service.__annotations__ = {
+        "root": Annotated[Path, typer.Option(help="Remove from under this root.")],
+        "now": Annotated[bool, typer.Option(help="Also stop and disable it first (needs systemd as PID 1).")],
+        "return": None,
+    }
+    uninstall_service.__doc__ = f"Remove {unit_name} (state in {state_dir} is kept)."
+    return uninstall_service

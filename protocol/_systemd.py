@@ -58,6 +58,7 @@ __all__ = [
     "install_unit",
     "systemd_is_running",
     "uninstall_unit",
+    "unit_head",
 ]
 
 
@@ -144,6 +145,23 @@ class UnitInstall:
             lines += [hint] if hint else []
             lines += ["  " + " ".join(command) for command in self.commands]
         return lines
+
+
+def unit_head(description: str) -> str:
+    """What both units open with: the [Unit] section (restarts bounded) and a notify service's first lines."""
+    return (
+        "[Unit]\n"
+        f"Description={description}\n"
+        "Documentation=https://github.com/genfl-edge/genfl-edge\n"
+        "Wants=network-online.target\n"
+        "After=network-online.target\n"
+        "StartLimitIntervalSec=600\n"
+        "StartLimitBurst=5\n"
+        "\n"
+        "[Service]\n"
+        "Type=notify\n"
+        "NotifyAccess=main\n"
+    )
 
 
 def install_unit(root: Path, name: str, text: str, now: bool = False) -> UnitInstall:

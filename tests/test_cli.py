@@ -23,14 +23,16 @@ def test_help_and_version(script: str) -> None:
 def test_simulate_writes_metrics_and_shows_progress(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
-        [BIN / "genfl-server", "simulate", "--devices", "4", "--rounds", "2", "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
+        [BIN / "genfl-server", "simulate", "--devices", "4", "--rounds", "2", "--strategy", "fedprox", "--compare",
+         "fedavg", "--out", str(out)], capture_output=True, text=True,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "round 2: accuracy" in done.stderr
+    assert "fedprox round 2: accuracy" in done.stderr and "fedavg round 2: accuracy" in done.stderr
+    verdict = [line for line in done.stderr.splitlines() if line.startswith("verdict: ")]
+    assert len(verdict) == 1 and "fedprox" in verdict[0] and "fedavg" in verdict[0] and "points" in verdict[0]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["rounds"]) == 2 and metrics["config"]["devices"] == 4
+    assert metrics["compared"][0]["config"]["strategy"] == "fedavg" and (out / "curve.png").stat().st_size > 0
 
 
 def test_simulate_bad_input_exits_with_one_line(tmp_path: Path) -> None:

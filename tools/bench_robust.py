@@ -1,39 +1,54 @@
-"""Benchmark: final accuracy of each aggregation rule, clean and with malicious devices.
+"""Benchmark: final accuracy of each aggregation rule, clean and with two of ten devices attacking, per seed.
 
-digits, 10 devices, Dirichlet 0.5, 10 rounds, seed 0 (the simulate defaults), with
-``--malicious 2 --attack ATTACK`` against the clean run. Writes ``OUT/robust.json``.
+digits, 10 devices, Dirichlet 0.5, 10 rounds, QAT (the simulate defaults), with ``--malicious 2 --attack ATTACK``
+against clean FedAvg on the same seed. Two simulations run at once (one torch thread each). Writes
+``OUT/robust.json``.
 
     python tools/bench_robust.py --out bench
+    python tools/bench_robust.py --attacks sign-flip scale noise --seeds 0
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud_server import SimulationConfig, run_simulation
-from cloud_server._robust import AGGREGATORS
 from tools._bench_common import machine, write_json
 
 
+def _run(job: tuple[str, str | None, int]) -> tuple[str, str | None, int, float]:
+    import logging
+
+    logging.disable(logging.WARNING)
+    from cloud_server import SimulationConfig, run_simulation
+
+    aggregate, attack, seed = job
+    config = SimulationConfig(aggregate=aggregate, seed=seed, malicious=0 if attack is None else 2,
+                              attack=attack or "sign-flip")  # fmt: skip
+    return aggregate, attack, seed, float(run_simulation(config).final_accuracy or 0.0)
+
+
 def main() -> None:
+    from cloud_server._robust import AGGREGATORS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attacks", nargs="+", default=["sign-flip", "scale", "noise"])
-    parser.add_argument("--malicious", type=int, default=2)
+    parser.add_argument("--attacks", nargs="+", default=["sign-flip"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args()
-    table: dict[str, dict[str, float | None]] = {}
-    for aggregate in AGGREGATORS:
-        row = {"clean": run_simulation(SimulationConfig(aggregate=aggregate)).final_accuracy}
-        for attack in args.attacks:
-            config = SimulationConfig(aggregate=aggregate, malicious=args.malicious, attack=attack)
-            row[attack] = run_simulation(config).final_accuracy
-        table[aggregate] = row
-        print(aggregate, row, flush=True)
-    write_json(args.out / "robust.json", {"machine": machine(), "malicious": args.malicious, "accuracy": table})
+    jobs = [("fedavg", None, seed) for seed in args.seeds]
+    jobs += [(rule, attack, seed) for rule in AGGREGATORS for attack in args.attacks for seed in args.seeds]
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        for rule, attack, seed, accuracy in pool.map(_run, jobs):
+            table.setdefault(rule, {}).setdefault(attack or "clean", {})[str(seed)] = accuracy
+            print(rule, attack or "clean", seed, round(accuracy, 4), flush=True)
+    write_json(args.out / "robust.json", {"machine": machine(), "malicious": 2, "accuracy": table})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ __all__ = [
     "SyntheticBudget",
     "SyntheticDecay",
     "SyntheticShare",
+    "SyntheticPool",
     "SyntheticWeight",
     "TeacherGate",
     "WarmupRounds",
@@ -39,6 +40,10 @@ SyntheticBudget = Annotated[int, typer.Option("--synthetic-budget-kb", help="Gen
 SyntheticWeight = Annotated[float, typer.Option(help="GenFL: weight of the synthetic loss, first round.")]
 SyntheticDecay = Annotated[float, typer.Option(help="GenFL: the weight is multiplied by this each round.")]
 SoftLabels = Annotated[bool, typer.Option("--soft-labels/--hard-labels", help="GenFL: ensemble probabilities.")]
+SyntheticPool = Annotated[
+    Optional[str],
+    typer.Option(help="GenFL: draw synthetic images from this pool folder (POOL/<class>/<image>; generate-pool)."),
+]
 GeneratorDevice = Annotated[str, typer.Option(help="GenFL generator device: auto, cpu or cuda.")]
 TeacherGate = Annotated[
     float, typer.Option(help="GenFL: send synthetic data only after devices' models fit their data this well.")
@@ -59,9 +64,11 @@ def genfl_config(
     soft_labels: bool,
     generator_device: str,
     teacher_gate: float = D.teacher_gate,
+    synthetic_pool: str | None = None,
 ) -> GenflConfig:
     return GenflConfig(
-        generator=GeneratorKind(generator).value,
+        generator="pool" if synthetic_pool is not None else GeneratorKind(generator).value,
+        synthetic_pool=synthetic_pool,
         pipeline_path=pipeline_path,
         warmup_rounds=warmup_rounds,
         generator_steps=generator_steps,

@@ -24,6 +24,7 @@ from ._genfl_options import (
     SoftLabels,
     SyntheticBudget,
     SyntheticDecay,
+    SyntheticPool,
     SyntheticShare,
     SyntheticWeight,
     TeacherGate,
@@ -72,6 +73,7 @@ def serve(
     soft_labels: SoftLabels = D.soft_labels,
     generator_device: GeneratorDevice = D.generator_device,
     teacher_gate: TeacherGate = D.teacher_gate,
+    synthetic_pool: SyntheticPool = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
@@ -118,6 +120,7 @@ def serve(
                 soft_labels,
                 generator_device,
                 teacher_gate,
+                synthetic_pool,
             ),
         )
         code = run_server(config)

@@ -29,6 +29,7 @@ from ._genfl_options import (
     SoftLabels,
     SyntheticBudget,
     SyntheticDecay,
+    SyntheticPool,
     SyntheticShare,
     SyntheticWeight,
     TeacherGate,
@@ -95,6 +96,7 @@ def simulate(
     soft_labels: SoftLabels = D.soft_labels,
     generator_device: GeneratorDevice = D.generator_device,
     teacher_gate: TeacherGate = D.teacher_gate,
+    synthetic_pool: SyntheticPool = None,
     share_label_counts: Annotated[
         bool, typer.Option("--share-label-counts/--no-share-label-counts", help="Devices send label histograms.")
     ] = True,
@@ -160,6 +162,7 @@ def simulate(
                 soft_labels,
                 generator_device,
                 teacher_gate,
+                synthetic_pool,
             ),
             share_label_counts=share_label_counts,
             label_noise=label_noise,
@@ -179,7 +182,7 @@ def simulate(
             console.print(f"{result.config.strategy}: final accuracy [bold]{result.final_accuracy:.4f}[/] "
                           f"in {result.seconds:.1f} s")  # fmt: skip
         if len(results) == 2:
-            console.print(verdict(results[0], results[1]))
+            typer.echo(verdict(results[0], results[1]), err=True)  # one line, never wrapped
         console.print(f"wrote {paths['metrics']}, {paths['curve']}, {paths['model']}")
 
 

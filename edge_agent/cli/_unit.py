@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._unit import UNIT_NAME, EdgeUnit, default_executable, present_credentials, render_edge_unit
-from protocol import exit_on_error, install_unit, uninstall_unit
+from protocol import exit_on_error, install_unit, uninstall_command
 
 
 def install_service(
@@ -30,12 +30,4 @@ def install_service(
         typer.echo(line)
 
 
-def uninstall_service(
-    root: Annotated[Path, typer.Option(help="Remove from under this root.")] = Path("/"),
-    now: Annotated[bool, typer.Option(help="Also stop and disable it first (needs systemd as PID 1).")] = False,
-) -> None:
-    """Remove genfl-edge.service (state in /var/lib/genfl-edge is kept)."""
-    with exit_on_error():
-        done = uninstall_unit(root, UNIT_NAME, now=now)
-    for line in done.report("removed", ran=now):
-        typer.echo(line)
+uninstall_service = uninstall_command(UNIT_NAME, "/var/lib/genfl-edge")

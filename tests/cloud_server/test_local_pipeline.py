@@ -88,3 +88,48 @@ def test_a_folder_without_a_saved_pipeline_is_a_config_error(tmp_path: Path) -> 
         LocalPipelineGenerator("cnn-digits", tmp_path, DIGITS)
     with pytest.raises(ConfigError, match="one name per class"):
         LocalPipelineGenerator("cnn-digits", tmp_path, ("cat", "dog"))
+
+
+def test_generate_pool_grows_a_content_addressed_pool_that_genfl_draws_from(pipeline_dir: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    # Execute: the real command, twice with the same seed: the same images, so the pool holds each once
+    pool = tmp_path / "pool"
+    command = [sys.executable, "-m", "cloud_server", "generate-pool", "--pipeline-path", str(pipeline_dir),
+               "--classes", ",".join(DIGITS), "--per-class", "2", "--model", "cnn-digits", "--inference-steps", "2",
+               "--out", str(pool)]  # fmt: skip
+    first = subprocess.run([*command, "--seed", "1"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*command, "--seed", "1"], capture_output=True, text=True, timeout=300)
+    # Assert
+    assert first.returncode == again.returncode == 0, first.stderr[-2000:]
+    assert "images/s" in first.stdout
+    files = sorted(pool.glob("*/*.png"))
+    assert len(files) == 20 and all(len(p.stem) == 64 for p in files)  # named by their sha256: no duplicates
+    manifest = json.loads((pool / "pool.json").read_text())
+    assert manifest["held"]["3"] == 2 and manifest["images_per_second"] > 0
+    print(f"pool generation with the test's tiny pipeline: {manifest['images_per_second']:.1f} images/s")
+    # Execute + Assert: GenFL draws each device's lacking classes from it, from the first synthetic round
+    genfl = GenflConfig(generator="pool", synthetic_pool=str(pool), class_names=DIGITS, synthetic_budget_kb=1)
+    strategy = make_strategy("genfl", StrategyConfig(genfl=genfl))
+    strategy.bind("cnn-digits")
+    _, batches = strategy.synthetic_batches(2, {"d": TrainConfig()}, {"d": (90, (10.0,) * 9 + (0.0,))})
+    batch = decode_synthetic(batches["d"], (1, 8, 8), 10)
+    assert set(batch.labels.tolist()) == {9}
+
+
+def test_an_operators_folder_of_class_named_images_is_a_pool(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cloud_server._pool import PoolGenerator
+
+    for name in DIGITS:
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((16, 16, 3), int(name) * 20, dtype=np.uint8)).save(tmp_path / name / "a.jpg")
+    generator = PoolGenerator("cnn-digits", tmp_path, DIGITS)
+    images = generator.sample(np.array([0, 5, 5]), seed=1)
+    assert images.shape == (3, 1, 8, 8) and images[1].mean() > images[0].mean()  # resized, grey, its own class
+    (tmp_path / "7" / "a.jpg").unlink()
+    with pytest.raises(ConfigError, match="no images of class '7'"):
+        generator.sample(np.array([7]), seed=1)  # re-read after the folder changed
