@@ -75,7 +75,7 @@ def test_straggler_is_left_out_after_the_timeout_and_joins_a_later_round(
     with processes(tmp_path) as group:
         try:
             server = group.server(
-                "server", state, fleet, "--rounds", "3", "--min-devices", "1", "--round-timeout", "30",
+                "server", state, fleet, "--rounds", "3", "--min-devices", "1", "--round-timeout", "15",
                 "--broker", mosquitto_url,
             )  # fmt: skip
             group.agent("fast", "device-000", fleet, mosquitto_url, specs["device-000"])
