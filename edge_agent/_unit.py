@@ -87,5 +87,9 @@ def render_edge_unit(unit: EdgeUnit) -> str:
     credentials = "\n".join(f"LoadCredential={name}:{CONFIG_DIR / name}" for name in unit.credentials)
     return _TEMPLATE.format(
         head=unit_head("genfl-edge federated learning agent"),
-        exec_start=exec_start, user=user, data=data_lines, credentials=credentials, hardening=HARDENING
+        exec_start=exec_start,
+        user=user,
+        data=data_lines,
+        credentials=credentials,
+        hardening=HARDENING,
     )

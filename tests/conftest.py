@@ -53,3 +53,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/tests/system/" in str(item.path).replace("\\", "/"):
             item.add_marker(pytest.mark.slow)
+    # The slow ones first: with two workers, a long test that starts last ends the run alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
