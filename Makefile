@@ -26,7 +26,7 @@ demo: $(DEMO_STAMP)
 		--rounds 10 --seed 0 --strategy genfl --compare fedavg --transport mqtt --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2  # two workers: most system tests wait on brokers and processes
+	$(BIN)/python -m pytest -q -n 3  # three workers on two cores: the system tests spend much of their time waiting on brokers and processes
 
 test-fast: $(STAMP)  # the inner loop: unit tests only (no brokers, processes or whole simulations)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
