@@ -1,4 +1,4 @@
-"""Per-device limits on what the server does for a device: a token bucket of bytes.
+"""Limits: the broker's largest packet, and per device a token bucket of the bytes the server sends it.
 
 A device asks for blob chunks; each answer costs the server (and the broker)
 its bytes. Asking again and again for a whole model would turn one device's
@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ByteBudget"]
+__all__ = ["DEFAULT_MAX_PACKET_SIZE", "ByteBudget"]
+
+# What the generated broker accepts in one packet: an fp32 update of the registered models (cnn-small:
+# 1.2 MB) and a default chunk (256 KiB) with room to spare. `serve` checks its model and chunk size fit.
+DEFAULT_MAX_PACKET_SIZE = 4 * 1024 * 1024
 
 
 @dataclass

@@ -47,14 +47,12 @@ from protocol import (
 )
 
 from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf, write_owned
+from ._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused
 
 __all__ = ["DEFAULT_MAX_PACKET_SIZE", "BrokerSetup", "Enroller", "FleetSecurity", "write_broker_config"]
 
-# What the generated broker accepts in one packet: an fp32 update of the registered models (cnn-small:
-# 1.2 MB) and a default chunk (256 KiB) with room to spare. `serve` checks its model and chunk size fit.
-DEFAULT_MAX_PACKET_SIZE = 4 * 1024 * 1024
 
 log = logging.getLogger("genfl.security")
 

@@ -1,16 +1,46 @@
 """The edge side: device data, the agent's protocol logic, training runners, the CLI.
 
 Importing this package does not import torch (the agent daemon must stay small);
-training code loads torch when it first runs.
+training code loads torch when it first runs. Names are imported on first use (PEP 562), so that
+`genfl-edge status --help` loads only what it needs.
 """
 
-from ._agent import AgentCore, TrainingDone, TrainingRunner
-from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset, save_npz
-from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
-from ._policy import TaskPolicy, local_steps
-from ._privacy import laplace_label_counts, released_label_counts, scaled_to_total
-from ._report import histogram_table
-from ._runner import InProcessRunner, run_task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._agent import AgentCore, TrainingDone, TrainingRunner
+    from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset, save_npz
+    from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
+    from ._policy import TaskPolicy, local_steps
+    from ._privacy import laplace_label_counts, released_label_counts, scaled_to_total
+    from ._report import histogram_table
+    from ._runner import InProcessRunner, run_task
+
+_WHERE = {
+    "AgentCore": "_agent",
+    "TrainingDone": "_agent",
+    "TrainingRunner": "_agent",
+    "DeviceDataset": "_data",
+    "LabeledArrays": "_data",
+    "check_fits_model": "_data",
+    "load_dataset": "_data",
+    "save_npz": "_data",
+    "dirichlet_partition": "_partition",
+    "label_histogram": "_partition",
+    "partition_labels": "_partition",
+    "shard_partition": "_partition",
+    "TaskPolicy": "_policy",
+    "local_steps": "_policy",
+    "laplace_label_counts": "_privacy",
+    "released_label_counts": "_privacy",
+    "scaled_to_total": "_privacy",
+    "histogram_table": "_report",
+    "InProcessRunner": "_runner",
+    "run_task": "_runner",
+}
 
 __all__ = [
     "AgentCore",
@@ -35,3 +65,16 @@ __all__ = [
     "shard_partition",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -7,12 +7,15 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from cloud_server._security import DEFAULT_MAX_PACKET_SIZE, FleetSecurity, write_broker_config
+from cloud_server._limits import DEFAULT_MAX_PACKET_SIZE
 from protocol import ConfigError, exit_on_error
+
+if TYPE_CHECKING:
+    from cloud_server._security import FleetSecurity
 
 devices_app = typer.Typer(help="Enroll, list and revoke the fleet's devices.", no_args_is_help=True)
 
@@ -30,6 +33,8 @@ def parse_duration(text: str) -> float:
 
 
 def _security(state_dir: Path) -> FleetSecurity:
+    from cloud_server._security import FleetSecurity  # cryptography and the registry: only when a command runs
+
     security = FleetSecurity.load(state_dir)
     if security is None:
         raise ConfigError(f"{state_dir} has no fleet security yet: run `genfl-server broker-config` first")
@@ -158,6 +163,8 @@ def broker_config(
     ] = DEFAULT_MAX_PACKET_SIZE,
 ) -> None:
     """Write a Mosquitto setup for a secured fleet: TLS listener, password file, per-device ACL."""
+    from cloud_server._security import write_broker_config
+
     with exit_on_error():
         setup = write_broker_config(
             state_dir, out, fleet=fleet, host=host, port=port, bind=bind, ca_cert=ca_cert, ca_key=ca_key,
