@@ -90,6 +90,7 @@ def test_a_folder_without_a_saved_pipeline_is_a_config_error(tmp_path: Path) -> 
         LocalPipelineGenerator("cnn-digits", tmp_path, ("cat", "dog"))
 
 
+@pytest.mark.slow  # runs the CLI and a whole GenFL simulation from the pool
 def test_generate_pool_grows_a_content_addressed_pool_that_genfl_draws_from(pipeline_dir: Path, tmp_path: Path) -> None:
     import json
     import subprocess
