@@ -6,8 +6,9 @@ Names are imported on first use (PEP 562), so that the administrative commands
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from protocol._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ._aggregation import WeightedDeltaSum, apply_delta, check_update_shapes, weighted_average
@@ -89,9 +90,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'cloud_server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

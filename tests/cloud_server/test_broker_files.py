@@ -16,6 +16,7 @@ import pytest
 
 from cloud_server._broker_files import BrokerFiles, mosquitto_password_hash
 from protocol import GenflError
+from tests.system._helpers import skip_unless_ci
 
 NOBODY = 65534
 
@@ -39,7 +40,7 @@ while time.monotonic() < end:
 def shared_folders() -> Iterator[tuple[Path, Path]]:
     """A broker folder owned by uid nobody and a root-owned victim file, both where nobody can reach."""
     if os.geteuid() != 0:
-        pytest.skip("the race needs root writing into another user's folder (CI runs as root)")
+        skip_unless_ci("the race needs root writing into another user's folder (CI runs as root)")
     broker = Path(tempfile.mkdtemp(prefix="genfl-broker-"))
     victims = Path(tempfile.mkdtemp(prefix="genfl-victim-"))
     try:

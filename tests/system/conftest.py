@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloud_server._broker import free_port
-from tests.system._helpers import processes, wait_for
+from tests.system._helpers import processes, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 
 
@@ -28,9 +27,7 @@ def _accepts(port: int) -> bool:
 def secured(tmp_path: Path, fleet: str) -> Iterator[SecuredFleet]:
     mosquitto = shutil.which("mosquitto")
     if mosquitto is None:
-        if os.environ.get("GENFL_REQUIRE_MOSQUITTO") == "1":
-            pytest.fail("no mosquitto on PATH, and GENFL_REQUIRE_MOSQUITTO=1")
-        pytest.skip("no mosquitto on PATH; GENFL_REQUIRE_MOSQUITTO=1 makes this a failure")
+        skip_unless_ci("no mosquitto on PATH")
     with processes(tmp_path) as group:
         setup = SecuredFleet(tmp_path, fleet, free_port(), group)
         setup.cli(

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cloud_server import EmbeddedBroker, SimulationConfig
 from models import build_model, model_state
 from protocol import DeviceState, Task, Update, decode_message, decode_tensors, encode_message
-from tests.system._helpers import ENV, clear_retained, mqtt_client, processes, query, wait_for
+from tests.system._helpers import ENV, clear_retained, mqtt_client, processes, query, skip_unless_ci, wait_for
 from tests.system.test_serve_resume import _write_shards
 
 
@@ -152,7 +151,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 def test_read_only_state_dir_is_a_clear_error(tmp_path: Path, mosquitto_url: str, fleet: str) -> None:
     state = tmp_path / "ro"
     if not _mount_tmpfs(state, "1m"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        skip_unless_ci("mounting a tmpfs needs root (CI runs as root)")
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
         done = subprocess.run(
@@ -172,7 +171,7 @@ def test_full_disk_refuses_updates_without_corrupting_state_and_recovers(
     specs = _write_shards(SimulationConfig(devices=2, rounds=1, seed=3), tmp_path)
     state = tmp_path / "small"
     if not _mount_tmpfs(state, "400k"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        skip_unless_ci("mounting a tmpfs needs root (CI runs as root)")
     db = state / "state.sqlite3"
     try:
         with processes(tmp_path) as group:

@@ -23,7 +23,7 @@ from protocol import (
     load_signing_key,
     sign_frame,
 )
-from tests.system._helpers import ENV, query, wait_for
+from tests.system._helpers import ENV, query, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 
 KILLER_INT = "9" * 5000  # json.loads raises a plain ValueError on it (CPython's integer-digit limit)
@@ -118,7 +118,7 @@ def test_enrollment_is_all_or_nothing_when_the_broker_files_cannot_be_written(se
     token_file.write_text(secured.token("a"))
     broker = secured.root / "broker"
     if not _mount_read_only(broker):
-        pytest.skip("a read-only bind mount needs root (CI runs as root)")
+        skip_unless_ci("a read-only bind mount needs root (CI runs as root)")
     enroll = [sys.executable, "-m", "edge_agent", "enroll", "--server", secured.url, "--token-file", str(token_file),
               "--ca", str(secured.ca), "--home", str(secured.root / "home-a")]  # fmt: skip
     try:
@@ -163,10 +163,10 @@ def _python_for_nobody() -> tuple[str, dict[str, str]] | None:
 def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: SecuredFleet) -> None:
     # Prepare: enrolled as root (0600, root-owned), as the README says; the agent will run as another user
     if os.geteuid() != 0:
-        pytest.skip("enroll as root, run as another user: needs root (CI runs as root)")
+        skip_unless_ci("enroll as root, run as another user: needs root (CI runs as root)")
     found = _python_for_nobody()
     if found is None:
-        pytest.skip(f"no Python here that uid {NOBODY} can run with this project")
+        skip_unless_ci(f"no Python here that uid {NOBODY} can run with this project")
     python, env = found
     secured.serve("--rounds", "1", "--min-devices", "1", "--local-epochs", "1", "--round-timeout", "300")
     home = secured.enroll("board")
