@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 import models
-from protocol import BrokerAddress, ConfigError, MqttTransport, Notifier, ProtocolError, Transport
+from protocol import ConfigError, MqttTransport, Notifier, ProtocolError, Transport, parse_brokers
 
 from ._broker import EmbeddedBroker
 from ._broker_files import SERVER_USER
@@ -56,7 +56,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         models.get_spec(self.model)
         if self.broker is not None:
-            BrokerAddress.parse(self.broker)
+            parse_brokers(self.broker)
         if self.broker_port is not None and not 0 < self.broker_port < 65536:
             raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
 
@@ -93,7 +93,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             url = url or security.url
             _check_fits_broker(config, security.max_packet_size)
             transport = MqttTransport(
-                BrokerAddress.parse(url),
+                parse_brokers(url),
                 SERVER_USER,  # the broker makes every client id its user name: this one is the server's alone
                 username=SERVER_USER,
                 password=security.server_password,
@@ -105,7 +105,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
                 broker = stack.enter_context(EmbeddedBroker(port=config.broker_port, kind=config.embedded_broker))
                 url = broker.url
                 print(f"embedded {broker.kind} broker at {url}", flush=True)
-            transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{fleet}-server", session_expiry_s=24 * 3600)
+            transport = MqttTransport(parse_brokers(url), f"genfl-{fleet}-server", session_expiry_s=24 * 3600)
         transport.connect()
         stack.callback(transport.close)
         coordinator = Coordinator(

@@ -37,7 +37,6 @@ from edge_agent import (
 )
 from protocol import (
     BlobStore,
-    BrokerAddress,
     ConfigError,
     GenflError,
     InMemoryBus,
@@ -47,6 +46,8 @@ from protocol import (
     Transport,
     atomic_write,
     encode_tensors,
+    parse_brokers,
+    rotated,
 )
 
 from ._attacks import ATTACKS, make_attack
@@ -140,6 +141,8 @@ class SimulationConfig:
             raise ConfigError(f"label noise epsilon must be positive, got {self.label_noise}")
         if self.transport not in ("local", "mqtt"):
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
+        if self.broker is not None:
+            parse_brokers(self.broker)
 
     def strategy_config(self) -> StrategyConfig:
         return strategy_config_of(self)
@@ -163,6 +166,7 @@ class SimulationResult:
     histogram: np.ndarray  # (devices, classes)
     classes: tuple[str, ...]
     seconds: float
+    rejected: dict[str, int] = field(default_factory=dict)  # messages the coordinator refused, by reason
 
     @property
     def final_accuracy(self) -> float | None:
@@ -173,6 +177,7 @@ class SimulationResult:
             "config": {**asdict(self.config), "model": self.model_name},
             "rounds": [asdict(r) for r in self.rounds],
             "final_accuracy": self.final_accuracy,
+            "rejected": self.rejected,
             "seconds": self.seconds,
         }
 
@@ -260,7 +265,7 @@ class _ProcessFederation:
         if url is None:
             url = self._stack.enter_context(EmbeddedBroker(kind=config.embedded_broker)).url
         self.url = url
-        transport = MqttTransport(BrokerAddress.parse(url), f"genfl-{config.fleet}-server", session_expiry_s=0)
+        transport = MqttTransport(parse_brokers(url), f"genfl-{config.fleet}-server", session_expiry_s=0)
         transport.connect()
         self._stack.callback(transport.close)
         self.coordinator_transport = transport
@@ -302,6 +307,9 @@ class _ProcessFederation:
         per_process = self.config.agents_per_process
         for index in range(0, len(agents), per_process):
             group = agents[index : index + per_process]
+            # A cluster's nodes: each process starts on the next node, so the fleet spreads over them all.
+            for settings in group:
+                settings["broker"] = rotated(self.url, index // per_process)
             name = group[0]["device_id"] if per_process == 1 else f"agents-{index:05d}"
             log_file = self._stack.enter_context(open(self.run_dir / f"{name}.log", "wb"))  # noqa: SIM115
             if per_process == 1:
@@ -469,6 +477,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
         histogram=histogram,
         classes=dataset.classes,
         seconds=time.perf_counter() - started,
+        rejected=dict(coordinator.rejected),
     )
 
 

@@ -29,7 +29,6 @@ from typing import Any
 
 from protocol import (
     BlobStore,
-    BrokerAddress,
     ConfigError,
     DeviceState,
     FrameGuard,
@@ -43,6 +42,7 @@ from protocol import (
     atomic_write,
     encode_message,
     load_signing_key,
+    parse_brokers,
     public_key_from_text,
     validate_name,
 )
@@ -94,7 +94,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         validate_name("device id", self.device_id)
         validate_name("fleet", self.fleet)
-        BrokerAddress.parse(self.broker)
+        parse_brokers(self.broker)
         if self.worker not in ("per-task", "persistent", "pool"):
             raise ConfigError(f"worker must be per-task, persistent or pool, got {self.worker!r}")
         if (self.worker == "pool") != (self.pool_socket is not None):
@@ -247,7 +247,7 @@ class _Agent:
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
         guard = config.guard()
         self.transport = MqttTransport(
-            BrokerAddress.parse(config.broker),
+            parse_brokers(config.broker),
             f"genfl-{config.fleet}-{config.device_id}",
             will=Will(topics.device(config.device_id, "state"), guard.seal(encode_message(offline))),
             username=config.username,
@@ -299,6 +299,8 @@ class _Agent:
             "device_id": self.config.device_id,
             "fleet": self.config.fleet,
             "broker": self.config.broker,
+            "broker_node": self.transport.node,
+            "broker_failovers": self.transport.failovers,
             "signed": self.config.device_key is not None,
             "connected": self.transport.connected,
             "state": "stopped" if stopped else self.state_text(),

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import (
-    BrokerAddress,
     BrokerRefused,
     ConfigError,
     EnrollmentToken,
@@ -40,6 +39,7 @@ from protocol import (
     TransportError,
     enroll_topic,
     generate_signing_key,
+    parse_brokers,
     public_key_from_text,
     public_key_text,
     save_signing_key,
@@ -104,7 +104,8 @@ def enroll(
 ) -> dict[str, object]:
     """Enroll this board; returns the settings written to ``home.config`` (password left out)."""
     token = EnrollmentToken.parse(token_text)
-    address = BrokerAddress.parse(server)
+    addresses = parse_brokers(server)
+    address = addresses[0]
     if not address.tls:
         raise ConfigError("enrollment sends credentials: use an mqtts:// server URL")
     if home.config.exists() and not force:
@@ -115,7 +116,7 @@ def enroll(
     client_id = token.enroll_user  # the broker binds client ids to user names: this token's login is its id
     topics = Topics(token.fleet)
     transport = MqttTransport(
-        address, client_id, username=token.enroll_user, password=token.enroll_password, ca_file=ca_file,
+        addresses, client_id, username=token.enroll_user, password=token.enroll_password, ca_file=ca_file,
         session_expiry_s=0,
     )  # fmt: skip
     replies: list[bytes] = []
@@ -146,7 +147,9 @@ def enroll(
     finally:
         transport.close()
     if reply is None:
-        raise EnrollmentFailed(f"no enrollment reply from {address.url()} within {timeout_s:.0f} s (is serve running?)")
+        raise EnrollmentFailed(
+            f"no enrollment reply from {transport.node} within {timeout_s:.0f} s (is serve running?)"
+        )
     if not reply.ok:
         raise EnrollmentFailed(f"the server refused the token: {reply.reason}")
     public_key_from_text(reply.server_public_key)
@@ -158,7 +161,7 @@ def enroll(
     settings: dict[str, object] = {
         "device_id": reply.device_id,
         "fleet": reply.fleet,
-        "broker": address.url(),
+        "broker": ",".join(a.url() for a in addresses),
         "data": data,
         "state_dir": str(home.state_dir),
         "username": reply.username,
@@ -179,7 +182,7 @@ def check_broker(
 ) -> tuple[bool, bool, str]:
     """(reachable, logged in, why not) now."""
     probe = MqttTransport(
-        BrokerAddress.parse(server),
+        parse_brokers(server),
         f"genfl-status-{secrets.token_hex(4)}",
         username=username,
         password=password,

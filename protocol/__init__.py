@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         decode_message,
         encode_message,
     )
-    from ._mqtt import BrokerAddress, MqttTransport, Will
+    from ._mqtt import BrokerAddress, MqttTransport, Will, parse_brokers, rotated
     from ._signing import (
         FrameGuard,
         OpenGuard,
@@ -112,6 +112,8 @@ _WHERE = {
     "BrokerAddress": "_mqtt",
     "MqttTransport": "_mqtt",
     "Will": "_mqtt",
+    "parse_brokers": "_mqtt",
+    "rotated": "_mqtt",
     "FrameGuard": "_signing",
     "OpenGuard": "_signing",
     "SignedGuard": "_signing",
@@ -198,6 +200,8 @@ __all__ = [
     "UnitInstall",
     "Update",
     "Will",
+    "parse_brokers",
+    "rotated",
     "atomic_write",
     "blob_id",
     "chunk_count",

@@ -18,7 +18,11 @@ paho quirks handled here:
 * paho acknowledges a QoS 1 message as soon as it is read, before we handle it: the inbox is bounded
   (messages and bytes) so that a flood cannot grow it without limit; what does not fit is dropped and
   counted (``dropped``), and the sender's at-least-once re-send brings what mattered back.
-* MQTT 3.1.1 (for amqtt, which has no MQTT 5) takes ``clean_session`` in the
+* A broker *list* (a cluster's nodes): paho reconnects to one host only, and its ``host`` setter refuses
+  while a lost connection is being retried; we point its private ``_host``/``_port`` (paho 2.x, pinned
+  below 3) at the next node when the connection drops or a reconnect fails, so the same backoff, the same
+  client id and the same persistent session move to a node that is up.
+* MQTT 3.1.1 (for amqtt and NATS, which have no MQTT 5) takes ``clean_session`` in the
   constructor instead of ``clean_start`` at connect, has no session expiry and
   no "no local" subscriptions: a client then also receives what it published.
 """
@@ -31,6 +35,7 @@ import queue
 import random
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,7 +49,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ._errors import BrokerRefused, ConfigError, TransportError
 from ._transport import Transport
 
-__all__ = ["BrokerAddress", "MqttTransport", "Will"]
+__all__ = ["BrokerAddress", "MqttTransport", "Will", "parse_brokers", "rotated"]
 
 log = logging.getLogger("genfl.mqtt")
 
@@ -78,6 +83,32 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}{'' if self.v5 else '?version=3.1.1'}"
 
 
+def parse_brokers(text: str) -> tuple[BrokerAddress, ...]:
+    """One broker URL, or a cluster's nodes as comma-separated URLs (tried in order, failed over in turn).
+
+    Every node must speak the same: all ``mqtt://`` or all ``mqtts://``, all MQTT 5 or all 3.1.1.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError("broker: give at least one URL, mqtt://HOST:PORT")
+    addresses = tuple(BrokerAddress.parse(part.strip()) for part in text.split(",") if part.strip())
+    if not addresses:
+        raise ConfigError(f"broker: no URL in {text!r}")
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"broker: a node is listed twice in {text!r}")
+    if len({(a.tls, a.v5) for a in addresses}) > 1:
+        raise ConfigError(f"broker: the nodes of {text!r} mix mqtt:// and mqtts:// or MQTT versions; list one kind")
+    if len(addresses) > 64:
+        raise ConfigError(f"broker: {len(addresses)} nodes listed; at most 64")
+    return addresses
+
+
+def rotated(brokers: str, shift: int) -> str:
+    """The same node list starting at node ``shift`` (mod its length): spreads clients over a cluster."""
+    addresses = parse_brokers(brokers)
+    start = shift % len(addresses)
+    return ",".join(a.url() for a in addresses[start:] + addresses[:start])
+
+
 @dataclass(frozen=True)
 class Will:
     """The message the broker publishes for us if we vanish."""
@@ -90,7 +121,7 @@ class Will:
 class MqttTransport(Transport):
     def __init__(
         self,
-        address: BrokerAddress,
+        address: BrokerAddress | Sequence[BrokerAddress],
         client_id: str,
         *,
         will: Will | None = None,
@@ -105,7 +136,14 @@ class MqttTransport(Transport):
         inbox_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         super().__init__()
-        self.address = address
+        self.addresses: tuple[BrokerAddress, ...] = (address,) if isinstance(address, BrokerAddress) else tuple(address)
+        if not self.addresses:
+            raise ConfigError("no broker address given")
+        if len({(a.tls, a.v5) for a in self.addresses}) > 1:
+            raise ConfigError("the broker nodes mix mqtt:// and mqtts:// or MQTT versions")
+        address = self.addresses[0]
+        self._node = 0  # index of the node in use (or being tried)
+        self.failovers = 0  # times the client moved to another node
         self.client_id = client_id
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
@@ -145,8 +183,30 @@ class MqttTransport(Transport):
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+
+    @property
+    def address(self) -> BrokerAddress:
+        """The node in use (or, while disconnected, the next one to be tried)."""
+        return self.addresses[self._node]
+
+    @property
+    def node(self) -> str:
+        """The URL of the node in use, for status output."""
+        return self.address.url()
+
+    def _next_node(self) -> None:
+        """Point paho's reconnect at the next node of the list (a no-op for one broker)."""
+        if len(self.addresses) == 1:
+            return
+        self._node = (self._node + 1) % len(self.addresses)
+        self.failovers += 1
+        # paho's ``host`` setter refuses while the lost connection is being retried (see the module notes).
+        self._client._host = self.address.host
+        self._client._port = self.address.port
+        log.info("%s: trying the next broker node %s", self.client_id, self.address.url())
 
     # -- paho callbacks (paho's thread) -----------------------------------------------------
 
@@ -177,6 +237,10 @@ class MqttTransport(Transport):
         self._connected.clear()
         if reason_code != 0:
             log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
+            self._next_node()
+
+    def _on_connect_fail(self, client, userdata) -> None:  # type: ignore[no-untyped-def]
+        self._next_node()
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         payload = bytes(message.payload)
@@ -201,28 +265,39 @@ class MqttTransport(Transport):
 
     # -- Transport ---------------------------------------------------------------------------
 
-    def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect (persistent session) and start paho's network thread."""
+    def _open(self, address: BrokerAddress) -> None:
+        """Open the connection to one node (the CONNACK arrives later, in paho's thread)."""
         try:
-            if self.address.v5:
+            if address.v5:
                 properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = self._session_expiry_s
                 self._client.connect(
-                    self.address.host,
-                    self.address.port,
-                    keepalive=self._keepalive_s,
-                    clean_start=False,
-                    properties=properties,
+                    address.host, address.port, keepalive=self._keepalive_s, clean_start=False, properties=properties
                 )
             else:
-                self._client.connect(self.address.host, self.address.port, keepalive=self._keepalive_s)
+                self._client.connect(address.host, address.port, keepalive=self._keepalive_s)
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
-                f"the broker at {self.address.url()} presented a certificate that does not verify against "
+                f"the broker at {address.url()} presented a certificate that does not verify against "
                 f"the pinned CA: {exc.verify_message}"
             ) from exc
         except OSError as exc:  # ssl.SSLError included
-            raise TransportError(f"cannot reach the broker at {self.address.url()}: {exc}") from exc
+            raise TransportError(f"cannot reach the broker at {address.url()}: {exc}") from exc
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect (persistent session) to the first node that answers and start paho's network thread."""
+        unreachable: list[str] = []
+        for _ in range(len(self.addresses)):
+            try:
+                self._open(self.address)
+                break
+            except TransportError as exc:
+                if len(self.addresses) == 1 or isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                    raise
+                unreachable.append(str(exc))
+                self._node = (self._node + 1) % len(self.addresses)
+        else:
+            raise TransportError("cannot reach any broker node: " + "; ".join(unreachable))
         self._client.loop_start()
         if not self._connected.wait(timeout_s):
             self.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cloud_server import __version__
 from protocol import new_app
 
-from . import _devices, _export, _pool, _serve, _simulate, _unit
+from . import _cluster, _devices, _export, _pool, _serve, _simulate, _unit
 
 app = new_app("genfl-server", "genfl-edge cloud server: federated rounds, aggregation, generator, simulation.",
               __version__)  # fmt: skip
@@ -15,6 +15,7 @@ app.command("export")(_export.export)
 app.command("generate-pool")(_pool.generate_pool)
 app.add_typer(_devices.devices_app, name="devices")
 app.command("broker-config")(_devices.broker_config)
+app.command("cluster-config")(_cluster.cluster_config)
 app.command("install-service")(_unit.install_service)
 app.command("uninstall-service")(_unit.uninstall_service)
 
