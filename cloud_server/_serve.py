@@ -7,12 +7,13 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import models
-from protocol import ConfigError, MqttTransport, Notifier, ProtocolError, Transport, parse_brokers
+from protocol import ConfigError, MqttTransport, Notifier, ProtocolError, TensorDict, Transport, parse_brokers
 
 from ._broker import EmbeddedBroker
 from ._broker_files import SERVER_USER
@@ -52,6 +53,11 @@ class ServeConfig:
     max_update_norm: float | None = None
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
     genfl: GenflConfig = field(default_factory=GenflConfig)
+    metrics_port: int | None = None  # Prometheus /metrics (and the dashboard) on this port; 0: a free one
+    metrics_host: str = "127.0.0.1"
+    dashboard: bool = False  # the read-only fleet page on the metrics port
+    eval_dataset: str | None = None  # a test set the server scores each new global model on
+    eval_data_dir: Path = Path("data")
 
     def __post_init__(self) -> None:
         models.get_spec(self.model)
@@ -59,6 +65,10 @@ class ServeConfig:
             parse_brokers(self.broker)
         if self.broker_port is not None and not 0 < self.broker_port < 65536:
             raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
+        if self.dashboard and self.metrics_port is None:
+            raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")
 
     def strategy_config(self) -> StrategyConfig:
         return strategy_config_of(self)
@@ -108,6 +118,20 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             transport = MqttTransport(parse_brokers(url), f"genfl-{fleet}-server", session_expiry_s=24 * 3600)
         transport.connect()
         stack.callback(transport.close)
+        metrics = None
+        if config.metrics_port is not None:
+            from ._dashboard import OperatorServer
+            from ._metrics import FleetMetrics
+
+            metrics = FleetMetrics(fleet)
+            metrics.seed_from_journal(config.state_dir / "state.sqlite3")
+            operator = OperatorServer(metrics, config.state_dir, fleet, host=config.metrics_host,
+                                      port=config.metrics_port, dashboard=config.dashboard)  # fmt: skip
+            operator.start()
+            stack.callback(operator.close)
+            print(f"metrics at http://{config.metrics_host}:{operator.port}/metrics"
+                  + (f", dashboard at http://{config.metrics_host}:{operator.port}/" if config.dashboard else ""),
+                  flush=True)  # fmt: skip
         coordinator = Coordinator(
             CoordinatorConfig(
                 fleet=fleet,
@@ -126,12 +150,19 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             journal=journal,
             guard=None if security is None else security.guard(),
             revoked=None if security is None else security.registry.revoked_ids,
+            evaluator=_evaluator(config),
+            on_round_opened=None if metrics is None else metrics.round_opened,
+            on_update_accepted=None if metrics is None else metrics.update_accepted,
+            on_round_closed=None if metrics is None else metrics.round_closed,
         )
         enroller = None
         if security is not None:
             enroller = Enroller(security, transport.publish, transport.flush)
             _serve_enrollment(transport, coordinator, enroller)
         coordinator.start()
+        if metrics is not None:
+            metrics.start_counting(coordinator)
+        observed = 0.0
         log.info(
             "serving fleet %s on %s (state in %s, %s)",
             fleet, url, config.state_dir, "signed, enrolled devices only" if security else "open fleet",
@@ -146,11 +177,35 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
                 enroller.tick()
             notifier.status(_state_text(coordinator))
             notifier.watchdog()
+            if metrics is not None and time.monotonic() - observed >= 0.5:
+                observed = time.monotonic()
+                metrics.observe(coordinator, bytes_received=transport.bytes_received, bytes_sent=transport.bytes_sent,
+                                node=transport.node, failovers=transport.failovers)  # fmt: skip
         notifier.stopping()
         if coordinator.finished:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
         journal.close()  # every accepted update is already committed; an open round resumes next start
     return 0
+
+
+def _evaluator(config: ServeConfig) -> Callable[[TensorDict], tuple[float, float]] | None:
+    """Score each new global model on ``config.eval_dataset``'s test split (None: the server does not)."""
+    if config.eval_dataset is None:
+        return None
+    from edge_agent import check_fits_model, load_dataset
+
+    dataset = load_dataset(config.eval_dataset, config.eval_data_dir)
+    spec = models.get_spec(config.model)
+    check_fits_model(dataset, config.model, spec.input_shape, spec.num_classes)
+    test = dataset.test
+    model = models.build_model(config.model)
+
+    def evaluate(state: TensorDict) -> tuple[float, float]:
+        models.load_state(model, state)
+        result = models.evaluate(model, test.images, test.labels)
+        return result.loss, result.accuracy
+
+    return evaluate
 
 
 def _check_fits_broker(config: ServeConfig, max_packet_size: int) -> None:

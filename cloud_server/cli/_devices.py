@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from cloud_server._fleet_view import fleet_rows
 from cloud_server._limits import DEFAULT_MAX_PACKET_SIZE
 from protocol import ConfigError, exit_on_error
 
@@ -64,23 +64,6 @@ def add(
     )
 
 
-def _activity(state_dir: Path) -> dict[str, dict[str, Any]]:
-    path = state_dir / "state.sqlite3"
-    if not path.exists():
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT device_id, online, last_seen, rounds, last_norm, last_accuracy FROM devices")
-        return {
-            str(d): {"online": bool(o), "last_seen": s, "rounds": r, "last_norm": n, "last_accuracy": a}
-            for d, o, s, r, n, a in rows
-        }
-    except sqlite3.Error:
-        return {}
-    finally:
-        db.close()
-
-
 @devices_app.command("list")
 def list_devices(
     state_dir: StateDir,
@@ -90,26 +73,10 @@ def list_devices(
     with exit_on_error():
         security = _security(state_dir)
         try:
-            enrolled = security.registry.devices()
             pending = security.registry.pending_tokens()
         finally:
             security.close()
-        activity = _activity(state_dir)
-    rows = []
-    for entry in enrolled:
-        seen = activity.get(entry.device_id, {})
-        rows.append(
-            {
-                "device_id": entry.device_id,
-                "online": bool(seen.get("online")) and entry.revoked is None,
-                "last_seen": seen.get("last_seen"),
-                "rounds": seen.get("rounds", 0),
-                "last_update_norm": seen.get("last_norm"),
-                "last_update_accuracy": seen.get("last_accuracy"),
-                "enrolled": entry.enrolled,
-                "revoked": entry.revoked is not None,
-            }
-        )
+        rows = fleet_rows(state_dir)
     if as_json:
         typer.echo(json.dumps({"devices": rows, "pending_tokens": [n for n, _ in pending]}, indent=2))
         return

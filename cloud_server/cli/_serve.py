@@ -74,6 +74,17 @@ def serve(
     generator_device: GeneratorDevice = D.generator_device,
     teacher_gate: TeacherGate = D.teacher_gate,
     synthetic_pool: SyntheticPool = None,
+    metrics_port: Annotated[
+        Optional[int], typer.Option(help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address the metrics (and dashboard) listen on.")] = "127.0.0.1",
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard/--no-dashboard", help="A read-only fleet page on the metrics port.")
+    ] = False,
+    eval_dataset: Annotated[
+        Optional[str], typer.Option(help="Score each new model on this data set's test split (e.g. digits).")
+    ] = None,
+    eval_data_dir: Annotated[Path, typer.Option(help="Where --eval-dataset's files are.")] = Path("data"),
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
@@ -106,6 +117,11 @@ def serve(
             qat=qat,
             trim=trim,
             max_update_norm=max_norm,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            dashboard=dashboard,
+            eval_dataset=eval_dataset,
+            eval_data_dir=eval_data_dir,
             genfl=genfl_config(
                 generator,
                 pipeline_path,

@@ -111,13 +111,15 @@ def collect_status(config_path: Path) -> dict[str, Any]:
         "disk_free_bytes": shutil.disk_usage(settings.state_dir).free if settings.state_dir.exists() else None,
     }
     if agent is None:
-        status.update(agent_running=False, last_round=None, last_outcome=None, model_held=None,
+        status.update(agent_running=False, broker_node=None, last_round=None, last_outcome=None, model_held=None,
                       local_samples=None, pending_update_round=None, agent_rss_mb=None)  # fmt: skip
     else:
         outcome = agent.get("last_outcome")
         status.update(
             agent_running=alive,
             agent_state=agent.get("state"),
+            broker_node=agent.get("broker_node") if alive else None,  # the cluster node the agent is on
+            broker_failovers=agent.get("broker_failovers"),
             status_age_s=round(time.time() - float(agent.get("updated", 0) or 0), 1),
             last_round=outcome[0] if outcome else agent.get("last_round"),
             last_outcome=outcome[1] if outcome else None,

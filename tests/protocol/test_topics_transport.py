@@ -51,3 +51,33 @@ def test_names_match_in_full_so_that_no_newline_reaches_the_password_file_or_acl
             validate_name("device id", bad)
     with pytest.raises(ProtocolError):
         Topics("f").parse("genfl/f/devices/board\n/state")
+
+
+def test_a_broker_list_parses_in_order_and_refuses_mixed_or_repeated_nodes() -> None:
+    from protocol import BrokerAddress, parse_brokers, rotated
+
+    nodes = parse_brokers(" mqtt://a:1883?version=3.1.1, mqtt://b:1884?version=3.1.1 ,mqtt://c?version=3.1.1")
+    assert nodes == (BrokerAddress("a", 1883, v5=False), BrokerAddress("b", 1884, v5=False),
+                     BrokerAddress("c", 1883, v5=False))  # fmt: skip
+    assert parse_brokers("mqtt://solo:1883") == (BrokerAddress("solo", 1883),)
+    assert rotated("mqtt://a:1,mqtt://b:2,mqtt://c:3", 4) == "mqtt://b:2,mqtt://c:3,mqtt://a:1"
+    for bad, message in (
+        ("", "at least one URL"),
+        (" , ", "no URL"),
+        ("mqtt://a:1,mqtt://a:1", "listed twice"),
+        ("mqtt://a:1,mqtts://b:2", "mix"),
+        ("mqtt://a:1,mqtt://b:2?version=3.1.1", "mix"),
+        ("mqtt://a:1,http://b:2", "mqtt://HOST:PORT"),
+        (",".join(f"mqtt://h{i}:1" for i in range(65)), "at most 64"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_brokers(bad)
+
+
+def test_a_transport_refuses_nodes_of_mixed_kinds() -> None:
+    from protocol import BrokerAddress, MqttTransport
+
+    with pytest.raises(ConfigError, match="mix"):
+        MqttTransport([BrokerAddress("a", 1), BrokerAddress("b", 2, tls=True)], "c")
+    with pytest.raises(ConfigError, match="no broker"):
+        MqttTransport([], "c")

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -159,3 +160,24 @@ def test_data_that_does_not_fit_the_model_is_reported_as_a_failure(
     failure = decode_message(failures.get(timeout=5), Failure)
     assert "images are 3x32x32 (CxHxW) but cnn-digits takes 1x8x8" in failure.reason
     assert coordinator.results[0].devices == 0
+
+
+def test_an_agent_given_a_node_list_skips_a_dead_node_and_says_which_it_is_on(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: the first node of the list answers nothing
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"mqtt://127.0.0.1:{probe.getsockname()[1]}"
+    nodes = f"{dead},{mosquitto_url}"
+    with processes(tmp_path) as group:
+        try:
+            # Execute
+            group.agent("dev-n", "dev-n", fleet, nodes, "digits", "--status-interval", "0.5")
+            status = wait_for(lambda: _status(tmp_path / "dev-n").get("connected") and _status(tmp_path / "dev-n"),
+                              60, "the agent connected")  # fmt: skip
+        finally:
+            clear_retained(mosquitto_url, fleet, ["dev-n"])
+    # Assert
+    assert status["broker"] == nodes
+    assert status["broker_node"] == mosquitto_url

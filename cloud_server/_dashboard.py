@@ -1,0 +1,197 @@
+"""The operator's HTTP endpoint: ``/metrics`` for Prometheus and, with ``--dashboard``, a read-only page.
+
+One small threaded server from the standard library. ``/metrics`` is
+prometheus-client's exposition of :class:`FleetMetrics`; ``/`` is the fleet
+table (the rows of ``genfl-server devices list``) and the accuracy curve, as
+plain HTML with an inline SVG drawn here (no scripts, nothing fetched from
+elsewhere, so it works on an air-gapped site), refreshed every few seconds;
+``/fleet.json`` is the same data for scripts. Only GET and HEAD; nothing on
+the page changes the fleet.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from protocol import TransportError
+
+from ._fleet_view import fleet_rows, round_rows
+from ._metrics import FleetMetrics
+
+__all__ = ["OperatorServer", "render_page"]
+
+log = logging.getLogger("genfl.dashboard")
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _curve_svg(rounds: list[dict[str, Any]], width: int = 560, height: int = 220) -> str:
+    points = [(r["round"], r["accuracy"]) for r in rounds if r["accuracy"] is not None]
+    if not points:
+        return '<p class="empty">No accuracy yet: the server scores its model given a test set (--eval-dataset).</p>'
+    left, right, top, bottom = 44, 12, 10, 30
+    last = max(n for n, _ in points)
+    first = min(n for n, _ in points)
+    span = max(1, last - first)
+
+    def x(n: int) -> float:
+        return left + (n - first) / span * (width - left - right)
+
+    def y(a: float) -> float:
+        return top + (1.0 - a) * (height - top - bottom)
+
+    grid = "".join(
+        f'<line x1="{left}" y1="{y(v):.1f}" x2="{width - right}" y2="{y(v):.1f}" class="grid"/>'
+        f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>'
+        for v in (0.0, 0.25, 0.5, 0.75, 1.0)
+    )
+    line = " ".join(f"{x(n):.1f},{y(a):.1f}" for n, a in points)
+    dots = "".join(f'<circle cx="{x(n):.1f}" cy="{y(a):.1f}" r="3"><title>round {n}: {a:.3f}</title></circle>'
+                   for n, a in points)  # fmt: skip
+    bottom_y = height - 8
+    labels = (
+        f'<text x="{x(first):.1f}" y="{bottom_y}" text-anchor="middle">{first}</text>'
+        f'<text x="{x(last):.1f}" y="{bottom_y}" text-anchor="middle">{last}</text>'
+        f'<text x="{(left + width - right) / 2:.1f}" y="{bottom_y}" text-anchor="middle">round</text>'
+    )
+    return (
+        f'<svg id="accuracy" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="test accuracy per round">{grid}<polyline points="{line}"/>{dots}{labels}</svg>'
+    )
+
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 24px; color: #1c2430; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
+.summary span { display: inline-block; margin-right: 18px; }
+table { border-collapse: collapse; } th, td { padding: 4px 10px; text-align: right; border-bottom: 1px solid #dde3ea; }
+th:first-child, td:first-child { text-align: left; } th { background: #f1f4f8; }
+td.online { color: #14804a; font-weight: 600; } td.offline { color: #8a94a3; } td.revoked { color: #b42318; }
+svg text { font-size: 11px; fill: #566070; } svg .grid { stroke: #e6eaef; }
+svg polyline { fill: none; stroke: #2563eb; stroke-width: 2; } svg circle { fill: #2563eb; }
+.empty { color: #8a94a3; }
+"""
+
+
+def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str, Any]], refresh_s: int = 5) -> str:
+    """The dashboard: a summary line, the fleet table and the accuracy curve."""
+    online = sum(1 for d in devices if d["online"])
+    closed = [r for r in rounds if r["closed"] is not None]
+    accuracy = next((r["accuracy"] for r in reversed(closed) if r["accuracy"] is not None), None)
+    rows = []
+    for d in devices:
+        state = "revoked" if d["revoked"] else ("online" if d["online"] else "offline")
+        norm = "-" if d["last_update_norm"] is None else f"{d['last_update_norm']:.3g}"
+        acc = "-" if d["last_update_accuracy"] is None else f"{d['last_update_accuracy']:.3f}"
+        rows.append(
+            f'<tr data-device="{html.escape(d["device_id"])}"><td>{html.escape(d["device_id"])}</td>'
+            f'<td class="{state}">{state}</td><td>{_when(d["last_seen"])}</td><td>{d["rounds"]}</td>'
+            f"<td>{norm}</td><td>{acc}</td></tr>"
+        )
+    table = (
+        '<table id="fleet"><thead><tr><th>device</th><th>state</th><th>last seen</th><th>rounds</th>'
+        "<th>update norm</th><th>update acc</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        if rows
+        else '<p class="empty">No device has connected yet.</p>'
+    )
+    summary = (
+        f'<p class="summary"><span id="online">{online} of {len(devices)} devices online</span>'
+        f'<span id="rounds">{len(closed)} rounds closed</span>'
+        f'<span id="last-accuracy">accuracy {"-" if accuracy is None else f"{accuracy:.3f}"}</span></p>'
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_s}">'
+        f"<title>genfl fleet {html.escape(fleet)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>Fleet {html.escape(fleet)}</h1>{summary}<h2>Devices</h2>{table}"
+        f"<h2>Test accuracy per round</h2>{_curve_svg(closed)}</body></html>"
+    )
+
+
+class OperatorServer:
+    """``/metrics`` always; ``/`` and ``/fleet.json`` when ``dashboard`` is on. Runs in a daemon thread."""
+
+    def __init__(self, metrics: FleetMetrics, state_dir: Path, fleet: str, *, host: str = "127.0.0.1", port: int = 0,
+                 dashboard: bool = False) -> None:  # fmt: skip
+        self.metrics = metrics
+        self.state_dir = state_dir
+        self.fleet = fleet
+        self.dashboard = dashboard
+        handler = self._handler_class()
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise TransportError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="genfl-operator-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics%s", self._server.server_address[0], self.port,
+                 " and the dashboard on /" if self.dashboard else "")  # fmt: skip
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "genfl-server"
+            sys_version = ""
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("%s %s", self.address_string(), format % args)
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def _answer(self, *, body: bool) -> None:
+                path = self.path.split("?", 1)[0]
+                try:
+                    if path == "/metrics":
+                        payload, kind = generate_latest(owner.metrics.registry), CONTENT_TYPE_LATEST
+                    elif owner.dashboard and path in ("/", "/index.html"):
+                        page = render_page(owner.fleet, fleet_rows(owner.state_dir), round_rows(owner.state_dir))
+                        payload, kind = page.encode(), "text/html; charset=utf-8"
+                    elif owner.dashboard and path == "/fleet.json":
+                        data = {"fleet": owner.fleet, "devices": fleet_rows(owner.state_dir),
+                                "rounds": round_rows(owner.state_dir)}  # fmt: skip
+                        payload, kind = json.dumps(data).encode(), "application/json"
+                    else:
+                        self.send_error(HTTPStatus.NOT_FOUND)
+                        return
+                except Exception:  # a bad read must not take the server down; the next request tries again
+                    log.exception("could not answer %s", path)
+                    self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR)
+                    return
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+                self.end_headers()
+                if body:
+                    self.wfile.write(payload)
+
+        return Handler

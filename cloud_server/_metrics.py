@@ -1,0 +1,129 @@
+"""The fleet as Prometheus metrics (prometheus-client), fed by the coordinator's hooks in the serve loop.
+
+Counters that the journal also keeps (rounds closed, updates accepted, messages
+rejected by reason) start from the journal's totals, so they count the fleet's
+whole life, across server restarts, and a scrape can be checked against the
+SQLite journal. Everything is updated in the serve loop's thread; the HTTP
+server only reads (prometheus-client's metrics are thread-safe).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ._coordinator import Coordinator, RoundResult
+
+__all__ = ["FleetMetrics"]
+
+_ROUND_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class FleetMetrics:
+    def __init__(self, fleet: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rounds = Counter("genfl_rounds", "Rounds closed (the fleet's life).", registry=r)
+        self.round_number = Gauge("genfl_round", "The open round, or the last one closed.", registry=r)
+        self.round_seconds = Histogram(
+            "genfl_round_duration_seconds", "Seconds from a round's tasks to its new model.", buckets=_ROUND_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.online = Gauge("genfl_devices_online", "Devices online now (their retained state).", registry=r)
+        self.picked = Gauge("genfl_devices_picked", "Devices given a task in the open (or last) round.", registry=r)
+        self.answered = Gauge("genfl_devices_answered", "Devices whose update the open (or last) round took.",
+                              registry=r)  # fmt: skip
+        self.accepted = Counter("genfl_updates_accepted", "Updates accepted into a round (the fleet's life).",
+                                registry=r)  # fmt: skip
+        self.rejected = Counter(
+            "genfl_messages_rejected", "Messages refused, by reason (the fleet's life).", ["reason"], registry=r
+        )
+        self.bytes = Counter("genfl_bytes", "Payload bytes through the broker, by direction (up: from devices).",
+                             ["direction"], registry=r)  # fmt: skip
+        self.generator_seconds = Counter("genfl_generator_seconds", "Server seconds spent on GenFL's generator.",
+                                         registry=r)  # fmt: skip
+        self.accuracy = Gauge("genfl_accuracy", "Test accuracy of the global model (when the server evaluates).",
+                              registry=r)  # fmt: skip
+        self.device_accuracy = Gauge(
+            "genfl_device_accuracy", "The round's starting model on the devices' own data (their reports, weighted).",
+            registry=r,
+        )  # fmt: skip
+        self.broker = Gauge("genfl_broker_node", "1 for the broker node the server is connected to.", ["node"],
+                            registry=r)  # fmt: skip
+        self.failovers = Gauge("genfl_broker_failovers", "Times the server moved to another broker node.", registry=r)
+        self.info = Gauge("genfl_fleet_info", "The fleet this server serves.", ["fleet"], registry=r)
+        self.info.labels(fleet=fleet).set(1)
+        self._rejected_seen: dict[str, int] = {}
+        self._bytes_seen = [0, 0]  # received (up), sent (down)
+        self._node: str | None = None
+
+    def seed_from_journal(self, database: Path) -> None:
+        """Start the lifetime counters at the journal's totals (a resumed fleet)."""
+        if not database.exists():
+            return
+        db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            closed = db.execute("SELECT COUNT(*) FROM rounds WHERE closed IS NOT NULL").fetchone()[0]
+            updates = db.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
+            rejected = db.execute("SELECT reason, count FROM rejected").fetchall()
+            last = db.execute("SELECT MAX(round) FROM rounds").fetchone()[0]
+        except sqlite3.Error:
+            return  # a journal without its tables yet: nothing to carry over
+        finally:
+            db.close()
+        self.rounds.inc(closed)
+        self.accepted.inc(updates)
+        for reason, count in rejected:
+            self.rejected.labels(reason=reason).inc(count)
+        if last is not None:
+            self.round_number.set(last)
+
+    def start_counting(self, coordinator: Coordinator) -> None:
+        """What the coordinator rejected before now is in the journal already (seeded): count from here."""
+        self._rejected_seen = dict(coordinator.rejected)
+
+    # -- coordinator hooks ------------------------------------------------------------------
+
+    def round_opened(self, number: int, picked: int) -> None:
+        self.round_number.set(number)
+        self.picked.set(picked)
+        self.answered.set(0)
+
+    def update_accepted(self, device_id: str) -> None:
+        self.accepted.inc()
+        self.answered.inc()
+
+    def round_closed(self, result: RoundResult) -> None:
+        self.rounds.inc()
+        self.round_seconds.observe(result.seconds)
+        self.generator_seconds.inc(result.generator_s)
+        if result.accuracy is not None:
+            self.accuracy.set(result.accuracy)
+        if result.device_accuracy is not None:
+            self.device_accuracy.set(result.device_accuracy)
+
+    # -- each pass of the serve loop --------------------------------------------------------
+
+    def observe(self, coordinator: Coordinator, *, bytes_received: int, bytes_sent: int, node: str | None = None,
+                failovers: int = 0) -> None:  # fmt: skip
+        self.online.set(len(coordinator.online_devices()))
+        for reason, count in coordinator.rejected.items():
+            new = count - self._rejected_seen.get(reason, 0)
+            if new > 0:
+                self.rejected.labels(reason=reason).inc(new)
+                self._rejected_seen[reason] = count
+        up, down = bytes_received - self._bytes_seen[0], bytes_sent - self._bytes_seen[1]
+        if up > 0:
+            self.bytes.labels(direction="up").inc(up)
+        if down > 0:
+            self.bytes.labels(direction="down").inc(down)
+        self._bytes_seen = [bytes_received, bytes_sent]
+        if node != self._node:
+            if self._node is not None:
+                self.broker.remove(self._node)
+            if node is not None:
+                self.broker.labels(node=node).set(1)
+            self._node = node
+        self.failovers.set(failovers)
