@@ -48,7 +48,10 @@ def serve(
     lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
     seed: Annotated[int, typer.Option(help="Seed of the initial model and the device sampling.")] = 0,
     chunk_size: Annotated[int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")] = 262144,
-    broker: Annotated[Optional[str], typer.Option(help="Broker URL; without it an embedded broker starts.")] = None,
+    broker: Annotated[
+        Optional[str],
+        typer.Option(help="Broker URL (a cluster: its nodes, comma-separated); without it an embedded broker starts."),
+    ] = None,
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
     codec: Annotated[Codec, typer.Option(help="How devices send updates.")] = Codec.FP32,

@@ -60,7 +60,11 @@ def simulate(
     torch_device: Annotated[str, typer.Option(help="Where simulated devices train: cpu, cuda or auto.")] = "cpu",
     transport: Annotated[str, typer.Option(help="local (in-memory) or mqtt (a connection per device).")] = "local",
     broker: Annotated[
-        Optional[str], typer.Option(help="Broker URL for --transport mqtt (default: start an embedded one).")
+        Optional[str],
+        typer.Option(
+            help="Broker URL for --transport mqtt, or a cluster's nodes comma-separated (agents spread "
+            "over them); default: an embedded one."
+        ),
     ] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
     worker: Annotated[

@@ -24,7 +24,9 @@ HomeOption = Annotated[
 
 
 def enroll(
-    server: Annotated[str, typer.Option(help="The fleet's broker, mqtts://HOST:8883.")],
+    server: Annotated[
+        str, typer.Option(help="The fleet's broker, mqtts://HOST:8883 (a cluster: its nodes, comma-separated).")
+    ],
     token: Annotated[
         Optional[str],
         typer.Option(

@@ -20,7 +20,9 @@ def run(
     data: Annotated[Optional[str], typer.Option(help="digits, cifar10, folder:PATH, zip:PATH or npz:PATH.")] = None,
     state_dir: Annotated[Optional[Path], typer.Option(help="Models, the pending update, status.json.")] = None,
     fleet: Annotated[Optional[str], typer.Option(help="Fleet name (topic prefix genfl/<fleet>/).")] = None,
-    broker: Annotated[Optional[str], typer.Option(help="Broker URL, mqtt://HOST:PORT.")] = None,
+    broker: Annotated[
+        Optional[str], typer.Option(help="Broker URL, mqtt://HOST:PORT; a cluster: its nodes, comma-separated.")
+    ] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where cifar10 is (or is downloaded to).")] = None,
     worker: Annotated[
         Optional[str], typer.Option(help="per-task (frees memory), persistent, or pool (a shared training pool).")
