@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_soak.py --out bench
 	$(BIN)/python tools/bench_fedavg.py --out bench
 	$(BIN)/python tools/bench_sim.py --out bench
+	$(BIN)/python tools/bench_cluster.py --out bench
 	$(BIN)/python tools/bench_learning.py --preset digits --out bench
 	$(BIN)/python tools/bench_learning.py --preset cpu --out bench   # about 70 minutes on 2 cores
 	# on a GPU box: $(BIN)/python tools/bench_learning.py --preset gpu --out bench

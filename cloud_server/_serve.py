@@ -169,13 +169,13 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         )  # fmt: skip
         notifier = Notifier()
         stack.callback(notifier.close)
-        notifier.ready(_state_text(coordinator))
+        notifier.ready(_state_text(coordinator, transport))
         while not stop.is_set() and not coordinator.finished:
             transport.poll(0.1)
             coordinator.tick()
             if enroller is not None:
                 enroller.tick()
-            notifier.status(_state_text(coordinator))
+            notifier.status(_state_text(coordinator, transport))
             notifier.watchdog()
             if metrics is not None and time.monotonic() - observed >= 0.5:
                 observed = time.monotonic()
@@ -241,9 +241,12 @@ def _serve_enrollment(transport: Transport, coordinator: Coordinator, enroller: 
     transport.subscribe(enroller.subscription)
 
 
-def _state_text(coordinator: Coordinator) -> str:
+def _state_text(coordinator: Coordinator, transport: MqttTransport) -> str:
+    """The systemd status line: the round's progress, and the broker node when there are several."""
     progress = coordinator.round_progress()
     if progress is None:
-        return f"waiting for devices ({len(coordinator.online_devices())} online)"
-    number, answered, picked = progress
-    return f"round {number}: {answered}/{picked} answered"
+        text = f"waiting for devices ({len(coordinator.online_devices())} online)"
+    else:
+        number, answered, picked = progress
+        text = f"round {number}: {answered}/{picked} answered"
+    return text if len(transport.addresses) == 1 else f"{text}; broker node {transport.node}"
