@@ -75,6 +75,10 @@ class CoordinatorConfig:
     # A device's weight (its claimed sample count) is capped at this many times the median claim of the
     # round's picked devices, so that no device decides the average by what it claims. None: no cap.
     max_weight_ratio: float | None = 5.0
+    # A picked device that neither asked for a blob nor answered for this long gets its task again (then
+    # after twice as long, and so on): a task or a chunk a broker lost (a cluster losing a node) costs a
+    # wait, not the device's round. A device that has its task treats a copy as a repeat. None: never.
+    task_resend_s: float | None = 30.0
 
     def __post_init__(self) -> None:
         if self.max_update_norm is not None and not self.max_update_norm > 0:
@@ -87,6 +91,8 @@ class CoordinatorConfig:
             raise ConfigError(f"min devices must be at least 1, got {self.min_devices}")
         if self.round_timeout_s <= 0:
             raise ConfigError("round timeout must be positive")
+        if self.task_resend_s is not None and not self.task_resend_s > 0:
+            raise ConfigError("the task re-send interval must be positive")
         if not MIN_CHUNK_SIZE <= self.chunk_size <= 256 * 1024 * 1024:
             raise ConfigError(f"chunk size must be 1 KiB..256 MiB, got {self.chunk_size}")
 
@@ -133,6 +139,8 @@ class _OpenRound:
     weight_cap: int | None = None  # no update counts more than this many samples
     evaluated: tuple[float, int] = (0.0, 0)  # sum of weight x accuracy the devices reported, sum of weights
     budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
+    heard: dict[str, float] = field(default_factory=dict)  # per device: last task sent to it or word from it
+    resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send
 
     def weight(self, claimed: int) -> int:
         return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
@@ -253,6 +261,8 @@ class Coordinator:
                 pass  # an empty retained payload clears a state; nothing to register
             else:
                 frame = self._guard.open(parsed.device_id, payload)  # signature, known and unrevoked device
+                if parsed.channel in ("update", "blob/req") and self._open is not None:
+                    self._open.heard[parsed.device_id] = self._clock()  # it has its task: no re-send needed
                 if parsed.channel == "state":
                     self._on_state(parsed.device_id, decode_message(frame, DeviceState))
                 elif parsed.channel == "update":
@@ -475,6 +485,8 @@ class Coordinator:
             late = self._clock() - current.started >= self.config.round_timeout_s
             if everyone or late:
                 self._close_round(current, timed_out=not everyone)
+            else:
+                self._resend_silent_tasks(current)
             return
         if self.round_number < self.config.rounds and len(self.online_devices()) >= self.config.min_devices:
             self._open_round(self.round_number + 1)
@@ -510,8 +522,26 @@ class Coordinator:
             self._on_round_opened(number, len(configs))
         self._publish_tasks(current, sorted(configs))
 
+    def _resend_silent_tasks(self, current: _OpenRound) -> None:
+        first_wait = self.config.task_resend_s
+        if first_wait is None:
+            return
+        now = self._clock()
+        silent = [
+            device_id
+            for device_id in sorted(set(current.configs) - current.answered)
+            if now - current.heard.get(device_id, current.started) >= current.resend_after.get(device_id, first_wait)
+        ]
+        for device_id in silent:
+            wait = current.resend_after.get(device_id, first_wait)
+            log.info("round %d: no word from %s for %.0f s; sending its task again", current.number, device_id, wait)
+            current.resend_after[device_id] = min(2 * wait, self.config.round_timeout_s)
+        if silent:
+            self._publish_tasks(current, silent)
+
     def _publish_tasks(self, current: _OpenRound, device_ids: list[str]) -> None:
         for device_id in device_ids:
+            current.heard[device_id] = self._clock()
             synthetic_id, synthetic_size = current.synthetic.get(device_id, (None, 0))
 
             task = Task(

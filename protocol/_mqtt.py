@@ -21,7 +21,9 @@ paho quirks handled here:
 * A broker *list* (a cluster's nodes): paho reconnects to one host only, and its ``host`` setter refuses
   while a lost connection is being retried; we point its private ``_host``/``_port`` (paho 2.x, pinned
   below 3) at the next node when the connection drops or a reconnect fails, so the same backoff, the same
-  client id and the same persistent session move to a node that is up.
+  client id and the same persistent session move to a node that is up. The first two passes over the nodes
+  after a loss wait only the minimum delay (we reset paho's private ``_reconnect_delay``); from then on
+  paho's doubling applies as for a single broker.
 * MQTT 3.1.1 (for amqtt and NATS, which have no MQTT 5) takes ``clean_session`` in the
   constructor instead of ``clean_start`` at connect, has no session expiry and
   no "no local" subscriptions: a client then also receives what it published.
@@ -144,6 +146,7 @@ class MqttTransport(Transport):
         address = self.addresses[0]
         self._node = 0  # index of the node in use (or being tried)
         self.failovers = 0  # times the client moved to another node
+        self._tries_since_connected = 0  # nodes tried since the last CONNACK
         self.client_id = client_id
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
@@ -203,6 +206,13 @@ class MqttTransport(Transport):
             return
         self._node = (self._node + 1) % len(self.addresses)
         self.failovers += 1
+        self._tries_since_connected += 1
+        if self._tries_since_connected < 2 * len(self.addresses):
+            # The first two passes over the nodes wait only the (jittered) minimum delay: a cluster that lost a
+            # node serves sessions again once it has elected new stream leaders (NATS: 4-9 s), and a node that
+            # cannot yet answers after a timeout of its own. paho doubles the delay after that (module notes).
+            with self._client._reconnect_delay_mutex:  # noqa: SLF001
+                self._client._reconnect_delay = None  # noqa: SLF001
         # paho's ``host`` setter refuses while the lost connection is being retried (see the module notes).
         self._client._host = self.address.host
         self._client._port = self.address.port
@@ -221,6 +231,7 @@ class MqttTransport(Transport):
             self._subscribe(topic_filter)
         self._refused = None
         self._connects += 1
+        self._tries_since_connected = 0
         if self._connects > 1:
             self._reconnected.set()
         self._connected.set()

@@ -209,3 +209,38 @@ def test_blobs_go_only_to_the_device_whose_task_names_them_and_within_a_budget()
     # Assert
     assert len(chunks) == 4
     assert coordinator.rejected["rate-limited"] == 1 and coordinator.rejected["unwanted-blob"] == 1
+
+
+def test_a_silent_device_gets_its_task_again_and_one_that_fetches_does_not() -> None:
+    # Prepare: a clock the test moves; task re-sends after 30 s of silence, then 60 s
+    now = [1000.0]
+    bus = InMemoryBus()
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=2, round_timeout_s=600,
+                               task_resend_s=30)  # fmt: skip
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, clock=lambda: now[0])
+    coordinator.start()
+    silent, busy = Device(bus, "silent"), Device(bus, "busy")
+    silent.hello()
+    busy.hello()
+    bus.drain()
+    task = busy.tasks()[0]
+
+    def at(seconds: float) -> None:
+        now[0] = 1000.0 + seconds
+        coordinator.tick()
+        bus.drain()
+
+    # Execute
+    at(20)
+    busy.send("blob/req", BlobRequest(blob_id=task.model_id, chunks=()))  # it has its task: fetching
+    bus.drain()
+    at(31)
+    at(45)
+    at(80)
+    at(92)
+    # Assert: the silent device got its task at 0, 31 and 92 s (30 s, then 60 s of silence); the busy one
+    # was heard from at 20 s and got it again only after 30 s more (50 s), at the next tick (80 s)
+    assert [t.round for t in silent.tasks()] == [1, 1, 1]
+    assert [t.round for t in busy.tasks()] == [1, 1]
+    assert silent.tasks()[1] == silent.tasks()[0]
+    assert not coordinator.finished
