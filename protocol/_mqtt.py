@@ -210,9 +210,9 @@ class MqttTransport(Transport):
         if self._tries_since_connected < 2 * len(self.addresses):
             # The first two passes over the nodes wait only the (jittered) minimum delay: a cluster that lost a
             # node serves sessions again once it has elected new stream leaders (NATS: 4-9 s), and a node that
-            # cannot yet answers after a timeout of its own. paho doubles the delay after that (module notes).
-            with self._client._reconnect_delay_mutex:  # noqa: SLF001
-                self._client._reconnect_delay = None  # noqa: SLF001
+            # cannot serve one yet turns us away after a timeout of its own. Then paho doubles the delay.
+            with self._client._reconnect_delay_mutex:
+                self._client._reconnect_delay = None
         # paho's ``host`` setter refuses while the lost connection is being retried (see the module notes).
         self._client._host = self.address.host
         self._client._port = self.address.port
