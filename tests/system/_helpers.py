@@ -109,6 +109,16 @@ def clear_retained(url: str, fleet: str, device_ids: list[str]) -> None:
             client.publish(f"genfl/{fleet}/devices/{device_id}/state", b"", qos=1, retain=True).wait_for_publish(5)
 
 
+def artifacts_dir() -> Path:
+    """Where tests leave what a person looks at after a run (a screenshot, a report): ``runs/test-artifacts``
+    (ignored by git), or ``GENFL_TEST_ARTIFACTS``."""
+    folder = Path(
+        os.environ.get("GENFL_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "runs" / "test-artifacts")
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def skip_unless_ci(reason: str) -> NoReturn:
     """Skip for what this machine lacks (a broker, root, an interpreter another user can run); in CI
     (`.ci/run` sets GENFL_REQUIRE_MOSQUITTO=1), where the machine has all of it, fail instead."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from cloud_server import SimulationConfig, SimulationHooks, run_simulation
 from cloud_server._cluster import LocalCluster, free_loopback_spec
 from protocol import encode_tensors
-from tests.system._helpers import skip_unless_ci
+from tests.system._helpers import artifacts_dir, skip_unless_ci
 
 BASE = {"dataset": "digits", "devices": 6, "alpha": 0.5, "seed": 0}
 
@@ -55,9 +54,7 @@ def _node_of(clients: dict[str, list[str]], client_id: str) -> str | None:
     return next((node for node, ids in clients.items() if client_id in ids), None)
 
 
-def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(
-    cluster: LocalCluster, fleet: str, tmp_path: Path
-) -> None:
+def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(cluster: LocalCluster, fleet: str) -> None:
     # Prepare: round 2 loses a node the coordinator is not on, right after the round's first update; that node
     # comes back once round 2 is over. Round 4 loses the node the coordinator is on, the same way.
     rounds = 5
@@ -115,7 +112,6 @@ def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(
         "accepted": len(accepted),
         "rejected": clustered.rejected,
     }
-    artifacts = Path(os.environ.get("GENFL_TEST_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_dir()
     (artifacts / "cluster-node-loss.json").write_text(json.dumps(report, indent=2) + "\n")
     print("node loss:", json.dumps(report))

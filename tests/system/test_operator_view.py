@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_server import SimulationConfig
 from cloud_server._broker import free_port
-from tests.system._helpers import clear_retained, mqtt_client, processes, query, skip_unless_ci, wait_for
+from tests.system._helpers import artifacts_dir, clear_retained, mqtt_client, processes, query, skip_unless_ci, wait_for
 from tests.system.test_serve_resume import _write_shards
 
 
@@ -74,8 +74,7 @@ def test_metrics_match_the_journal_and_the_dashboard_shows_the_fleet(tmp_path: P
             # Execute
             metrics = _scrape(port)
             page = _headless(chromium, tmp_path / "chromium", "--dump-dom", f"http://127.0.0.1:{port}/")
-            artifacts = Path(os.environ.get("GENFL_TEST_ARTIFACTS", tmp_path))
-            artifacts.mkdir(parents=True, exist_ok=True)
+            artifacts = artifacts_dir()
             shot = artifacts / "dashboard.png"
             _headless(chromium, tmp_path / "chromium", f"--screenshot={shot}", f"http://127.0.0.1:{port}/")
             for agent in agents:
