@@ -9,7 +9,8 @@ and read its reply::
     user genfl-server
     topic readwrite genfl/<fleet>/#
     user <device>
-    topic write genfl/<fleet>/devices/<device>/state      (and update, blob/req)
+    topic readwrite genfl/<fleet>/devices/<device>/state  (it answers a late will of its own)
+    topic write genfl/<fleet>/devices/<device>/update     (and blob/req)
     topic read  genfl/<fleet>/devices/<device>/task       (and ack, blob/chunk)
     user enroll-<12 hex>
     topic write genfl/<fleet>/enroll/enroll-<12 hex>/request
@@ -75,7 +76,8 @@ def render_acl(fleet: str, devices: list[str], enroll_users: list[str] = ()) -> 
     ]
     for device in devices:
         lines.append(f"user {device}")
-        lines += [f"topic write {topics.device(device, c)}" for c in ("state", "update", "blob/req")]  # type: ignore[arg-type]
+        lines.append(f"topic readwrite {topics.device(device, 'state')}")
+        lines += [f"topic write {topics.device(device, c)}" for c in ("update", "blob/req")]  # type: ignore[arg-type]
         lines += [f"topic read {topics.device(device, c)}" for c in ("task", "ack", "blob/chunk")]  # type: ignore[arg-type]
         lines.append("")
     for login in enroll_users:  # one per pending token: its own request and reply, nothing else

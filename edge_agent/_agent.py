@@ -76,8 +76,14 @@ class AgentCore:
         pending_path: Path | None = None,
         guard: FrameGuard | None = None,
         policy: TaskPolicy | None = None,
+        will_payload: bytes | None = None,
     ) -> None:
         self.device_id = device_id
+        # The "offline" state the broker publishes for us if we vanish. On a cluster it can arrive after the
+        # "online" we sent on reconnecting (two nodes, no order between them): seen while we are here, it is
+        # answered with "online" again, or the server would wait for a device it believes gone.
+        self._will_payload = will_payload
+        self._leaving = False
         self.guard = guard or OpenGuard()  # signs what we send, checks the server signed what we get
         self.topics = topics
         self.transport = transport
@@ -103,6 +109,8 @@ class AgentCore:
     def start(self) -> None:
         for channel in ("task", "ack", "blob/chunk"):
             self.transport.subscribe(self.topics.device(self.device_id, channel))  # type: ignore[arg-type]
+        if self._will_payload is not None:
+            self.transport.subscribe(self.topics.device(self.device_id, "state"))
         self.publish_state("online")
         self._load_pending()
 
@@ -117,6 +125,7 @@ class AgentCore:
             self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(self.pending))
 
     def publish_state(self, state: str) -> None:
+        self._leaving = state == "offline"
         message = DeviceState(
             device_id=self.device_id,
             state=state,  # type: ignore[arg-type]
@@ -133,6 +142,9 @@ class AgentCore:
             parsed = self.topics.parse(topic)
             if parsed.device_id != self.device_id:
                 raise ProtocolError("foreign-topic", topic)
+            if parsed.channel == "state":  # our own state, as the broker has it (our will, our own publishes)
+                self._on_own_state(payload)
+                return
             frame = self.guard.open("server", payload)
             if parsed.channel == "task":
                 self._on_task(decode_message(frame, Task))
@@ -148,6 +160,14 @@ class AgentCore:
         except Exception:  # a bug or an input nobody foresaw: drop this message, keep the agent running
             self.rejected["internal-error"] += 1
             log.exception("device %s dropped a message on %s after an unexpected error", self.device_id, topic[:120])
+
+    def _on_own_state(self, payload: bytes) -> None:
+        if payload != self._will_payload or self._leaving:
+            return  # what we published ourselves (MQTT 3.1.1 has no "no local"), or a cleared state
+        # Every copy is answered: the last word on the topic must be ours. An answer is not the will, so
+        # answers cannot answer each other.
+        log.info("device %s: the broker says we are offline, but we are here: saying so again", self.device_id)
+        self.publish_state("online")
 
     # -- pending update ------------------------------------------------------------------------
 

@@ -246,10 +246,11 @@ class _Agent:
         topics = Topics(config.fleet)
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
         guard = config.guard()
+        will_payload = guard.seal(encode_message(offline))
         self.transport = MqttTransport(
             parse_brokers(config.broker),
             f"genfl-{config.fleet}-{config.device_id}",
-            will=Will(topics.device(config.device_id, "state"), guard.seal(encode_message(offline))),
+            will=Will(topics.device(config.device_id, "state"), will_payload),
             username=config.username,
             password=config.password,
             ca_file=config.ca_file,
@@ -282,6 +283,7 @@ class _Agent:
             pending_path=config.state_dir / "pending-update.bin",
             guard=guard,
             policy=config.policy(),
+            will_payload=will_payload,
         )  # fmt: skip
 
     def state_text(self) -> str:

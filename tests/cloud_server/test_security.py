@@ -81,6 +81,7 @@ def test_the_acl_confines_each_device_and_each_token_login_to_its_own_topics() -
     acl = render_acl("f", ["a", "b"], ["enroll-aaaa"])
     a_block = acl.split("user a\n")[1].split("\n\n")[0]
     assert "topic write genfl/f/devices/a/update" in a_block
+    assert "topic readwrite genfl/f/devices/a/state" in a_block
     assert "topic read genfl/f/devices/a/task" in a_block
     assert "devices/b" not in a_block and "#" not in a_block and "+" not in a_block
     login = acl.split("user enroll-aaaa\n")[1].split("\n\n")[0]

@@ -169,3 +169,34 @@ def test_the_task_policy_bounds_batch_steps_codec_and_qat() -> None:
     assert "quantization-aware" in str(policy.refusal(TrainConfig(batch_size=8, codec="int8", qat=False), 40))
     with pytest.raises(ConfigError):
         TaskPolicy(allowed_codecs=("zip",))
+
+
+def test_a_late_will_while_the_agent_is_here_is_answered_with_online_again(tmp_path: Path) -> None:
+    # Prepare: the server watches the device's state; the broker (the test) holds the device's will
+    from protocol import DeviceState
+
+    bus = InMemoryBus()
+    will = encode_message(DeviceState(device_id="dev", state="offline", num_samples=4))
+    states: list[str] = []
+    server = bus.connect()
+    server.set_handler(lambda t, p: states.append(decode_message(p).state) if p else None)  # type: ignore[attr-defined]
+    server.subscribe(TOPICS.device("dev", "state"))
+    agent = AgentCore("dev", TOPICS, bus.connect(), BlobStore(tmp_path), InstantRunner(), num_samples=4,
+                      will_payload=will)  # fmt: skip
+    agent.start()
+    bus.drain()
+    broker = bus.connect()
+    # Execute: the will arrives late (after the agent said "online"), twice; then another offline frame
+    broker.publish(TOPICS.device("dev", "state"), will, retain=True)
+    broker.publish(TOPICS.device("dev", "state"), will, retain=True)
+    other = encode_message(DeviceState(device_id="dev", state="offline", num_samples=5))
+    broker.publish(TOPICS.device("dev", "state"), other, retain=True)
+    bus.drain()
+    # Assert: each copy of the will is answered, so the last word is "online"; the other frame is not ours
+    assert states == ["online", "offline", "offline", "offline", "online", "online"]
+    assert not agent.rejected
+    # an agent that is leaving does not contradict its own goodbye
+    agent.publish_state("offline")
+    broker.publish(TOPICS.device("dev", "state"), will, retain=True)
+    bus.drain()
+    assert states[-2:] == ["offline", "offline"]
