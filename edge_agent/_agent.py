@@ -56,6 +56,10 @@ log = logging.getLogger("genfl.edge")
 TrainingDone = Callable[[Task, "Update | str"], None]
 
 
+# A repeated task does not ask again for chunks while they are still arriving (seconds since the last one).
+DOWNLOAD_PROGRESS_S = 10.0
+
+
 class TrainingRunner(Protocol):
     def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         """Train on ``task`` (mixing in ``synthetic_blob`` if the task has one); call
@@ -84,6 +88,8 @@ class AgentCore:
         # answered with "online" again, or the server would wait for a device it believes gone.
         self._will_payload = will_payload
         self._leaving = False
+        self._state_sent_at = float("-inf")  # monotonic time of our last state message
+        self._chunk_at = float("-inf")  # monotonic time of the last chunk that arrived
         self.guard = guard or OpenGuard()  # signs what we send, checks the server signed what we get
         self.topics = topics
         self.transport = transport
@@ -124,8 +130,15 @@ class AgentCore:
             )
             self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(self.pending))
 
+    def refresh_state(self, now: float, every_s: float) -> None:
+        """Say "online" again every ``every_s`` seconds: a state message a broker lost (a cluster losing a
+        node) would otherwise leave the server thinking this device is gone until it reconnects."""
+        if not self._leaving and every_s > 0 and now - self._state_sent_at >= every_s:
+            self.publish_state("online")
+
     def publish_state(self, state: str) -> None:
         self._leaving = state == "offline"
+        self._state_sent_at = time.monotonic()
         message = DeviceState(
             device_id=self.device_id,
             state=state,  # type: ignore[arg-type]
@@ -255,7 +268,8 @@ class AgentCore:
             self._send_failure(self._refused)
         elif self.pending is not None and self.pending_round == task.round:
             self._send_pending(time.monotonic())
-        elif not self.training:
+        elif not self.training and time.monotonic() - self._chunk_at >= DOWNLOAD_PROGRESS_S:
+            # (a download that is moving is left alone: asking again would send chunks on their way twice)
             for ident in self._blobs_of(task):
                 if not self.store.has(ident):
                     assembler = self._assembler
@@ -268,6 +282,7 @@ class AgentCore:
         self.transport.publish(self.topics.device(self.device_id, "blob/req"), self.guard.seal(encode_message(request)))
 
     def _on_chunk(self, chunk: BlobChunk) -> None:
+        self._chunk_at = time.monotonic()
         task = self.current_task
         if task is None or chunk.blob_id not in self._blobs_of(task):
             raise ProtocolError("unwanted-chunk", chunk.blob_id[:12])

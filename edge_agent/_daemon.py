@@ -77,6 +77,7 @@ class AgentConfig:
     train_window: str | None = None  # "22:00-06:00", local time
     min_free_memory: float = 0.0  # MB that must be free to start a worker
     resend_after: float = 60.0  # seconds: re-send an update nobody acknowledged
+    state_refresh: float = 60.0  # seconds between "online" state messages while connected (0: only on connect)
     # What this device agrees to train (see edge_agent._policy): tasks outside it are refused.
     min_batch_size: int = TaskPolicy.min_batch_size
     min_local_steps: int = TaskPolicy.min_local_steps
@@ -95,6 +96,8 @@ class AgentConfig:
         validate_name("device id", self.device_id)
         validate_name("fleet", self.fleet)
         parse_brokers(self.broker)
+        if not self.state_refresh >= 0:
+            raise ConfigError(f"state refresh must be 0 or more seconds, got {self.state_refresh}")
         if self.worker not in ("per-task", "persistent", "pool"):
             raise ConfigError(f"worker must be per-task, persistent or pool, got {self.worker!r}")
         if (self.worker == "pool") != (self.pool_socket is not None):
@@ -328,6 +331,8 @@ class _Agent:
         self.transport.poll(timeout_s)
         self.runner.check()
         self.core.resend_pending(time.monotonic(), self.config.resend_after)
+        if self.transport.connected:
+            self.core.refresh_state(time.monotonic(), self.config.state_refresh)
         self.notifier.status(self.state_text())
         self.notifier.watchdog()
 

@@ -47,6 +47,9 @@ def run(
     ] = None,
     min_free_memory: Annotated[Optional[float], typer.Option(help="MB that must be free to start a worker.")] = None,
     resend_after: Annotated[Optional[float], typer.Option(help="Re-send an unacknowledged update after N s.")] = None,
+    state_refresh: Annotated[
+        Optional[float], typer.Option(help="Say 'online' again every N s while connected (0: only on connect).")
+    ] = None,
     status_interval: Annotated[Optional[float], typer.Option(help="Seconds between status.json rewrites.")] = None,
     min_batch_size: Annotated[Optional[int], typer.Option(help="Refuse tasks with smaller batches.")] = None,
     min_local_steps: Annotated[
@@ -95,6 +98,7 @@ def run(
                 "min_free_memory": min_free_memory,
                 "status_interval": status_interval,
                 "resend_after": resend_after,
+                "state_refresh": state_refresh,
                 "min_batch_size": min_batch_size,
                 "min_local_steps": min_local_steps,
                 "allowed_codecs": allowed_codecs,

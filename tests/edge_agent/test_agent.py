@@ -200,3 +200,65 @@ def test_a_late_will_while_the_agent_is_here_is_answered_with_online_again(tmp_p
     broker.publish(TOPICS.device("dev", "state"), will, retain=True)
     bus.drain()
     assert states[-2:] == ["offline", "offline"]
+
+
+def test_a_repeated_task_leaves_a_moving_download_alone_and_resumes_a_stalled_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a server that sends only the first chunk of what is asked; a clock the test moves
+    import edge_agent._agent as agent_module
+    from protocol import BlobRequest, iter_chunks
+
+    now = [100.0]
+    monkeypatch.setattr(agent_module.time, "monotonic", lambda: now[0])
+    bus = InMemoryBus()
+    model = b"model-bytes" * 300
+    model_id = BlobStore().put(model)
+    server = bus.connect()
+    asked: list[tuple[int, ...]] = []
+
+    def serve(topic: str, payload: bytes) -> None:
+        request = decode_message(payload, BlobRequest)
+        asked.append(request.chunks)
+        if len(asked) == 1:
+            server.publish(TOPICS.device("dev", "blob/chunk"), encode_message(next(iter_chunks(model, 1024))))
+
+    server.set_handler(serve)
+    server.subscribe(TOPICS.all_devices("blob/req"))
+    agent = AgentCore("dev", TOPICS, bus.connect(), BlobStore(tmp_path), KeepingRunner(), num_samples=4)
+    agent.start()
+    task = Task(round=1, device_id="dev", model_name="toy", model_id=model_id, model_size=len(model),
+                config=TrainConfig())  # fmt: skip
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))
+    bus.drain()
+    # Execute: the task again 5 s after the last chunk (moving), then 11 s after it (stalled)
+    now[0] += 5
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))
+    bus.drain()
+    moving = list(asked)
+    now[0] += 6
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))
+    bus.drain()
+    # Assert: one request for everything; none while chunks were arriving; then only the missing ones
+    assert moving == [()]
+    assert asked == [(), (1, 2, 3)]
+
+
+def test_the_agent_says_online_again_every_refresh_interval_and_not_after_saying_goodbye(tmp_path: Path) -> None:
+    import time
+
+    bus = InMemoryBus()
+    states: list[str] = []
+    server = bus.connect()
+    server.set_handler(lambda t, p: states.append(decode_message(p).state))  # type: ignore[attr-defined]
+    server.subscribe(TOPICS.device("dev", "state"))
+    agent = AgentCore("dev", TOPICS, bus.connect(), BlobStore(tmp_path), InstantRunner(), num_samples=4)
+    agent.start()
+    start = time.monotonic()
+    agent.refresh_state(start + 30, 60)  # too soon
+    agent.refresh_state(start + 61, 60)
+    agent.refresh_state(start + 62, 0)  # 0: only on connect
+    agent.publish_state("offline")
+    agent.refresh_state(start + 1000, 60)
+    bus.drain()
+    assert states == ["online", "online", "offline"]
