@@ -11,10 +11,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fleet_rows", "round_rows"]
+__all__ = ["fleet_rows", "read_rows", "round_rows"]
 
 
-def _read(path: Path, sql: str) -> list[tuple[Any, ...]] | None:
+def read_rows(path: Path, sql: str) -> list[tuple[Any, ...]] | None:
     """The rows of ``sql``, or None when the file or its table is not there (yet)."""
     if not path.exists():
         return None
@@ -31,13 +31,13 @@ def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
     """One row per device: enrolled devices of a secured fleet, or every device seen of an open one."""
     activity = {
         str(d): {"online": bool(o), "last_seen": s, "rounds": r, "last_norm": n, "last_accuracy": a}
-        for d, o, s, r, n, a in _read(
+        for d, o, s, r, n, a in read_rows(
             state_dir / "state.sqlite3",
             "SELECT device_id, online, last_seen, rounds, last_norm, last_accuracy FROM devices",
         )
         or []
     }
-    enrolled = _read(
+    enrolled = read_rows(
         state_dir / "security" / "registry.sqlite3",
         "SELECT device_id, enrolled, revoked FROM devices ORDER BY device_id",
     )
@@ -66,7 +66,7 @@ def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
 
 def round_rows(state_dir: Path) -> list[dict[str, Any]]:
     """Every round of the journal, oldest first: when, how many updates, and the accuracy when evaluated."""
-    rows = _read(
+    rows = read_rows(
         state_dir / "state.sqlite3",
         "SELECT round, started, closed, accepted, failed, timed_out, accuracy, train_loss FROM rounds ORDER BY round",
     )

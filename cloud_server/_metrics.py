@@ -9,12 +9,12 @@ server only reads (prometheus-client's metrics are thread-safe).
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ._coordinator import Coordinator, RoundResult
+from ._fleet_view import read_rows
 
 __all__ = ["FleetMetrics"]
 
@@ -61,18 +61,15 @@ class FleetMetrics:
 
     def seed_from_journal(self, database: Path) -> None:
         """Start the lifetime counters at the journal's totals (a resumed fleet)."""
-        if not database.exists():
-            return
-        db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        try:
-            closed = db.execute("SELECT COUNT(*) FROM rounds WHERE closed IS NOT NULL").fetchone()[0]
-            updates = db.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
-            rejected = db.execute("SELECT reason, count FROM rejected").fetchall()
-            last = db.execute("SELECT MAX(round) FROM rounds").fetchone()[0]
-        except sqlite3.Error:
-            return  # a journal without its tables yet: nothing to carry over
-        finally:
-            db.close()
+        totals = read_rows(
+            database,
+            "SELECT (SELECT COUNT(*) FROM rounds WHERE closed IS NOT NULL), (SELECT COUNT(*) FROM updates),"
+            " (SELECT MAX(round) FROM rounds)",
+        )
+        rejected = read_rows(database, "SELECT reason, count FROM rejected")
+        if not totals or rejected is None:
+            return  # no journal, or one without its tables yet: nothing to carry over
+        closed, updates, last = totals[0]
         self.rounds.inc(closed)
         self.accepted.inc(updates)
         for reason, count in rejected:

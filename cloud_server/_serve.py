@@ -197,15 +197,7 @@ def _evaluator(config: ServeConfig) -> Callable[[TensorDict], tuple[float, float
     dataset = load_dataset(config.eval_dataset, config.eval_data_dir)
     spec = models.get_spec(config.model)
     check_fits_model(dataset, config.model, spec.input_shape, spec.num_classes)
-    test = dataset.test
-    model = models.build_model(config.model)
-
-    def evaluate(state: TensorDict) -> tuple[float, float]:
-        models.load_state(model, state)
-        result = models.evaluate(model, test.images, test.labels)
-        return result.loss, result.accuracy
-
-    return evaluate
+    return models.state_evaluator(config.model, dataset.test.images, dataset.test.labels)
 
 
 def _check_fits_broker(config: ServeConfig, max_packet_size: int) -> None:

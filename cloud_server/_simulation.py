@@ -294,7 +294,7 @@ class _ProcessFederation:
             folder = self.run_dir / device_id
             save_npz(DeviceDataset(device_id, self.dataset.classes, shard, empty), folder / "data.npz")
             settings: dict[str, object] = {
-                "device_id": device_id, "fleet": self.config.fleet, "broker": self.url,
+                "device_id": device_id, "fleet": self.config.fleet,
                 "data": f"npz:{folder / 'data.npz'}", "state_dir": str(folder / "state"),
                 "worker": self.config.worker, "torch_device": self.torch_device,
                 "share_label_counts": self.config.share_label_counts, "label_noise": self.config.label_noise,
@@ -427,13 +427,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
-    eval_model = models.build_model(model_name).to(torch_device)
-
-    def evaluate(state: TensorDict) -> tuple[float, float]:
-        models.load_state(eval_model.cpu(), state)
-        eval_model.to(torch_device)
-        result = models.evaluate(eval_model, test.images, test.labels)
-        return result.loss, result.accuracy
+    evaluate = models.state_evaluator(model_name, test.images, test.labels, torch_device)
 
     def round_closed(result: RoundResult) -> None:
         if hooks.on_round_closed:

@@ -327,12 +327,17 @@ class _Agent:
         path = self.config.state_dir / "status.json"
         atomic_write(path, (json.dumps(status, indent=2) + "\n").encode())
 
+    def upkeep(self) -> None:
+        """What the agent does between messages: the worker's news, re-sends, its periodic "online"."""
+        self.runner.check()
+        now = time.monotonic()
+        self.core.resend_pending(now, self.config.resend_after)
+        if self.transport.connected:
+            self.core.refresh_state(now, self.config.state_refresh)
+
     def step(self, timeout_s: float = 0.1) -> None:
         self.transport.poll(timeout_s)
-        self.runner.check()
-        self.core.resend_pending(time.monotonic(), self.config.resend_after)
-        if self.transport.connected:
-            self.core.refresh_state(time.monotonic(), self.config.state_refresh)
+        self.upkeep()
         self.notifier.status(self.state_text())
         self.notifier.watchdog()
 

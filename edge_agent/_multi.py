@@ -66,10 +66,7 @@ def run_agents(configs: list[AgentConfig], stop: threading.Event | None = None) 
             handled = 0
             for agent in started:
                 handled += agent.transport.poll(0.0)
-                agent.runner.check()
-                agent.core.resend_pending(time.monotonic(), agent.config.resend_after)
-                if agent.transport.connected:
-                    agent.core.refresh_state(time.monotonic(), agent.config.state_refresh)
+                agent.upkeep()
             if time.monotonic() - last_status >= 30.0:
                 for agent in started:
                     agent.write_status()

@@ -2,7 +2,16 @@
 
 from ._checkpoint import read_checkpoint
 from ._qat import fake_quantized
-from ._registry import MODELS, ModelSpec, build_model, default_model_for, get_spec, load_state, model_state
+from ._registry import (
+    MODELS,
+    ModelSpec,
+    build_model,
+    default_model_for,
+    get_spec,
+    load_state,
+    model_state,
+    state_evaluator,
+)
 from ._training import EpochResult, SyntheticMix, augment, evaluate, predict_logits, to_float, train_one_epoch
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "model_state",
     "predict_logits",
     "read_checkpoint",
+    "state_evaluator",
     "SyntheticMix",
     "augment",
     "to_float",

@@ -91,3 +91,21 @@ def load_state(model: nn.Module, state: TensorDict) -> None:
             raise ModelError(f"tensor {name!r} has dtype {array.dtype}, model wants {reference.dtype}")
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
     model.load_state_dict(tensors)
+
+
+def state_evaluator(
+    name: str, images: np.ndarray, labels: np.ndarray, torch_device: str = "cpu"
+) -> Callable[[TensorDict], tuple[float, float]]:
+    """``state -> (loss, accuracy)`` of model ``name`` with that state on a fixed test set; one model is
+    built here and reused for every call."""
+    from ._training import evaluate
+
+    model = build_model(name).to(torch_device)
+
+    def score(state: TensorDict) -> tuple[float, float]:
+        load_state(model.cpu(), state)
+        model.to(torch_device)
+        result = evaluate(model, images, labels)
+        return result.loss, result.accuracy
+
+    return score

@@ -92,16 +92,23 @@ def parse_brokers(text: str) -> tuple[BrokerAddress, ...]:
     """
     if not isinstance(text, str) or not text.strip():
         raise ConfigError("broker: give at least one URL, mqtt://HOST:PORT")
-    addresses = tuple(BrokerAddress.parse(part.strip()) for part in text.split(",") if part.strip())
-    if not addresses:
-        raise ConfigError(f"broker: no URL in {text!r}")
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"broker: no URL in {text[:200]!r}")
+    if len(parts) > 64:
+        raise ConfigError(f"broker: {len(parts)} nodes listed; at most 64")
+    addresses = tuple(BrokerAddress.parse(part) for part in parts)
     if len(set(addresses)) != len(addresses):
         raise ConfigError(f"broker: a node is listed twice in {text!r}")
-    if len({(a.tls, a.v5) for a in addresses}) > 1:
-        raise ConfigError(f"broker: the nodes of {text!r} mix mqtt:// and mqtts:// or MQTT versions; list one kind")
-    if len(addresses) > 64:
-        raise ConfigError(f"broker: {len(addresses)} nodes listed; at most 64")
+    _check_one_kind(addresses)
     return addresses
+
+
+def _check_one_kind(addresses: Sequence[BrokerAddress]) -> None:
+    """A client speaks one way to all nodes: the same scheme and MQTT version for each."""
+    if len({(a.tls, a.v5) for a in addresses}) > 1:
+        listed = ",".join(a.url() for a in addresses)
+        raise ConfigError(f"broker: the nodes of {listed!r} mix mqtt:// and mqtts:// or MQTT versions; list one kind")
 
 
 def rotated(brokers: str, shift: int) -> str:
@@ -141,8 +148,7 @@ class MqttTransport(Transport):
         self.addresses: tuple[BrokerAddress, ...] = (address,) if isinstance(address, BrokerAddress) else tuple(address)
         if not self.addresses:
             raise ConfigError("no broker address given")
-        if len({(a.tls, a.v5) for a in self.addresses}) > 1:
-            raise ConfigError("the broker nodes mix mqtt:// and mqtts:// or MQTT versions")
+        _check_one_kind(self.addresses)
         address = self.addresses[0]
         self._node = 0  # index of the node in use (or being tried)
         self.failovers = 0  # times the client moved to another node
