@@ -46,9 +46,11 @@ from protocol import (
     decode_delta,
     decode_message,
     decode_tensors,
+    default_classes,
     encode_message,
     encode_tensors,
     iter_chunks,
+    validate_classes,
 )
 
 from ._aggregation import WeightedDeltaSum, check_update_shapes, l2_norm
@@ -79,8 +81,12 @@ class CoordinatorConfig:
     # after twice as long, and so on): a task or a chunk a broker lost (a cluster losing a node) costs a
     # wait, not the device's round. A device that has its task treats a copy as a repeat. None: never.
     task_resend_s: float | None = 30.0
+    # The fleet's class names in the model's order: every task carries them, and boards number their data by
+    # them (serve and simulate set them; the default is the bundled digits' numbers).
+    classes: tuple[str, ...] = default_classes(10)
 
     def __post_init__(self) -> None:
+        validate_classes(self.classes)
         if self.max_update_norm is not None and not self.max_update_norm > 0:
             raise ConfigError("the update norm bound must be positive")
         if self.max_weight_ratio is not None and not self.max_weight_ratio >= 1.0:
@@ -204,12 +210,11 @@ class Coordinator:
         self._revoked_checked = -math.inf
         # sha256 of every update frame accepted -> its round: a byte-identical frame in a later round is a replay
         self._accepted_frames: dict[str, int] = {}
-        strategy.bind(config.model_name)
+        strategy.bind(config.model_name, config.classes)
         self._set_global(initial_state)
         resume = self._journal.resume()
-        if resume is None:
-            self._journal.start(config.model_name, config.fleet, self._global_blob)
-        else:
+        self._journal.start(config.model_name, config.fleet, self._global_blob, config.classes)  # or checks them
+        if resume is not None:
             self._set_global(decode_tensors(resume.global_blob))
             self.round_number = resume.round_number
             if resume.open_round is not None:
@@ -291,6 +296,9 @@ class Coordinator:
         if state.device_id != device_id:
             raise ProtocolError("wrong-device", f"state for {state.device_id} on {device_id}'s topic")
         if state.label_counts is not None:
+            if len(state.label_counts) != len(self.config.classes):
+                raise ProtocolError("bad-label-counts", f"{device_id} counts {len(state.label_counts)} classes, "
+                                    f"the fleet has {len(self.config.classes)}")  # fmt: skip
             total = math.fsum(state.label_counts)
             if min(state.label_counts) < 0 or abs(total - state.num_samples) > 0.01 * state.num_samples + 1:
                 raise ProtocolError("bad-label-counts", f"{device_id}'s counts add up to {total:.0f}, "
@@ -396,6 +404,7 @@ class Coordinator:
             current.evaluated = (total + update.eval_accuracy * weight, weights + weight)
 
         self._accepted_frames[frame_digest] = update.round
+        self.strategy.update_accepted(update.round, device_id, update)
         if device_id in self.devices:
             self.devices[device_id].rounds += 1
         self._ack(device_id, update.round, True)
@@ -551,6 +560,7 @@ class Coordinator:
                 model_id=self.global_id,
                 model_size=len(self._global_blob),
                 config=current.configs[device_id],
+                classes=self.config.classes,
                 synthetic_id=synthetic_id,
                 synthetic_size=synthetic_size,
             )

@@ -29,15 +29,15 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import models
-from protocol import ConfigError, SyntheticBatch, TensorDict, TrainConfig, encode_synthetic
+from protocol import ConfigError, SyntheticBatch, TensorDict, TrainConfig, Update, encode_synthetic
 
 from ._aggregation import WeightedDeltaSum, apply_delta
+from ._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
 from ._strategy import Accumulator, GenflConfig, Strategy, StrategyConfig, derive_seed
 from ._tailor import synthetic_counts
 
@@ -83,7 +83,7 @@ def _resolve_device(name: str) -> str:
 def synthetic_weight(config: GenflConfig, round_number: int, evidence: float = 1.0) -> float:
     """The weight of the synthetic loss: ``synthetic_weight`` times the share the evidence earns, times
     ``synthetic_decay`` per round after the first synthetic one."""
-    first = config.warmup_rounds + 1
+    first = config.warmup + 1
     return config.synthetic_weight * evidence * config.synthetic_decay ** max(0, round_number - first)
 
 
@@ -165,6 +165,8 @@ class _GenerativeStrategy(Strategy):
         self.weights: dict[int, float] = {}  # round -> the synthetic weight sent (0: none)
         self.harm = HarmCheck(config.genfl.harm_tolerance)
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
+        self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
+        self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
         self._closing_round = 0
 
     def round_evaluated(self, round_number: int, device_accuracy: float | None, teacher_accuracy: float | None) -> None:
@@ -207,13 +209,15 @@ class _GenerativeStrategy(Strategy):
                 from ._pool import PoolGenerator
 
                 assert g.synthetic_pool is not None
-                classes = g.class_names or tuple(sorted(p.name for p in Path(g.synthetic_pool).iterdir() if p.is_dir()))
-                self.generator = PoolGenerator(spec.name, g.synthetic_pool, classes)
+                self.generator = PoolGenerator(spec.name, g.synthetic_pool, self.classes)
+                if self.generator.lacking():
+                    log.warning("synthetic pool %s holds no images of %s: no device gets synthetic data of them",
+                                g.synthetic_pool, ", ".join(self.generator.lacking()))  # fmt: skip
             elif g.generator == "local-pipeline":
                 from ._local_pipeline import LocalPipelineGenerator
 
                 assert g.pipeline_path is not None
-                self.generator = LocalPipelineGenerator(spec.name, g.pipeline_path, g.class_names, device=device)
+                self.generator = LocalPipelineGenerator(spec.name, g.pipeline_path, self.classes, device=device)
             else:
                 from ._generator import DataFreeGenerator, DataFreeSettings
 
@@ -252,6 +256,8 @@ class _GenerativeStrategy(Strategy):
         spec = self._spec()
         sample_bytes = int(np.prod(spec.input_shape)) + 8 + (2 * spec.num_classes if g.soft_labels else 0)
         max_samples = g.synthetic_budget_kb * 1024 // sample_bytes
+        if g.generator == "pool":  # the probes a device judges come out of the same budget
+            max_samples = max(0, max_samples - g.pool_probes)
         needs = {}
         for device_id in device_ids:
             num_samples, counts = self.devices_seen.get(device_id, (0, None))
@@ -281,6 +287,8 @@ class _GenerativeStrategy(Strategy):
 
     def _tailored(self, round_number: int, device_ids: Sequence[str]) -> dict[str, bytes]:
         """Per device, a batch from the round's pool for the classes it lacks, within the byte budget."""
+        if self.genfl.generator == "pool":
+            return self._from_pool(round_number, self._needs(device_ids))
         needs = {d: n for d, n in self._needs(device_ids).items() if n.sum() > 0}
         if not needs:
             return {}
@@ -294,6 +302,59 @@ class _GenerativeStrategy(Strategy):
                 self.synthetic_bytes[device_id] = len(out[device_id])
         return out
 
+    def _from_pool(self, round_number: int, needs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+        """Per device, distinct images of the pool's classes it lacks (a device's batch is drawn from the whole
+        pool, the fleet's verdicts deciding how often each image is drawn), and probes of the classes it holds."""
+        from ._generator import recognised_share
+
+        generator = self._generator()
+        g = self.genfl
+        curation = CurationConfig(probes=g.pool_probes)
+        weights = None
+        if curation.probes > 0:
+            means = self.verdicts.class_means(self._spec().num_classes)
+            weights = {label: self.verdicts.weights(names, means[label], curation)
+                       for label, names in generator.pool.names.items()}  # fmt: skip
+        out: dict[str, bytes] = {}
+        self.probes_sent = {}
+        sent_images, sent_labels = [], []
+        for device_id, per_class in needs.items():
+            seed = derive_seed("synthetic", self.config.seed, round_number, device_id)
+            images, labels, _ = generator.draw(per_class, seed, weights)
+            probe_images = probe_labels = None
+            counts = self.devices_seen.get(device_id, (0, None))[1]
+            held = held_classes(counts, curation.held_share)
+            probes = pick_probes(held, generator.pool.names, self.verdicts.votes, curation.probes,
+                                 np.random.default_rng(derive_seed("probes", seed)))  # fmt: skip
+            if probes:
+                probe_images = np.stack([generator.pool.images[c][i] for c, i in probes])
+                probe_labels = np.array([c for c, _ in probes], dtype=np.int64)
+                self.probes_sent[device_id] = ([generator.pool.names[c][i] for c, i in probes], probe_labels)
+            if len(labels) or probes:
+                out[device_id] = encode_synthetic(SyntheticBatch(images, labels, None, probe_images, probe_labels))
+                self.synthetic_bytes[device_id] = len(out[device_id])
+                sent_images.append(images)
+                sent_labels.append(labels)
+        images = np.concatenate(sent_images) if sent_images else np.zeros((0, *self._spec().input_shape), np.uint8)
+        labels = np.concatenate(sent_labels) if sent_labels else np.zeros(0, np.int64)
+        recognised = float("nan")
+        if self.current_global is not None and len(labels):
+            recognised = recognised_share(self._spec().name, self.current_global, images, labels, generator.device)
+        self.last_pool = SyntheticPool(images, labels, None, len(labels), recognised)
+        return out
+
+    def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:
+        """A device's verdicts on the probes it was sent (ignored, with a warning, if they do not fit)."""
+        sent = self.probes_sent.get(device_id)
+        if update.probe_scores is None or sent is None:
+            return
+        names, labels = sent
+        if len(update.probe_scores) != len(names):
+            log.warning("round %d: %s returned %d probe scores for %d probes; ignored", round_number, device_id,
+                        len(update.probe_scores), len(names))  # fmt: skip
+            return
+        self.verdicts.record(round_number, names, labels.tolist(), update.probe_scores)
+
 
 class GenFL(_GenerativeStrategy):
     """FedAvg + tailored synthetic batches mixed into local training + optional server-side distillation."""
@@ -305,7 +366,7 @@ class GenFL(_GenerativeStrategy):
     ) -> tuple[dict[str, TrainConfig], dict[str, bytes]]:
         self._note_devices(devices)
         g = self.genfl
-        if round_number <= g.warmup_rounds or g.synthetic_weight == 0:
+        if round_number <= g.warmup or g.synthetic_weight == 0:
             return configs, {}
         if g.generator == "data-free" and (self.generator is None or not self.generator.ready):
             return configs, {}  # it learns from the first round's models before it has anything to say
@@ -330,7 +391,8 @@ class GenFL(_GenerativeStrategy):
             return configs, {}
         self.harm.used(round_number)
         configured = {d: replace(c, synthetic_weight=weight, synthetic_ratio=g.synthetic_ratio,
-                                 synthetic_frozen_norm=g.frozen_norm) if d in blobs else c
+                                 synthetic_norm=g.synthetic_norm, synthetic_restyle=g.synthetic_restyle)
+                      if d in blobs else c
                       for d, c in configs.items()}  # fmt: skip
         return configured, blobs
 

@@ -26,9 +26,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from protocol import BlobStore, ConfigError, GenflError, TrainConfig, atomic_write
+from protocol import BlobStore, ConfigError, GenflError, TrainConfig, atomic_write, describe_classes, validate_classes
 
-__all__ = ["AcceptedUpdate", "Journal", "NullJournal", "OpenRoundRecord", "ResumePoint", "SqliteJournal"]
+__all__ = [
+    "AcceptedUpdate",
+    "Journal",
+    "NullJournal",
+    "OpenRoundRecord",
+    "ResumePoint",
+    "SqliteJournal",
+    "read_classes",
+    "stored_train_config",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +62,24 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE TABLE IF NOT EXISTS rejected (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
+
+
+def read_classes(text: str | None) -> tuple[str, ...] | None:
+    """The class list kept in a state's meta table (None when absent or unreadable)."""
+    if text is None:
+        return None
+    try:
+        return validate_classes(json.loads(text))
+    except (ValueError, GenflError):
+        return None
+
+
+def stored_train_config(values: dict[str, object]) -> TrainConfig:
+    """A task's training config as the journal kept it, also from a state written by an earlier release."""
+    values = dict(values)
+    if "synthetic_frozen_norm" in values:  # once a flag, now one of the synthetic norm modes
+        values["synthetic_norm"] = "frozen" if values.pop("synthetic_frozen_norm") else "joint"
+    return TrainConfig(**values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,8 @@ class Journal:
     def resume(self) -> ResumePoint | None:
         return None
 
-    def start(self, model_name: str, fleet: str, global_blob: bytes) -> None: ...
+    def start(self, model_name: str, fleet: str, global_blob: bytes, classes: tuple[str, ...]) -> None:
+        """A new state: its model, fleet and class list; on a state that has them, refuses others."""
 
     def device_seen(
         self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None
@@ -177,7 +205,7 @@ class SqliteJournal(Journal):
         number, started, closed, configs_json, cap = row
         if closed is not None:
             return ResumePoint(blob, int(number), None)
-        configs = {d: TrainConfig(**c) for d, c in json.loads(configs_json).items()}
+        configs = {d: stored_train_config(c) for d, c in json.loads(configs_json).items()}
         accepted = [
             AcceptedUpdate(d, n, loss, acc, norm, self.blobs.get(b))
             for d, n, loss, acc, norm, b in self._db.execute(
@@ -194,13 +222,26 @@ class SqliteJournal(Journal):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def start(self, model_name: str, fleet: str, global_blob: bytes) -> None:
+    def classes(self) -> tuple[str, ...] | None:
+        """The fleet's class list this state was started with (None: a state from before class lists)."""
+        return read_classes(self.meta("classes"))
+
+    def start(self, model_name: str, fleet: str, global_blob: bytes, classes: tuple[str, ...]) -> None:
         known = self.meta("model_name")
         if known is not None and (known, self.meta("fleet")) != (model_name, fleet):
             raise ConfigError(
                 f"state dir {self.state_dir} belongs to fleet {self.meta('fleet')!r} with model {known!r}; "
                 "use another --state-dir"
             )
+        stored = self.classes()
+        if stored is not None and stored != tuple(classes):
+            raise ConfigError(
+                f"state dir {self.state_dir} numbers its classes {describe_classes(stored)}, not "
+                f"{describe_classes(classes)}: the model learned that order (give those --classes, or another "
+                "--state-dir)"
+            )
+        if stored is None:
+            self._write("INSERT OR REPLACE INTO meta VALUES ('classes', ?)", json.dumps(list(classes)))
         if known is None:
             ident = self.blobs.put(global_blob)
             self.checkpoint_path(0).parent.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 import models
-from protocol import ConfigError, TensorDict, atomic_write
+from protocol import ConfigError, DataError, TensorDict, atomic_write, class_mapping, validate_classes
 
 from ._generator import FitReport, Generator, Teachers
 
-__all__ = ["PoolGenerator", "PoolReport", "generate_pool", "load_pool"]
+__all__ = ["PoolGenerator", "PoolImages", "PoolReport", "generate_pool", "load_pool"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -86,20 +86,34 @@ def generate_pool(pipeline_path: str | Path, model_name: str, classes: tuple[str
     return PoolReport(out, made, held, seconds)
 
 
-def load_pool(folder: Path, model_name: str, classes: tuple[str, ...]) -> dict[int, np.ndarray]:
-    """Per class index, the pool's images at the model's input (uint8 N x C x H x W), resized if need be."""
+@dataclass(frozen=True)
+class PoolImages:
+    """A pool's images at the model's input, per class index, and their names (``<class>/<file>``)."""
+
+    images: dict[int, np.ndarray]  # uint8 (N, C, H, W) per class
+    names: dict[int, tuple[str, ...]]
+
+
+def load_pool(folder: Path, model_name: str, classes: tuple[str, ...]) -> PoolImages:
+    """Per class index of the fleet's list ``classes``, the pool's images at the model's input (uint8
+    N x C x H x W, resized if need be). A pool may lack classes; a folder of a class the fleet does not know is
+    a ConfigError (its images would be numbered wrongly)."""
     from PIL import Image, UnidentifiedImageError
 
     spec = models.get_spec(model_name)
     channels, height, width = spec.input_shape
     if not folder.is_dir():
         raise ConfigError(f"synthetic pool {folder} is not a folder")
-    out: dict[int, np.ndarray] = {}
-    for index, name in enumerate(classes):
+    folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        numbers = class_mapping(folders, classes, f"synthetic pool {folder}")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from exc
+    images: dict[int, np.ndarray] = {}
+    names: dict[int, tuple[str, ...]] = {}
+    for name, index in zip(folders, numbers):
         paths = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in _SUFFIXES)
-        if not paths:
-            raise ConfigError(f"synthetic pool {folder} holds no images of class {name!r} ({folder / name})")
-        images = []
+        arrays = []
         for path in paths:
             try:
                 with Image.open(path) as image:
@@ -107,9 +121,13 @@ def load_pool(folder: Path, model_name: str, classes: tuple[str, ...]) -> dict[i
             except (OSError, UnidentifiedImageError) as exc:
                 raise ConfigError(f"synthetic pool: {path} is not a readable image ({exc})") from exc
             array = np.asarray(converted, dtype=np.uint8)
-            images.append(array[None] if channels == 1 else np.transpose(array, (2, 0, 1)))
-        out[index] = np.stack(images)
-    return out
+            arrays.append(array[None] if channels == 1 else np.transpose(array, (2, 0, 1)))
+        if arrays:
+            images[index] = np.stack(arrays)
+            names[index] = tuple(f"{name}/{p.name}" for p in paths)
+    if not images:
+        raise ConfigError(f"synthetic pool {folder} holds no images (expected POOL/<class>/<image>)")
+    return PoolImages(images, names)
 
 
 class PoolGenerator(Generator):
@@ -118,20 +136,34 @@ class PoolGenerator(Generator):
     name = "pool"
 
     def __init__(self, model_name: str, folder: str | Path, classes: tuple[str, ...]) -> None:
-        spec = models.get_spec(model_name)
-        if len(classes) != spec.num_classes:
-            raise ConfigError(f"the synthetic pool needs one class name per class ({spec.num_classes}), "
-                              f"got {len(classes)}")  # fmt: skip
+        validate_classes(classes, models.get_spec(model_name).num_classes)
         self.model_name = model_name
         self.folder = Path(folder)
         self.classes = classes
         self.device = "cpu"
         self._stamp = self._changed()
-        self.images = load_pool(self.folder, model_name, classes)
+        self.pool = load_pool(self.folder, model_name, classes)
 
     def _changed(self) -> tuple[float, ...]:
-        return tuple((self.folder / name).stat().st_mtime if (self.folder / name).is_dir() else 0.0
-                     for name in self.classes)  # fmt: skip
+        """The folder's and its class folders' modification times (a file added or removed changes one)."""
+        try:
+            return (self.folder.stat().st_mtime,
+                    *(p.stat().st_mtime for p in sorted(self.folder.iterdir()) if p.is_dir()))  # fmt: skip
+        except OSError:
+            return ()
+
+    def refresh(self) -> bool:
+        """Read the folder again if it changed (grown or refreshed since); whether it did."""
+        stamp = self._changed()
+        if stamp == self._stamp:
+            return False
+        self.pool, self._stamp = load_pool(self.folder, self.model_name, self.classes), stamp
+        return True
+
+    @property
+    def held(self) -> dict[int, int]:
+        """Images per class index."""
+        return {label: len(images) for label, images in self.pool.images.items()}
 
     @property
     def ready(self) -> bool:
@@ -140,15 +172,45 @@ class PoolGenerator(Generator):
     def fit(self, teachers: Teachers) -> tuple[TensorDict, FitReport]:
         return teachers.global_state, FitReport(0.0, 0, float("nan"), None)
 
+    def lacking(self) -> list[str]:
+        """The fleet's classes this pool holds no image of."""
+        return [name for index, name in enumerate(self.classes) if index not in self.pool.images]
+
+    def draw(self, per_class: np.ndarray, seed: int,
+             weights: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+        """``per_class[c]`` distinct images of each class c (repeats only where the class holds fewer), drawn
+        in proportion to ``weights[c]`` (one per image; a zero is never drawn); images, labels and names."""
+        self.refresh()
+        rng = np.random.default_rng(seed)
+        spec = models.get_spec(self.model_name)
+        images: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        names: list[str] = []
+        for label, count in enumerate(int(c) for c in per_class):
+            held = self.pool.images.get(label)
+            if count <= 0 or held is None:
+                continue
+            p = None if weights is None or label not in weights else np.asarray(weights[label], dtype=np.float64)
+            if p is not None and (len(p) != len(held) or not p.sum() > 0):
+                p = None
+            usable = len(held) if p is None else int(np.count_nonzero(p))
+            chosen = rng.choice(len(held), size=count, replace=usable < count, p=None if p is None else p / p.sum())
+            images.append(held[chosen])
+            labels.append(np.full(count, label, dtype=np.int64))
+            names.extend(self.pool.names[label][i] for i in chosen)
+        if not images:
+            return np.zeros((0, *spec.input_shape), np.uint8), np.zeros(0, np.int64), []
+        return np.concatenate(images), np.concatenate(labels), names
+
     def sample(self, labels: np.ndarray, seed: int) -> np.ndarray:
-        stamp = self._changed()
-        if stamp != self._stamp:  # grown or refreshed since: read it again
-            self.images, self._stamp = load_pool(self.folder, self.model_name, self.classes), stamp
+        self.refresh()
         rng = np.random.default_rng(seed)
         spec = models.get_spec(self.model_name)
         out = np.zeros((len(labels), *spec.input_shape), dtype=np.uint8)
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
-            held = self.images[int(label)]
+            held = self.pool.images.get(int(label))
+            if held is None:
+                raise ConfigError(f"synthetic pool {self.folder} holds no images of class {self.classes[label]!r}")
             out[rows] = held[rng.integers(0, len(held), size=len(rows))]
         return out

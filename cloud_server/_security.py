@@ -235,8 +235,10 @@ class Enroller:
         publish: Callable[[str, bytes], None],
         flush: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        classes: tuple[str, ...] = (),
     ) -> None:
         self.security = security
+        self.classes = classes  # the fleet's class list, told to every board it enrolls
         self.topics = Topics(security.fleet)
         self._publish = publish
         self._flush = flush  # wait until the broker has what we published (before a reload may drop the board)
@@ -298,6 +300,7 @@ class Enroller:
                 username=enrolled.device_id,
                 password=enrolled.broker_password,
                 server_public_key=self.security.public_key,
+                classes=",".join(self.classes),
             )
         self._publish(enroll_topic(self.topics, client_id, "reply"), reply.signed(request.secret, client_id).encode())
         if enrolled is None:

@@ -13,7 +13,18 @@ from pathlib import Path
 from types import FrameType
 
 import models
-from protocol import ConfigError, MqttTransport, Notifier, ProtocolError, TensorDict, Transport, parse_brokers
+from protocol import (
+    ConfigError,
+    MqttTransport,
+    Notifier,
+    ProtocolError,
+    TensorDict,
+    Transport,
+    default_classes,
+    describe_classes,
+    parse_brokers,
+    validate_classes,
+)
 
 from ._broker import EmbeddedBroker
 from ._broker_files import SERVER_USER
@@ -22,7 +33,7 @@ from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
 from ._strategy import GenflConfig, StrategyConfig, make_strategy, strategy_config_of
 
-__all__ = ["ServeConfig", "run_server"]
+__all__ = ["ServeConfig", "fleet_classes", "run_server"]
 
 log = logging.getLogger("genfl.server")
 
@@ -58,9 +69,14 @@ class ServeConfig:
     dashboard: bool = False  # the read-only fleet page on the metrics port
     eval_dataset: str | None = None  # a test set the server scores each new global model on
     eval_data_dir: Path = Path("data")
+    # The fleet's class names in the model's order. None: the list the state was started with, or for a new
+    # state the numbers 0..N-1 (the bundled digits' names).
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        models.get_spec(self.model)
+        spec = models.get_spec(self.model)
+        if self.classes is not None:
+            validate_classes(self.classes, spec.num_classes)
         if self.broker is not None:
             parse_brokers(self.broker)
         if self.broker_port is not None and not 0 < self.broker_port < 65536:
@@ -90,6 +106,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
         config.strategy_config(),
     )
     journal = SqliteJournal(config.state_dir)
+    classes = fleet_classes(config, journal.classes())
     security = FleetSecurity.load(config.state_dir)
     fleet = config.fleet
     if security is not None:
@@ -141,6 +158,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
                 round_timeout_s=config.round_timeout_s,
                 chunk_size=config.chunk_size,
                 max_update_norm=config.max_update_norm,
+                classes=classes,
             ),
             strategy,
             transport,
@@ -150,22 +168,23 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
             journal=journal,
             guard=None if security is None else security.guard(),
             revoked=None if security is None else security.registry.revoked_ids,
-            evaluator=_evaluator(config),
+            evaluator=_evaluator(config, classes),
             on_round_opened=None if metrics is None else metrics.round_opened,
             on_update_accepted=None if metrics is None else metrics.update_accepted,
             on_round_closed=None if metrics is None else metrics.round_closed,
         )
         enroller = None
         if security is not None:
-            enroller = Enroller(security, transport.publish, transport.flush)
+            enroller = Enroller(security, transport.publish, transport.flush, classes=classes)
             _serve_enrollment(transport, coordinator, enroller)
         coordinator.start()
         if metrics is not None:
             metrics.start_counting(coordinator)
         observed = 0.0
         log.info(
-            "serving fleet %s on %s (state in %s, %s)",
+            "serving fleet %s on %s (state in %s, %s); classes %s",
             fleet, url, config.state_dir, "signed, enrolled devices only" if security else "open fleet",
+            describe_classes(classes),
         )  # fmt: skip
         notifier = Notifier()
         stack.callback(notifier.close)
@@ -188,16 +207,25 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
     return 0
 
 
-def _evaluator(config: ServeConfig) -> Callable[[TensorDict], tuple[float, float]] | None:
-    """Score each new global model on ``config.eval_dataset``'s test split (None: the server does not)."""
+def fleet_classes(config: ServeConfig, stored: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The fleet's class list: as given, else as the state was started with, else the numbers 0..N-1."""
+    if config.classes is not None:
+        return config.classes
+    return stored if stored is not None else default_classes(models.get_spec(config.model).num_classes)
+
+
+def _evaluator(config: ServeConfig, classes: tuple[str, ...]) -> Callable[[TensorDict], tuple[float, float]] | None:
+    """Score each new global model on ``config.eval_dataset``'s test split, numbered by the fleet's class list
+    (None: the server does not)."""
     if config.eval_dataset is None:
         return None
-    from edge_agent import check_fits_model, load_dataset
+    from edge_agent import check_arrays_fit, in_fleet_order, load_dataset
 
     dataset = load_dataset(config.eval_dataset, config.eval_data_dir)
     spec = models.get_spec(config.model)
-    check_fits_model(dataset, config.model, spec.input_shape, spec.num_classes)
-    return models.state_evaluator(config.model, dataset.test.images, dataset.test.labels)
+    test = in_fleet_order(dataset.test, dataset.classes, classes, f"--eval-dataset {config.eval_dataset}")
+    check_arrays_fit(dataset.name, test, config.model, spec.input_shape, spec.num_classes)
+    return models.state_evaluator(config.model, test.images, test.labels)
 
 
 def _check_fits_broker(config: ServeConfig, max_packet_size: int) -> None:

@@ -59,6 +59,7 @@ from ._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy, 
 __all__ = [
     "DeviceShards",
     "device_shards",
+    "stratified_subset",
     "SimulationConfig",
     "SimulationHooks",
     "SimulationResult",
@@ -182,7 +183,7 @@ class SimulationResult:
         }
 
 
-def _subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """A seeded, class-stratified subset of ``size`` indices."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
@@ -195,12 +196,11 @@ def _subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 class _InMemoryFederation:
     """Coordinator and agents in this process, on one in-memory bus."""
 
-    def __init__(self, shards: list[tuple[str, LabeledArrays]], config: SimulationConfig, hooks: SimulationHooks,
+    def __init__(self, shards: list[tuple[str, LabeledArrays]], config: SimulationConfig, classes: tuple[str, ...],
                  torch_device: str) -> None:  # fmt: skip
         self.bus = InMemoryBus()
         self.coordinator_transport: Transport = self.bus.connect()
         topics = Topics(config.fleet)
-        num_classes = models.get_spec(config.model).num_classes if config.model else None
         self.agents = [
             AgentCore(
                 device_id,
@@ -210,11 +210,13 @@ class _InMemoryFederation:
                 InProcessRunner(
                     device_id,
                     shard,
+                    classes,
                     torch_device=torch_device,
                     tamper=make_attack(config.attack, config.seed + index) if index < config.malicious else None,
                 ),
                 num_samples=len(shard),
-                label_counts=shared_label_counts(config, device_id, shard, num_classes),
+                label_counts=shared_label_counts(config, device_id, shard, len(classes)),
+                classes=classes,
             )
             for index, (device_id, shard) in enumerate(shards)
         ]
@@ -233,12 +235,12 @@ class _InMemoryFederation:
 
 
 def shared_label_counts(
-    config: SimulationConfig, device_id: str, shard: LabeledArrays, num_classes: int | None
+    config: SimulationConfig, device_id: str, shard: LabeledArrays, num_classes: int
 ) -> tuple[float, ...] | None:
     """What a simulated device shares of its label histogram: nothing, the exact counts, or a noised release."""
     if not config.share_label_counts and config.label_noise is None:
         return None
-    counts = shard.label_counts(num_classes or int(shard.labels.max()) + 1)
+    counts = shard.label_counts(num_classes)
     if config.label_noise is None:
         return tuple(float(c) for c in counts)
     rng = np.random.default_rng(derive_seed("label-noise", config.seed, device_id))
@@ -298,6 +300,7 @@ class _ProcessFederation:
                 "data": f"npz:{folder / 'data.npz'}", "state_dir": str(folder / "state"),
                 "worker": self.config.worker, "torch_device": self.torch_device,
                 "share_label_counts": self.config.share_label_counts, "label_noise": self.config.label_noise,
+                "classes": ",".join(self.dataset.classes),  # as enrollment tells a board
                 # The simulator is the server: its boards accept any batch size and step count it asks for.
                 "min_batch_size": 1, "min_local_steps": 0,
             }  # fmt: skip
@@ -395,7 +398,7 @@ def device_shards(config: SimulationConfig) -> DeviceShards:
     check_fits_model(dataset, model_name, spec.input_shape, spec.num_classes)
     train = dataset.train
     if config.train_subset is not None and config.train_subset < len(train):
-        train = train.subset(_subset(train.labels, config.train_subset, config.seed))
+        train = train.subset(stratified_subset(train.labels, config.train_subset, config.seed))
     parts = partition_labels(
         train.labels,
         config.devices,
@@ -413,15 +416,13 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     prepared = device_shards(config)
     dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
     config = replace(config, model=model_name)
-    if config.genfl.generator in ("local-pipeline", "pool") and not config.genfl.class_names:
-        config = replace(config, genfl=replace(config.genfl, class_names=dataset.classes))
     strategy = make_strategy(
         config.strategy,
         config.strategy_config(),
     )
     test = dataset.test
     if config.eval_subset is not None and config.eval_subset < len(test):
-        test = test.subset(_subset(test.labels, config.eval_subset, seed=0))  # fixed: the same for every seed
+        test = test.subset(stratified_subset(test.labels, config.eval_subset, seed=0))  # fixed: the same for every seed
     torch_device = _resolve_device(config.torch_device)
     import torch
 
@@ -436,7 +437,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     shards = prepared.shards
     federation: _InMemoryFederation | _ProcessFederation
     if config.transport == "local":
-        federation = _InMemoryFederation(shards, config, hooks, torch_device)
+        federation = _InMemoryFederation(shards, config, dataset.classes, torch_device)
     else:
         federation = _ProcessFederation(shards, config, dataset, torch_device)
     try:
@@ -447,6 +448,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
                 rounds=config.rounds,
                 min_devices=config.devices,
                 round_timeout_s=config.round_timeout_s,
+                classes=dataset.classes,
             ),
             strategy,
             federation.coordinator_transport,

@@ -17,7 +17,7 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 
-from protocol import AUGMENTATIONS, CODECS, ConfigError, TensorDict, TrainConfig
+from protocol import AUGMENTATIONS, CODECS, SYNTHETIC_NORMS, ConfigError, TensorDict, TrainConfig, Update
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._robust import AGGREGATORS, BufferedUpdates
@@ -69,8 +69,9 @@ class GenflConfig:
     generator: str = "data-free"  # data-free, local-pipeline or pool
     pipeline_path: str | None = None  # local-pipeline: the folder a diffusers pipeline was saved to
     synthetic_pool: str | None = None  # pool: a folder of class-named folders of images (generate-pool makes one)
-    class_names: tuple[str, ...] = ()  # local-pipeline and pool: the classes, in the model's order
-    warmup_rounds: int = 1  # rounds of plain FedAvg before the first synthetic batch
+    # Rounds of plain FedAvg before the first synthetic batch. None: 1 for the data-free generator (it learns from
+    # a round's models first), 0 for a pool or a pipeline (their images are there from the start).
+    warmup_rounds: int | None = None
     generator_steps: int = 40  # data-free generator updates per round
     generator_batch: int = 128
     distill_steps: int = 0  # genfl: server-side distillation steps per round (0: off)
@@ -89,7 +90,9 @@ class GenflConfig:
     harm_tolerance: float = 0.02
     filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
     synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
-    frozen_norm: bool = False  # devices pass synthetic samples separately, BatchNorm statistics untouched
+    synthetic_norm: str = "joint"  # how devices pass synthetic samples through BatchNorm: joint, separate, frozen
+    synthetic_restyle: bool = False  # devices shift synthetic images to their own data's per-channel statistics
+    pool_probes: int = 64  # pool: images of its own classes each device judges per round (0: no fleet curation)
     soft_labels: bool = False  # send the ensemble's probabilities instead of the hard labels
     soft_temperature: float = 1.0  # temperature of those probabilities
     bn_per_teacher: bool = False  # the data-free generator matches each teacher's BatchNorm statistics
@@ -104,7 +107,7 @@ class GenflConfig:
             raise ConfigError("the local-pipeline generator needs --pipeline-path (a saved diffusers pipeline)")
         if (self.generator == "pool") != (self.synthetic_pool is not None):
             raise ConfigError("--synthetic-pool POOL is the pool generator's, and it needs one")
-        if self.warmup_rounds < 0 or self.generator_steps < 0 or self.distill_steps < 0 or self.server_steps < 0:
+        if (self.warmup_rounds or 0) < 0 or self.generator_steps < 0 or self.distill_steps < 0 or self.server_steps < 0:
             raise ConfigError("warm-up rounds and step counts must be >= 0")
         if self.generator_batch < 2:
             raise ConfigError("the generator batch needs at least 2 samples")
@@ -116,12 +119,22 @@ class GenflConfig:
             raise ConfigError("synthetic weight must be in [0, 100] and its decay in (0, 1]")
         if not 0.0 < self.synthetic_ratio <= 4.0 or not 0.0 < self.soft_temperature <= 100.0:
             raise ConfigError("synthetic ratio must be in (0, 4] and the soft-label temperature in (0, 100]")
+        if self.synthetic_norm not in SYNTHETIC_NORMS:
+            known = ", ".join(SYNTHETIC_NORMS)
+            raise ConfigError(f"unknown synthetic norm {self.synthetic_norm!r}; use one of {known}")
         if self.replay < 0:
             raise ConfigError("the replay pool cannot be negative")
         if not 0.0 <= self.teacher_gate <= 1.0 or not 0.0 <= self.harm_tolerance <= 1.0:
             raise ConfigError("the teacher gate and the harm tolerance are shares in [0, 1]")
         if self.generator_device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"generator device must be auto, cpu or cuda, got {self.generator_device!r}")
+
+    @property
+    def warmup(self) -> int:
+        """Rounds of plain FedAvg before the first synthetic batch (see ``warmup_rounds``)."""
+        if self.warmup_rounds is not None:
+            return self.warmup_rounds
+        return 1 if self.generator == GeneratorKind.DATA_FREE.value else 0
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,7 @@ class Strategy(ABC):
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
         self.model_name: str | None = None
+        self.classes: tuple[str, ...] = ()
 
     def select(self, round_number: int, available: Sequence[str]) -> list[str]:
         """A seeded sample of ``fraction`` of the available devices (at least one)."""
@@ -257,9 +271,11 @@ class Strategy(ABC):
         """Devices picked for the round and the training config each gets."""
         return {d: self.train_config(round_number, d) for d in self.select(round_number, available)}
 
-    def bind(self, model_name: str) -> None:
-        """The coordinator tells the strategy which model it trains (the generative ones need it)."""
+    def bind(self, model_name: str, classes: tuple[str, ...]) -> None:
+        """The coordinator tells the strategy which model it trains and the fleet's class names (the generative
+        ones need them: a pool's folders and a pipeline's prompts are class names)."""
         self.model_name = model_name
+        self.classes = classes
 
     def synthetic_batches(
         self, round_number: int, configs: dict[str, TrainConfig], devices: Mapping[str, tuple[int, Any]]
@@ -276,6 +292,10 @@ class Strategy(ABC):
         model the round started from (``device_accuracy``) and their trained models (``teacher_accuracy``,
         their training accuracy). Plain strategies need neither."""
         del round_number, device_accuracy, teacher_accuracy
+
+    def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:
+        """An update of the round was accepted (strategies that read more of it than its delta look here)."""
+        del round_number, device_id, update
 
     def round_stats(self) -> tuple[float, dict[str, int]]:
         """Generator seconds spent for the round and synthetic bytes sent per device (none here)."""

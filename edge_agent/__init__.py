@@ -13,7 +13,15 @@ from protocol._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ._agent import AgentCore, TrainingDone, TrainingRunner
-    from ._data import DeviceDataset, LabeledArrays, check_fits_model, load_dataset, save_npz
+    from ._data import (
+        DeviceDataset,
+        LabeledArrays,
+        check_arrays_fit,
+        check_fits_model,
+        in_fleet_order,
+        load_dataset,
+        save_npz,
+    )
     from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
     from ._policy import TaskPolicy, local_steps
     from ._privacy import laplace_label_counts, released_label_counts, scaled_to_total
@@ -26,7 +34,9 @@ _WHERE = {
     "TrainingRunner": "_agent",
     "DeviceDataset": "_data",
     "LabeledArrays": "_data",
+    "check_arrays_fit": "_data",
     "check_fits_model": "_data",
+    "in_fleet_order": "_data",
     "load_dataset": "_data",
     "save_npz": "_data",
     "dirichlet_partition": "_partition",
@@ -51,8 +61,10 @@ __all__ = [
     "TaskPolicy",
     "TrainingDone",
     "TrainingRunner",
+    "check_arrays_fit",
     "check_fits_model",
     "dirichlet_partition",
+    "in_fleet_order",
     "histogram_table",
     "label_histogram",
     "laplace_label_counts",

@@ -32,6 +32,7 @@ from protocol import (
     BlobChunk,
     BlobRequest,
     BlobStore,
+    DataError,
     DeviceState,
     Failure,
     FrameGuard,
@@ -44,6 +45,7 @@ from protocol import (
     atomic_write,
     chunk_count,
     decode_message,
+    describe_classes,
     encode_message,
 )
 
@@ -77,6 +79,8 @@ class AgentCore:
         *,
         num_samples: int,
         label_counts: tuple[float, ...] | None = None,
+        classes: tuple[str, ...] | None = None,
+        recount: Callable[[tuple[str, ...]], tuple[float, ...] | None] | None = None,
         pending_path: Path | None = None,
         guard: FrameGuard | None = None,
         policy: TaskPolicy | None = None,
@@ -96,7 +100,12 @@ class AgentCore:
         self.store = store
         self.runner = runner
         self.num_samples = num_samples
-        self.label_counts = label_counts
+        # The label counts this device shares are in the order of the fleet's class list ``classes`` (None: not
+        # known yet, so none are shared). A task naming another list makes ``recount`` give them in its order
+        # (or raise DataError for a class the fleet does not know), and the device announces them again.
+        self.classes = classes
+        self.label_counts = label_counts if classes is not None else None
+        self._recount = recount
         self.rejected: Counter[str] = Counter()
         self.current_task: Task | None = None
         self.training = False
@@ -240,15 +249,34 @@ class AgentCore:
             self.store.discard(current.synthetic_id)  # last round's synthetic batch is spent
         self.current_task = task
         self._refused = None
-        refusal = None if self.policy is None else self.policy.refusal(task.config, self.num_samples)
+        refusal = self._adopt_classes(task.classes)
+        if refusal is None and self.policy is not None:
+            policy_refusal = self.policy.refusal(task.config, self.num_samples)
+            refusal = None if policy_refusal is None else f"policy: {policy_refusal}"
         if refusal is not None:
-            log.warning("device %s: refusing the task of round %d: %s", self.device_id, task.round, refusal)
-            self.last_outcome = (task.round, f"refused: {refusal}")
-            self._refused = Failure(round=task.round, device_id=self.device_id, reason=f"policy: {refusal}")
+            log.error("device %s: refusing the task of round %d: %s", self.device_id, task.round, refusal)
+            self.last_outcome = (task.round, f"refused: {refusal.removeprefix('policy: ')}")
+            self._refused = Failure(round=task.round, device_id=self.device_id, reason=refusal)
             self._send_failure(self._refused)
             return
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
         self._fetch_or_train(task)
+
+    def _adopt_classes(self, classes: tuple[str, ...]) -> str | None:
+        """Take the fleet's class list of a task: the label counts in its order, announced again if they
+        changed. Why this device cannot train for this fleet (a class the fleet does not know), or None."""
+        if classes == self.classes:
+            return None
+        counts = None
+        if self._recount is not None:
+            try:
+                counts = self._recount(classes)
+            except DataError as exc:
+                return f"data: {exc}"
+        log.info("device %s: the fleet's classes are %s", self.device_id, describe_classes(classes))
+        self.classes, self.label_counts = classes, counts
+        self.publish_state("online")
+        return None
 
     @staticmethod
     def _blobs_of(task: Task) -> list[str]:

@@ -6,6 +6,7 @@ State directory layout::
     STATE_DIR/work/                 the worker's task, model and update files
     STATE_DIR/pending-update.bin    a finished update until the server acknowledges it
     STATE_DIR/status.json           what ``genfl-edge status`` shows, rewritten every few seconds
+    STATE_DIR/fleet-classes.json    the fleet's class list, as the last task named it
 
 Signals: the first SIGTERM (or SIGINT) stops taking tasks, lets a running
 worker finish within ``stop_grace`` (its update is sent, and kept on disk
@@ -32,6 +33,7 @@ from protocol import (
     ConfigError,
     DeviceState,
     FrameGuard,
+    GenflError,
     MqttTransport,
     Notifier,
     OpenGuard,
@@ -40,10 +42,13 @@ from protocol import (
     TransportError,
     Will,
     atomic_write,
+    class_mapping,
     encode_message,
     load_signing_key,
     parse_brokers,
+    parse_classes,
     public_key_from_text,
+    validate_classes,
     validate_name,
 )
 
@@ -84,6 +89,9 @@ class AgentConfig:
     allowed_codecs: tuple[str, ...] = TaskPolicy.allowed_codecs
     require_qat: bool = TaskPolicy.require_qat
     sample_count_noise: float | None = None  # epsilon: report the sample count with Laplace noise
+    # The fleet's class names in the model's order (enrollment writes them; every task carries them too): the
+    # board numbers its folders by them and shares label counts in their order.
+    classes: tuple[str, ...] | None = None
     # A secured fleet (written by `genfl-edge enroll`): broker login, the CA the broker's certificate must
     # chain to, this board's signing key and the server's pinned public key.
     username: str | None = None
@@ -119,6 +127,8 @@ class AgentConfig:
             raise ConfigError("device_key and server_public_key go together (both come from `genfl-edge enroll`)")
         if self.server_public_key is not None:
             public_key_from_text(self.server_public_key)
+        if self.classes is not None:
+            validate_classes(self.classes)
 
     def policy(self) -> TaskPolicy:
         return TaskPolicy(self.min_batch_size, self.min_local_steps, tuple(self.allowed_codecs), self.require_qat)
@@ -169,12 +179,25 @@ def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConf
         for name in ("ca_file", "device_key"):  # relative to the config file: it may be a systemd credential
             if path is not None and name in values and not values[name].is_absolute() and name not in overrides_given:
                 values[name] = path.parent / values[name]
+        if isinstance(values.get("classes"), (list, str)):
+            values["classes"] = parse_classes(values["classes"])
         if isinstance(values.get("allowed_codecs"), (list, str)):
             codecs = values["allowed_codecs"]
             values["allowed_codecs"] = tuple(codecs.split(",") if isinstance(codecs, str) else codecs)
         return AgentConfig(**values)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"bad config: {str(exc)[:200]}") from exc
+
+
+def _saved_classes(state_dir: Path) -> tuple[str, ...] | None:
+    """The fleet's class list the last task named (None if none is kept, or the file is unreadable)."""
+    try:
+        return validate_classes(json.loads((state_dir / "fleet-classes.json").read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, GenflError) as exc:
+        log.warning("ignoring an unreadable %s (%s)", state_dir / "fleet-classes.json", exc)
+        return None
 
 
 def _rss_mb() -> float:
@@ -246,6 +269,9 @@ class _Agent:
         log.info(
             "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
         )
+        self.summary, self.num_samples = summary, num_samples
+        classes = config.classes or _saved_classes(config.state_dir)
+        label_counts = None if classes is None else self.label_counts_for(classes)  # a foreign class: stop here
         topics = Topics(config.fleet)
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
         guard = config.guard()
@@ -277,17 +303,33 @@ class _Agent:
             BlobStore(config.state_dir / "blobs"),
             self.runner,
             num_samples=num_samples,
-            label_counts=(
-                scaled_to_total(released_label_counts(config.state_dir, summary.label_counts, config.label_noise),
-                                num_samples)
-                if config.share_label_counts or config.label_noise is not None
-                else None
-            ),
+            label_counts=label_counts,
+            classes=classes,
+            recount=self.adopt_classes,
             pending_path=config.state_dir / "pending-update.bin",
             guard=guard,
             policy=config.policy(),
             will_payload=will_payload,
         )  # fmt: skip
+
+    def label_counts_for(self, classes: tuple[str, ...]) -> tuple[float, ...] | None:
+        """This board's label counts in the order of the fleet's ``classes`` (noised over all of them when it
+        noises), or None when it does not share them; DataError for a folder the fleet does not know."""
+        summary, config = self.summary, self.config
+        numbers = class_mapping(summary.classes, classes, f"{config.device_id}'s data ({config.data})")
+        if not (config.share_label_counts or config.label_noise is not None):
+            return None
+        counts = [0] * len(classes)
+        for number, count in zip(numbers, summary.label_counts):
+            counts[number] += count
+        released = released_label_counts(config.state_dir, counts, config.label_noise)
+        return scaled_to_total(released, self.num_samples)
+
+    def adopt_classes(self, classes: tuple[str, ...]) -> tuple[float, ...] | None:
+        """A task named this fleet class list: the label counts in its order; the list is kept for the next start."""
+        counts = self.label_counts_for(classes)
+        atomic_write(self.config.state_dir / "fleet-classes.json", json.dumps(list(classes)).encode())
+        return counts
 
     def state_text(self) -> str:
         if not self.transport.connected:

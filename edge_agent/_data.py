@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from protocol import DataError, atomic_write
+from protocol import DataError, atomic_write, class_mapping
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -37,6 +37,7 @@ __all__ = [
     "LabeledArrays",
     "check_arrays_fit",
     "check_fits_model",
+    "in_fleet_order",
     "load_dataset",
     "save_npz",
 ]
@@ -81,6 +82,18 @@ class DeviceDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def in_fleet_order(
+    arrays: LabeledArrays, classes: tuple[str, ...], fleet: tuple[str, ...], origin: str
+) -> LabeledArrays:
+    """``arrays`` (labelled by the index of their name in ``classes``) numbered by the fleet's class list: a board
+    that lacks classes keeps the fleet's numbers for the ones it has. A class the fleet does not know is a
+    one-line DataError."""
+    numbers = class_mapping(classes, fleet, origin)
+    if numbers == tuple(range(len(classes))):
+        return arrays
+    return LabeledArrays(arrays.images, np.asarray(numbers, dtype=np.int64)[arrays.labels])
 
 
 def check_arrays_fit(

@@ -40,6 +40,7 @@ from protocol import (
     enroll_topic,
     generate_signing_key,
     parse_brokers,
+    parse_classes,
     public_key_from_text,
     public_key_text,
     save_signing_key,
@@ -79,9 +80,9 @@ class EdgeHome:
 
 
 def _toml_value(value: object) -> str:
-    return (
-        json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
-    )
+    if isinstance(value, (str, list)):
+        return json.dumps(value)  # a JSON string or list of strings is a TOML one too
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _relative_to(path: Path, folder: Path) -> str:
@@ -168,6 +169,8 @@ def enroll(
         "device_key": _relative_to(home.key, home.config.parent),
         "server_public_key": reply.server_public_key,
     }
+    if reply.classes:  # the fleet's class list: the board numbers its folders by it
+        settings["classes"] = list(parse_classes(reply.classes))
     if ca_file is not None:
         settings["ca_file"] = _relative_to(home.ca, home.config.parent)
     lines = ["# genfl-edge: written by `genfl-edge enroll`; holds the broker password (mode 0600).", "[agent]"]

@@ -22,7 +22,7 @@ from protocol import (
 )
 
 from ._agent import TrainingDone
-from ._data import LabeledArrays, check_arrays_fit
+from ._data import LabeledArrays, check_arrays_fit, in_fleet_order
 
 __all__ = ["InProcessRunner"]
 
@@ -32,12 +32,16 @@ def run_task(
     model_blob: bytes,
     device_id: str,
     data: LabeledArrays,
+    classes: tuple[str, ...],
     torch_device: str = "cpu",
     residual: TensorDict | None = None,
     tamper: Callable[[TensorDict], TensorDict] | None = None,
     synthetic_blob: bytes | None = None,
 ) -> tuple[Update, TensorDict | None]:
     """Decode the global model, train on ``data`` (plus the task's synthetic batch), encode the delta.
+
+    ``data`` is labelled by the index of each sample's class in ``classes`` (the board's own names); it is
+    numbered by the task's fleet class list before training.
 
     Returns the update and the new residual: what the codec lost, to be added to
     the next round's delta (error feedback); None for fp32.
@@ -47,6 +51,10 @@ def run_task(
     from ._training import train_local  # torch lives behind this import
 
     spec = models.get_spec(task.model_name)
+    if len(task.classes) != spec.num_classes:
+        raise DataError(f"the task names {len(task.classes)} classes, but {task.model_name} predicts "
+                        f"{spec.num_classes}")  # fmt: skip
+    data = in_fleet_order(data, classes, task.classes, f"{device_id}'s data")
     check_arrays_fit(f"{device_id}'s data", data, task.model_name, spec.input_shape, spec.num_classes)
     global_state = decode_tensors(model_blob)
     synthetic = None
@@ -78,6 +86,7 @@ def run_task(
         delta=delta,
         codec=codec,
         eval_accuracy=None if result.eval_accuracy is None else round(result.eval_accuracy, 6),
+        probe_scores=result.probe_scores,
     )
     return update, new_residual
 
@@ -87,11 +96,13 @@ class InProcessRunner:
         self,
         device_id: str,
         data: LabeledArrays,
+        classes: tuple[str, ...],
         torch_device: str = "cpu",
         tamper: Callable[[TensorDict], TensorDict] | None = None,
     ) -> None:
         self.device_id = device_id
         self.data = data
+        self.classes = classes  # the names of data's labels
         self.torch_device = torch_device
         self.tamper = tamper  # simulations of faulty or malicious devices only
         self.residual: TensorDict | None = None  # error feedback for the low-bit codecs
@@ -99,8 +110,8 @@ class InProcessRunner:
     def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         try:
             update, self.residual = run_task(
-                task, model_blob, self.device_id, self.data, self.torch_device, self.residual, self.tamper,
-                synthetic_blob,
+                task, model_blob, self.device_id, self.data, self.classes, self.torch_device, self.residual,
+                self.tamper, synthetic_blob,
             )  # fmt: skip
         except (DataError, ModelError, ProtocolError, RuntimeError) as exc:  # RuntimeError: torch refused
             done(task, f"{type(exc).__name__}: {exc}")

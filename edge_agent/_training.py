@@ -18,7 +18,7 @@ from protocol import SyntheticBatch, TensorDict, TrainConfig
 
 from ._data import LabeledArrays
 
-__all__ = ["LocalResult", "train_local"]
+__all__ = ["LocalResult", "probe_scores", "train_local"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class LocalResult:
     loss: float
     accuracy: float
     eval_accuracy: float | None = None  # the global model on this data, before training
+    probe_scores: tuple[int, ...] | None = None  # the trained model's probability of each probe's class, x 255
 
 
 def _torch_seed(seed: int) -> int:
@@ -68,9 +69,10 @@ def train_local(
         anchor = [(p, p.detach().clone()) for p in model.parameters()]
     mix: models.SyntheticMix | None = None
     if synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0:
-        mix = models.SyntheticMix.on(device, synthetic.images, synthetic.labels, synthetic.soft_labels,
+        pictures = models.restyled(synthetic.images, data.images) if config.synthetic_restyle else synthetic.images
+        mix = models.SyntheticMix.on(device, pictures, synthetic.labels, synthetic.soft_labels,
                                      config.synthetic_weight, config.synthetic_ratio,
-                                     config.synthetic_frozen_norm)  # fmt: skip
+                                     config.synthetic_norm)  # fmt: skip
     rng = np.random.default_rng(config.seed)
     result = models.EpochResult(loss=0.0, accuracy=0.0, samples=0)
     quantization = models.fake_quantized(model) if config.qat else contextlib.nullcontext(model)
@@ -89,7 +91,20 @@ def train_local(
                 synthetic=mix,
                 augmentation=config.augment,
             )
+    scores = None
+    if synthetic is not None and synthetic.probe_images is not None and synthetic.probe_labels is not None:
+        scores = probe_scores(model, synthetic.probe_images, synthetic.probe_labels)
     trained = models.model_state(model.cpu())
     delta = {name: trained[name] - global_state[name] for name in trained}
     return LocalResult(delta=delta, num_samples=len(data), loss=result.loss, accuracy=result.accuracy,
-                       eval_accuracy=before)  # fmt: skip
+                       eval_accuracy=before, probe_scores=scores)  # fmt: skip
+
+
+def probe_scores(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[int, ...]:
+    """The model's probability of each image's claimed class, in 1/255 steps: this device's verdict on
+    pool images of the classes it holds (it knows what they look like; the server does not)."""
+    if len(labels) == 0:
+        return ()
+    probabilities = torch.softmax(models.predict_logits(model, images), dim=1)
+    claimed = probabilities[torch.arange(len(labels)), torch.from_numpy(labels.astype(np.int64))]
+    return tuple(int(v) for v in torch.round(claimed * 255.0).clamp(0, 255).to(torch.int64).tolist())

@@ -51,8 +51,8 @@ def _run_job(job: dict[str, Any], cache: dict[str, DeviceDataset]) -> None:
     residual = decode_tensors(residual_path.read_bytes()) if residual_path.is_file() else None
     synthetic = Path(job["synthetic"]).read_bytes() if job.get("synthetic") else None
     update, residual = run_task(
-        task, model_blob, job["device_id"], cache[spec].train, job.get("torch_device", "cpu"), residual,
-        synthetic_blob=synthetic,
+        task, model_blob, job["device_id"], cache[spec].train, cache[spec].classes, job.get("torch_device", "cpu"),
+        residual, synthetic_blob=synthetic,
     )  # fmt: skip
     if residual is None:
         residual_path.unlink(missing_ok=True)

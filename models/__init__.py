@@ -12,7 +12,16 @@ from ._registry import (
     model_state,
     state_evaluator,
 )
-from ._training import EpochResult, SyntheticMix, augment, evaluate, predict_logits, to_float, train_one_epoch
+from ._training import (
+    EpochResult,
+    SyntheticMix,
+    augment,
+    evaluate,
+    predict_logits,
+    restyled,
+    to_float,
+    train_one_epoch,
+)
 
 __all__ = [
     "MODELS",
@@ -29,6 +38,7 @@ __all__ = [
     "read_checkpoint",
     "state_evaluator",
     "SyntheticMix",
+    "restyled",
     "augment",
     "to_float",
     "train_one_epoch",

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EpochResult", "SyntheticMix", "augment", "evaluate", "predict_logits", "to_float", "train_one_epoch"]
+__all__ = [
+    "EpochResult",
+    "SyntheticMix",
+    "augment",
+    "evaluate",
+    "predict_logits",
+    "restyled",
+    "to_float",
+    "train_one_epoch",
+]
 
 
 @dataclass(frozen=True)
@@ -58,19 +67,57 @@ class SyntheticMix:
     soft_labels: torch.Tensor | None  # float32 (N, classes), or None for hard labels
     weight: float
     ratio: float = 1.0  # synthetic samples per real sample in each batch
-    frozen_norm: bool = False  # a separate pass with BatchNorm on its running statistics (which it leaves alone)
+    norm: str = "joint"  # joint, separate or frozen (protocol.SyntheticNorm)
 
     @classmethod
     def on(cls, device: str, images: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray | None,
-           weight: float, ratio: float = 1.0, frozen_norm: bool = False) -> SyntheticMix:  # fmt: skip
+           weight: float, ratio: float = 1.0, norm: str = "joint") -> SyntheticMix:  # fmt: skip
         soft = None if soft_labels is None else torch.from_numpy(soft_labels.astype(np.float32)).to(device)
         return cls(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), soft,
-                   weight, ratio, frozen_norm)  # fmt: skip
+                   weight, ratio, norm)  # fmt: skip
 
     def loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.soft_labels is None:
             return F.cross_entropy(logits, self.labels[index])
         return -(self.soft_labels[index] * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+    def logits(self, model: nn.Module, real: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits for the real and the synthetic inputs, BatchNorm used as ``norm`` says."""
+        if self.norm == "joint":
+            joint = model(torch.cat([real, extra]))
+            return joint[: len(real)], joint[len(real) :]
+        logits = model(real)
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if self.norm == "frozen":  # the running statistics of real data, left as they are
+            for norm in norms:
+                norm.eval()
+            try:
+                return logits, model(extra)
+            finally:
+                for norm in norms:
+                    norm.train()
+        # separate: the synthetic batch is normalised by its own statistics, which the running ones never see
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.momentum = 0.0
+        try:
+            return logits, model(extra)
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+
+
+def restyled(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """uint8 synthetic images (N, C, H, W) with each channel's mean and spread moved to those of ``real``."""
+    if len(synthetic) == 0 or len(real) == 0:
+        return synthetic
+    source = synthetic.astype(np.float32)
+    axes = (0, 2, 3)
+    target = real.astype(np.float32)
+    mean_s, std_s = source.mean(axes, keepdims=True), source.std(axes, keepdims=True)
+    mean_r, std_r = target.mean(axes, keepdims=True), target.std(axes, keepdims=True)
+    moved = (source - mean_s) / np.maximum(std_s, 1.0) * std_r + mean_r
+    return np.clip(np.rint(moved), 0, 255).astype(np.uint8)
 
 
 def train_one_epoch(
@@ -92,8 +139,8 @@ def train_one_epoch(
     ``anchor`` pairing each trained parameter with its value in the round's global model.
     Images may be numpy arrays (CPU) or uint8 tensors already on the model's device.
     With ``synthetic``, every batch of B real samples is joined by ``ratio`` x B synthetic samples drawn at
-    random, in one forward pass (BatchNorm normalises the mix; keeping them apart measured worse on
-    digits), and their loss is added with its weight. ``augmentation`` (``crop-flip``) applies to both.
+    random (passed through BatchNorm as ``synthetic.norm`` says), and their loss is added with its weight.
+    ``augmentation`` (``crop-flip``) applies to both.
     """
     model.train()
     order = rng.permutation(len(labels))
@@ -117,17 +164,7 @@ def train_one_epoch(
             count = max(1, round(len(index) * synthetic.ratio))
             drawn = torch.from_numpy(rng.integers(0, len(synthetic.labels), size=count)).to(device)
             extra = to_float(augment(synthetic.images[drawn], augmentation)).to(device)
-            if synthetic.frozen_norm:
-                logits = model(inputs)
-                norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-                for norm in norms:
-                    norm.eval()
-                synthetic_logits = model(extra)
-                for norm in norms:
-                    norm.train()
-            else:
-                joint = model(torch.cat([inputs, extra]))
-                logits, synthetic_logits = joint[: len(index)], joint[len(index) :]
+            logits, synthetic_logits = synthetic.logits(model, inputs, extra)
             loss = F.cross_entropy(logits, targets) + synthetic.weight * synthetic.loss(synthetic_logits, drawn)
         if prox_mu > 0.0 and anchor is not None:
             proximal = sum(((p - a) ** 2).sum() for p, a in anchor)

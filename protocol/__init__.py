@@ -20,6 +20,14 @@ if TYPE_CHECKING:
         chunk_count,
         iter_chunks,
     )
+    from ._classes import (
+        MAX_CLASSES,
+        class_mapping,
+        default_classes,
+        describe_classes,
+        parse_classes,
+        validate_classes,
+    )
     from ._cli import exit_on_error, new_app, uninstall_command
     from ._codec import CODECS, Codec, decode_delta, encode_delta
     from ._enrollment import EnrollmentToken, EnrollReply, EnrollRequest, enroll_topic
@@ -27,6 +35,7 @@ if TYPE_CHECKING:
     from ._messages import (
         AUGMENTATIONS,
         PROTOCOL_VERSION,
+        SYNTHETIC_NORMS,
         Ack,
         Augmentation,
         BlobChunk,
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
         DeviceState,
         Failure,
         Message,
+        SyntheticNorm,
         Task,
         TrainConfig,
         Update,
@@ -54,7 +64,7 @@ if TYPE_CHECKING:
         verify_frame,
         write_secret,
     )
-    from ._synthetic import SyntheticBatch, decode_synthetic, encode_synthetic
+    from ._synthetic import MAX_PROBES, SyntheticBatch, decode_synthetic, encode_synthetic
     from ._systemd import (
         HARDENING,
         Notifier,
@@ -77,6 +87,12 @@ _WHERE = {
     "atomic_write": "_blobs",
     "chunk_count": "_blobs",
     "iter_chunks": "_blobs",
+    "MAX_CLASSES": "_classes",
+    "class_mapping": "_classes",
+    "default_classes": "_classes",
+    "describe_classes": "_classes",
+    "parse_classes": "_classes",
+    "validate_classes": "_classes",
     "exit_on_error": "_cli",
     "new_app": "_cli",
     "uninstall_command": "_cli",
@@ -96,6 +112,8 @@ _WHERE = {
     "ProtocolError": "_errors",
     "TransportError": "_errors",
     "AUGMENTATIONS": "_messages",
+    "SYNTHETIC_NORMS": "_messages",
+    "SyntheticNorm": "_messages",
     "PROTOCOL_VERSION": "_messages",
     "Ack": "_messages",
     "Augmentation": "_messages",
@@ -126,6 +144,7 @@ _WHERE = {
     "verify_frame": "_signing",
     "write_secret": "_signing",
     "SyntheticBatch": "_synthetic",
+    "MAX_PROBES": "_synthetic",
     "decode_synthetic": "_synthetic",
     "encode_synthetic": "_synthetic",
     "HARDENING": "_systemd",
@@ -152,10 +171,19 @@ _WHERE = {
 }
 
 __all__ = [
+    "MAX_CLASSES",
+    "class_mapping",
+    "default_classes",
+    "describe_classes",
+    "parse_classes",
+    "validate_classes",
     "AUGMENTATIONS",
     "Augmentation",
+    "SYNTHETIC_NORMS",
+    "SyntheticNorm",
     "Codec",
     "SyntheticBatch",
+    "MAX_PROBES",
     "decode_synthetic",
     "encode_synthetic",
     "CODECS",

@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ._classes import parse_classes
 from ._errors import ConfigError, ProtocolError
 from ._json import loads_bounded
 from ._topics import Topics, validate_name
@@ -71,10 +72,13 @@ def _load(payload: bytes, kind: str) -> dict[str, Any]:
     return document
 
 
+_LONG_STRINGS = {"classes": 65536}  # the fleet's class list, comma-joined
+
+
 def _strings(name: str, document: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         value = document.get(key)
-        if not isinstance(value, str) or len(value) > 1024:
+        if not isinstance(value, str) or len(value) > _LONG_STRINGS.get(key, 1024):
             raise ProtocolError("bad-field", f"{name}.{key} must be a short string")
 
 
@@ -104,6 +108,7 @@ class EnrollReply:
     username: str = ""
     password: str = ""
     server_public_key: str = ""
+    classes: str = ""  # the fleet's class names in the model's order, comma-joined (boards number their data by them)
     mac: str = ""
 
     def _body(self, client_id: str) -> bytes:
@@ -132,4 +137,9 @@ class EnrollReply:
         if reply.ok:
             validate_name("device id", reply.device_id)
             validate_name("fleet", reply.fleet)
+            if reply.classes:
+                try:
+                    parse_classes(reply.classes)
+                except ConfigError as exc:
+                    raise ProtocolError("bad-field", f"enroll-reply.classes: {exc}") from exc
         return reply

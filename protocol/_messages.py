@@ -18,13 +18,17 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from ._classes import validate_classes
 from ._errors import GenflError, ProtocolError
 from ._json import loads_bounded
+from ._synthetic import MAX_PROBES
 from ._tensors import TensorDict, decode_tensors, encode_tensors
 from ._topics import validate_name
 
 __all__ = [
     "AUGMENTATIONS",
+    "SYNTHETIC_NORMS",
+    "SyntheticNorm",
     "PROTOCOL_VERSION",
     "Augmentation",
     "Ack",
@@ -41,6 +45,22 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+
+
+class SyntheticNorm(str, Enum):
+    """How local training passes synthetic samples through BatchNorm.
+
+    ``joint``: in one batch with the real ones (the mix's statistics); ``separate``: in a pass of their own,
+    normalised by their own batch statistics, which never reach the running statistics that inference uses
+    (a pool in another style is normalised as its own domain); ``frozen``: in a pass of their own on the
+    running statistics of real data."""
+
+    JOINT = "joint"
+    SEPARATE = "separate"
+    FROZEN = "frozen"
+
+
+SYNTHETIC_NORMS = tuple(n.value for n in SyntheticNorm)
 
 
 class Augmentation(str, Enum):
@@ -111,11 +131,16 @@ class TrainConfig:
     synthetic_weight: float = 0.0
     synthetic_ratio: float = 0.25
     augment: str = "none"  # none, or crop-flip (random 4-pixel-padded crops and horizontal flips)
-    synthetic_frozen_norm: bool = False  # synthetic samples in a separate pass that leaves BatchNorm statistics alone
+    synthetic_norm: str = "joint"  # how synthetic samples meet BatchNorm: joint, separate or frozen
+    # Shift the synthetic images' per-channel mean and spread to those of the device's own data before mixing
+    # (computed on the device; a pool in another style then looks more like what the device holds).
+    synthetic_restyle: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.qat, bool) or not isinstance(self.synthetic_frozen_norm, bool):
-            raise _fail("qat and synthetic_frozen_norm must be booleans")
+        if not isinstance(self.qat, bool) or not isinstance(self.synthetic_restyle, bool):
+            raise _fail("qat and synthetic_restyle must be booleans")
+        if self.synthetic_norm not in SYNTHETIC_NORMS:
+            raise _fail(f"synthetic_norm must be one of {', '.join(SYNTHETIC_NORMS)}, got {self.synthetic_norm!r}")
         _check_float("synthetic_weight", self.synthetic_weight, 0.0, 100.0)
         _check_float("synthetic_ratio", self.synthetic_ratio, 0.0, 4.0)
         if self.augment not in AUGMENTATIONS:
@@ -176,6 +201,7 @@ class Task:
     model_id: str
     model_size: int
     config: TrainConfig
+    classes: tuple[str, ...]  # the fleet's class names, in the model's order: boards number their data by them
     synthetic_id: str | None = None  # GenFL: a blob of synthetic samples tailored to this device
     synthetic_size: int = 0
 
@@ -184,6 +210,10 @@ class Task:
         _check_device(self.device_id)
         if not isinstance(self.model_name, str) or not 0 < len(self.model_name) <= 64:
             raise _fail("model_name must be a short string")
+        try:
+            validate_classes(self.classes)
+        except GenflError as exc:
+            raise _fail(f"classes: {exc}") from exc
         _check_sha256("model_id", self.model_id)
         _check_int("model_size", self.model_size, 1, MAX_BODY_BYTES)
         if self.synthetic_id is None:
@@ -212,10 +242,18 @@ class Update:
     # The global model it started from, evaluated on the device's own data before training: the
     # federation's view of that model on real data it never sent (federated evaluation).
     eval_accuracy: float | None = None
+    # GenFL from a pool: for each probe image of the task's synthetic batch, the trained model's probability
+    # of the class the probe claims, in 1/255 steps (the fleet's verdict on the pool, image by image).
+    probe_scores: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_int("round", self.round, 1)
         _check_device(self.device_id)
+        if self.probe_scores is not None:
+            if not isinstance(self.probe_scores, tuple) or len(self.probe_scores) > MAX_PROBES:
+                raise _fail(f"probe_scores must be a list of at most {MAX_PROBES} scores")
+            for score in self.probe_scores:
+                _check_int("probe_scores[]", score, 0, 255)
         if self.codec not in ("fp32", "int8", "int4"):
             raise _fail(f"codec must be fp32, int8 or int4, got {self.codec!r}")
         _check_sha256("base_model_id", self.base_model_id)
@@ -312,6 +350,8 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
         }
         if message.eval_accuracy is not None:
             header["eval_accuracy"] = message.eval_accuracy
+        if message.probe_scores is not None:
+            header["probe_scores"] = list(message.probe_scores)
 
         return header, encode_tensors(message.delta)
     if isinstance(message, BlobChunk):
@@ -331,6 +371,7 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
             "model_id": message.model_id,
             "model_size": message.model_size,
             "config": message.config.to_json(),
+            "classes": list(message.classes),
         }
         if message.synthetic_id is not None:
             header["synthetic_id"] = message.synthetic_id
@@ -355,13 +396,16 @@ def encode_message(message: Message) -> bytes:
 
 def _build(kind: str, header: dict[str, Any], body: bytes) -> Message:
     if kind == "update":
-        return Update(**header, delta=decode_tensors(body))
+        scores = header.get("probe_scores")
+        return Update(**{**header, "probe_scores": None if scores is None else tuple(_as_list(scores))},
+                      delta=decode_tensors(body))  # fmt: skip
     if kind == "blob-chunk":
         return BlobChunk(**header, data=body)
     if body:
         raise ProtocolError("bad-frame", f"message {kind!r} carries no body")
     if kind == "task":
-        return Task(**{**header, "config": TrainConfig.from_json(header.get("config"))})
+        return Task(**{**header, "config": TrainConfig.from_json(header.get("config")),
+                       "classes": tuple(_as_list(header.get("classes")))})  # fmt: skip
     if kind == "blob-req":
         return BlobRequest(blob_id=header.get("blob_id"), chunks=tuple(_as_list(header.get("chunks", []))))  # type: ignore[arg-type]
     if kind == "state":

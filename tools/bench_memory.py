@@ -54,7 +54,7 @@ def worker_peak(folder: Path, model_name: str, samples: int) -> float:
     save_npz(DeviceDataset(model_name, tuple(map(str, range(spec.num_classes))), arrays, arrays), path)
     blob = encode_tensors(models.model_state(models.build_model(model_name, seed=0)))
     task = Task(round=1, device_id="probe", model_name=model_name, model_id="0" * 64, model_size=len(blob),
-                config=TrainConfig())  # fmt: skip
+                config=TrainConfig(), classes=tuple("0123456789"))  # fmt: skip
     runner = WorkerRunner("probe", f"npz:{path}", folder / f"work-{model_name}", nice=0)
     outcome: list[object] = []
     runner.start(task, blob, lambda t, o: outcome.append(o))

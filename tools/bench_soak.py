@@ -122,8 +122,8 @@ def soak(url: str, agents: int, rounds: int, hostile: bool) -> dict[str, object]
             )  # fmt: skip
             transport.connect()
             transports.append(transport)
-            cores.append(AgentCore(device_id, topics, transport, BlobStore(), InProcessRunner(device_id, shard),
-                                   num_samples=len(shard)))  # fmt: skip
+            runner = InProcessRunner(device_id, shard, prepared.dataset.classes)
+            cores.append(AgentCore(device_id, topics, transport, BlobStore(), runner, num_samples=len(shard)))
         stop = threading.Event()
         sent = [0]
         attacker = threading.Thread(target=_hostile, args=(url, fleet, [c.device_id for c in cores], stop, sent))

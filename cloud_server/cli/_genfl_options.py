@@ -31,7 +31,10 @@ Generator = Annotated[GeneratorKind, typer.Option("--generator", help="GenFL: wh
 PipelinePath = Annotated[
     Optional[str], typer.Option(help="local-pipeline: folder of a saved diffusers pipeline (read offline).")
 ]
-WarmupRounds = Annotated[int, typer.Option(help="GenFL: rounds of plain FedAvg before synthetic data.")]
+WarmupRounds = Annotated[
+    Optional[int],
+    typer.Option(help="GenFL: rounds of plain FedAvg before synthetic data (default: 1 data-free, 0 pool/pipeline)."),
+]
 GeneratorSteps = Annotated[int, typer.Option(help="GenFL: data-free generator updates per round.")]
 DistillSteps = Annotated[int, typer.Option(help="genfl: server-side distillation steps per round (0: off).")]
 ServerSteps = Annotated[int, typer.Option(help="aigc-only: server training steps on synthetic data per round.")]
@@ -53,7 +56,7 @@ TeacherGate = Annotated[
 def genfl_config(
     generator: str | GeneratorKind,
     pipeline_path: str | None,
-    warmup_rounds: int,
+    warmup_rounds: int | None,
     generator_steps: int,
     distill_steps: int,
     server_steps: int,

@@ -11,7 +11,7 @@ import typer
 
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
-from protocol import Codec, exit_on_error
+from protocol import Codec, exit_on_error, parse_classes
 
 from ._genfl_options import (
     D,
@@ -37,6 +37,13 @@ def serve(
     state_dir: Annotated[Path, typer.Option(help="SQLite state, blobs and per-round checkpoints.")],
     fleet: Annotated[str, typer.Option(help="Fleet name (the topic prefix genfl/<fleet>/).")] = "default",
     model: Annotated[str, typer.Option(help="Model from the registry.")] = "cnn-digits",
+    classes: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The fleet's class names in the model's order, comma-separated (boards map their folders onto "
+            "them by name). Default: the list the state dir started with, else 0,1,...,N-1."
+        ),
+    ] = None,
     rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 100,
     min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
     fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
@@ -125,6 +132,7 @@ def serve(
             dashboard=dashboard,
             eval_dataset=eval_dataset,
             eval_data_dir=eval_data_dir,
+            classes=None if classes is None else parse_classes(classes),
             genfl=genfl_config(
                 generator,
                 pipeline_path,

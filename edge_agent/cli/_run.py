@@ -64,6 +64,10 @@ def run(
     sample_count_noise: Annotated[
         Optional[float], typer.Option(metavar="EPSILON", help="Report the sample count with Laplace noise.")
     ] = None,
+    classes: Annotated[
+        Optional[str],
+        typer.Option(help="The fleet's class names, comma-separated (enroll writes them; every task names them)."),
+    ] = None,
     home: Annotated[
         Optional[Path], typer.Option(help="Use the config `enroll` wrote under this folder (or $GENFL_EDGE_HOME).")
     ] = None,
@@ -104,6 +108,7 @@ def run(
                 "allowed_codecs": allowed_codecs,
                 "require_qat": require_qat,
                 "sample_count_noise": sample_count_noise,
+                "classes": classes,
             },
         )
         code = run_agent(settings)

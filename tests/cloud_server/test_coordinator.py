@@ -182,11 +182,11 @@ def test_label_counts_must_add_up_to_the_sample_count() -> None:
     bus = InMemoryBus()
     coordinator = _coordinator(bus)
     a = Device(bus, "a")
-    a.send("state", DeviceState(device_id="a", state="online", num_samples=10, label_counts=(5.0, 5.0)))
-    a.send("state", DeviceState(device_id="a", state="online", num_samples=10, label_counts=(1e12, 0.0)))
+    a.send("state", DeviceState(device_id="a", state="online", num_samples=10, label_counts=(5.0, 5.0) + (0.0,) * 8))
+    a.send("state", DeviceState(device_id="a", state="online", num_samples=10, label_counts=(1e12,) + (0.0,) * 9))
     bus.drain()
     assert coordinator.rejected["bad-label-counts"] == 1
-    assert coordinator.devices["a"].label_counts == (5.0, 5.0)
+    assert coordinator.devices["a"].label_counts == (5.0, 5.0) + (0.0,) * 8
 
 
 def test_blobs_go_only_to_the_device_whose_task_names_them_and_within_a_budget() -> None:

@@ -69,7 +69,7 @@ def test_synthetic_data_waits_for_teachers_that_fit_their_own_data() -> None:
 
 def _bound(name: str, **genfl: object) -> GenFL | AigcOnly:
     strategy = make_strategy(name, StrategyConfig(genfl=GenflConfig(**genfl)))  # type: ignore[arg-type]
-    strategy.bind("cnn-digits")
+    strategy.bind("cnn-digits", tuple("0123456789"))
     assert isinstance(strategy, (GenFL, AigcOnly))
     return strategy
 
@@ -106,7 +106,7 @@ def test_genfl_aggregates_with_the_robust_rule_it_is_given() -> None:
     import models
 
     strategy = make_strategy("genfl", StrategyConfig(aggregate="median", genfl=GenflConfig(generator_steps=0)))
-    strategy.bind("cnn-digits")
+    strategy.bind("cnn-digits", tuple("0123456789"))
     state = models.model_state(models.build_model("cnn-digits", seed=0))
     updates = strategy.new_accumulator(state)
     for key, value in (("a", 1.0), ("b", 2.0), ("c", 300.0)):

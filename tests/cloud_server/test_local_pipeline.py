@@ -71,10 +71,10 @@ def test_the_pipeline_makes_model_sized_uint8_images_offline(
 
 
 def test_genfl_with_a_local_pipeline_sends_batches_from_the_first_synthetic_round(pipeline_dir: Path) -> None:
-    genfl = GenflConfig(generator="local-pipeline", pipeline_path=str(pipeline_dir), class_names=DIGITS,
+    genfl = GenflConfig(generator="local-pipeline", pipeline_path=str(pipeline_dir),
                         synthetic_budget_kb=1)  # fmt: skip
     strategy = make_strategy("genfl", StrategyConfig(genfl=genfl))
-    strategy.bind("cnn-digits")
+    strategy.bind("cnn-digits", tuple("0123456789"))
     counts = (10.0,) * 9 + (0.0,)
     _, batches = strategy.synthetic_batches(2, {"d": TrainConfig()}, {"d": (90, counts)})
     batch = decode_synthetic(batches["d"], (1, 8, 8), 10)
@@ -112,9 +112,9 @@ def test_generate_pool_grows_a_content_addressed_pool_that_genfl_draws_from(pipe
     assert manifest["held"]["3"] == 2 and manifest["images_per_second"] > 0
     print(f"pool generation with the test's tiny pipeline: {manifest['images_per_second']:.1f} images/s")
     # Execute + Assert: GenFL draws each device's lacking classes from it, from the first synthetic round
-    genfl = GenflConfig(generator="pool", synthetic_pool=str(pool), class_names=DIGITS, synthetic_budget_kb=1)
+    genfl = GenflConfig(generator="pool", synthetic_pool=str(pool), synthetic_budget_kb=1)
     strategy = make_strategy("genfl", StrategyConfig(genfl=genfl))
-    strategy.bind("cnn-digits")
+    strategy.bind("cnn-digits", tuple("0123456789"))
     _, batches = strategy.synthetic_batches(2, {"d": TrainConfig()}, {"d": (90, (10.0,) * 9 + (0.0,))})
     batch = decode_synthetic(batches["d"], (1, 8, 8), 10)
     assert set(batch.labels.tolist()) == {9}

@@ -47,7 +47,15 @@ def test_update_is_kept_on_disk_until_acked_and_resent_after_a_restart(tmp_path:
     pending = tmp_path / "pending-update.bin"
     agent = AgentCore("dev", TOPICS, bus.connect(), store, InstantRunner(), num_samples=4, pending_path=pending)
     agent.start()
-    task = Task(round=3, device_id="dev", model_name="toy", model_id=model_id, model_size=5, config=TrainConfig())
+    task = Task(
+        round=3,
+        device_id="dev",
+        model_name="toy",
+        model_id=model_id,
+        model_size=5,
+        config=TrainConfig(),
+        classes=tuple("0123456789"),
+    )
     server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
     bus.drain()
     assert pending.is_file() and len(got) == 1
@@ -102,7 +110,7 @@ def test_a_task_with_a_synthetic_batch_fetches_it_after_the_model_and_trains_wit
     agent.start()
     model, synthetic = list(blobs)
     task = Task(round=1, device_id="dev", model_name="toy", model_id=blobs[model], model_size=len(model),
-                config=TrainConfig(synthetic_weight=0.5), synthetic_id=blobs[synthetic],
+                config=TrainConfig(synthetic_weight=0.5), classes=tuple("0123456789"), synthetic_id=blobs[synthetic],
                 synthetic_size=len(synthetic))  # fmt: skip
     # Execute
     server.publish(TOPICS.device("dev", "task"), encode_message(task))
@@ -111,7 +119,7 @@ def test_a_task_with_a_synthetic_batch_fetches_it_after_the_model_and_trains_wit
     assert asked == [blobs[model], blobs[synthetic]]
     assert runner.got == [(model, synthetic)]
     later = Task(round=2, device_id="dev", model_name="toy", model_id=blobs[model], model_size=len(model),
-                 config=TrainConfig())  # fmt: skip
+                 config=TrainConfig(), classes=tuple("0123456789"))  # fmt: skip
     server.publish(TOPICS.device("dev", "task"), encode_message(later))
     bus.drain()
     assert not store.has(blobs[synthetic]) and runner.got[-1] == (model, None)
@@ -132,7 +140,15 @@ def test_hostile_task_frames_and_chunks_are_rejected_without_allocating_and_the_
     header = b'{"type":"task","round":' + b"7" * 5000 + b"}"
     killer = b"GFL\x01" + len(header).to_bytes(4, "big") + header
     model_id = "cd" * 32
-    task = Task(round=1, device_id="dev", model_name="toy", model_id=model_id, model_size=5000, config=TrainConfig())
+    task = Task(
+        round=1,
+        device_id="dev",
+        model_name="toy",
+        model_id=model_id,
+        model_size=5000,
+        config=TrainConfig(),
+        classes=tuple("0123456789"),
+    )
     # Execute: a task whose round has 5,000 digits; a real task; chunks that lie about the blob
     server.publish(TOPICS.device("dev", "task"), killer)  # type: ignore[attr-defined]
     server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
@@ -147,7 +163,7 @@ def test_hostile_task_frames_and_chunks_are_rejected_without_allocating_and_the_
     assert agent.current_task == task
     # Execute + Assert: a task outside the device's policy is refused with the reason, as a failure
     greedy = Task(round=2, device_id="dev", model_name="toy", model_id=model_id, model_size=5000,
-                  config=TrainConfig(batch_size=40, local_epochs=1))  # one full-batch step  # fmt: skip
+                  config=TrainConfig(batch_size=40, local_epochs=1), classes=tuple("0123456789"))  # one full-batch step  # fmt: skip
     server.publish(TOPICS.device("dev", "task"), encode_message(greedy))  # type: ignore[attr-defined]
     bus.drain()
     assert isinstance(got[-1], Failure) and "policy: 1 local steps" in got[-1].reason
@@ -228,7 +244,7 @@ def test_a_repeated_task_leaves_a_moving_download_alone_and_resumes_a_stalled_on
     agent = AgentCore("dev", TOPICS, bus.connect(), BlobStore(tmp_path), KeepingRunner(), num_samples=4)
     agent.start()
     task = Task(round=1, device_id="dev", model_name="toy", model_id=model_id, model_size=len(model),
-                config=TrainConfig())  # fmt: skip
+                config=TrainConfig(), classes=tuple("0123456789"))  # fmt: skip
     server.publish(TOPICS.device("dev", "task"), encode_message(task))
     bus.drain()
     # Execute: the task again 5 s after the last chunk (moving), then 11 s after it (stalled)

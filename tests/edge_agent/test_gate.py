@@ -23,7 +23,15 @@ class Recorder:
         self.started.append(task.round)
 
 
-TASK = Task(round=4, device_id="d", model_name="m", model_id="a" * 64, model_size=1, config=TrainConfig())
+TASK = Task(
+    round=4,
+    device_id="d",
+    model_name="m",
+    model_id="a" * 64,
+    model_size=1,
+    config=TrainConfig(),
+    classes=tuple("0123456789"),
+)
 
 
 def test_a_task_outside_the_window_waits_for_it() -> None:

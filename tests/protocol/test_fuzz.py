@@ -50,7 +50,7 @@ SHA = "ab" * 32
 VALID_FRAMES = [
     encode_message(DeviceState(device_id="d-1", state="online", num_samples=3, label_counts=(1.0, 2.0))),
     encode_message(
-        Task(round=2, device_id="d-1", model_name="cnn-digits", model_id=SHA, model_size=9, config=TrainConfig())
+        Task(round=2, device_id="d-1", model_name="cnn-digits", model_id=SHA, model_size=9, config=TrainConfig(), classes=tuple("0123456789"))
     ),
     encode_message(
         Update(

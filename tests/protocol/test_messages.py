@@ -37,7 +37,15 @@ def _update() -> Update:
     "message",
     [
         DeviceState(device_id="dev-1", state="online", num_samples=5, label_counts=(1.0, 2.5)),
-        Task(round=1, device_id="dev-1", model_name="cnn-digits", model_id=SHA, model_size=10, config=TrainConfig()),
+        Task(
+            round=1,
+            device_id="dev-1",
+            model_name="cnn-digits",
+            model_id=SHA,
+            model_size=10,
+            config=TrainConfig(),
+            classes=tuple("0123456789"),
+        ),
         Ack(round=2, device_id="dev-1", accepted=False, reason="closed-round"),
         BlobRequest(blob_id=SHA, chunks=(0, 3)),
         BlobChunk(blob_id=SHA, index=1, count=2, total_size=9, chunk_sha256=SHA, data=b"\x00\x01"),
