@@ -15,12 +15,14 @@ simulations drive it without sleeping.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +129,7 @@ class RoundResult:
     synthetic_bytes: int = 0  # GenFL: synthetic data sent to devices this round, all devices together
     # The model the round started from, on the devices' own data (their reports before training, weighted)
     device_accuracy: float | None = None
+    report: dict[str, Any] | None = None  # what the strategy did beyond training (GenFL: its synthetic data)
 
 
 @dataclass
@@ -223,7 +226,8 @@ class Coordinator:
 
     def _set_global(self, state: TensorDict) -> None:
         self.global_state = state
-        self._global_blob = encode_tensors(state, {"model": self.config.model_name})
+        meta = {"model": self.config.model_name, "classes": json.dumps(list(self.config.classes))}
+        self._global_blob = encode_tensors(state, meta)
         self.global_id = self._store.put(self._global_blob)
 
     def _restore(self, record: OpenRoundRecord) -> None:
@@ -607,6 +611,7 @@ class Coordinator:
             generator_s=generator_s,
             synthetic_bytes=sum(synthetic_bytes.values()),
             device_accuracy=device_accuracy,
+            report=self.strategy.round_report(current.number),
         )
         self._journal.round_closed(
             current.number,
@@ -617,6 +622,7 @@ class Coordinator:
             accuracy=result.accuracy,
             loss=result.loss,
             train_loss=result.train_loss,
+            report=result.report,
         )
         self._open = None
         self.results.append(result)

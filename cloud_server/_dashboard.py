@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol import TransportError
 
-from ._fleet_view import fleet_rows, round_rows
+from ._fleet_view import fleet_classes, fleet_rows, round_rows
 from ._metrics import FleetMetrics
 
 __all__ = ["OperatorServer", "render_page"]
@@ -85,8 +85,40 @@ svg polyline { fill: none; stroke: #2563eb; stroke-width: 2; } svg circle { fill
 """
 
 
-def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str, Any]], refresh_s: int = 5) -> str:
-    """The dashboard: a summary line, the fleet table and the accuracy curve."""
+def _synthetic_table(rounds: list[dict[str, Any]], last: int = 12) -> str:
+    """GenFL's last rounds: what each sent of synthetic data, or why it ran as plain FedAvg ("" without GenFL)."""
+    reports = [r["report"] for r in rounds if isinstance(r.get("report"), dict) and "sent" in r["report"]]
+    if not reports:
+        return ""
+    rows = []
+    for rep in reports[-last:]:
+
+        def number(key: str, form: str, rep: dict[str, Any] = rep) -> str:
+            value = rep.get(key)
+            return "-" if value is None else format(value, form)
+
+        what = (
+            f"{rep.get('images', 0)} images, {rep.get('bytes', 0) / 1024:.0f} KiB to {rep.get('devices', 0)} devices"
+            if rep.get("sent")
+            else f"none: {rep.get('why_not', '')}"
+        )
+        rows.append(
+            f'<tr data-round="{int(rep.get("round", 0))}"><td>{int(rep.get("round", 0))}</td>'
+            f"<td>{html.escape(str(rep.get('source', '')))}</td><td>{html.escape(what)}</td>"
+            f"<td>{number('weight', '.3f')}</td><td>{number('harm_check', '.2f')}</td>"
+            f"<td>{number('fleet_agreement', '.2f')}</td><td>{number('recognised', '.2f')}</td></tr>"
+        )
+    return (
+        '<h2>Synthetic data (GenFL)</h2><table id="synthetic"><thead><tr><th>round</th><th>source</th><th>sent</th>'
+        "<th>weight</th><th>harm check</th><th>fleet verdict</th><th>recognised</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str, Any]], refresh_s: int = 5,
+                classes: tuple[str, ...] | None = None) -> str:  # fmt: skip
+    """The dashboard: a summary line, the fleet's classes, the fleet table and the accuracy curve."""
     online = sum(1 for d in devices if d["online"])
     closed = [r for r in rounds if r["closed"] is not None]
     accuracy = next((r["accuracy"] for r in reversed(closed) if r["accuracy"] is not None), None)
@@ -95,14 +127,15 @@ def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str
         state = "revoked" if d["revoked"] else ("online" if d["online"] else "offline")
         norm = "-" if d["last_update_norm"] is None else f"{d['last_update_norm']:.3g}"
         acc = "-" if d["last_update_accuracy"] is None else f"{d['last_update_accuracy']:.3f}"
+        held = "-" if d.get("classes_held") is None else ", ".join(d["classes_held"])
         rows.append(
             f'<tr data-device="{html.escape(d["device_id"])}"><td>{html.escape(d["device_id"])}</td>'
             f'<td class="{state}">{state}</td><td>{_when(d["last_seen"])}</td><td>{d["rounds"]}</td>'
-            f"<td>{norm}</td><td>{acc}</td></tr>"
+            f'<td>{norm}</td><td>{acc}</td><td class="held">{html.escape(held)}</td></tr>'
         )
     table = (
         '<table id="fleet"><thead><tr><th>device</th><th>state</th><th>last seen</th><th>rounds</th>'
-        "<th>update norm</th><th>update acc</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>update norm</th><th>update acc</th><th>holds</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
         if rows
         else '<p class="empty">No device has connected yet.</p>'
     )
@@ -111,11 +144,17 @@ def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str
         f'<span id="rounds">{len(closed)} rounds closed</span>'
         f'<span id="last-accuracy">accuracy {"-" if accuracy is None else f"{accuracy:.3f}"}</span></p>'
     )
+    synthetic = _synthetic_table(closed)
+    named = (
+        f'<p id="classes">classes: {html.escape(", ".join(classes))}</p>'
+        if classes
+        else '<p id="classes">classes: not set yet</p>'
+    )
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_s}">'
         f"<title>genfl fleet {html.escape(fleet)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>Fleet {html.escape(fleet)}</h1>{summary}<h2>Devices</h2>{table}"
-        f"<h2>Test accuracy per round</h2>{_curve_svg(closed)}</body></html>"
+        f"<h1>Fleet {html.escape(fleet)}</h1>{summary}{named}<h2>Devices</h2>{table}"
+        f"<h2>Test accuracy per round</h2>{_curve_svg(closed)}{synthetic}</body></html>"
     )
 
 
@@ -171,11 +210,17 @@ class OperatorServer:
                     if path == "/metrics":
                         payload, kind = generate_latest(owner.metrics.registry), CONTENT_TYPE_LATEST
                     elif owner.dashboard and path in ("/", "/index.html"):
-                        page = render_page(owner.fleet, fleet_rows(owner.state_dir), round_rows(owner.state_dir))
+                        page = render_page(owner.fleet, fleet_rows(owner.state_dir), round_rows(owner.state_dir),
+                                           classes=fleet_classes(owner.state_dir))  # fmt: skip
                         payload, kind = page.encode(), "text/html; charset=utf-8"
                     elif owner.dashboard and path == "/fleet.json":
-                        data = {"fleet": owner.fleet, "devices": fleet_rows(owner.state_dir),
-                                "rounds": round_rows(owner.state_dir)}  # fmt: skip
+                        classes = fleet_classes(owner.state_dir)
+                        data = {
+                            "fleet": owner.fleet,
+                            "classes": None if classes is None else list(classes),
+                            "devices": fleet_rows(owner.state_dir),
+                            "rounds": round_rows(owner.state_dir),
+                        }
                         payload, kind = json.dumps(data).encode(), "application/json"
                     else:
                         self.send_error(HTTPStatus.NOT_FOUND)

@@ -7,11 +7,12 @@ never blocks (or is blocked by) the serving coordinator.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fleet_rows", "read_rows", "round_rows"]
+__all__ = ["fleet_classes", "fleet_rows", "held_names", "read_rows", "round_rows"]
 
 
 def read_rows(path: Path, sql: str) -> list[tuple[Any, ...]] | None:
@@ -27,13 +28,42 @@ def read_rows(path: Path, sql: str) -> list[tuple[Any, ...]] | None:
         db.close()
 
 
+def fleet_classes(state_dir: Path) -> tuple[str, ...] | None:
+    """The fleet's class list the state was started with (None before the first start)."""
+    from ._journal import read_classes
+
+    rows = read_rows(state_dir / "state.sqlite3", "SELECT value FROM meta WHERE key = 'classes'")
+    return read_classes(str(rows[0][0])) if rows else None
+
+
+def held_names(label_counts: str | None, classes: tuple[str, ...] | None) -> list[str] | None:
+    """The names of the classes a device reported samples of (None when it shares no counts)."""
+    if label_counts is None or classes is None:
+        return None
+    try:
+        counts = json.loads(label_counts)
+    except ValueError:
+        return None
+    if not isinstance(counts, list) or len(counts) != len(classes):
+        return None
+    return [name for name, count in zip(classes, counts) if isinstance(count, (int, float)) and count >= 0.5]
+
+
 def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
     """One row per device: enrolled devices of a secured fleet, or every device seen of an open one."""
+    classes = fleet_classes(state_dir)
     activity = {
-        str(d): {"online": bool(o), "last_seen": s, "rounds": r, "last_norm": n, "last_accuracy": a}
-        for d, o, s, r, n, a in read_rows(
+        str(d): {
+            "online": bool(o),
+            "last_seen": s,
+            "rounds": r,
+            "last_norm": n,
+            "last_accuracy": a,
+            "classes_held": held_names(c, classes),
+        }
+        for d, o, s, r, n, a, c in read_rows(
             state_dir / "state.sqlite3",
-            "SELECT device_id, online, last_seen, rounds, last_norm, last_accuracy FROM devices",
+            "SELECT device_id, online, last_seen, rounds, last_norm, last_accuracy, label_counts FROM devices",
         )
         or []
     }
@@ -57,6 +87,7 @@ def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
                 "rounds": seen.get("rounds", 0),
                 "last_update_norm": seen.get("last_norm"),
                 "last_update_accuracy": seen.get("last_accuracy"),
+                "classes_held": seen.get("classes_held"),
                 "enrolled": enrolled_at,
                 "revoked": revoked is not None,
             }
@@ -68,7 +99,8 @@ def round_rows(state_dir: Path) -> list[dict[str, Any]]:
     """Every round of the journal, oldest first: when, how many updates, and the accuracy when evaluated."""
     rows = read_rows(
         state_dir / "state.sqlite3",
-        "SELECT round, started, closed, accepted, failed, timed_out, accuracy, train_loss FROM rounds ORDER BY round",
+        "SELECT round, started, closed, accepted, failed, timed_out, accuracy, train_loss, report FROM rounds"
+        " ORDER BY round",
     )
     return [
         {
@@ -80,6 +112,17 @@ def round_rows(state_dir: Path) -> list[dict[str, Any]]:
             "timed_out": bool(t) if t is not None else None,
             "accuracy": acc,
             "train_loss": loss,
+            "report": _report(report),
         }
-        for n, s, c, a, f, t, acc, loss in rows or []
+        for n, s, c, a, f, t, acc, loss, report in rows or []
     ]
+
+
+def _report(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

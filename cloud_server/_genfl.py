@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ from ._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
 from ._strategy import Accumulator, GenflConfig, Strategy, StrategyConfig, derive_seed
 from ._tailor import synthetic_counts
 
-__all__ = ["AigcOnly", "GenFL", "HarmCheck", "KeptUpdates", "SyntheticPool", "synthetic_weight"]
+__all__ = ["AigcOnly", "GenFL", "HarmCheck", "KeptUpdates", "SyntheticPool", "SyntheticReport", "synthetic_weight"]
 
 log = logging.getLogger("genfl.server")
 
@@ -126,6 +126,47 @@ class HarmCheck:
 
 
 @dataclass(frozen=True)
+class SyntheticReport:
+    """What one round sent of synthetic data, or why it sent none: the operator's view of GenFL."""
+
+    round: int
+    source: str  # data-free, local-pipeline, or pool PATH
+    sent: bool
+    why_not: str  # when nothing was sent: why the round ran as plain FedAvg
+    devices: int  # devices that got a batch
+    images: int  # synthetic images in them, all devices together
+    bytes: int
+    weight: float  # the synthetic loss weight the devices were told
+    harm_check: float  # the harm check's share of the weight (1: no harm seen)
+    teachers_gate: float | None  # data-free: how well the teachers fit their data (None: no gate)
+    recognised: float | None  # share of the images sent that the current global model labels as they claim
+    pool_held: dict[str, int] | None  # pool: images per class
+    fleet_agreement: float | None  # pool: the fleet's mean verdict on the images it judged lately (0..1)
+    made: int | None  # images made before any filter
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One log line."""
+        if not self.sent:
+            return f"round {self.round}: plain FedAvg, no synthetic data: {self.why_not}"
+        held = ""
+        if self.pool_held is not None:
+            sizes = sorted(set(self.pool_held.values()))
+            each = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+            held = f" ({sum(self.pool_held.values())} images, {each} per class)"
+        verdict = "" if self.fleet_agreement is None else f", the fleet's verdict {self.fleet_agreement:.2f}"
+        recognised = "" if self.recognised is None else f", recognised by the global model {self.recognised:.2f}"
+        gate = "" if self.teachers_gate is None else f", teachers fit their data {self.teachers_gate:.3f}"
+        return (
+            f"round {self.round}: synthetic data from {self.source}{held}: {self.images} images "
+            f"({self.bytes / 1024:.0f} KiB) to {self.devices} devices, weight {self.weight:.3f} "
+            f"(harm check {self.harm_check:.2f}{gate}){verdict}{recognised}"
+        )
+
+
+@dataclass(frozen=True)
 class SyntheticPool:
     """One round's synthetic images per class, checked; every device's batch is drawn from it."""
 
@@ -166,6 +207,7 @@ class _GenerativeStrategy(Strategy):
         self.harm = HarmCheck(config.genfl.harm_tolerance)
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
+        self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
         self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
         self._closing_round = 0
 
@@ -366,35 +408,80 @@ class GenFL(_GenerativeStrategy):
     ) -> tuple[dict[str, TrainConfig], dict[str, bytes]]:
         self._note_devices(devices)
         g = self.genfl
-        if round_number <= g.warmup or g.synthetic_weight == 0:
-            return configs, {}
-        if g.generator == "data-free" and (self.generator is None or not self.generator.ready):
-            return configs, {}  # it learns from the first round's models before it has anything to say
-        if not self.teachers_fit(round_number):
-            log.info("round %d: the devices' models fit their data %.3f < %.2f: no synthetic data", round_number,
-                     self.teacher_accuracy.get(round_number - 1, float("nan")), g.teacher_gate)  # fmt: skip
-            self.weights[round_number] = 0.0
+        why_not = self._why_no_synthetic(round_number)
+        if why_not is not None:
+            self._report(round_number, why_not)
             return configs, {}
         started = time.perf_counter()
         blobs = self._tailored(round_number, sorted(configs))
         self.generator_seconds += time.perf_counter() - started
-        pool = self.last_pool
-        weight = synthetic_weight(g, round_number, self.harm.update())
-        if pool is not None:
-            log.info(
-                "round %d: synthetic pool %d/%d kept (ensemble agrees), recognised by the global model %.2f; "
-                "teachers fit their data %.3f: weight %.3f", round_number, len(pool.labels), pool.made,
-                pool.recognised, self.teacher_accuracy.get(round_number - 1, float("nan")), weight,
-            )  # fmt: skip
+        weight = self._weight(round_number)
         self.weights[round_number] = weight
         if not blobs or weight == 0.0:
+            self._report(round_number, "no picked device lacks a class the generator can make" if not blobs
+                         else "the evidence leaves the synthetic weight at 0", weight=weight)  # fmt: skip
             return configs, {}
         self.harm.used(round_number)
+        self._report(round_number, None, weight=weight, blobs=blobs)
         configured = {d: replace(c, synthetic_weight=weight, synthetic_ratio=g.synthetic_ratio,
                                  synthetic_norm=g.synthetic_norm, synthetic_restyle=g.synthetic_restyle)
                       if d in blobs else c
                       for d, c in configs.items()}  # fmt: skip
         return configured, blobs
+
+    def _why_no_synthetic(self, round_number: int) -> str | None:
+        """Why round ``round_number`` runs as plain FedAvg, or None if it gets synthetic data."""
+        g = self.genfl
+        if g.synthetic_weight == 0:
+            return "the synthetic weight is 0"
+        if round_number <= g.warmup:
+            return f"warm-up round ({g.warmup} of plain FedAvg first)"
+        if g.generator == "data-free" and (self.generator is None or not self.generator.ready):
+            return "the data-free generator has not learned from a round's models yet"
+        if not self.teachers_fit(round_number):
+            fit = self.teacher_accuracy.get(round_number - 1, float("nan"))
+            self.weights[round_number] = 0.0
+            return f"the teachers gate is closed: the devices' models fit their data {fit:.3f} < {g.teacher_gate:.2f}"
+        return None
+
+    def _weight(self, round_number: int) -> float:
+        """The synthetic weight of this round's batches, as the evidence allows."""
+        return synthetic_weight(self.genfl, round_number, self.harm.update())
+
+    def _report(self, round_number: int, why_not: str | None, *, weight: float = 0.0,
+                blobs: Mapping[str, bytes] | None = None) -> None:  # fmt: skip
+        """Keep (and log, one line) what this round sent of synthetic data, or why it sent none."""
+        g = self.genfl
+        pool = self.last_pool if why_not is None else None
+        gated = g.generator == "data-free" and g.teacher_gate > 0.0
+        gate = self.teacher_accuracy.get(round_number - 1) if gated else None
+        report = SyntheticReport(
+            round=round_number,
+            source=g.generator if g.generator != "pool" else f"pool {g.synthetic_pool}",
+            sent=why_not is None,
+            why_not=why_not or "",
+            devices=len(blobs or {}),
+            images=0 if pool is None else len(pool.labels),
+            bytes=sum(len(b) for b in (blobs or {}).values()),
+            weight=weight,
+            harm_check=self.harm.value,
+            teachers_gate=gate,
+            recognised=None if pool is None or not np.isfinite(pool.recognised) else pool.recognised,
+            pool_held=self._pool_held(),
+            fleet_agreement=self.verdicts.agreement(round_number - 3) if g.generator == "pool" else None,
+            made=None if pool is None else pool.made,
+        )
+        self.reports[round_number] = report
+        log.info("%s", report.line())
+
+    def _pool_held(self) -> dict[str, int] | None:
+        if self.genfl.generator != "pool" or self.generator is None:
+            return None
+        return {self.classes[c]: n for c, n in sorted(self.generator.held.items())}
+
+    def round_report(self, round_number: int) -> dict[str, Any] | None:
+        report = self.reports.get(round_number)
+        return None if report is None else report.to_json()
 
     def aggregate_round(self, global_state: TensorDict, updates: Any) -> TensorDict:
         new_state = super().aggregate_round(global_state, updates)  # FedAvg, or the robust rule configured

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, started REAL NOT NULL, closed REAL, base_model TEXT NOT NULL, new_model TEXT,
     configs TEXT NOT NULL, accepted INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
     total_weight INTEGER NOT NULL DEFAULT 0, timed_out INTEGER, accuracy REAL, loss REAL, train_loss REAL,
-    weight_cap INTEGER
+    weight_cap INTEGER, report TEXT
 );
 CREATE TABLE IF NOT EXISTS updates (
     round INTEGER NOT NULL, device_id TEXT NOT NULL, num_samples INTEGER NOT NULL, train_loss REAL NOT NULL,
@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE TABLE IF NOT EXISTS rejected (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
+
+
+def _json_or_none(value: object) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def read_classes(text: str | None) -> tuple[str, ...] | None:
@@ -143,6 +147,7 @@ class Journal:
         accuracy: float | None,
         loss: float | None,
         train_loss: float,
+        report: dict[str, object] | None = None,
     ) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
@@ -165,6 +170,8 @@ class SqliteJournal(Journal):
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
             if "weight_cap" not in columns:  # a state dir from before the weight cap
                 self._db.execute("ALTER TABLE rounds ADD COLUMN weight_cap INTEGER")
+            if "report" not in columns:  # ... from before the strategies' round reports
+                self._db.execute("ALTER TABLE rounds ADD COLUMN report TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot use state dir {state_dir}: {exc}") from exc
 
@@ -336,6 +343,7 @@ class SqliteJournal(Journal):
         accuracy: float | None,
         loss: float | None,
         train_loss: float,
+        report: dict[str, object] | None = None,
     ) -> None:
         try:
             self.blobs.put(global_blob)
@@ -347,8 +355,8 @@ class SqliteJournal(Journal):
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
                     "UPDATE rounds SET closed = ?, new_model = ?, timed_out = ?, accuracy = ?, loss = ?,"
-                    " train_loss = ? WHERE round = ?",
-                    (time.time(), new_model, int(timed_out), accuracy, loss, train_loss, number),
+                    " train_loss = ?, report = ? WHERE round = ?",
+                    (time.time(), new_model, int(timed_out), accuracy, loss, train_loss, _json_or_none(report), number),
                 )
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (new_model,))
         except sqlite3.Error as exc:

@@ -50,6 +50,17 @@ class FleetMetrics:
             "genfl_device_accuracy", "The round's starting model on the devices' own data (their reports, weighted).",
             registry=r,
         )  # fmt: skip
+        # GenFL: what each round sent of synthetic data (from the strategy's round report)
+        self.synthetic_rounds = Counter("genfl_synthetic_rounds", "Rounds by whether they sent synthetic data.",
+                                        ["sent"], registry=r)  # fmt: skip
+        self.synthetic_images = Counter("genfl_synthetic_images", "Synthetic images sent to devices.", registry=r)
+        self.synthetic_bytes = Counter("genfl_synthetic_bytes", "Synthetic data bytes sent to devices.", registry=r)
+        self.synthetic_weight = Gauge("genfl_synthetic_weight", "The synthetic loss weight of the last round.",
+                                      registry=r)  # fmt: skip
+        self.pool_agreement = Gauge(
+            "genfl_pool_fleet_agreement", "The fleet's mean verdict on the pool images it judged lately (0..1).",
+            registry=r,
+        )  # fmt: skip
         self.broker = Gauge("genfl_broker_node", "1 for the broker node the server is connected to.", ["node"],
                             registry=r)  # fmt: skip
         self.failovers = Gauge("genfl_broker_failovers", "Times the server moved to another broker node.", registry=r)
@@ -100,6 +111,14 @@ class FleetMetrics:
             self.accuracy.set(result.accuracy)
         if result.device_accuracy is not None:
             self.device_accuracy.set(result.device_accuracy)
+        report = result.report
+        if report is not None and "sent" in report:
+            self.synthetic_rounds.labels(sent="yes" if report["sent"] else "no").inc()
+            self.synthetic_images.inc(report.get("images") or 0)
+            self.synthetic_bytes.inc(report.get("bytes") or 0)
+            self.synthetic_weight.set(report.get("weight") or 0.0)
+            if report.get("fleet_agreement") is not None:
+                self.pool_agreement.set(report["fleet_agreement"])
 
     # -- each pass of the serve loop --------------------------------------------------------
 

@@ -219,11 +219,12 @@ def _evaluator(config: ServeConfig, classes: tuple[str, ...]) -> Callable[[Tenso
     (None: the server does not)."""
     if config.eval_dataset is None:
         return None
-    from edge_agent import check_arrays_fit, in_fleet_order, load_dataset
+    from edge_agent import check_arrays_fit, in_fleet_order, load_dataset, with_channels
 
     dataset = load_dataset(config.eval_dataset, config.eval_data_dir)
     spec = models.get_spec(config.model)
     test = in_fleet_order(dataset.test, dataset.classes, classes, f"--eval-dataset {config.eval_dataset}")
+    test = with_channels(test, spec.input_shape[0])
     check_arrays_fit(dataset.name, test, config.model, spec.input_shape, spec.num_classes)
     return models.state_evaluator(config.model, test.images, test.labels)
 

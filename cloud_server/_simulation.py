@@ -449,6 +449,9 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
                 min_devices=config.devices,
                 round_timeout_s=config.round_timeout_s,
                 classes=dataset.classes,
+                # In memory nothing is lost, and the devices train one after another in one delivery loop: a
+                # device that waits its turn is not silent, and re-sending it its task would only double bytes.
+                task_resend_s=None if config.transport == "local" else CoordinatorConfig.task_resend_s,
             ),
             strategy,
             federation.coordinator_transport,
@@ -485,7 +488,8 @@ def write_outputs(result: SimulationResult, out: Path, compared: Sequence[Simula
     if compared:
         metrics["compared"] = [other.metrics() for other in compared]
     atomic_write(paths["metrics"], (json.dumps(metrics, indent=2) + "\n").encode())
-    atomic_write(paths["model"], encode_tensors(result.final_state, {"model": result.model_name}))
+    meta = {"model": result.model_name, "classes": json.dumps(list(result.classes))}
+    atomic_write(paths["model"], encode_tensors(result.final_state, meta))
     runs = [result, *compared]
     plot_curve(
         {run.config.strategy: [r.accuracy or 0.0 for r in run.rounds] for run in runs},

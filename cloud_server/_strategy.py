@@ -297,6 +297,11 @@ class Strategy(ABC):
         """An update of the round was accepted (strategies that read more of it than its delta look here)."""
         del round_number, device_id, update
 
+    def round_report(self, round_number: int) -> dict[str, Any] | None:
+        """What the strategy did in a round beyond training, for the operator (GenFL: its synthetic data)."""
+        del round_number
+        return None
+
     def round_stats(self) -> tuple[float, dict[str, int]]:
         """Generator seconds spent for the round and synthetic bytes sent per device (none here)."""
         return 0.0, {}

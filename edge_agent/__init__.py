@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         in_fleet_order,
         load_dataset,
         save_npz,
+        with_channels,
     )
     from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
     from ._policy import TaskPolicy, local_steps
@@ -39,6 +40,7 @@ _WHERE = {
     "in_fleet_order": "_data",
     "load_dataset": "_data",
     "save_npz": "_data",
+    "with_channels": "_data",
     "dirichlet_partition": "_partition",
     "label_histogram": "_partition",
     "partition_labels": "_partition",
@@ -76,6 +78,7 @@ __all__ = [
     "save_npz",
     "scaled_to_total",
     "shard_partition",
+    "with_channels",
 ]
 __version__ = "0.1.0"
 

@@ -39,6 +39,7 @@ __all__ = [
     "check_fits_model",
     "in_fleet_order",
     "load_dataset",
+    "with_channels",
     "save_npz",
 ]
 
@@ -94,6 +95,19 @@ def in_fleet_order(
     if numbers == tuple(range(len(classes))):
         return arrays
     return LabeledArrays(arrays.images, np.asarray(numbers, dtype=np.int64)[arrays.labels])
+
+
+def with_channels(arrays: LabeledArrays, channels: int) -> LabeledArrays:
+    """Grey images repeated into RGB for a colour model, colour images reduced to grey (ITU-R 601 luma, as
+    pillow does) for a grey one; anything else as it is (the fit check says what is wrong)."""
+    have = arrays.images.shape[1]
+    if have == channels or have not in (1, 3) or channels not in (1, 3):
+        return arrays
+    if channels == 3:
+        return LabeledArrays(np.repeat(arrays.images, 3, axis=1), arrays.labels)
+    weights = np.array([299, 587, 114], dtype=np.uint32).reshape(1, 3, 1, 1)
+    grey = ((arrays.images.astype(np.uint32) * weights).sum(1, keepdims=True) + 500) // 1000
+    return LabeledArrays(grey.astype(np.uint8), arrays.labels)
 
 
 def check_arrays_fit(
@@ -157,17 +171,26 @@ def _load_cifar10(data_dir: Path, download: bool) -> DeviceDataset:
     return DeviceDataset("cifar10", tuple(raw.classes), splits[0], splits[1])
 
 
-def _decode_image(data: bytes, origin: str, size: tuple[int, int] | None) -> np.ndarray:
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+def _decode_image(data: bytes, origin: str, size: tuple[int, int] | None, mode: str | None) -> np.ndarray:
+    """uint8 (C, H, W): grayscale images give one channel, others RGB; ``mode`` (the first image's) makes the rest
+    alike, so a grey frame among colour ones is read as colour and the other way round."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
+            wanted = mode or ("L" if image.mode in _GRAY_MODES else "RGB")
+            converted = image.convert(wanted)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {origin}: {exc}") from exc
-    if size is not None and rgb.size != size:
-        raise DataError(f"image {origin} is {rgb.size[0]}x{rgb.size[1]}, the others are {size[0]}x{size[1]}")
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    if size is not None and converted.size != size:
+        raise DataError(
+            f"image {origin} is {converted.size[0]}x{converted.size[1]}, the others are {size[0]}x{size[1]}"
+        )
+    array = np.asarray(converted, dtype=np.uint8)
+    return array[None] if wanted == "L" else array.transpose(2, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -210,12 +233,13 @@ def _build_tree(source: str, entries: list[_Entry], read: Callable[[str], bytes]
             present = {e.label for e in entries if e.split == split}
             if present and present != set(classes):
                 raise DataError(f"{source}: {split}/ has classes {sorted(present)}, expected {list(classes)}")
-    ordered = sorted(entries, key=lambda e: (e.split, e.label, e.name))
-    first = _decode_image(read(ordered[0].name), f"{source}/{ordered[0].name}", None)
-    size = (first.shape[2], first.shape[1])
+    # In file-name order across the class folders (then by class): a board's images in the order they were named
+    ordered = sorted(entries, key=lambda e: (e.split, PurePosixPath(e.name).name, e.label))
+    first = _decode_image(read(ordered[0].name), f"{source}/{ordered[0].name}", None, None)
+    size, mode = (first.shape[2], first.shape[1]), ("L" if first.shape[0] == 1 else "RGB")
     images = np.empty((len(ordered), *first.shape), dtype=np.uint8)
     for i, entry in enumerate(ordered):
-        images[i] = _decode_image(read(entry.name), f"{source}/{entry.name}", size)
+        images[i] = _decode_image(read(entry.name), f"{source}/{entry.name}", size, mode)
     labels = np.array([class_index[e.label] for e in ordered], dtype=np.int64)
     splits = np.array([e.split for e in ordered])
     if split_tree:

@@ -1,6 +1,6 @@
 """Model registry, definitions and the shared train/evaluate loop. Knows nothing of MQTT."""
 
-from ._checkpoint import read_checkpoint
+from ._checkpoint import checkpoint_classes, read_checkpoint
 from ._qat import fake_quantized
 from ._registry import (
     MODELS,
@@ -35,6 +35,7 @@ __all__ = [
     "load_state",
     "model_state",
     "predict_logits",
+    "checkpoint_classes",
     "read_checkpoint",
     "state_evaluator",
     "SyntheticMix",

@@ -8,7 +8,7 @@ from safetensors import SafetensorError, safe_open
 
 from protocol import ModelError, TensorDict
 
-__all__ = ["read_checkpoint"]
+__all__ = ["checkpoint_classes", "read_checkpoint"]
 
 
 def read_checkpoint(path: Path, model_name: str | None = None) -> tuple[str, TensorDict]:
@@ -25,3 +25,18 @@ def read_checkpoint(path: Path, model_name: str | None = None) -> tuple[str, Ten
     if not name:
         raise ModelError(f"{path}: the checkpoint does not name its model; pass --model")
     return name, tensors
+
+
+def checkpoint_classes(path: Path) -> tuple[str, ...] | None:
+    """The fleet's class list a checkpoint was trained with (its ``classes`` metadata), or None if it names
+    none (or names them unreadably); reads only the header."""
+    import json
+
+    from protocol import GenflError, validate_classes
+
+    try:
+        with safe_open(str(path), framework="np") as handle:  # type: ignore[no-untyped-call]
+            text = (handle.metadata() or {}).get("classes")
+        return None if text is None else validate_classes(json.loads(text))
+    except (SafetensorError, OSError, ValueError, GenflError):
+        return None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cloud_server._fleet_view import fleet_rows
+from cloud_server._fleet_view import fleet_classes, fleet_rows
 from cloud_server._limits import DEFAULT_MAX_PACKET_SIZE
 from protocol import ConfigError, exit_on_error
 
@@ -69,26 +69,38 @@ def list_devices(
     state_dir: StateDir,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
 ) -> None:
-    """Every device: online/offline (from its last will), last seen, rounds, last update, revoked."""
+    """The fleet's classes, then every device: online/offline (from its last will), last seen, rounds, last
+    update, revoked, the classes it holds (when it shares its label counts). An open fleet lists those that spoke."""
     with exit_on_error():
-        security = _security(state_dir)
-        try:
-            pending = security.registry.pending_tokens()
-        finally:
-            security.close()
+        from cloud_server._security import FleetSecurity
+
+        if not (state_dir / "state.sqlite3").exists() and FleetSecurity.load(state_dir) is None:
+            raise ConfigError(f"{state_dir} holds no fleet state yet: serve writes it (or broker-config, secured)")
+        security = FleetSecurity.load(state_dir)
+        pending: list[tuple[str, float]] = []
+        if security is not None:
+            try:
+                pending = security.registry.pending_tokens()
+            finally:
+                security.close()
         rows = fleet_rows(state_dir)
+        classes = fleet_classes(state_dir)
     if as_json:
-        typer.echo(json.dumps({"devices": rows, "pending_tokens": [n for n, _ in pending]}, indent=2))
+        document = {"classes": None if classes is None else list(classes), "devices": rows,
+                    "pending_tokens": [n for n, _ in pending]}  # fmt: skip
+        typer.echo(json.dumps(document, indent=2))
         return
-    typer.echo(f"{'device':<20} {'state':<8} {'last seen':<20} {'rounds':>6} {'norm':>8} {'acc':>6}  revoked")
+    typer.echo(f"fleet classes: {'(not set yet: serve names them)' if classes is None else ', '.join(classes)}")
+    typer.echo(f"{'device':<20} {'state':<8} {'last seen':<20} {'rounds':>6} {'norm':>8} {'acc':>6}  revoked  holds")
     for row in rows:
         seen = row["last_seen"]
         when = "-" if seen is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
         norm = "-" if row["last_update_norm"] is None else f"{row['last_update_norm']:.3g}"
         acc = "-" if row["last_update_accuracy"] is None else f"{row['last_update_accuracy']:.3f}"
         state = "online" if row["online"] else "offline"
+        held = "-" if row["classes_held"] is None else ",".join(row["classes_held"])
         typer.echo(f"{row['device_id']:<20} {state:<8} {when:<20} {row['rounds']:>6} {norm:>8} {acc:>6}  "
-                   f"{'yes' if row['revoked'] else 'no'}")  # fmt: skip
+                   f"{'yes' if row['revoked'] else 'no':<7}  {held}")  # fmt: skip
     for name, expires in pending:
         typer.echo(
             f"{name:<20} (token not used yet; expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(expires))})"

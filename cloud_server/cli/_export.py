@@ -34,17 +34,19 @@ def export(
             if not found:
                 raise ModelError(f"{state_dir}: no checkpoints yet")
             checkpoint = found[-1]
-        from models import read_checkpoint
+        from models import checkpoint_classes, read_checkpoint
         from models._onnx import export_onnx
 
         model_name, state = read_checkpoint(checkpoint, model)
+        classes = checkpoint_classes(checkpoint)  # the fleet's list the model was trained with
         if calibration is None:
             if model_name != "cnn-digits":
                 raise ConfigError(f"{model_name} needs --calibration SPEC (images like the devices' data)")
             calibration = "digits"
         dataset = load_dataset(calibration)
         report = export_onnx(model_name, state, out, int8=int8, check_images=dataset.test.images[:1000],
-                             calibration_images=dataset.train.images[:512], classes=dataset.classes)  # fmt: skip
+                             calibration_images=dataset.train.images[:512],
+                             classes=classes or dataset.classes)  # fmt: skip
         typer.echo(
             f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}) from {checkpoint}; "
             f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "

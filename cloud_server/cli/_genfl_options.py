@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cloud_server._strategy import GeneratorKind, GenflConfig
+from protocol import SyntheticNorm
 
 __all__ = [
     "DistillSteps",
@@ -14,10 +15,13 @@ __all__ = [
     "Generator",
     "GeneratorSteps",
     "PipelinePath",
+    "PoolProbes",
     "ServerSteps",
     "SoftLabels",
     "SyntheticBudget",
     "SyntheticDecay",
+    "SyntheticNormOption",
+    "SyntheticRestyle",
     "SyntheticShare",
     "SyntheticPool",
     "SyntheticWeight",
@@ -48,6 +52,20 @@ SyntheticPool = Annotated[
     typer.Option(help="GenFL: draw synthetic images from this pool folder (POOL/<class>/<image>; generate-pool)."),
 ]
 GeneratorDevice = Annotated[str, typer.Option(help="GenFL generator device: auto, cpu or cuda.")]
+PoolProbes = Annotated[
+    int, typer.Option(help="GenFL pool: images of its own classes each device judges per round (0: no curation).")
+]
+SyntheticNormOption = Annotated[
+    SyntheticNorm,
+    typer.Option("--synthetic-norm", help="GenFL: synthetic samples through BatchNorm joint with real ones, or apart."),
+]
+SyntheticRestyle = Annotated[
+    bool,
+    typer.Option(
+        "--synthetic-restyle/--no-synthetic-restyle",
+        help="GenFL: devices shift synthetic images to their own data's colour statistics.",
+    ),
+]
 TeacherGate = Annotated[
     float, typer.Option(help="GenFL: send synthetic data only after devices' models fit their data this well.")
 ]
@@ -68,6 +86,10 @@ def genfl_config(
     generator_device: str,
     teacher_gate: float = D.teacher_gate,
     synthetic_pool: str | None = None,
+    *,
+    pool_probes: int = D.pool_probes,
+    synthetic_norm: str | SyntheticNorm = D.synthetic_norm,
+    synthetic_restyle: bool = D.synthetic_restyle,
 ) -> GenflConfig:
     return GenflConfig(
         generator="pool" if synthetic_pool is not None else GeneratorKind(generator).value,
@@ -84,4 +106,7 @@ def genfl_config(
         soft_labels=soft_labels,
         generator_device=generator_device,
         teacher_gate=teacher_gate,
+        pool_probes=pool_probes,
+        synthetic_norm=SyntheticNorm(synthetic_norm).value,
+        synthetic_restyle=synthetic_restyle,
     )

@@ -11,7 +11,7 @@ import typer
 
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
-from protocol import Codec, exit_on_error, parse_classes
+from protocol import Codec, SyntheticNorm, exit_on_error, parse_classes
 
 from ._genfl_options import (
     D,
@@ -20,11 +20,14 @@ from ._genfl_options import (
     GeneratorDevice,
     GeneratorSteps,
     PipelinePath,
+    PoolProbes,
     ServerSteps,
     SoftLabels,
     SyntheticBudget,
     SyntheticDecay,
+    SyntheticNormOption,
     SyntheticPool,
+    SyntheticRestyle,
     SyntheticShare,
     SyntheticWeight,
     TeacherGate,
@@ -84,6 +87,9 @@ def serve(
     generator_device: GeneratorDevice = D.generator_device,
     teacher_gate: TeacherGate = D.teacher_gate,
     synthetic_pool: SyntheticPool = None,
+    pool_probes: PoolProbes = D.pool_probes,
+    synthetic_norm: SyntheticNormOption = SyntheticNorm(D.synthetic_norm),
+    synthetic_restyle: SyntheticRestyle = D.synthetic_restyle,
     metrics_port: Annotated[
         Optional[int], typer.Option(help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
     ] = None,
@@ -148,6 +154,9 @@ def serve(
                 generator_device,
                 teacher_gate,
                 synthetic_pool,
+                pool_probes=pool_probes,
+                synthetic_norm=synthetic_norm,
+                synthetic_restyle=synthetic_restyle,
             ),
         )
         code = run_server(config)

@@ -16,7 +16,7 @@ from cloud_server._coordinator import RoundResult
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
 from edge_agent import histogram_table
-from protocol import Codec, exit_on_error
+from protocol import Codec, SyntheticNorm, exit_on_error
 
 from ._genfl_options import (
     D,
@@ -25,11 +25,14 @@ from ._genfl_options import (
     GeneratorDevice,
     GeneratorSteps,
     PipelinePath,
+    PoolProbes,
     ServerSteps,
     SoftLabels,
     SyntheticBudget,
     SyntheticDecay,
+    SyntheticNormOption,
     SyntheticPool,
+    SyntheticRestyle,
     SyntheticShare,
     SyntheticWeight,
     TeacherGate,
@@ -101,6 +104,9 @@ def simulate(
     generator_device: GeneratorDevice = D.generator_device,
     teacher_gate: TeacherGate = D.teacher_gate,
     synthetic_pool: SyntheticPool = None,
+    pool_probes: PoolProbes = D.pool_probes,
+    synthetic_norm: SyntheticNormOption = SyntheticNorm(D.synthetic_norm),
+    synthetic_restyle: SyntheticRestyle = D.synthetic_restyle,
     share_label_counts: Annotated[
         bool, typer.Option("--share-label-counts/--no-share-label-counts", help="Devices send label histograms.")
     ] = True,
@@ -167,6 +173,9 @@ def simulate(
                 generator_device,
                 teacher_gate,
                 synthetic_pool,
+                pool_probes=pool_probes,
+                synthetic_norm=synthetic_norm,
+                synthetic_restyle=synthetic_restyle,
             ),
             share_label_counts=share_label_counts,
             label_noise=label_noise,

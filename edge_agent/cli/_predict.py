@@ -47,13 +47,16 @@ def export(
             raise ModelError(f"{state_dir}: no current model recorded in status.json ({exc})") from exc
         if data is None:
             data = json.loads((state_dir / "config.json").read_text())["data"]
-        from models import read_checkpoint
+        from models import checkpoint_classes, read_checkpoint
         from models._onnx import export_onnx
 
-        model_name, state = read_checkpoint(state_dir / "blobs" / str(model_id))
+        blob = state_dir / "blobs" / str(model_id)
+        model_name, state = read_checkpoint(blob)
+        classes = checkpoint_classes(blob)  # the fleet's list, which the server put in the model it sent
         dataset = load_dataset(str(data))
         report = export_onnx(model_name, state, out, int8=int8, check_images=dataset.train.images[:1000],
-                             calibration_images=dataset.train.images[:512], classes=dataset.classes)  # fmt: skip
+                             calibration_images=dataset.train.images[:512],
+                             classes=classes or dataset.classes)  # fmt: skip
         typer.echo(
             f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}); "
             f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "

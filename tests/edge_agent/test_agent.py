@@ -20,6 +20,8 @@ from protocol import (
     encode_message,
 )
 
+CLASSES = tuple("0123456789")  # the fleet's class names every task carries
+
 TOPICS = Topics("unit")
 
 
@@ -54,7 +56,7 @@ def test_update_is_kept_on_disk_until_acked_and_resent_after_a_restart(tmp_path:
         model_id=model_id,
         model_size=5,
         config=TrainConfig(),
-        classes=tuple("0123456789"),
+        classes=CLASSES,
     )
     server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
     bus.drain()
@@ -110,7 +112,7 @@ def test_a_task_with_a_synthetic_batch_fetches_it_after_the_model_and_trains_wit
     agent.start()
     model, synthetic = list(blobs)
     task = Task(round=1, device_id="dev", model_name="toy", model_id=blobs[model], model_size=len(model),
-                config=TrainConfig(synthetic_weight=0.5), classes=tuple("0123456789"), synthetic_id=blobs[synthetic],
+                config=TrainConfig(synthetic_weight=0.5), classes=CLASSES, synthetic_id=blobs[synthetic],
                 synthetic_size=len(synthetic))  # fmt: skip
     # Execute
     server.publish(TOPICS.device("dev", "task"), encode_message(task))
@@ -119,7 +121,7 @@ def test_a_task_with_a_synthetic_batch_fetches_it_after_the_model_and_trains_wit
     assert asked == [blobs[model], blobs[synthetic]]
     assert runner.got == [(model, synthetic)]
     later = Task(round=2, device_id="dev", model_name="toy", model_id=blobs[model], model_size=len(model),
-                 config=TrainConfig(), classes=tuple("0123456789"))  # fmt: skip
+                 config=TrainConfig(), classes=CLASSES)  # fmt: skip
     server.publish(TOPICS.device("dev", "task"), encode_message(later))
     bus.drain()
     assert not store.has(blobs[synthetic]) and runner.got[-1] == (model, None)
@@ -147,7 +149,7 @@ def test_hostile_task_frames_and_chunks_are_rejected_without_allocating_and_the_
         model_id=model_id,
         model_size=5000,
         config=TrainConfig(),
-        classes=tuple("0123456789"),
+        classes=CLASSES,
     )
     # Execute: a task whose round has 5,000 digits; a real task; chunks that lie about the blob
     server.publish(TOPICS.device("dev", "task"), killer)  # type: ignore[attr-defined]
@@ -163,7 +165,7 @@ def test_hostile_task_frames_and_chunks_are_rejected_without_allocating_and_the_
     assert agent.current_task == task
     # Execute + Assert: a task outside the device's policy is refused with the reason, as a failure
     greedy = Task(round=2, device_id="dev", model_name="toy", model_id=model_id, model_size=5000,
-                  config=TrainConfig(batch_size=40, local_epochs=1), classes=tuple("0123456789"))  # one full-batch step  # fmt: skip
+                  config=TrainConfig(batch_size=40, local_epochs=1), classes=CLASSES)  # one full-batch step # fmt: skip
     server.publish(TOPICS.device("dev", "task"), encode_message(greedy))  # type: ignore[attr-defined]
     bus.drain()
     assert isinstance(got[-1], Failure) and "policy: 1 local steps" in got[-1].reason
@@ -244,7 +246,7 @@ def test_a_repeated_task_leaves_a_moving_download_alone_and_resumes_a_stalled_on
     agent = AgentCore("dev", TOPICS, bus.connect(), BlobStore(tmp_path), KeepingRunner(), num_samples=4)
     agent.start()
     task = Task(round=1, device_id="dev", model_name="toy", model_id=model_id, model_size=len(model),
-                config=TrainConfig(), classes=tuple("0123456789"))  # fmt: skip
+                config=TrainConfig(), classes=CLASSES)  # fmt: skip
     server.publish(TOPICS.device("dev", "task"), encode_message(task))
     bus.drain()
     # Execute: the task again 5 s after the last chunk (moving), then 11 s after it (stalled)

@@ -5,6 +5,8 @@ import pytest
 from edge_agent._gate import GatedRunner, TrainWindow
 from protocol import ConfigError, Task, TrainConfig
 
+CLASSES = tuple("0123456789")  # the fleet's class names every task carries
+
 
 def test_train_window_wraps_midnight() -> None:
     window = TrainWindow.parse("22:00-06:00")
@@ -30,7 +32,7 @@ TASK = Task(
     model_id="a" * 64,
     model_size=1,
     config=TrainConfig(),
-    classes=tuple("0123456789"),
+    classes=CLASSES,
 )
 
 

@@ -45,12 +45,22 @@ from protocol import (
     iter_chunks,
 )
 
+CLASSES = tuple("0123456789")  # the fleet's class names every task carries
+
 SHA = "ab" * 32
 # fmt: off
 VALID_FRAMES = [
     encode_message(DeviceState(device_id="d-1", state="online", num_samples=3, label_counts=(1.0, 2.0))),
     encode_message(
-        Task(round=2, device_id="d-1", model_name="cnn-digits", model_id=SHA, model_size=9, config=TrainConfig(), classes=tuple("0123456789"))
+        Task(
+            round=2,
+            device_id="d-1",
+            model_name="cnn-digits",
+            model_id=SHA,
+            model_size=9,
+            config=TrainConfig(),
+            classes=CLASSES,
+        )
     ),
     encode_message(
         Update(

@@ -14,6 +14,8 @@ from protocol import (
     encode_message,
 )
 
+CLASSES = tuple("0123456789")  # the fleet's class names every task carries
+
 SHA = "a" * 64
 
 
@@ -44,7 +46,7 @@ def _update() -> Update:
             model_id=SHA,
             model_size=10,
             config=TrainConfig(),
-            classes=tuple("0123456789"),
+            classes=CLASSES,
         ),
         Ack(round=2, device_id="dev-1", accepted=False, reason="closed-round"),
         BlobRequest(blob_id=SHA, chunks=(0, 3)),

@@ -17,6 +17,8 @@ from protocol import (
     encode_tensors,
 )
 
+CLASSES = tuple("0123456789")  # the fleet's class names every task carries
+
 SHAPE = (1, 8, 8)
 
 
@@ -77,19 +79,20 @@ def test_garbage_bytes_are_refused() -> None:
 
 def test_a_task_carries_its_synthetic_batch_and_weight() -> None:
     task = Task(round=2, device_id="d", model_name="m", model_id="a" * 64, model_size=9,
-                config=TrainConfig(synthetic_weight=0.8), classes=tuple("0123456789"), synthetic_id="b" * 64, synthetic_size=120)  # fmt: skip
+                config=TrainConfig(synthetic_weight=0.8), classes=CLASSES, synthetic_id="b" * 64,
+                synthetic_size=120)  # fmt: skip
     back = decode_message(encode_message(task), Task)
     assert back.synthetic_id == "b" * 64 and back.synthetic_size == 120 and back.config.synthetic_weight == 0.8
     plain = decode_message(encode_message(Task(round=2, device_id="d", model_name="m", model_id="a" * 64,
-                                               model_size=9, config=TrainConfig(), classes=tuple("0123456789"))), Task)  # fmt: skip
+                                               model_size=9, config=TrainConfig(), classes=CLASSES)), Task)  # fmt: skip
     assert plain.synthetic_id is None and plain.synthetic_size == 0
 
 
 @pytest.mark.parametrize("synthetic_id, size", [("b" * 64, 0), (None, 5), ("not-hex", 5)])
 def test_a_task_with_an_inconsistent_synthetic_field_is_refused(synthetic_id: str | None, size: int) -> None:
     with pytest.raises(ProtocolError):
-        Task(round=2, device_id="d", model_name="m", model_id="a" * 64, model_size=9, config=TrainConfig(), classes=tuple("0123456789"),
-             synthetic_id=synthetic_id, synthetic_size=size)  # fmt: skip
+        Task(round=2, device_id="d", model_name="m", model_id="a" * 64, model_size=9, config=TrainConfig(),
+             classes=CLASSES, synthetic_id=synthetic_id, synthetic_size=size)  # fmt: skip
 
 
 def test_a_negative_synthetic_weight_is_refused() -> None:

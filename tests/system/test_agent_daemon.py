@@ -30,6 +30,8 @@ from protocol import (
 )
 from tests.system._helpers import clear_retained, mqtt_client, processes, wait_for
 
+CLASSES = tuple("0123456789")  # the fleet's class names every task carries
+
 
 def _status(folder: Path) -> dict:
     path = folder / "status.json"
@@ -45,7 +47,7 @@ def test_agent_rejects_hostile_chunks_keeps_serving_and_sends_only_model_deltas(
     model_blob = encode_tensors(models.model_state(models.build_model("cnn-digits", seed=0)))
     chunks = list(iter_chunks(model_blob, 16 * 1024))
     task = Task(round=1, device_id=device, model_name="cnn-digits", model_id=chunks[0].blob_id,
-                model_size=len(model_blob), config=TrainConfig(seed=1), classes=tuple("0123456789"))  # fmt: skip
+                model_size=len(model_blob), config=TrainConfig(seed=1), classes=CLASSES)  # fmt: skip
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     with processes(tmp_path) as group, mqtt_client(mosquitto_url, f"{fleet}-fake-server") as server:
         server.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
