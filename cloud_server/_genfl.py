@@ -141,7 +141,8 @@ class SyntheticReport:
     teachers_gate: float | None  # data-free: how well the teachers fit their data (None: no gate)
     recognised: float | None  # share of the images sent that the current global model labels as they claim
     pool_held: dict[str, int] | None  # pool: images per class
-    fleet_agreement: float | None  # pool: the fleet's mean verdict on the images it judged lately (0..1)
+    pool_quality: float | None  # pool: recognised share of the pool over that of the devices' data (0..1)
+    fleet_agreement: float | None  # pool with probes: the devices' mean verdict on the images they judged lately
     made: int | None  # images made before any filter
 
     def to_json(self) -> dict[str, Any]:
@@ -156,7 +157,9 @@ class SyntheticReport:
             sizes = sorted(set(self.pool_held.values()))
             each = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
             held = f" ({sum(self.pool_held.values())} images, {each} per class)"
-        verdict = "" if self.fleet_agreement is None else f", the fleet's verdict {self.fleet_agreement:.2f}"
+        verdict = "" if self.pool_quality is None else f", pool quality {self.pool_quality:.2f}"
+        if self.fleet_agreement is not None:
+            verdict += f", the devices' verdict {self.fleet_agreement:.2f}"
         recognised = "" if self.recognised is None else f", recognised by the global model {self.recognised:.2f}"
         gate = "" if self.teachers_gate is None else f", teachers fit their data {self.teachers_gate:.3f}"
         return (
@@ -208,6 +211,7 @@ class _GenerativeStrategy(Strategy):
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
         self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
+        self.pool_recognised: dict[int, float] = {}  # round -> share of the pool the model sent in it recognises
         self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
         self._closing_round = 0
 
@@ -303,8 +307,10 @@ class _GenerativeStrategy(Strategy):
         needs = {}
         for device_id in device_ids:
             num_samples, counts = self.devices_seen.get(device_id, (0, None))
-            needs[device_id] = synthetic_counts(counts, num_samples, spec.num_classes, share=g.synthetic_share,
-                                                max_samples=max_samples)  # fmt: skip
+            needs[device_id] = synthetic_counts(
+                counts, num_samples, spec.num_classes, share=g.synthetic_share, max_samples=max_samples,
+                every_class=g.synthetic_every_class,
+            )  # fmt: skip
         return needs
 
     def _pool(self, round_number: int, per_class: np.ndarray) -> SyntheticPool:
@@ -353,10 +359,9 @@ class _GenerativeStrategy(Strategy):
         g = self.genfl
         curation = CurationConfig(probes=g.pool_probes)
         weights = None
-        if curation.probes > 0:
-            means = self.verdicts.class_means(self._spec().num_classes)
-            weights = {label: self.verdicts.weights(names, means[label], curation)
-                       for label, names in generator.pool.names.items()}  # fmt: skip
+        scores = self._score_pool(round_number)
+        if scores is not None and g.pool_sharpness > 0:
+            weights = {label: np.maximum(p, 1e-4) ** g.pool_sharpness for label, p in scores.items()}
         out: dict[str, bytes] = {}
         self.probes_sent = {}
         sent_images, sent_labels = [], []
@@ -384,6 +389,37 @@ class _GenerativeStrategy(Strategy):
             recognised = recognised_share(self._spec().name, self.current_global, images, labels, generator.device)
         self.last_pool = SyntheticPool(images, labels, None, len(labels), recognised)
         return out
+
+    def _score_pool(self, round_number: int) -> dict[int, np.ndarray] | None:
+        """The current global model's probability of each pool image's class (None before there is one), and
+        the share of the pool it recognises (kept per round: the pool's side of its quality)."""
+        if self.current_global is None or not (self.genfl.pool_sharpness > 0 or self.genfl.pool_evidence):
+            return None
+        import torch
+
+        model = models.build_model(self._spec().name)
+        models.load_state(model, self.current_global)
+        scores, right, total = {}, 0, 0
+        for label, images in self._generator().pool.images.items():
+            probabilities = torch.softmax(models.predict_logits(model, images), dim=1)
+            scores[label] = probabilities[:, label].numpy().astype(np.float64)
+            right += int((probabilities.argmax(1) == label).sum())
+            total += len(images)
+        self.pool_recognised[round_number] = right / max(total, 1)
+        return scores
+
+    def pool_quality(self, round_number: int) -> float | None:
+        """The pool's quality before round ``round_number``: for the last model both sides scored, the share of
+        the pool it recognises over the share of the devices' own data it recognises (their reports), both above
+        chance, in [0, 1]; None while that model is not better than chance on the devices' data."""
+        chance = 1.0 / len(self.classes) if self.classes else 0.1
+        for earlier in range(round_number - 1, 0, -1):
+            pool, fleet = self.pool_recognised.get(earlier), self.harm.evaluations.get(earlier)
+            if pool is not None and fleet is not None:
+                if fleet - chance < 0.05:
+                    return None
+                return float(np.clip((pool - chance) / (fleet - chance), 0.0, 1.0))
+        return None
 
     def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:
         """A device's verdicts on the probes it was sent (ignored, with a warning, if they do not fit)."""
@@ -445,8 +481,13 @@ class GenFL(_GenerativeStrategy):
         return None
 
     def _weight(self, round_number: int) -> float:
-        """The synthetic weight of this round's batches, as the evidence allows."""
-        return synthetic_weight(self.genfl, round_number, self.harm.update())
+        """The synthetic weight of this round's batches, as the evidence allows: the harm check, and for a pool
+        its quality (while there is no evidence yet, the configured weight)."""
+        weight = synthetic_weight(self.genfl, round_number, self.harm.update())
+        if self.genfl.generator == "pool" and self.genfl.pool_evidence:
+            quality = self.pool_quality(round_number)
+            weight *= 1.0 if quality is None else quality
+        return weight
 
     def _report(self, round_number: int, why_not: str | None, *, weight: float = 0.0,
                 blobs: Mapping[str, bytes] | None = None) -> None:  # fmt: skip
@@ -468,7 +509,8 @@ class GenFL(_GenerativeStrategy):
             teachers_gate=gate,
             recognised=None if pool is None or not np.isfinite(pool.recognised) else pool.recognised,
             pool_held=self._pool_held(),
-            fleet_agreement=self.verdicts.agreement(round_number - 3) if g.generator == "pool" else None,
+            pool_quality=self.pool_quality(round_number) if g.generator == "pool" else None,
+            fleet_agreement=self.verdicts.agreement(round_number - 3) if g.pool_probes else None,
             made=None if pool is None else pool.made,
         )
         self.reports[round_number] = report

@@ -92,7 +92,14 @@ class GenflConfig:
     synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
     synthetic_norm: str = "joint"  # how devices pass synthetic samples through BatchNorm: joint, separate, frozen
     synthetic_restyle: bool = False  # devices shift synthetic images to their own data's per-channel statistics
-    pool_probes: int = 64  # pool: images of its own classes each device judges per round (0: no fleet curation)
+    # A pool is judged by the model the fleet trained on its own data: each round the current global model scores
+    # every pool image (its probability of the class the image claims); images are drawn in proportion to that
+    # score ** pool_sharpness (0: uniformly), and the synthetic weight follows the pool's quality, the share of
+    # its images that model recognises over the share of the devices' own data it recognises (their reports).
+    pool_sharpness: float = 2.0
+    pool_evidence: bool = True
+    pool_probes: int = 0  # pool: images of its own classes each device also judges per round (0: none)
+    synthetic_every_class: float = 0.0  # every class, held ones too, gets at least this share of the target
     soft_labels: bool = False  # send the ensemble's probabilities instead of the hard labels
     soft_temperature: float = 1.0  # temperature of those probabilities
     bn_per_teacher: bool = False  # the data-free generator matches each teacher's BatchNorm statistics
@@ -122,6 +129,10 @@ class GenflConfig:
         if self.synthetic_norm not in SYNTHETIC_NORMS:
             known = ", ".join(SYNTHETIC_NORMS)
             raise ConfigError(f"unknown synthetic norm {self.synthetic_norm!r}; use one of {known}")
+        if not 0.0 <= self.pool_sharpness <= 10.0 or not 0.0 <= self.synthetic_every_class <= 1.0:
+            raise ConfigError("the pool sharpness must be in [0, 10] and the every-class share in [0, 1]")
+        if not 0 <= self.pool_probes <= 4096:
+            raise ConfigError(f"pool probes must be 0..4096, got {self.pool_probes}")
         if self.replay < 0:
             raise ConfigError("the replay pool cannot be negative")
         if not 0.0 <= self.teacher_gate <= 1.0 or not 0.0 <= self.harm_tolerance <= 1.0:

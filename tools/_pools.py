@@ -93,27 +93,41 @@ def write_pool(folder: Path, images: np.ndarray, labels: np.ndarray, classes: Se
     (folder / "truth.json").write_text(json.dumps(truth_map))
 
 
-def build_pools(dataset: str, seeds: Sequence[int], train_subset: int, out: Path,
-                variants: Sequence[str] = VARIANTS) -> dict[str, Path]:  # fmt: skip
-    """Write the benchmark's pools under ``out`` (once: a pool already there is reused); their folders."""
+def build_pools(dataset: str, seeds: Sequence[int], train_subset: int | None, out: Path, *,
+                eval_subset: int | None = None, variants: Sequence[str] = VARIANTS) -> dict[str, Path]:  # fmt: skip
+    """Write the benchmark's pools (once: a pool already there is reused); their folders.
+
+    With ``train_subset`` the pool holds training images outside every seed's device subset; without (the
+    devices hold the whole training split) it holds test images outside the evaluation subset."""
     from cloud_server._simulation import stratified_subset
     from edge_agent import load_dataset
 
-    wanted = {v: out / v for v in variants}
+    if train_subset is not None:
+        key = f"train-{train_subset}-seeds-{'-'.join(map(str, sorted(seeds)))}"
+    elif eval_subset is not None:
+        key = f"test-outside-eval-{eval_subset}"
+    else:
+        raise SystemExit("a pool needs images no device holds: give --train-subset, or --eval-subset")
+    wanted = {v: out / key / v for v in variants}
     if all((path / "truth.json").is_file() for path in wanted.values()):
         return wanted
     data = load_dataset(dataset)
-    labels = data.train.labels
+    split = data.train if train_subset is not None else data.test
+    labels = split.labels
     used = np.zeros(len(labels), dtype=bool)
-    for seed in seeds:  # the pool holds no image of any benchmarked seed's device subsets
-        used[stratified_subset(labels, train_subset, seed)] = True
+    if train_subset is not None:
+        for seed in seeds:  # the pool holds no image of any benchmarked seed's device subsets
+            used[stratified_subset(labels, train_subset, seed)] = True
+    else:
+        assert eval_subset is not None
+        used[stratified_subset(labels, eval_subset, seed=0)] = True  # the simulation evaluates on these
     for variant in variants:
         folder = wanted[variant]
         if (folder / "truth.json").is_file():
             continue
         per_class = 50 if variant == "clean-50" else 500
         index = held_out_index(labels, used, per_class, seed=1234)
-        images, truth = data.train.images[index], labels[index]
+        images, truth = split.images[index], labels[index]
         shown = truth
         if variant == "noisy":
             shown = mislabel(truth, NOISE_SHARE, len(data.classes), seed=99)

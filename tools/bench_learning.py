@@ -15,9 +15,15 @@ below FedAvg, reaching FedAvg's final accuracy in at most 70% of the rounds.
 
 Presets (one prepared command each):
 
-    python tools/bench_learning.py --preset cpu --out bench      # CIFAR-10 zip, this 2-core CPU, <= 75 min
-    python tools/bench_learning.py --preset gpu --out bench      # full CIFAR-10 on one GPU, <= 9 min on an H100
-    python tools/bench_learning.py --preset digits --out bench   # digits, 2 classes per device, 5 seeds
+    python tools/bench_learning.py --preset cpu --out bench       # CIFAR-10 zip, this 2-core CPU, <= 75 min
+    python tools/bench_learning.py --preset cpu-pool --out bench  # ... GenFL from pools (tools/_pools.py), ~4 h
+    python tools/bench_learning.py --preset gpu --out bench       # full CIFAR-10 on one GPU, <= 9 min on an H100
+    python tools/bench_learning.py --preset gpu-pool --out bench  # ... GenFL from pools, on one GPU
+    python tools/bench_learning.py --preset digits --out bench    # digits, 2 classes per device, 5 seeds
+
+The pool presets compare FedAvg with GenFL from pools the benchmark builds (``tools/_pools.py``: held-out
+real images, 500 or 50 per class, the same with 30% of them in a wrong class folder, the same in another
+style) and with the data-free generator. Each variant is one line of the report, its gain over FedAvg per seed.
 
 Any flag after ``--preset`` overrides it. Jobs run side by side get one torch and one generator thread each
 (``GENFL_GENERATOR_THREADS=1``): more threads than cores would measure contention, not the method.
@@ -54,10 +60,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {"dataset": f"zip:{DEFAULT_DATA}", "alpha": 0.1, "rounds": 20, "seeds": [0, 1], "batch_size": 64,
             "eval_subset": 5000, "jobs": 4, "torch_device": "cuda",
             "genfl": {"generator_steps": 100, "generator_batch": 256}},
+    # The CPU preset's setting, GenFL from pools built of training images outside every seed's device subsets.
+    "cpu-pool": {"dataset": f"zip:{DEFAULT_DATA}", "alpha": 0.1, "rounds": 12, "seeds": [0, 1, 2, 3],
+                 "train_subset": 4000, "eval_subset": 2000, "jobs": 2, "torch_device": "cpu",
+                 "genfl": {"generator_steps": 30, "generator_batch": 64}, "variants": "pool"},
+    # The GPU preset's setting; the pools are built of the test images outside the evaluation subset.
+    "gpu-pool": {"dataset": f"zip:{DEFAULT_DATA}", "alpha": 0.1, "rounds": 20, "seeds": [0, 1], "batch_size": 64,
+                 "eval_subset": 5000, "jobs": 4, "torch_device": "cuda",
+                 "genfl": {"generator_steps": 100, "generator_batch": 256}, "variants": "pool"},
     # The pathological split the test suite checks: 2 classes per device, 5 seeds.
     "digits": {"dataset": "digits", "partition": "shards", "classes_per_device": 2, "rounds": 10,
                "seeds": [0, 1, 2, 3, 4], "jobs": 2, "torch_device": "cpu", "final_rounds": 3},
 }  # fmt: skip
+
+
+# The pool presets' runs: label -> (strategy, GenflConfig fields on top of the preset's, pool variant or None).
+POOL_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "fedavg": ("fedavg", {}, None),
+    "genfl-clean-500": ("genfl", {}, "clean-500"),
+    "genfl-clean-50": ("genfl", {}, "clean-50"),
+    "genfl-noisy": ("genfl", {}, "noisy"),
+    "genfl-noisy-uncurated": ("genfl", {"pool_sharpness": 0.0, "pool_evidence": False}, "noisy"),
+    "genfl-shift": ("genfl", {}, "shift"),
+    "genfl-data-free": ("genfl", {}, None),
+}
 
 
 def _run(job: dict[str, Any]) -> str:
@@ -74,10 +100,10 @@ def _run(job: dict[str, Any]) -> str:
 
     def closed(result: Any) -> None:
         rounds.append(asdict(result))
-        payload = {"strategy": config.strategy, "seed": config.seed, "rounds": rounds,
+        payload = {"strategy": job.get("label", config.strategy), "seed": config.seed, "rounds": rounds,
                    "seconds": time.perf_counter() - started, "config": job}  # fmt: skip
         path.write_text(json.dumps(payload))
-        print(f"[{config.strategy} seed {config.seed}] round {result.round}: accuracy {result.accuracy:.4f}, "
+        print(f"[{payload['strategy']} seed {config.seed}] round {result.round}: accuracy {result.accuracy:.4f}, "
               f"generator {result.generator_s:.1f} s ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
 
     run_simulation(config, SimulationHooks(on_round_closed=closed))
@@ -142,7 +168,59 @@ def summarize(runs: list[dict[str, Any]], devices: int, window: int) -> dict[str
             "genfl_rounds_share": share,
             "reaches_in_70_percent_of_rounds": share is not None and share <= 0.7,
         }
+    if "fedavg" in out and any(name.startswith("genfl-") for name in by_strategy):
+        out["pool_targets"] = pool_targets(out, by_strategy, length)
     return out
+
+
+def worst_round_gap(curve: list[float], baseline: list[float], after: int) -> float:
+    """The lowest (curve - baseline) over the rounds after round ``after`` (1-based), in accuracy."""
+    gaps = [a - b for a, b in zip(curve[after:], baseline[after:])]
+    return min(gaps) if gaps else 0.0
+
+
+def pool_targets(out: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]], length: int) -> dict[str, Any]:
+    """The pool path's targets: the clean pool's gain, the noisy pool's (curated) within 3 points of it, the
+    shifted pool's gain and its worst round against FedAvg after the first synthetic one."""
+    fedavg = out["fedavg"]
+
+    def gain(name: str) -> float | None:
+        return None if name not in out else 100 * (out[name]["final_accuracy_mean"] - fedavg["final_accuracy_mean"])
+
+    targets: dict[str, Any] = {name: {"gain_points": gain(name)} for name in out if name.startswith("genfl-")}
+    clean = out.get("genfl-clean-500")
+    if clean is not None:
+        per_seed = [100 * g for g in clean["gain_over_fedavg_per_seed"].values()]
+        share = clean["rounds_to_fedavg_final_share"]
+        targets["genfl-clean-500"].update({
+            "gain_at_least_20_points": gain("genfl-clean-500") >= 20.0,  # type: ignore[operator]
+            "worst_seed_points": min(per_seed),
+            "every_seed_at_least_15_points": min(per_seed) >= 15.0,
+            "rounds_share": share,
+            "reaches_fedavg_final_in_35_percent_of_rounds": share is not None and share <= 0.35,
+        })  # fmt: skip
+    for name in ("genfl-noisy", "genfl-noisy-uncurated"):
+        if name in out and clean is not None:
+            behind = gain("genfl-clean-500") - gain(name)  # type: ignore[operator]
+            targets[name]["points_behind_clean"] = behind
+            targets[name]["within_3_points_of_clean"] = behind <= 3.0
+    if "genfl-shift" in out:
+        synthetic_rounds = [r["round"] for run in runs["genfl-shift"].values() for r in run["rounds"]
+                            if r.get("synthetic_bytes")]  # fmt: skip
+        first = min(synthetic_rounds, default=1)
+        shifted = out["genfl-shift"]["curves"]
+        worst = {
+            str(seed): 100 * worst_round_gap(shifted[str(seed)], fedavg["curves"][str(seed)], first)
+            for seed in runs["genfl-shift"]
+            if str(seed) in fedavg["curves"]
+        }
+        targets["genfl-shift"].update({
+            "gain_at_least_3_points": (gain("genfl-shift") or 0.0) >= 3.0,
+            "first_synthetic_round": first,
+            "worst_round_vs_fedavg_points_per_seed": worst,
+            "no_round_more_than_1_point_below": min(worst.values(), default=0.0) >= -1.0,
+        })  # fmt: skip
+    return targets
 
 
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
@@ -151,10 +229,9 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for strategy in STRATEGIES:
-        if strategy not in summary:
-            continue
+    figure, axis = plt.subplots(figsize=(8, 5))
+    names = [n for n in summary if isinstance(summary[n], dict) and "curve_mean" in summary[n]]
+    for strategy in sorted(names, key=lambda n: (n not in STRATEGIES, STRATEGIES.index(n) if n in STRATEGIES else n)):
         entry = summary[strategy]
         mean, std = np.array(entry["curve_mean"]), np.array(entry["curve_std"])
         x = np.arange(1, len(mean) + 1)
@@ -168,10 +245,18 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     axis.set_ylabel("test accuracy (mean +- std over seeds; thin: each seed)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _pools(args: argparse.Namespace) -> dict[str, Path]:
+    """The benchmark's pools, built once: from training images outside every seed's device subsets, or (a
+    preset that trains on the whole training split) from the test images outside the evaluation subset."""
+    from tools._pools import build_pools
+
+    return build_pools(args.dataset, args.seeds, args.train_subset, args.pool_dir, eval_subset=args.eval_subset)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -188,6 +273,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--strategies", nargs="+", default=["fedavg", "genfl"], help=f"of {STRATEGIES}")
+    parser.add_argument("--variants", default=None, help="pool: FedAvg and GenFL from each benchmark pool")
+    parser.add_argument("--only", nargs="+", default=None, help=f"with --variants pool: these of {list(POOL_VARIANTS)}")
+    parser.add_argument(
+        "--pool-dir",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / ".bench_data" / "pools",
+        help="where the benchmark's pools are built (outside git: they derive from the data set)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--eval-subset", type=int, default=None, help="evaluate on a fixed test subset")
@@ -208,15 +301,24 @@ def main() -> None:
     if preset is not None:
         defaults = {key.replace("-", "_"): value for key, value in PRESETS[preset].items() if key != "genfl"}
         parser.set_defaults(**defaults, genfl=json.dumps(PRESETS[preset].get("genfl", {})))
+        if preset.endswith("-pool"):
+            parser.set_defaults(name="learning-pool" if preset == "cpu-pool" else f"learning-{preset}")
     args = parser.parse_args()
     name = args.name or f"learning-{preset or 'custom'}"
     runs_dir = args.out / f"{name}-runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not args.summarize:
+        runs_of = [(strategy, strategy, {}, None) for strategy in args.strategies]
+        if args.variants == "pool":
+            pools = _pools(args)
+            runs_of = [(label, strategy, extra, None if variant is None else str(pools[variant]))
+                       for label, (strategy, extra, variant) in POOL_VARIANTS.items()
+                       if args.only is None or label in args.only]  # fmt: skip
         jobs = [
             {
-                "path": str(runs_dir / f"{strategy}-seed{seed}.json"),
+                "path": str(runs_dir / f"{label}-seed{seed}.json"),
+                "label": label,
                 "one_thread": args.jobs > 1,
                 "simulation": {
                     "dataset": args.dataset, "model": args.model, "devices": args.devices,
@@ -225,10 +327,11 @@ def main() -> None:
                     "learning_rate": args.lr, "strategy": strategy, "seed": seed, "train_subset": args.train_subset,
                     "eval_subset": args.eval_subset, "torch_device": args.torch_device, "qat": not args.no_qat,
                 },
-                "genfl": json.loads(args.genfl or "{}"),
+                "genfl": {**json.loads(args.genfl or "{}"), **extra,
+                          **({} if pool is None else {"generator": "pool", "synthetic_pool": pool})},
             }
             for seed in args.seeds
-            for strategy in args.strategies
+            for label, strategy, extra, pool in runs_of
         ]  # fmt: skip
         for stale in runs_dir.glob("*.json"):
             stale.unlink()
@@ -254,7 +357,7 @@ def main() -> None:
              f"{'alpha ' + str(simulation['alpha']) if simulation['partition'] == 'dirichlet' else 'shards'}"
              + (f", {simulation['train_subset']} training samples" if simulation["train_subset"] else ""))  # fmt: skip
     plot(summary, args.out / f"{name}.png", title)
-    for strategy in STRATEGIES:
+    for strategy in [n for n in summary if isinstance(summary[n], dict) and "curve_mean" in summary[n]]:
         if strategy in summary:
             entry = summary[strategy]
             final, spread = 100 * entry["final_accuracy_mean"], 100 * entry["final_accuracy_std"]
@@ -262,6 +365,8 @@ def main() -> None:
                   f"  reach {entry['rounds_to_fedavg_final']}  generator {entry['generator_s_per_round']:.1f} s/round"
                   f"  synthetic {entry['synthetic_bytes_per_device_round'] / 1024:.0f} KiB/device/round")  # fmt: skip
     print("targets:", summary.get("targets"))
+    if "pool_targets" in summary:
+        print("pool targets:", json.dumps(summary["pool_targets"], indent=1))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, SqliteJournal, StrategyConfig
 from protocol import (
     Ack,
     BlobRequest,
+    ConfigError,
     DeviceState,
     Failure,
     InMemoryBus,
@@ -244,3 +246,27 @@ def test_a_silent_device_gets_its_task_again_and_one_that_fetches_does_not() -> 
     assert [t.round for t in busy.tasks()] == [1, 1]
     assert silent.tasks()[1] == silent.tasks()[0]
     assert not coordinator.finished
+
+
+def test_tasks_carry_the_fleets_classes_and_a_state_keeps_them_for_good(tmp_path: Path) -> None:
+    # Prepare: a fleet of named classes on a real state dir
+    classes = ("ant", "bee", "cat")
+    bus = InMemoryBus()
+    journal = SqliteJournal(tmp_path)
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=1, classes=classes)
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, journal=journal)
+    coordinator.start()
+    a = Device(bus, "a")
+    # Execute: counts of the wrong length are refused; a good state opens the round
+    a.send("state", DeviceState(device_id="a", state="online", num_samples=4, label_counts=(2.0, 2.0)))
+    a.send("state", DeviceState(device_id="a", state="online", num_samples=4, label_counts=(0.0, 1.0, 3.0)))
+    bus.drain()
+    # Assert
+    assert coordinator.rejected["bad-label-counts"] == 1
+    assert a.tasks()[0].classes == classes
+    assert journal.classes() == classes
+    journal.close()
+    reopened = SqliteJournal(tmp_path)
+    renumbered = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, classes=("bee", "ant", "cat"))
+    with pytest.raises(ConfigError, match="numbers its classes ant, bee, cat"):
+        Coordinator(renumbered, FedAvg(StrategyConfig()), InMemoryBus().connect(), START, journal=reopened)

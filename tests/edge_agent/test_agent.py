@@ -280,3 +280,46 @@ def test_the_agent_says_online_again_every_refresh_interval_and_not_after_saying
     agent.refresh_state(start + 1000, 60)
     bus.drain()
     assert states == ["online", "online", "offline"]
+
+
+def test_a_board_learns_the_fleets_classes_from_a_task_and_announces_its_counts_in_that_order() -> None:
+    # Prepare: a board that holds cat (3) and dog (5) and does not know the fleet's list yet
+    from protocol import DataError, DeviceState, Failure
+
+    bus = InMemoryBus()
+    store = BlobStore()
+    model_id = store.put(b"model")
+    server = bus.connect()
+    states: list[DeviceState] = []
+    failures: list[Failure] = []
+    server.set_handler(lambda t, p: (states if t.endswith("/state") else failures).append(decode_message(p)))
+    server.subscribe(TOPICS.all_devices("state"))
+    server.subscribe(TOPICS.all_devices("update"))
+    own = {"cat": 3.0, "dog": 5.0}
+
+    def recount(classes: tuple[str, ...]) -> tuple[float, ...]:
+        unknown = set(own) - set(classes)
+        if unknown:
+            raise DataError(f"holds class {sorted(unknown)[0]!r}, which is not one of the fleet's classes")
+        return tuple(own.get(name, 0.0) for name in classes)
+
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, InstantRunner(), num_samples=8, recount=recount)
+    agent.start()
+    bus.drain()
+    fleet = ("bird", "cat", "dog")
+
+    def task(round_number: int, classes: tuple[str, ...]) -> Task:
+        return Task(round=round_number, device_id="dev", model_name="toy", model_id=model_id, model_size=5,
+                    config=TrainConfig(), classes=classes)  # fmt: skip
+
+    # Execute: a task names the fleet's classes; a later one names a list without "dog"
+    server.publish(TOPICS.device("dev", "task"), encode_message(task(1, fleet)))
+    bus.drain()
+    server.publish(TOPICS.device("dev", "task"), encode_message(task(2, ("bird", "cat"))))
+    bus.drain()
+    # Assert: no counts before the list was known, then counts in the fleet's order; the foreign list is refused
+    assert states[0].label_counts is None
+    assert states[1].label_counts == (0.0, 3.0, 5.0)
+    refusals = [f for f in failures if isinstance(f, Failure)]
+    assert len(refusals) == 1 and refusals[0].round == 2 and refusals[0].reason.startswith("data: holds class 'dog'")
+    assert agent.last_outcome is not None and agent.last_outcome[0] == 2 and "dog" in agent.last_outcome[1]

@@ -115,3 +115,39 @@ def test_label_set_that_differs_from_the_model_is_refused(tmp_path: Path) -> Non
         check_fits_model(dataset, "cnn-small", (3, 32, 32), 10)
     with pytest.raises(DataError, match="cnn-digits takes 1x8x8"):
         check_fits_model(dataset, "cnn-digits", (1, 8, 8), 3)
+
+
+def test_a_board_lacking_classes_numbers_its_folders_by_the_fleets_list(tmp_path: Path) -> None:
+    # Prepare: a board with only "dog" and "owl" of a fleet that also knows "ant" and "cat"
+    from edge_agent import in_fleet_order
+
+    for label in ("dog", "owl"):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / label / "a.png")
+    dataset = load_dataset(f"folder:{tmp_path}")
+    # Execute
+    numbered = in_fleet_order(dataset.train, dataset.classes, ("ant", "cat", "dog", "owl"), "board")
+    # Assert: its own numbering would say 0 and 1
+    assert sorted(set(dataset.train.labels.tolist())) == [0, 1]
+    assert sorted(set(numbered.labels.tolist())) == [2, 3]
+    with pytest.raises(DataError, match="'owl', which is not one of the fleet's 2 classes"):
+        in_fleet_order(dataset.train, dataset.classes, ("ant", "dog"), "board")
+
+
+def test_grey_folders_give_one_channel_in_file_name_order_and_fit_either_model(tmp_path: Path) -> None:
+    # Prepare: grey 8x8 images named by their order, spread over two class folders
+    from edge_agent import with_channels
+
+    for position, label in enumerate(["7", "3", "3", "7"]):
+        (tmp_path / "train" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 10 * position, np.uint8)).save(tmp_path / "train" / label / f"{position}.png")
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "train" / "3" / "9.png")  # one colour frame
+    # Execute
+    dataset = load_dataset(f"folder:{tmp_path}")
+    # Assert: one channel (the colour frame read as grey), the files in name order across the folders
+    assert dataset.input_shape == (1, 8, 8)
+    assert dataset.train.images[:4, 0, 0, 0].tolist() == [0, 10, 20, 30]
+    assert [dataset.classes[i] for i in dataset.train.labels] == ["7", "3", "3", "7", "3"]
+    rgb = with_channels(dataset.train, 3)
+    assert rgb.images.shape == (5, 3, 8, 8) and (rgb.images[:, 0] == rgb.images[:, 2]).all()
+    assert with_channels(rgb, 1).images.tolist() == dataset.train.images.tolist()

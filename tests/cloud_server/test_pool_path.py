@@ -1,0 +1,98 @@
+"""GenFL from a pool: what each device is sent, how the fleet's model judges the pool, what the operator reads."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import models
+from cloud_server import StrategyConfig, make_strategy
+from cloud_server._genfl import GenFL
+from cloud_server._strategy import GenflConfig
+from protocol import ConfigError, TrainConfig, decode_synthetic
+
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def _pool(folder: Path, per_class: int = 30, classes: tuple[str, ...] = DIGITS) -> Path:
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            pixels = np.full((8, 8), 8 * k, dtype=np.uint8)
+            pixels[0, 0] = 20 * index  # every image of the pool differs from every other
+            Image.fromarray(pixels).save(folder / name / f"{k:03d}.png")
+    return folder
+
+
+def _strategy(pool: Path, **genfl: object) -> GenFL:
+    config = GenflConfig(generator="pool", synthetic_pool=str(pool), synthetic_budget_kb=2, **genfl)  # type: ignore[arg-type]
+    strategy = make_strategy("genfl", StrategyConfig(genfl=config))
+    assert isinstance(strategy, GenFL)
+    strategy.bind("cnn-digits", DIGITS)
+    return strategy
+
+
+def test_each_device_gets_distinct_images_of_the_classes_it_lacks_from_the_first_round(tmp_path: Path) -> None:
+    strategy = _strategy(_pool(tmp_path))
+    held = (30.0,) * 5 + (0.0,) * 5  # holds 0-4, lacks 5-9
+    configs, blobs = strategy.synthetic_batches(1, {"a": TrainConfig(), "b": TrainConfig()},
+                                                {"a": (150, held), "b": (150, held)})  # fmt: skip
+    batches = {d: decode_synthetic(b, (1, 8, 8), 10) for d, b in blobs.items()}
+    assert set(batches) == {"a", "b"} and configs["a"].synthetic_weight == 0.3
+    for batch in batches.values():
+        assert set(batch.labels.tolist()) == {5, 6, 7, 8, 9}
+        assert len({img.tobytes() for img in batch.images}) == len(batch)  # no image twice in one batch
+        assert len(batch) * 72 <= 2 * 1024  # within the byte budget
+    assert not np.array_equal(batches["a"].images, batches["b"].images)  # each device its own draw
+    assert strategy.reports[1].sent and strategy.reports[1].images == sum(len(b) for b in batches.values())
+
+
+def test_the_fleets_model_draws_the_images_it_recognises_more_and_the_weight_follows_the_pools_quality(
+    tmp_path: Path,
+) -> None:
+    strategy = _strategy(_pool(tmp_path), synthetic_weight=1.0)
+    state = models.model_state(models.build_model("cnn-digits", seed=0))
+    strategy.current_global = state
+    scores = strategy._score_pool(2)
+    assert scores is not None and set(scores) == set(range(10)) and all(len(s) == 30 for s in scores.values())
+    # Before the devices' reports there is no evidence: the configured weight
+    assert strategy.pool_quality(3) is None and strategy._weight(3) == 1.0
+    # The model recognised 28% of the pool and 55% of the devices' own data: (0.28 - 0.1) / (0.55 - 0.1) = 0.4
+    strategy.pool_recognised[2] = 0.28
+    strategy.round_evaluated(2, 0.55, None)
+    assert strategy.pool_quality(3) == pytest.approx(0.4)
+    assert strategy._weight(3) == pytest.approx(0.4)
+    # A model no better than chance on the devices' data says nothing about the pool
+    strategy.round_evaluated(3, 0.12, None)
+    strategy.pool_recognised[3] = 0.5
+    assert strategy.pool_quality(4) is None
+
+
+def test_a_pool_may_lack_classes_but_a_folder_the_fleet_does_not_know_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lacking = _pool(tmp_path / "some", classes=DIGITS[:8])
+    strategy = _strategy(lacking)
+    with caplog.at_level(logging.WARNING, logger="genfl.server"):
+        _, blobs = strategy.synthetic_batches(1, {"a": TrainConfig()}, {"a": (100, (50.0, 50.0) + (0.0,) * 8)})
+    assert "holds no images of 8, 9" in caplog.text
+    assert set(decode_synthetic(blobs["a"], (1, 8, 8), 10).labels.tolist()) == set(range(2, 8))
+    foreign = _pool(tmp_path / "foreign", classes=(*DIGITS, "ten"))
+    with pytest.raises(ConfigError, match="'ten', which is not one of the fleet's 10 classes"):
+        _strategy(foreign).synthetic_batches(1, {"a": TrainConfig()}, {"a": (100, None)})
+
+
+def test_every_round_says_what_it_sent_or_why_it_ran_as_fedavg(caplog: pytest.LogCaptureFixture) -> None:
+    strategy = make_strategy("genfl", StrategyConfig(genfl=GenflConfig(generator_steps=1, generator_batch=4)))
+    strategy.bind("cnn-digits", DIGITS)
+    with caplog.at_level(logging.INFO, logger="genfl.server"):
+        strategy.synthetic_batches(1, {"a": TrainConfig()}, {"a": (10, None)})
+        strategy.synthetic_batches(2, {"a": TrainConfig()}, {"a": (10, None)})
+    assert "round 1: plain FedAvg, no synthetic data: warm-up round" in caplog.text
+    assert "round 2: plain FedAvg, no synthetic data: the data-free generator has not learned" in caplog.text
+    report = strategy.round_report(2)
+    assert report is not None and report["sent"] is False and report["source"] == "data-free"
