@@ -81,10 +81,10 @@ def _resolve_device(name: str) -> str:
 
 
 def synthetic_weight(config: GenflConfig, round_number: int, evidence: float = 1.0) -> float:
-    """The weight of the synthetic loss: ``synthetic_weight`` times the share the evidence earns, times
+    """The weight of the synthetic loss: the largest weight times the share the evidence earns, times
     ``synthetic_decay`` per round after the first synthetic one."""
     first = config.warmup + 1
-    return config.synthetic_weight * evidence * config.synthetic_decay ** max(0, round_number - first)
+    return config.max_weight * evidence * config.synthetic_decay ** max(0, round_number - first)
 
 
 class HarmCheck:
@@ -212,6 +212,7 @@ class _GenerativeStrategy(Strategy):
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
         self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
         self.pool_recognised: dict[int, float] = {}  # round -> share of the pool the model sent in it recognises
+        self.pool_scores: dict[tuple[str, ...], np.ndarray] = {}  # a class's image names -> their last scores
         self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
         self._closing_round = 0
 
@@ -392,20 +393,35 @@ class _GenerativeStrategy(Strategy):
 
     def _score_pool(self, round_number: int) -> dict[int, np.ndarray] | None:
         """The current global model's probability of each pool image's class (None before there is one), and
-        the share of the pool it recognises (kept per round: the pool's side of its quality)."""
-        if self.current_global is None or not (self.genfl.pool_sharpness > 0 or self.genfl.pool_evidence):
+        the share of the pool it recognises (kept per round: the pool's side of its quality).
+
+        A round scores at most ``pool_scored_per_round`` images, drawn anew each round, so that a large pool costs
+        a bounded time on a CPU; an image keeps its last score, and one never scored counts as its class's median.
+        """
+        g = self.genfl
+        if self.current_global is None or not (g.pool_sharpness > 0 or g.pool_evidence):
             return None
         import torch
 
+        pool = self._generator().pool
         model = models.build_model(self._spec().name)
         models.load_state(model, self.current_global)
-        scores, right, total = {}, 0, 0
-        for label, images in self._generator().pool.images.items():
-            probabilities = torch.softmax(models.predict_logits(model, images), dim=1)
-            scores[label] = probabilities[:, label].numpy().astype(np.float64)
+        total = sum(len(images) for images in pool.images.values())
+        share = min(1.0, g.pool_scored_per_round / max(total, 1))
+        rng = np.random.default_rng(derive_seed("pool-scores", self.config.seed, round_number))
+        scores, right, judged = {}, 0, 0
+        for label, images in pool.images.items():
+            known = self.pool_scores.get(pool.names[label])
+            picked = rng.random(len(images)) < share if share < 1.0 else np.ones(len(images), dtype=bool)
+            probabilities = torch.softmax(models.predict_logits(model, images[picked]), dim=1)
+            fresh = probabilities[:, label].numpy().astype(np.float64)
+            row = np.full(len(images), np.nan) if known is None else known.copy()
+            row[picked] = fresh
+            self.pool_scores[pool.names[label]] = row
+            scores[label] = np.where(np.isnan(row), np.nanmedian(row) if np.isfinite(row).any() else 0.1, row)
             right += int((probabilities.argmax(1) == label).sum())
-            total += len(images)
-        self.pool_recognised[round_number] = right / max(total, 1)
+            judged += int(picked.sum())
+        self.pool_recognised[round_number] = right / max(judged, 1)
         return scores
 
     def pool_quality(self, round_number: int) -> float | None:
@@ -468,7 +484,7 @@ class GenFL(_GenerativeStrategy):
     def _why_no_synthetic(self, round_number: int) -> str | None:
         """Why round ``round_number`` runs as plain FedAvg, or None if it gets synthetic data."""
         g = self.genfl
-        if g.synthetic_weight == 0:
+        if g.max_weight == 0:
             return "the synthetic weight is 0"
         if round_number <= g.warmup:
             return f"warm-up round ({g.warmup} of plain FedAvg first)"

@@ -84,7 +84,9 @@ class GenflConfig:
     #   accuracy the devices report); below it the labels are guesses, and every device trains as with FedAvg;
     # - the harm check: a synthetic round after which the devices' accuracy of the model they received fell by
     #   more than `harm_tolerance` halves the weight; one that did no harm restores it (doubling).
-    synthetic_weight: float = 0.3
+    # None: 0.3 for the data-free generator (its images carry the teachers' guesses), 1.0 for a pool or a pipeline
+    # (images of real quality may earn as much as real data; the pool's quality moves it below that).
+    synthetic_weight: float | None = None
     synthetic_decay: float = 1.0  # x this per round after the first synthetic one
     teacher_gate: float = 0.9
     harm_tolerance: float = 0.02
@@ -98,6 +100,7 @@ class GenflConfig:
     # its images that model recognises over the share of the devices' own data it recognises (their reports).
     pool_sharpness: float = 2.0
     pool_evidence: bool = True
+    pool_scored_per_round: int = 2048  # images the global model scores per round (a pool larger than this: in turns)
     pool_probes: int = 0  # pool: images of its own classes each device also judges per round (0: none)
     synthetic_every_class: float = 0.0  # every class, held ones too, gets at least this share of the target
     soft_labels: bool = False  # send the ensemble's probabilities instead of the hard labels
@@ -122,7 +125,7 @@ class GenflConfig:
             raise ConfigError(f"synthetic share must be in (0, 10], got {self.synthetic_share}")
         if self.synthetic_budget_kb < 1:
             raise ConfigError("the synthetic budget must be at least 1 KiB")
-        if not 0.0 <= self.synthetic_weight <= 100.0 or not 0.0 < self.synthetic_decay <= 1.0:
+        if not 0.0 <= self.max_weight <= 100.0 or not 0.0 < self.synthetic_decay <= 1.0:
             raise ConfigError("synthetic weight must be in [0, 100] and its decay in (0, 1]")
         if not 0.0 < self.synthetic_ratio <= 4.0 or not 0.0 < self.soft_temperature <= 100.0:
             raise ConfigError("synthetic ratio must be in (0, 4] and the soft-label temperature in (0, 100]")
@@ -131,6 +134,8 @@ class GenflConfig:
             raise ConfigError(f"unknown synthetic norm {self.synthetic_norm!r}; use one of {known}")
         if not 0.0 <= self.pool_sharpness <= 10.0 or not 0.0 <= self.synthetic_every_class <= 1.0:
             raise ConfigError("the pool sharpness must be in [0, 10] and the every-class share in [0, 1]")
+        if self.pool_scored_per_round < 1:
+            raise ConfigError("the pool needs at least one image scored per round")
         if not 0 <= self.pool_probes <= 4096:
             raise ConfigError(f"pool probes must be 0..4096, got {self.pool_probes}")
         if self.replay < 0:
@@ -139,6 +144,13 @@ class GenflConfig:
             raise ConfigError("the teacher gate and the harm tolerance are shares in [0, 1]")
         if self.generator_device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"generator device must be auto, cpu or cuda, got {self.generator_device!r}")
+
+    @property
+    def max_weight(self) -> float:
+        """The largest synthetic weight (see ``synthetic_weight``)."""
+        if self.synthetic_weight is not None:
+            return self.synthetic_weight
+        return 0.3 if self.generator == GeneratorKind.DATA_FREE.value else 1.0
 
     @property
     def warmup(self) -> int:

@@ -98,7 +98,7 @@ def test_broker_config_then_devices_add_and_list(tmp_path: Path) -> None:
         [BIN / "genfl-server", "devices", "list", "--state-dir", state, "--json"], capture_output=True, text=True,
         check=True,
     ).stdout  # fmt: skip
-    assert json.loads(listing) == {"devices": [], "pending_tokens": ["board-1"]}
+    assert json.loads(listing) == {"classes": None, "devices": [], "pending_tokens": ["board-1"]}  # no serve yet
     bad = subprocess.run(
         [BIN / "genfl-server", "devices", "add", "board-2", "--state-dir", state, "--expires", "soon"],
         capture_output=True, text=True,

@@ -44,7 +44,10 @@ DistillSteps = Annotated[int, typer.Option(help="genfl: server-side distillation
 ServerSteps = Annotated[int, typer.Option(help="aigc-only: server training steps on synthetic data per round.")]
 SyntheticShare = Annotated[float, typer.Option(help="GenFL: fill lacking classes up to this share of balanced.")]
 SyntheticBudget = Annotated[int, typer.Option("--synthetic-budget-kb", help="GenFL: KiB per device and round.")]
-SyntheticWeight = Annotated[float, typer.Option(help="GenFL: weight of the synthetic loss, first round.")]
+SyntheticWeight = Annotated[
+    Optional[float],
+    typer.Option(help="GenFL: the largest weight of the synthetic loss (default: 0.3 data-free, 1.0 pool/pipeline)."),
+]
 SyntheticDecay = Annotated[float, typer.Option(help="GenFL: the weight is multiplied by this each round.")]
 SoftLabels = Annotated[bool, typer.Option("--soft-labels/--hard-labels", help="GenFL: ensemble probabilities.")]
 SyntheticPool = Annotated[
@@ -80,7 +83,7 @@ def genfl_config(
     server_steps: int,
     synthetic_share: float,
     synthetic_budget_kb: int,
-    synthetic_weight: float,
+    synthetic_weight: float | None,
     synthetic_decay: float,
     soft_labels: bool,
     generator_device: str,
