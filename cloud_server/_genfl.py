@@ -45,6 +45,8 @@ __all__ = ["AigcOnly", "GenFL", "HarmCheck", "KeptUpdates", "SyntheticPool", "Sy
 
 log = logging.getLogger("genfl.server")
 
+_INFORMATIVE = 0.05  # a model this far above chance on the devices' data (or the pool) says something of the pool
+
 
 class KeptUpdates:
     """The strategy's own accumulator (FedAvg's streaming sum or a robust rule's buffer), plus each device's
@@ -425,16 +427,17 @@ class _GenerativeStrategy(Strategy):
         return scores
 
     def pool_quality(self, round_number: int) -> float | None:
-        """The pool's quality before round ``round_number``: for the last model both sides scored, the share of
-        the pool it recognises over the share of the devices' own data it recognises (their reports), both above
-        chance, in [0, 1]; None while that model is not better than chance on the devices' data."""
+        """The pool's quality before round ``round_number``, in [0, 1]: for the last model both sides scored, the
+        share of the pool it recognises over the share of the devices' own data it recognises (their reports),
+        both above chance; None while that model recognises neither better than chance (no evidence yet)."""
         chance = 1.0 / len(self.classes) if self.classes else 0.1
         for earlier in range(round_number - 1, 0, -1):
             pool, fleet = self.pool_recognised.get(earlier), self.harm.evaluations.get(earlier)
-            if pool is not None and fleet is not None:
-                if fleet - chance < 0.05:
-                    return None
-                return float(np.clip((pool - chance) / (fleet - chance), 0.0, 1.0))
+            if pool is None or fleet is None:
+                continue
+            if fleet - chance < _INFORMATIVE and pool - chance < _INFORMATIVE:
+                return None
+            return float(np.clip((pool - chance) / max(fleet - chance, _INFORMATIVE), 0.0, 1.0))
         return None
 
     def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:

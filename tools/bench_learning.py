@@ -75,13 +75,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # The pool presets' runs: label -> (strategy, GenflConfig fields on top of the preset's, pool variant or None).
+# They run in this order, every seed of one before the next (a cut-off run keeps whole variants).
 POOL_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fedavg": ("fedavg", {}, None),
     "genfl-clean-500": ("genfl", {}, "clean-500"),
-    "genfl-clean-50": ("genfl", {}, "clean-50"),
     "genfl-noisy": ("genfl", {}, "noisy"),
     "genfl-noisy-uncurated": ("genfl", {"pool_sharpness": 0.0, "pool_evidence": False}, "noisy"),
     "genfl-shift": ("genfl", {}, "shift"),
+    "genfl-clean-50": ("genfl", {}, "clean-50"),
     "genfl-data-free": ("genfl", {}, None),
 }
 
@@ -330,8 +331,8 @@ def main() -> None:
                 "genfl": {**json.loads(args.genfl or "{}"), **extra,
                           **({} if pool is None else {"generator": "pool", "synthetic_pool": pool})},
             }
-            for seed in args.seeds
             for label, strategy, extra, pool in runs_of
+            for seed in args.seeds
         ]  # fmt: skip
         for stale in runs_dir.glob("*.json"):
             stale.unlink()

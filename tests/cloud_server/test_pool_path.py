@@ -66,10 +66,14 @@ def test_the_fleets_model_draws_the_images_it_recognises_more_and_the_weight_fol
     strategy.round_evaluated(2, 0.55, None)
     assert strategy.pool_quality(3) == pytest.approx(0.4)
     assert strategy._weight(3) == pytest.approx(0.4)
-    # A model no better than chance on the devices' data says nothing about the pool
+    # A model no better than chance on the devices' data or the pool says nothing about the pool
     strategy.round_evaluated(3, 0.12, None)
-    strategy.pool_recognised[3] = 0.5
+    strategy.pool_recognised[3] = 0.11
     assert strategy.pool_quality(4) is None
+    # One that knows the devices' data but not the pool's images: they earn nothing
+    strategy.round_evaluated(4, 0.40, None)
+    strategy.pool_recognised[4] = 0.10
+    assert strategy.pool_quality(5) == 0.0 and strategy._weight(5) == 0.0
 
 
 def test_a_pool_may_lack_classes_but_a_folder_the_fleet_does_not_know_is_refused(
