@@ -141,7 +141,7 @@ class SyntheticReport:
     weight: float  # the synthetic loss weight the devices were told
     harm_check: float  # the harm check's share of the weight (1: no harm seen)
     teachers_gate: float | None  # data-free: how well the teachers fit their data (None: no gate)
-    recognised: float | None  # share of the images sent that the current global model labels as they claim
+    recognised: float | None  # share of the images (pool: of the pool) the current global model labels as they claim
     pool_held: dict[str, int] | None  # pool: images per class
     pool_quality: float | None  # pool: recognised share of the pool over that of the devices' data (0..1)
     fleet_agreement: float | None  # pool with probes: the devices' mean verdict on the images they judged lately
@@ -355,9 +355,7 @@ class _GenerativeStrategy(Strategy):
 
     def _from_pool(self, round_number: int, needs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
         """Per device, distinct images of the pool's classes it lacks (a device's batch is drawn from the whole
-        pool, the fleet's verdicts deciding how often each image is drawn), and probes of the classes it holds."""
-        from ._generator import recognised_share
-
+        pool, the fleet's model deciding how often each image is drawn), and probes of the classes it holds."""
         generator = self._generator()
         g = self.genfl
         curation = CurationConfig(probes=g.pool_probes)
@@ -387,9 +385,7 @@ class _GenerativeStrategy(Strategy):
                 sent_labels.append(labels)
         images = np.concatenate(sent_images) if sent_images else np.zeros((0, *self._spec().input_shape), np.uint8)
         labels = np.concatenate(sent_labels) if sent_labels else np.zeros(0, np.int64)
-        recognised = float("nan")
-        if self.current_global is not None and len(labels):
-            recognised = recognised_share(self._spec().name, self.current_global, images, labels, generator.device)
+        recognised = self.pool_recognised.get(round_number, float("nan"))  # of the pool, by the current model
         self.last_pool = SyntheticPool(images, labels, None, len(labels), recognised)
         return out
 

@@ -224,7 +224,7 @@ def _evaluator(config: ServeConfig, classes: tuple[str, ...]) -> Callable[[Tenso
     dataset = load_dataset(config.eval_dataset, config.eval_data_dir)
     spec = models.get_spec(config.model)
     test = in_fleet_order(dataset.test, dataset.classes, classes, f"--eval-dataset {config.eval_dataset}")
-    test = with_channels(test, spec.input_shape[0])
+    test = with_channels(test, spec.input_shape)
     check_arrays_fit(dataset.name, test, config.model, spec.input_shape, spec.num_classes)
     return models.state_evaluator(config.model, test.images, test.labels)
 

@@ -17,7 +17,16 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 
-from protocol import AUGMENTATIONS, CODECS, SYNTHETIC_NORMS, ConfigError, TensorDict, TrainConfig, Update
+from protocol import (
+    AUGMENTATIONS,
+    CODECS,
+    SYNTHETIC_NORMS,
+    SYNTHETIC_RESTYLES,
+    ConfigError,
+    TensorDict,
+    TrainConfig,
+    Update,
+)
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._robust import AGGREGATORS, BufferedUpdates
@@ -93,7 +102,7 @@ class GenflConfig:
     filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
     synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
     synthetic_norm: str = "joint"  # how devices pass synthetic samples through BatchNorm: joint, separate, frozen
-    synthetic_restyle: bool = False  # devices shift synthetic images to their own data's per-channel statistics
+    synthetic_restyle: str = "none"  # devices bridge a style gap: none, synthetic (to their colours) or real
     # A pool is judged by the model the fleet trained on its own data: each round the current global model scores
     # every pool image (its probability of the class the image claims); images are drawn in proportion to that
     # score ** pool_sharpness (0: uniformly), and the synthetic weight follows the pool's quality, the share of
@@ -138,6 +147,8 @@ class GenflConfig:
             raise ConfigError("the pool needs at least one image scored per round")
         if not 0 <= self.pool_probes <= 4096:
             raise ConfigError(f"pool probes must be 0..4096, got {self.pool_probes}")
+        if self.synthetic_restyle not in SYNTHETIC_RESTYLES:
+            raise ConfigError(f"unknown restyle {self.synthetic_restyle!r}; use one of {', '.join(SYNTHETIC_RESTYLES)}")
         if self.replay < 0:
             raise ConfigError("the replay pool cannot be negative")
         if not 0.0 <= self.teacher_gate <= 1.0 or not 0.0 <= self.harm_tolerance <= 1.0:

@@ -97,10 +97,12 @@ def in_fleet_order(
     return LabeledArrays(arrays.images, np.asarray(numbers, dtype=np.int64)[arrays.labels])
 
 
-def with_channels(arrays: LabeledArrays, channels: int) -> LabeledArrays:
-    """Grey images repeated into RGB for a colour model, colour images reduced to grey (ITU-R 601 luma, as
-    pillow does) for a grey one; anything else as it is (the fit check says what is wrong)."""
-    have = arrays.images.shape[1]
+def with_channels(arrays: LabeledArrays, input_shape: tuple[int, ...]) -> LabeledArrays:
+    """Images of the model's size: grey ones repeated into RGB for a colour model, colour ones reduced to grey
+    (ITU-R 601 luma, as pillow does) for a grey one; anything else as it is (the fit check says what is wrong)."""
+    have, channels = arrays.images.shape[1], input_shape[0]
+    if tuple(arrays.images.shape[2:]) != tuple(input_shape[1:]):
+        return arrays
     if have == channels or have not in (1, 3) or channels not in (1, 3):
         return arrays
     if channels == 3:

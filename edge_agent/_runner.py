@@ -54,7 +54,7 @@ def run_task(
     if len(task.classes) != spec.num_classes:
         raise DataError(f"the task names {len(task.classes)} classes, but {task.model_name} predicts "
                         f"{spec.num_classes}")  # fmt: skip
-    data = with_channels(in_fleet_order(data, classes, task.classes, f"{device_id}'s data"), spec.input_shape[0])
+    data = with_channels(in_fleet_order(data, classes, task.classes, f"{device_id}'s data"), spec.input_shape)
     check_arrays_fit(f"{device_id}'s data", data, task.model_name, spec.input_shape, spec.num_classes)
     global_state = decode_tensors(model_blob)
     synthetic = None

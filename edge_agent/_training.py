@@ -57,8 +57,15 @@ def train_local(
     before = models.evaluate(model, data.images, data.labels).accuracy if len(data) else None
     images: np.ndarray | torch.Tensor = data.images
     labels: np.ndarray | torch.Tensor = data.labels
+    mixing = synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0
+    if mixing and config.synthetic_restyle == "real":
+        # Half of the device's own images (a fresh half each round) take the synthetic images' colours: colour
+        # then says nothing of real or synthetic, nor of which classes a device lacks.
+        assert synthetic is not None
+        half = np.random.default_rng([config.seed, 1]).random(len(data)) < 0.5
+        images = np.where(half[:, None, None, None], models.colours_like(data.images, synthetic.images), data.images)
     if device != "cpu":  # keep the shard on the accelerator as uint8: one copy per round
-        images = torch.from_numpy(data.images).to(device)
+        images = torch.from_numpy(np.asarray(images)).to(device)
         labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
@@ -68,8 +75,10 @@ def train_local(
     if config.prox_mu > 0:
         anchor = [(p, p.detach().clone()) for p in model.parameters()]
     mix: models.SyntheticMix | None = None
-    if synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0:
-        pictures = models.restyled(synthetic.images, data.images) if config.synthetic_restyle else synthetic.images
+    if mixing:
+        assert synthetic is not None
+        restyle = config.synthetic_restyle == "synthetic"
+        pictures = models.restyled(synthetic.images, data.images) if restyle else synthetic.images
         mix = models.SyntheticMix.on(device, pictures, synthetic.labels, synthetic.soft_labels,
                                      config.synthetic_weight, config.synthetic_ratio,
                                      config.synthetic_norm)  # fmt: skip

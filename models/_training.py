@@ -6,6 +6,8 @@ batch at a time, so a device keeps its data set at a quarter of the size.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,7 @@ __all__ = [
     "EpochResult",
     "SyntheticMix",
     "augment",
+    "colours_like",
     "evaluate",
     "predict_logits",
     "restyled",
@@ -67,7 +70,7 @@ class SyntheticMix:
     soft_labels: torch.Tensor | None  # float32 (N, classes), or None for hard labels
     weight: float
     ratio: float = 1.0  # synthetic samples per real sample in each batch
-    norm: str = "joint"  # joint, separate or frozen (protocol.SyntheticNorm)
+    norm: str = "joint"  # joint, mixstyle, separate or frozen (protocol.SyntheticNorm)
 
     @classmethod
     def on(cls, device: str, images: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray | None,
@@ -83,8 +86,9 @@ class SyntheticMix:
 
     def logits(self, model: nn.Module, real: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits for the real and the synthetic inputs, BatchNorm used as ``norm`` says."""
-        if self.norm == "joint":
-            joint = model(torch.cat([real, extra]))
+        if self.norm in ("joint", "mixstyle"):
+            with mixed_styles(model) if self.norm == "mixstyle" else contextlib.nullcontext():
+                joint = model(torch.cat([real, extra]))
             return joint[: len(real)], joint[len(real) :]
         logits = model(real)
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -107,6 +111,33 @@ class SyntheticMix:
                 norm.momentum = momentum
 
 
+@contextlib.contextmanager
+def mixed_styles(model: nn.Module, layers: int = 3, p: float = 0.5, alpha: float = 0.1) -> Iterator[None]:
+    """MixStyle (Zhou et al., ICLR 2021) on the first ``layers`` BatchNorm outputs while training: with chance ``p``
+    per forward pass, each sample's per-channel feature mean and spread are mixed with another sample's of the
+    batch (weights from Beta(alpha, alpha)). In a batch of real and synthetic samples the model learns features
+    that do not depend on which of the two styles a sample has. Draws come from torch's global generator."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][:layers]
+
+    def mix(module: nn.Module, inputs: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+        if not module.training or len(x) < 2 or float(torch.rand(())) > p:
+            return x
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()
+        sigma = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
+        share = torch.distributions.Beta(alpha, alpha).sample((len(x), 1, 1, 1)).to(x.device)
+        other = torch.randperm(len(x), device=x.device)
+        mixed_mu = share * mu + (1 - share) * mu[other]
+        mixed_sigma = share * sigma + (1 - share) * sigma[other]
+        return (x - mu) / sigma * mixed_sigma + mixed_mu
+
+    hooks = [norm.register_forward_hook(mix) for norm in norms]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def restyled(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
     """uint8 synthetic images (N, C, H, W) with each channel's mean and spread moved to those of ``real``."""
     if len(synthetic) == 0 or len(real) == 0:
@@ -118,6 +149,29 @@ def restyled(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
     mean_r, std_r = target.mean(axes, keepdims=True), target.std(axes, keepdims=True)
     moved = (source - mean_s) / np.maximum(std_s, 1.0) * std_r + mean_r
     return np.clip(np.rint(moved), 0, 255).astype(np.uint8)
+
+
+def colours_like(images: np.ndarray, style: np.ndarray) -> np.ndarray:
+    """uint8 ``images`` (N, C, H, W) with the colours of ``style``: their pixels' mean and colour covariance moved
+    to those of ``style``'s pixels (a linear map; one channel: mean and spread). Grey, tinted, low-contrast
+    ``style`` images make grey, tinted, low-contrast copies."""
+    if len(images) == 0 or len(style) == 0:
+        return images
+    channels = images.shape[1]
+    source = images.transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
+    target = style.transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
+    mean_s, mean_t = source.mean(0), target.mean(0)
+    cov_s = np.atleast_2d(np.cov(source, rowvar=False)) + np.eye(channels)
+    cov_t = np.atleast_2d(np.cov(target, rowvar=False)) + np.eye(channels)
+
+    def power(matrix: np.ndarray, exponent: float) -> np.ndarray:
+        values, vectors = np.linalg.eigh(matrix)
+        return (vectors * np.clip(values, 1e-6, None) ** exponent) @ vectors.T
+
+    transform = power(cov_t, 0.5) @ power(cov_s, -0.5)
+    moved = (source - mean_s) @ transform.T + mean_t
+    out = np.clip(np.rint(moved), 0, 255).astype(np.uint8)
+    return out.reshape(images.shape[0], images.shape[2], images.shape[3], channels).transpose(0, 3, 1, 2).copy()
 
 
 def train_one_epoch(

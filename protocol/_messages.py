@@ -28,7 +28,9 @@ from ._topics import validate_name
 __all__ = [
     "AUGMENTATIONS",
     "SYNTHETIC_NORMS",
+    "SYNTHETIC_RESTYLES",
     "SyntheticNorm",
+    "SyntheticRestyle",
     "PROTOCOL_VERSION",
     "Augmentation",
     "Ack",
@@ -50,17 +52,32 @@ PROTOCOL_VERSION = 1
 class SyntheticNorm(str, Enum):
     """How local training passes synthetic samples through BatchNorm.
 
-    ``joint``: in one batch with the real ones (the mix's statistics); ``separate``: in a pass of their own,
+    ``joint``: in one batch with the real ones (the mix's statistics); ``mixstyle``: the same, with the samples'
+    feature statistics mixed at the first layers (MixStyle), so that features do not tell the styles apart;
+    ``separate``: in a pass of their own,
     normalised by their own batch statistics, which never reach the running statistics that inference uses
     (a pool in another style is normalised as its own domain); ``frozen``: in a pass of their own on the
     running statistics of real data."""
 
     JOINT = "joint"
+    MIXSTYLE = "mixstyle"
     SEPARATE = "separate"
     FROZEN = "frozen"
 
 
 SYNTHETIC_NORMS = tuple(n.value for n in SyntheticNorm)
+
+
+class SyntheticRestyle(str, Enum):
+    """How a device bridges the look of synthetic images and its own: not at all, the synthetic images take its
+    colours, or half of its own images take theirs (so that colour is no cue to real or synthetic)."""
+
+    NONE = "none"
+    SYNTHETIC = "synthetic"
+    REAL = "real"
+
+
+SYNTHETIC_RESTYLES = tuple(r.value for r in SyntheticRestyle)
 
 
 class Augmentation(str, Enum):
@@ -131,14 +148,17 @@ class TrainConfig:
     synthetic_weight: float = 0.0
     synthetic_ratio: float = 0.25
     augment: str = "none"  # none, or crop-flip (random 4-pixel-padded crops and horizontal flips)
-    synthetic_norm: str = "joint"  # how synthetic samples meet BatchNorm: joint, separate or frozen
-    # Shift the synthetic images' per-channel mean and spread to those of the device's own data before mixing
-    # (computed on the device; a pool in another style then looks more like what the device holds).
-    synthetic_restyle: bool = False
+    synthetic_norm: str = "joint"  # how synthetic samples meet BatchNorm: joint, mixstyle, separate or frozen
+    # Bridging a style gap between the synthetic images and the device's own (computed on the device): none;
+    # synthetic (the synthetic images take the device's colours: per-channel mean and spread); real (each round
+    # half of the device's images take the synthetic images' colours: mean and colour covariance).
+    synthetic_restyle: str = "none"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.qat, bool) or not isinstance(self.synthetic_restyle, bool):
-            raise _fail("qat and synthetic_restyle must be booleans")
+        if not isinstance(self.qat, bool):
+            raise _fail("qat must be a boolean")
+        if self.synthetic_restyle not in SYNTHETIC_RESTYLES:
+            raise _fail(f"synthetic_restyle must be one of {', '.join(SYNTHETIC_RESTYLES)}")
         if self.synthetic_norm not in SYNTHETIC_NORMS:
             raise _fail(f"synthetic_norm must be one of {', '.join(SYNTHETIC_NORMS)}, got {self.synthetic_norm!r}")
         _check_float("synthetic_weight", self.synthetic_weight, 0.0, 100.0)

@@ -334,8 +334,8 @@ def main() -> None:
             for label, strategy, extra, pool in runs_of
             for seed in args.seeds
         ]  # fmt: skip
-        for stale in runs_dir.glob("*.json"):
-            stale.unlink()
+        for job in jobs:  # the runs started again; others kept (--only reruns some variants into a report)
+            Path(job["path"]).unlink(missing_ok=True)
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
             for done in pool.map(_run, jobs):
                 print(f"finished {done}", flush=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cloud_server._strategy import GeneratorKind, GenflConfig
-from protocol import SyntheticNorm
+from protocol import SyntheticNorm, SyntheticRestyle
 
 __all__ = [
     "DistillSteps",
@@ -21,7 +21,7 @@ __all__ = [
     "SyntheticBudget",
     "SyntheticDecay",
     "SyntheticNormOption",
-    "SyntheticRestyle",
+    "SyntheticRestyleOption",
     "SyntheticShare",
     "SyntheticPool",
     "SyntheticWeight",
@@ -62,11 +62,11 @@ SyntheticNormOption = Annotated[
     SyntheticNorm,
     typer.Option("--synthetic-norm", help="GenFL: synthetic samples through BatchNorm joint with real ones, or apart."),
 ]
-SyntheticRestyle = Annotated[
-    bool,
+SyntheticRestyleOption = Annotated[
+    SyntheticRestyle,
     typer.Option(
-        "--synthetic-restyle/--no-synthetic-restyle",
-        help="GenFL: devices shift synthetic images to their own data's colour statistics.",
+        "--synthetic-restyle",
+        help="GenFL: bridge a style gap on the devices: none, synthetic (to their colours), real (half to theirs).",
     ),
 ]
 TeacherGate = Annotated[
@@ -92,7 +92,7 @@ def genfl_config(
     *,
     pool_probes: int = D.pool_probes,
     synthetic_norm: str | SyntheticNorm = D.synthetic_norm,
-    synthetic_restyle: bool = D.synthetic_restyle,
+    synthetic_restyle: str | SyntheticRestyle = D.synthetic_restyle,
 ) -> GenflConfig:
     return GenflConfig(
         generator="pool" if synthetic_pool is not None else GeneratorKind(generator).value,
@@ -111,5 +111,5 @@ def genfl_config(
         teacher_gate=teacher_gate,
         pool_probes=pool_probes,
         synthetic_norm=SyntheticNorm(synthetic_norm).value,
-        synthetic_restyle=synthetic_restyle,
+        synthetic_restyle=SyntheticRestyle(synthetic_restyle).value,
     )

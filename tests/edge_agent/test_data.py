@@ -148,6 +148,7 @@ def test_grey_folders_give_one_channel_in_file_name_order_and_fit_either_model(t
     assert dataset.input_shape == (1, 8, 8)
     assert dataset.train.images[:4, 0, 0, 0].tolist() == [0, 10, 20, 30]
     assert [dataset.classes[i] for i in dataset.train.labels] == ["7", "3", "3", "7", "3"]
-    rgb = with_channels(dataset.train, 3)
+    rgb = with_channels(dataset.train, (3, 8, 8))
     assert rgb.images.shape == (5, 3, 8, 8) and (rgb.images[:, 0] == rgb.images[:, 2]).all()
-    assert with_channels(rgb, 1).images.tolist() == dataset.train.images.tolist()
+    assert with_channels(rgb, (1, 8, 8)).images.tolist() == dataset.train.images.tolist()
+    assert with_channels(rgb, (1, 4, 4)) is rgb  # another size: left for the fit check to name

@@ -146,7 +146,7 @@ def test_data_that_does_not_fit_the_model_is_reported_as_a_failure(
 ) -> None:
     images = np.zeros((20, 3, 32, 32), dtype=np.uint8)
     arrays = LabeledArrays(images, np.arange(20) % 10)
-    save_npz(DeviceDataset("cam", tuple("abcdefghij"), arrays, arrays), tmp_path / "cam.npz")
+    save_npz(DeviceDataset("cam", CLASSES, arrays, arrays), tmp_path / "cam.npz")  # fleet names, wrong shape
     base = f"genfl/{fleet}/devices/dev-c"
     coordinator, transport = _serve_in_process(fleet, mosquitto_url, rounds=1)
     failures: queue.SimpleQueue[bytes] = queue.SimpleQueue()
