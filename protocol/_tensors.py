@@ -42,7 +42,26 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
     """Serialise named arrays to safetensors bytes (keys sorted, so equal dicts give equal bytes)."""
     # np.ascontiguousarray would turn 0-d scalars (BatchNorm counters) into shape (1,)
     ordered = {name: np.require(tensors[name], requirements="C") for name in sorted(tensors)}
-    return bytes(_st_save(ordered, metadata=dict(metadata) if metadata else None))
+    data = bytes(_st_save(ordered, metadata=dict(metadata) if metadata else None))
+    return _sorted_metadata(data) if metadata is not None and len(metadata) > 1 else data
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same safetensors bytes with the metadata's keys in sorted order.
+
+    safetensors writes the metadata from a hash map, whose order changes from one process to the next: two keys
+    or more would give the same model different bytes, and so a different id (a restarted server would not
+    recognise the model its devices hold). The header keeps its length (the same keys, reordered), so the data
+    offsets do not move."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # a formatting json and safetensors do not share: keep what safetensors wrote
+        return data
+    return data[:8] + text + b" " * (size - len(text)) + data[8 + size :]
 
 
 def decode_tensors(data: bytes) -> TensorDict:

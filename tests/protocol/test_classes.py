@@ -111,3 +111,14 @@ def test_probes_and_their_scores_round_trip_and_are_bounded() -> None:
     for scores in ((256,), (-1,), (1.5,), ("9",), (True,)):
         with pytest.raises(ProtocolError):
             Update(**{**update.__dict__, "probe_scores": scores})
+
+
+def test_a_model_blob_naming_its_classes_has_one_id_in_any_process() -> None:
+    # safetensors writes metadata from a hash map; the blob (and its id, the model id) must not depend on it
+    from protocol import blob_id, decode_tensors, encode_tensors
+
+    tensors = {"w": np.arange(6, dtype=np.float32), "n": np.array(3, dtype=np.int64)}
+    first = encode_tensors(tensors, {"model": "m", "classes": json.dumps(list(CIFAR)), "z": "1"})
+    other = encode_tensors(decode_tensors(first), {"z": "1", "classes": json.dumps(list(CIFAR)), "model": "m"})
+    assert blob_id(first) == blob_id(other)
+    assert np.array_equal(decode_tensors(first)["w"], tensors["w"])

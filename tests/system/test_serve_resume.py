@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_server_killed_mid_round_resumes_and_counts_each_update_once(
     samples = sum(n for r, _, n in rows if r == 1)
     assert totals == [(1, 3, samples, 1), (2, 3, samples, 1)]
     # ... and the final model is bit-identical to an uninterrupted in-memory run of the same federation
-    expected = hashlib.sha256(encode_tensors(run_simulation(config).final_state, {"model": "cnn-digits"})).hexdigest()
+    meta = {"model": "cnn-digits", "classes": json.dumps([str(d) for d in range(10)])}  # the file names the classes
+    expected = hashlib.sha256(encode_tensors(run_simulation(config).final_state, meta)).hexdigest()
     final = (state / "checkpoints" / "round-0002.safetensors").read_bytes()
     assert hashlib.sha256(final).hexdigest() == expected
 
