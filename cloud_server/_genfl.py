@@ -475,7 +475,7 @@ class GenFL(_GenerativeStrategy):
         self.harm.used(round_number)
         self._report(round_number, None, weight=weight, blobs=blobs)
         configured = {d: replace(c, synthetic_weight=weight, synthetic_ratio=g.synthetic_ratio,
-                                 synthetic_norm=g.synthetic_norm, synthetic_restyle=g.synthetic_restyle)
+                                 synthetic_norm=g.synthetic_norm, synthetic_restyle=g.restyle)
                       if d in blobs else c
                       for d, c in configs.items()}  # fmt: skip
         return configured, blobs

@@ -101,8 +101,10 @@ class GenflConfig:
     harm_tolerance: float = 0.02
     filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
     synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
-    synthetic_norm: str = "joint"  # how devices pass synthetic samples through BatchNorm: joint, separate, frozen
-    synthetic_restyle: str = "none"  # devices bridge a style gap: none, synthetic (to their colours) or real
+    synthetic_norm: str = "joint"  # how devices pass synthetic samples through BatchNorm: joint or frozen
+    # How devices bridge a style gap (protocol.SyntheticRestyle). None: real for a pool or a pipeline (half of a
+    # device's images take the synthetic images' colours each round), none for the data-free generator.
+    synthetic_restyle: str | None = None
     # A pool is judged by the model the fleet trained on its own data: each round the current global model scores
     # every pool image (its probability of the class the image claims); images are drawn in proportion to that
     # score ** pool_sharpness (0: uniformly), and the synthetic weight follows the pool's quality, the share of
@@ -147,7 +149,7 @@ class GenflConfig:
             raise ConfigError("the pool needs at least one image scored per round")
         if not 0 <= self.pool_probes <= 4096:
             raise ConfigError(f"pool probes must be 0..4096, got {self.pool_probes}")
-        if self.synthetic_restyle not in SYNTHETIC_RESTYLES:
+        if self.synthetic_restyle is not None and self.synthetic_restyle not in SYNTHETIC_RESTYLES:
             raise ConfigError(f"unknown restyle {self.synthetic_restyle!r}; use one of {', '.join(SYNTHETIC_RESTYLES)}")
         if self.replay < 0:
             raise ConfigError("the replay pool cannot be negative")
@@ -162,6 +164,13 @@ class GenflConfig:
         if self.synthetic_weight is not None:
             return self.synthetic_weight
         return 0.3 if self.generator == GeneratorKind.DATA_FREE.value else 1.0
+
+    @property
+    def restyle(self) -> str:
+        """How devices bridge a style gap (see ``synthetic_restyle``)."""
+        if self.synthetic_restyle is not None:
+            return self.synthetic_restyle
+        return "none" if self.generator == GeneratorKind.DATA_FREE.value else "real"
 
     @property
     def warmup(self) -> int:

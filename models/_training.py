@@ -6,8 +6,6 @@ batch at a time, so a device keeps its data set at a quarter of the size.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +68,7 @@ class SyntheticMix:
     soft_labels: torch.Tensor | None  # float32 (N, classes), or None for hard labels
     weight: float
     ratio: float = 1.0  # synthetic samples per real sample in each batch
-    norm: str = "joint"  # joint, mixstyle, separate or frozen (protocol.SyntheticNorm)
+    norm: str = "joint"  # joint or frozen (protocol.SyntheticNorm)
 
     @classmethod
     def on(cls, device: str, images: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray | None,
@@ -86,56 +84,18 @@ class SyntheticMix:
 
     def logits(self, model: nn.Module, real: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits for the real and the synthetic inputs, BatchNorm used as ``norm`` says."""
-        if self.norm in ("joint", "mixstyle"):
-            with mixed_styles(model) if self.norm == "mixstyle" else contextlib.nullcontext():
-                joint = model(torch.cat([real, extra]))
+        if self.norm == "joint":
+            joint = model(torch.cat([real, extra]))
             return joint[: len(real)], joint[len(real) :]
-        logits = model(real)
+        logits = model(real)  # frozen: the synthetic pass on the running statistics of real data, left as they are
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if self.norm == "frozen":  # the running statistics of real data, left as they are
-            for norm in norms:
-                norm.eval()
-            try:
-                return logits, model(extra)
-            finally:
-                for norm in norms:
-                    norm.train()
-        # separate: the synthetic batch is normalised by its own statistics, which the running ones never see
-        momenta = [norm.momentum for norm in norms]
         for norm in norms:
-            norm.momentum = 0.0
+            norm.eval()
         try:
             return logits, model(extra)
         finally:
-            for norm, momentum in zip(norms, momenta):
-                norm.momentum = momentum
-
-
-@contextlib.contextmanager
-def mixed_styles(model: nn.Module, layers: int = 3, p: float = 0.5, alpha: float = 0.1) -> Iterator[None]:
-    """MixStyle (Zhou et al., ICLR 2021) on the first ``layers`` BatchNorm outputs while training: with chance ``p``
-    per forward pass, each sample's per-channel feature mean and spread are mixed with another sample's of the
-    batch (weights from Beta(alpha, alpha)). In a batch of real and synthetic samples the model learns features
-    that do not depend on which of the two styles a sample has. Draws come from torch's global generator."""
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][:layers]
-
-    def mix(module: nn.Module, inputs: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
-        if not module.training or len(x) < 2 or float(torch.rand(())) > p:
-            return x
-        mu = x.mean(dim=(2, 3), keepdim=True).detach()
-        sigma = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
-        share = torch.distributions.Beta(alpha, alpha).sample((len(x), 1, 1, 1)).to(x.device)
-        other = torch.randperm(len(x), device=x.device)
-        mixed_mu = share * mu + (1 - share) * mu[other]
-        mixed_sigma = share * sigma + (1 - share) * sigma[other]
-        return (x - mu) / sigma * mixed_sigma + mixed_mu
-
-    hooks = [norm.register_forward_hook(mix) for norm in norms]
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
+            for norm in norms:
+                norm.train()
 
 
 def restyled(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:

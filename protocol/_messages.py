@@ -50,18 +50,10 @@ PROTOCOL_VERSION = 1
 
 
 class SyntheticNorm(str, Enum):
-    """How local training passes synthetic samples through BatchNorm.
-
-    ``joint``: in one batch with the real ones (the mix's statistics); ``mixstyle``: the same, with the samples'
-    feature statistics mixed at the first layers (MixStyle), so that features do not tell the styles apart;
-    ``separate``: in a pass of their own,
-    normalised by their own batch statistics, which never reach the running statistics that inference uses
-    (a pool in another style is normalised as its own domain); ``frozen``: in a pass of their own on the
-    running statistics of real data."""
+    """How local training passes synthetic samples through BatchNorm: ``joint``, in one batch with the real ones
+    (the mix's statistics), or ``frozen``, in a pass of their own on the running statistics of real data."""
 
     JOINT = "joint"
-    MIXSTYLE = "mixstyle"
-    SEPARATE = "separate"
     FROZEN = "frozen"
 
 
@@ -148,7 +140,7 @@ class TrainConfig:
     synthetic_weight: float = 0.0
     synthetic_ratio: float = 0.25
     augment: str = "none"  # none, or crop-flip (random 4-pixel-padded crops and horizontal flips)
-    synthetic_norm: str = "joint"  # how synthetic samples meet BatchNorm: joint, mixstyle, separate or frozen
+    synthetic_norm: str = "joint"  # how synthetic samples meet BatchNorm: joint or frozen
     # Bridging a style gap between the synthetic images and the device's own (computed on the device): none;
     # synthetic (the synthetic images take the device's colours: per-channel mean and spread); real (each round
     # half of the device's images take the synthetic images' colours: mean and colour covariance).

@@ -82,6 +82,7 @@ POOL_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "genfl-noisy": ("genfl", {}, "noisy"),
     "genfl-noisy-uncurated": ("genfl", {"pool_sharpness": 0.0, "pool_evidence": False}, "noisy"),
     "genfl-shift": ("genfl", {}, "shift"),
+    "genfl-clean-500-no-restyle": ("genfl", {"synthetic_restyle": "none"}, "clean-500"),
     "genfl-clean-50": ("genfl", {}, "clean-50"),
     "genfl-data-free": ("genfl", {}, None),
 }

@@ -60,13 +60,14 @@ PoolProbes = Annotated[
 ]
 SyntheticNormOption = Annotated[
     SyntheticNorm,
-    typer.Option("--synthetic-norm", help="GenFL: synthetic samples through BatchNorm joint with real ones, or apart."),
+    typer.Option("--synthetic-norm", help="GenFL: synthetic samples through BatchNorm with the real ones, or frozen."),
 ]
 SyntheticRestyleOption = Annotated[
-    SyntheticRestyle,
+    Optional[SyntheticRestyle],
     typer.Option(
         "--synthetic-restyle",
-        help="GenFL: bridge a style gap on the devices: none, synthetic (to their colours), real (half to theirs).",
+        help="GenFL: bridge a style gap on the devices: none, synthetic (to their colours), real (half of theirs "
+        "to the synthetic images' colours). Default: real for a pool or pipeline, none data-free.",
     ),
 ]
 TeacherGate = Annotated[
@@ -92,7 +93,7 @@ def genfl_config(
     *,
     pool_probes: int = D.pool_probes,
     synthetic_norm: str | SyntheticNorm = D.synthetic_norm,
-    synthetic_restyle: str | SyntheticRestyle = D.synthetic_restyle,
+    synthetic_restyle: str | SyntheticRestyle | None = D.synthetic_restyle,
 ) -> GenflConfig:
     return GenflConfig(
         generator="pool" if synthetic_pool is not None else GeneratorKind(generator).value,
@@ -111,5 +112,5 @@ def genfl_config(
         teacher_gate=teacher_gate,
         pool_probes=pool_probes,
         synthetic_norm=SyntheticNorm(synthetic_norm).value,
-        synthetic_restyle=SyntheticRestyle(synthetic_restyle).value,
+        synthetic_restyle=None if synthetic_restyle is None else SyntheticRestyle(synthetic_restyle).value,
     )

@@ -11,7 +11,7 @@ import typer
 
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
-from protocol import Codec, SyntheticNorm, SyntheticRestyle, exit_on_error, parse_classes
+from protocol import Codec, SyntheticNorm, exit_on_error, parse_classes
 
 from ._genfl_options import (
     D,
@@ -89,7 +89,7 @@ def serve(
     synthetic_pool: SyntheticPool = None,
     pool_probes: PoolProbes = D.pool_probes,
     synthetic_norm: SyntheticNormOption = SyntheticNorm(D.synthetic_norm),
-    synthetic_restyle: SyntheticRestyleOption = SyntheticRestyle(D.synthetic_restyle),
+    synthetic_restyle: SyntheticRestyleOption = None,
     metrics_port: Annotated[
         Optional[int], typer.Option(help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
     ] = None,

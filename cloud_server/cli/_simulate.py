@@ -16,7 +16,7 @@ from cloud_server._coordinator import RoundResult
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
 from edge_agent import histogram_table
-from protocol import Codec, SyntheticNorm, SyntheticRestyle, exit_on_error
+from protocol import Codec, SyntheticNorm, exit_on_error
 
 from ._genfl_options import (
     D,
@@ -106,7 +106,7 @@ def simulate(
     synthetic_pool: SyntheticPool = None,
     pool_probes: PoolProbes = D.pool_probes,
     synthetic_norm: SyntheticNormOption = SyntheticNorm(D.synthetic_norm),
-    synthetic_restyle: SyntheticRestyleOption = SyntheticRestyle(D.synthetic_restyle),
+    synthetic_restyle: SyntheticRestyleOption = None,
     share_label_counts: Annotated[
         bool, typer.Option("--share-label-counts/--no-share-label-counts", help="Devices send label histograms.")
     ] = True,
