@@ -106,11 +106,11 @@ def _synthetic_table(rounds: list[dict[str, Any]], last: int = 12) -> str:
             f'<tr data-round="{int(rep.get("round", 0))}"><td>{int(rep.get("round", 0))}</td>'
             f"<td>{html.escape(str(rep.get('source', '')))}</td><td>{html.escape(what)}</td>"
             f"<td>{number('weight', '.3f')}</td><td>{number('harm_check', '.2f')}</td>"
-            f"<td>{number('fleet_agreement', '.2f')}</td><td>{number('recognised', '.2f')}</td></tr>"
+            f"<td>{number('pool_quality', '.2f')}</td><td>{number('recognised', '.2f')}</td></tr>"
         )
     return (
         '<h2>Synthetic data (GenFL)</h2><table id="synthetic"><thead><tr><th>round</th><th>source</th><th>sent</th>'
-        "<th>weight</th><th>harm check</th><th>fleet verdict</th><th>recognised</th></tr></thead><tbody>"
+        "<th>weight</th><th>harm check</th><th>pool quality</th><th>recognised</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )

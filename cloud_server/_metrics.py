@@ -57,8 +57,8 @@ class FleetMetrics:
         self.synthetic_bytes = Counter("genfl_synthetic_bytes", "Synthetic data bytes sent to devices.", registry=r)
         self.synthetic_weight = Gauge("genfl_synthetic_weight", "The synthetic loss weight of the last round.",
                                       registry=r)  # fmt: skip
-        self.pool_agreement = Gauge(
-            "genfl_pool_fleet_agreement", "The fleet's mean verdict on the pool images it judged lately (0..1).",
+        self.pool_quality = Gauge(
+            "genfl_pool_quality", "A pool's recognised share over the devices' own, by the fleet's model (0..1).",
             registry=r,
         )  # fmt: skip
         self.broker = Gauge("genfl_broker_node", "1 for the broker node the server is connected to.", ["node"],
@@ -117,8 +117,8 @@ class FleetMetrics:
             self.synthetic_images.inc(report.get("images") or 0)
             self.synthetic_bytes.inc(report.get("bytes") or 0)
             self.synthetic_weight.set(report.get("weight") or 0.0)
-            if report.get("fleet_agreement") is not None:
-                self.pool_agreement.set(report["fleet_agreement"])
+            if report.get("pool_quality") is not None:
+                self.pool_quality.set(report["pool_quality"])
 
     # -- each pass of the serve loop --------------------------------------------------------
 

@@ -60,3 +60,33 @@ def test_metrics_count_only_what_is_new_since_the_last_look() -> None:
     assert sample("genfl_broker_node", {"node": "mqtt://b:2"}) == 1
     assert sample("genfl_broker_node", {"node": "mqtt://a:1"}) is None
     assert sample("genfl_broker_failovers") == 1
+
+
+def test_an_operator_sees_what_genfl_sent_each_round_and_the_fleets_classes() -> None:
+    # Prepare: two rounds' reports as the journal keeps them, one that sent synthetic data and one that did not
+    from cloud_server._coordinator import RoundResult
+
+    sent = {"round": 2, "source": "pool /srv/pool", "sent": True, "why_not": "", "devices": 10, "images": 2287,
+            "bytes": 7045880, "weight": 0.78, "harm_check": 1.0, "pool_quality": 0.78, "fleet_agreement": None,
+            "recognised": 0.27}  # fmt: skip
+    skipped = {"round": 1, "source": "data-free", "sent": False, "why_not": "warm-up round <1>", "devices": 0,
+               "images": 0, "bytes": 0, "weight": 0.0, "harm_check": 1.0, "pool_quality": None,
+               "fleet_agreement": None, "recognised": None}  # fmt: skip
+    rounds = [{"round": r["round"], "started": 0.0, "closed": 1.0, "accepted": 10, "failed": 0, "timed_out": False,
+               "accuracy": 0.3, "train_loss": 0.1, "report": r} for r in (skipped, sent)]  # fmt: skip
+    # Execute
+    page = render_page("f", [_device("a", classes_held=["cat", "dog"])], rounds, classes=("ant", "cat", "dog"))
+    metrics = FleetMetrics("f")
+    for report in (skipped, sent):
+        number = int(report["round"])  # type: ignore[call-overload]
+        metrics.round_closed(RoundResult(round=number, selected=10, devices=10, accuracy=0.3, loss=1.0, train_loss=0.1,
+                                         seconds=5.0, bytes_up=1, bytes_down=1, report=report))  # fmt: skip
+    # Assert: the page's synthetic table, the classes, what a device holds; the counters
+    assert '<p id="classes">classes: ant, cat, dog</p>' in page and '<td class="held">cat, dog</td>' in page
+    assert '<tr data-round="2"><td>2</td><td>pool /srv/pool</td><td>2287 images, 6881 KiB to 10 devices</td>' in page
+    assert "none: warm-up round &lt;1&gt;" in page
+    sample = metrics.registry.get_sample_value
+    assert sample("genfl_synthetic_rounds_total", {"sent": "yes"}) == 1
+    assert sample("genfl_synthetic_rounds_total", {"sent": "no"}) == 1
+    assert sample("genfl_synthetic_images_total") == 2287 and sample("genfl_synthetic_weight") == 0.78
+    assert sample("genfl_pool_quality") == 0.78
