@@ -231,7 +231,11 @@ class SqliteJournal(Journal):
 
     def classes(self) -> tuple[str, ...] | None:
         """The fleet's class list this state was started with (None: a state from before class lists)."""
-        return read_classes(self.meta("classes"))
+        text = self.meta("classes")
+        classes = read_classes(text)
+        if text is not None and classes is None:
+            raise GenflError(f"state dir {self.state_dir}: its class list is unreadable ({text[:80]!r})")
+        return classes
 
     def start(self, model_name: str, fleet: str, global_blob: bytes, classes: tuple[str, ...]) -> None:
         known = self.meta("model_name")
