@@ -357,6 +357,7 @@ class _GenerativeStrategy(Strategy):
         """Per device, distinct images of the pool's classes it lacks (a device's batch is drawn from the whole
         pool, the fleet's model deciding how often each image is drawn), and probes of the classes it holds."""
         generator = self._generator()
+        generator.refresh()  # grown or refreshed since the last round: score and draw from what it holds now
         g = self.genfl
         curation = CurationConfig(probes=g.pool_probes)
         weights = None

@@ -359,6 +359,7 @@ class _Agent:
             "last_round": None if core.last_outcome is None else core.last_outcome[0],
             "model_held": _latest_blob(self.config.state_dir / "blobs"),
             "num_samples": core.num_samples,
+            "classes": None if core.classes is None else list(core.classes),  # the fleet's, as the board uses them
             "rejected": dict(core.rejected),
             "pid": os.getpid(),
             "worker_pid": self.worker.worker_pid,
