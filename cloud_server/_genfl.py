@@ -208,7 +208,6 @@ class _GenerativeStrategy(Strategy):
         self.last_fit: Any = None
         self.last_pool: SyntheticPool | None = None
         self.current_global: TensorDict | None = None  # the model the round's devices start from
-        self.weights: dict[int, float] = {}  # round -> the synthetic weight sent (0: none)
         self.harm = HarmCheck(config.genfl.harm_tolerance)
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
@@ -364,6 +363,12 @@ class _GenerativeStrategy(Strategy):
         scores = self._score_pool(round_number)
         if scores is not None and g.pool_sharpness > 0:
             weights = {label: np.maximum(p, 1e-4) ** g.pool_sharpness for label, p in scores.items()}
+        if curation.probes > 0:  # and the devices' own verdicts, where they gave some
+            means = self.verdicts.class_means(self._spec().num_classes)
+            for label, names in generator.pool.names.items():
+                verdict = self.verdicts.weights(names, means[label], curation)
+                weights = weights or {}
+                weights[label] = verdict * weights.get(label, 1.0)
         out: dict[str, bytes] = {}
         self.probes_sent = {}
         sent_images, sent_labels = [], []
@@ -468,7 +473,6 @@ class GenFL(_GenerativeStrategy):
         blobs = self._tailored(round_number, sorted(configs))
         self.generator_seconds += time.perf_counter() - started
         weight = self._weight(round_number)
-        self.weights[round_number] = weight
         if not blobs or weight == 0.0:
             self._report(round_number, "no picked device lacks a class the generator can make" if not blobs
                          else "the evidence leaves the synthetic weight at 0", weight=weight)  # fmt: skip
@@ -492,7 +496,6 @@ class GenFL(_GenerativeStrategy):
             return "the data-free generator has not learned from a round's models yet"
         if not self.teachers_fit(round_number):
             fit = self.teacher_accuracy.get(round_number - 1, float("nan"))
-            self.weights[round_number] = 0.0
             return f"the teachers gate is closed: the devices' models fit their data {fit:.3f} < {g.teacher_gate:.2f}"
         return None
 
