@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-from protocol import ConfigError, exit_on_error
+from protocol import exit_on_error, parse_classes
 
 
 def generate_pool(
     pipeline_path: Annotated[Path, typer.Option(help="Folder of a diffusers pipeline saved with save_pretrained.")],
-    classes: Annotated[str, typer.Option(help="Class names in the model's order, comma-separated (the prompts).")],
+    classes: Annotated[
+        str, typer.Option(help="Class names, comma-separated: the prompts and the folder names (the fleet's names).")
+    ],
     out: Annotated[Path, typer.Option(help="The pool: OUT/<class>/<sha256>.png; an existing one grows.")],
     per_class: Annotated[int, typer.Option(help="Images to make for each class.")] = 100,
     model: Annotated[str, typer.Option(help="The model whose input size and channels the images take.")] = "cnn-small",
@@ -24,9 +26,7 @@ def generate_pool(
     with exit_on_error():
         from cloud_server._pool import generate_pool as make
 
-        names = tuple(name.strip() for name in classes.split(",") if name.strip())
-        if not names:
-            raise ConfigError("--classes needs at least one name")
+        names = parse_classes(classes)  # they become folder names: no '/', no leading '.'
         report = make(pipeline_path, model, names, per_class, out, device=device, seed=seed,
                       inference_steps=inference_steps)  # fmt: skip
     held = ", ".join(f"{name} {count}" for name, count in report.held.items())
