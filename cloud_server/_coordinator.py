@@ -522,7 +522,11 @@ class Coordinator:
             record = self.devices[device_id]
             weight = record.num_samples if cap is None else min(record.num_samples, cap)
             picked[device_id] = (weight, _scaled_counts(record.label_counts, record.num_samples, weight))
-        configs, batches = self.strategy.synthetic_batches(number, configs, picked)
+        try:
+            configs, batches = self.strategy.synthetic_batches(number, configs, picked)
+        except Exception:  # a generator that fails (a broken pool, a torch error) must not take the fleet down
+            log.exception("round %d: the strategy could not make synthetic data; the round trains without", number)
+            batches = {}
         current = self._new_round(number, configs, self._clock())
         current.weight_cap = cap
         current.synthetic = {d: (self._store.put(blob), len(blob)) for d, blob in batches.items()}

@@ -2,17 +2,16 @@
 
 The server cannot tell a pool image of a "horse" from a mislabelled dog or an
 image in another style: it holds no real data. The devices can, for the
-classes they hold. So each picked device is sent a few pool images (probes) of
-classes it holds, scores them after training with its own model (the
-probability of the class each probe claims) and returns the scores in its
-update. The server keeps, per image, the sum of its scores and the number of
-judges, and per class the fleet's mean verdict. From these:
+classes they hold. With ``--pool-probes N`` each picked device is sent N pool
+images (probes) of classes it holds, scores them after training with its own
+model (the probability of the class each probe claims) and returns the scores
+in its update. The server keeps, per image, the sum of its scores and the
+number of judges, and per class the devices' mean verdict. From these:
 
 * :meth:`PoolVerdicts.weights`: the chance an image is drawn for a device's batch, its mean score shrunk towards
   its class's mean (an image few devices judged counts as an average image of its class) and raised to a power
-  (images the fleet rejects are drawn rarely, a clear rejection never);
-* :meth:`PoolVerdicts.agreement`: the fleet's verdict on a class, or the pool (the mean score, over recent
-  rounds): the evidence the synthetic weight follows.
+  (images the devices reject are drawn rarely, a clear rejection never), on top of the global model's score;
+* :meth:`PoolVerdicts.agreement`: the devices' mean verdict over recent rounds, reported with each round.
 
 A verdict costs a device one forward pass over its probes and about one byte
 per probe; it reveals what its model predicts on server-chosen images, which
@@ -31,9 +30,11 @@ __all__ = ["CurationConfig", "PoolVerdicts", "held_classes", "pick_probes"]
 
 @dataclass(frozen=True)
 class CurationConfig:
-    probes: int = 64  # probe images per picked device and round (0: no curation)
-    prior_votes: float = 1.0  # an image's mean score is shrunk towards its class's as if by this many votes
+    """The verdicts' arithmetic (``probes`` and ``sharpness`` come from GenflConfig's pool settings)."""
+
+    probes: int = 0  # probe images per picked device and round
     sharpness: float = 2.0  # draw chance ~ (shrunk score) ** sharpness
+    prior_votes: float = 1.0  # an image's mean score is shrunk towards its class's as if by this many votes
     reject_below: float = 0.05  # an image judged by 2+ devices with a mean score below this is never drawn
     held_share: float = 0.05  # a device "holds" a class with at least this share of its samples (and 5 samples)
 
@@ -49,38 +50,41 @@ def held_classes(label_counts: np.ndarray | None, share: float) -> np.ndarray:
 
 @dataclass
 class PoolVerdicts:
-    """Per pool image (by name), the sum of the scores the fleet gave it and how many devices judged it."""
+    """What the devices said of the pool: per image (by name) and per class, the sum of the 0..255 scores and
+    how many verdicts; per round, the same for all. Integer sums: the same verdicts in any arrival order give the
+    same figures (a simulation and a real fleet draw alike)."""
 
-    score_sum: dict[str, float] = field(default_factory=dict)
+    score_sum: dict[str, int] = field(default_factory=dict)
     votes: dict[str, int] = field(default_factory=dict)
-    recent: list[tuple[int, int, float]] = field(default_factory=list)  # (round, class, score) of recent verdicts
+    class_sum: dict[int, int] = field(default_factory=dict)
+    class_votes: dict[int, int] = field(default_factory=dict)
+    by_round: dict[int, tuple[int, int]] = field(default_factory=dict)  # round -> (score sum, verdicts)
 
     def record(self, round_number: int, names: Sequence[str], labels: Sequence[int], scores: Sequence[int]) -> None:
         """One device's verdicts: ``scores[i]`` (0..255) for image ``names[i]`` of class ``labels[i]``."""
-        for name, label, raw in zip(names, labels, scores):
-            score = raw / 255.0
-            self.score_sum[name] = self.score_sum.get(name, 0.0) + score
+        for name, label, score in zip(names, labels, scores):
+            self.score_sum[name] = self.score_sum.get(name, 0) + score
             self.votes[name] = self.votes.get(name, 0) + 1
-            self.recent.append((round_number, int(label), score))
+            self.class_sum[int(label)] = self.class_sum.get(int(label), 0) + score
+            self.class_votes[int(label)] = self.class_votes.get(int(label), 0) + 1
+        total, count = self.by_round.get(round_number, (0, 0))
+        self.by_round[round_number] = (total + sum(scores), count + len(scores))
 
-    def agreement(self, since_round: int, label: int | None = None) -> float | None:
-        """The fleet's mean score of the verdicts given since ``since_round`` (of one class, or all)."""
-        scores = [s for r, c, s in self.recent if r >= since_round and (label is None or c == label)]
-        return float(np.mean(scores)) if scores else None
+    def agreement(self, since_round: int) -> float | None:
+        """The devices' mean verdict (0..1) over the rounds since ``since_round`` (None: none given)."""
+        picked = [v for r, v in self.by_round.items() if r >= since_round]
+        count = sum(c for _, c in picked)
+        return sum(t for t, _ in picked) / 255.0 / count if count else None
 
     def class_means(self, num_classes: int) -> np.ndarray:
-        """Every class's mean score over all verdicts (NaN where none)."""
-        sums, counts = np.zeros(num_classes), np.zeros(num_classes)
-        for _, label, score in self.recent:
-            sums[label] += score
-            counts[label] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        """Every class's mean verdict (0..1; NaN where none)."""
+        return np.array([self.class_sum[c] / 255.0 / self.class_votes[c] if self.class_votes.get(c) else np.nan
+                         for c in range(num_classes)])  # fmt: skip
 
     def weights(self, names: Sequence[str], class_mean: float, config: CurationConfig) -> np.ndarray:
         """Draw weights for a class's images: shrunk mean score ** sharpness, 0 for clear rejects."""
         prior = class_mean if np.isfinite(class_mean) else 0.5
-        sums = np.array([self.score_sum.get(n, 0.0) for n in names])
+        sums = np.array([self.score_sum.get(n, 0) for n in names], dtype=np.float64) / 255.0
         votes = np.array([self.votes.get(n, 0) for n in names], dtype=np.float64)
         shrunk = (sums + config.prior_votes * prior) / (votes + config.prior_votes)
         weights = np.maximum(shrunk, 1e-3) ** config.sharpness

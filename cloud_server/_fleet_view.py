@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fleet_classes", "fleet_rows", "held_names", "read_rows", "round_rows"]
+__all__ = ["fleet_classes", "fleet_rows", "held_names", "read_rows", "report_of", "round_rows"]
 
 
 def read_rows(path: Path, sql: str) -> list[tuple[Any, ...]] | None:
@@ -42,7 +42,7 @@ def held_names(label_counts: str | None, classes: tuple[str, ...] | None) -> lis
         return None
     try:
         counts = json.loads(label_counts)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(counts, list) or len(counts) != len(classes):
         return None
@@ -112,17 +112,18 @@ def round_rows(state_dir: Path) -> list[dict[str, Any]]:
             "timed_out": bool(t) if t is not None else None,
             "accuracy": acc,
             "train_loss": loss,
-            "report": _report(report),
+            "report": report_of(report),
         }
         for n, s, c, a, f, t, acc, loss, report in rows or []
     ]
 
 
-def _report(text: str | None) -> dict[str, Any] | None:
+def report_of(text: str | None) -> dict[str, Any] | None:
+    """A round's report as the journal keeps it (None when absent or unreadable)."""
     if text is None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 import models
-from protocol import ConfigError, SyntheticBatch, TensorDict, TrainConfig, Update, encode_synthetic
+from protocol import ConfigError, GenflError, SyntheticBatch, TensorDict, TrainConfig, Update, encode_synthetic
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
@@ -136,7 +136,7 @@ class SyntheticReport:
     sent: bool
     why_not: str  # when nothing was sent: why the round ran as plain FedAvg
     devices: int  # devices that got a batch
-    images: int  # synthetic images in them, all devices together
+    images: int  # synthetic images sent (probes not counted), all devices together
     bytes: int
     weight: float  # the synthetic loss weight the devices were told
     harm_check: float  # the harm check's share of the weight (1: no harm seen)
@@ -205,6 +205,7 @@ class _GenerativeStrategy(Strategy):
         self.devices_seen: dict[str, tuple[int, np.ndarray | None]] = {}  # sample count, label counts
         self.generator_seconds = 0.0
         self.synthetic_bytes: dict[str, int] = {}
+        self.synthetic_images: dict[str, int] = {}  # device -> synthetic images sent this round
         self.last_fit: Any = None
         self.last_pool: SyntheticPool | None = None
         self.current_global: TensorDict | None = None  # the model the round's devices start from
@@ -213,7 +214,7 @@ class _GenerativeStrategy(Strategy):
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
         self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
         self.pool_recognised: dict[int, float] = {}  # round -> share of the pool the model sent in it recognises
-        self.pool_scores: dict[tuple[str, ...], np.ndarray] = {}  # a class's image names -> their last scores
+        self.pool_scores: dict[str, float] = {}  # pool image name -> the global model's last score of it
         self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
         self._closing_round = 0
 
@@ -278,7 +279,7 @@ class _GenerativeStrategy(Strategy):
         return self.generator
 
     def _note_devices(self, devices: Mapping[str, tuple[int, Any]]) -> None:
-        self.generator_seconds, self.synthetic_bytes = 0.0, {}
+        self.generator_seconds, self.synthetic_bytes, self.synthetic_images = 0.0, {}, {}
         for device_id, (num_samples, counts) in devices.items():
             self.devices_seen[device_id] = (num_samples, None if counts is None else np.asarray(counts, np.float64))
 
@@ -298,14 +299,24 @@ class _GenerativeStrategy(Strategy):
         self.generator_seconds += time.perf_counter() - started
         return result  # type: ignore[no-any-return]
 
+    def _budget_samples(self) -> int:
+        """Synthetic samples (images, labels, soft labels) one device's byte budget holds."""
+        g = self.genfl
+        spec = self._spec()
+        sample_bytes = int(np.prod(spec.input_shape)) + 8 + (2 * spec.num_classes if g.soft_labels else 0)
+        return g.synthetic_budget_kb * 1024 // sample_bytes
+
+    def _probe_count(self) -> int:
+        """Probes per device: as configured, within the byte budget."""
+        return min(self.genfl.pool_probes, self._budget_samples())
+
     def _needs(self, device_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Per device, how many synthetic images of each class it gets (its lacking classes, within budget)."""
         g = self.genfl
         spec = self._spec()
-        sample_bytes = int(np.prod(spec.input_shape)) + 8 + (2 * spec.num_classes if g.soft_labels else 0)
-        max_samples = g.synthetic_budget_kb * 1024 // sample_bytes
+        max_samples = self._budget_samples()
         if g.generator == "pool":  # the probes a device judges come out of the same budget
-            max_samples = max(0, max_samples - g.pool_probes)
+            max_samples -= self._probe_count()
         needs = {}
         for device_id in device_ids:
             num_samples, counts = self.devices_seen.get(device_id, (0, None))
@@ -350,15 +361,19 @@ class _GenerativeStrategy(Strategy):
             if batch is not None:
                 out[device_id] = encode_synthetic(batch)
                 self.synthetic_bytes[device_id] = len(out[device_id])
+                self.synthetic_images[device_id] = len(batch)
         return out
 
     def _from_pool(self, round_number: int, needs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
         """Per device, distinct images of the pool's classes it lacks (a device's batch is drawn from the whole
         pool, the fleet's model deciding how often each image is drawn), and probes of the classes it holds."""
         generator = self._generator()
-        generator.refresh()  # grown or refreshed since the last round: score and draw from what it holds now
+        try:
+            generator.refresh()  # grown or refreshed since the last round: score and draw from what it holds now
+        except GenflError as exc:  # an image being copied in, say: the pool as it was read last
+            log.warning("round %d: keeping the pool as last read: %s", round_number, exc)
         g = self.genfl
-        curation = CurationConfig(probes=g.pool_probes)
+        curation = CurationConfig(probes=self._probe_count(), sharpness=g.pool_sharpness)
         weights = None
         scores = self._score_pool(round_number)
         if scores is not None and g.pool_sharpness > 0:
@@ -387,6 +402,7 @@ class _GenerativeStrategy(Strategy):
             if len(labels) or probes:
                 out[device_id] = encode_synthetic(SyntheticBatch(images, labels, None, probe_images, probe_labels))
                 self.synthetic_bytes[device_id] = len(out[device_id])
+                self.synthetic_images[device_id] = len(labels)
                 sent_images.append(images)
                 sent_labels.append(labels)
         images = np.concatenate(sent_images) if sent_images else np.zeros((0, *self._spec().input_shape), np.uint8)
@@ -399,8 +415,9 @@ class _GenerativeStrategy(Strategy):
         """The current global model's probability of each pool image's class (None before there is one), and
         the share of the pool it recognises (kept per round: the pool's side of its quality).
 
-        A round scores at most ``pool_scored_per_round`` images, drawn anew each round, so that a large pool costs
-        a bounded time on a CPU; an image keeps its last score, and one never scored counts as its class's median.
+        A round scores at most ``pool_scored_per_round`` images (at least one of each class), drawn anew each
+        round, so that a large pool costs a bounded time on a CPU; an image keeps its last score (by name, so a
+        pool that grows keeps what it knew), and one never scored counts as its class's median.
         """
         g = self.genfl
         if self.current_global is None or not (g.pool_sharpness > 0 or g.pool_evidence):
@@ -415,14 +432,14 @@ class _GenerativeStrategy(Strategy):
         rng = np.random.default_rng(derive_seed("pool-scores", self.config.seed, round_number))
         scores, right, judged = {}, 0, 0
         for label, images in pool.images.items():
-            known = self.pool_scores.get(pool.names[label])
-            picked = rng.random(len(images)) < share if share < 1.0 else np.ones(len(images), dtype=bool)
+            names = pool.names[label]
+            picked = rng.random(len(images)) < share
+            picked[rng.integers(len(images))] = True  # every class is judged every round
             probabilities = torch.softmax(models.predict_logits(model, images[picked]), dim=1)
-            fresh = probabilities[:, label].numpy().astype(np.float64)
-            row = np.full(len(images), np.nan) if known is None else known.copy()
-            row[picked] = fresh
-            self.pool_scores[pool.names[label]] = row
-            scores[label] = np.where(np.isnan(row), np.nanmedian(row) if np.isfinite(row).any() else 0.1, row)
+            for name, score in zip((n for n, p in zip(names, picked) if p), probabilities[:, label].tolist()):
+                self.pool_scores[name] = score
+            row = np.array([self.pool_scores.get(name, np.nan) for name in names], dtype=np.float64)
+            scores[label] = np.where(np.isnan(row), np.nanmedian(row), row)
             right += int((probabilities.argmax(1) == label).sum())
             judged += int(picked.sum())
         self.pool_recognised[round_number] = right / max(judged, 1)
@@ -521,7 +538,7 @@ class GenFL(_GenerativeStrategy):
             sent=why_not is None,
             why_not=why_not or "",
             devices=len(blobs or {}),
-            images=0 if pool is None else len(pool.labels),
+            images=sum(self.synthetic_images.get(d, 0) for d in blobs or {}),
             bytes=sum(len(b) for b in (blobs or {}).values()),
             weight=weight,
             harm_check=self.harm.value,

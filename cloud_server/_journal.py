@@ -74,7 +74,7 @@ def read_classes(text: str | None) -> tuple[str, ...] | None:
         return None
     try:
         return validate_classes(json.loads(text))
-    except (ValueError, GenflError):
+    except (ValueError, RecursionError, GenflError):
         return None
 
 

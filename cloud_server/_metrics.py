@@ -15,8 +15,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ._coordinator import Coordinator, RoundResult
 from ._fleet_view import read_rows
+from ._fleet_view import report_of as _report
 
 __all__ = ["FleetMetrics"]
+
+
+def _number(value: object) -> float:
+    """A report's figure as a non-negative number (0 for anything else: a report is read back from the state)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0
+
 
 _ROUND_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -87,6 +94,16 @@ class FleetMetrics:
             self.rejected.labels(reason=reason).inc(count)
         if last is not None:
             self.round_number.set(last)
+        for (text,) in read_rows(database, "SELECT report FROM rounds WHERE closed IS NOT NULL") or []:
+            self._count_report(_report(text))
+
+    def _count_report(self, report: dict[str, object] | None) -> None:
+        """A round's synthetic-data figures into the lifetime counters (rounds without a report: none)."""
+        if report is None or "sent" not in report:
+            return
+        self.synthetic_rounds.labels(sent="yes" if report["sent"] else "no").inc()
+        self.synthetic_images.inc(_number(report.get("images")))
+        self.synthetic_bytes.inc(_number(report.get("bytes")))
 
     def start_counting(self, coordinator: Coordinator) -> None:
         """What the coordinator rejected before now is in the journal already (seeded): count from here."""
@@ -112,13 +129,11 @@ class FleetMetrics:
         if result.device_accuracy is not None:
             self.device_accuracy.set(result.device_accuracy)
         report = result.report
+        self._count_report(report)
         if report is not None and "sent" in report:
-            self.synthetic_rounds.labels(sent="yes" if report["sent"] else "no").inc()
-            self.synthetic_images.inc(report.get("images") or 0)
-            self.synthetic_bytes.inc(report.get("bytes") or 0)
-            self.synthetic_weight.set(report.get("weight") or 0.0)
+            self.synthetic_weight.set(_number(report.get("weight")))
             if report.get("pool_quality") is not None:
-                self.pool_quality.set(report["pool_quality"])
+                self.pool_quality.set(_number(report["pool_quality"]))
 
     # -- each pass of the serve loop --------------------------------------------------------
 

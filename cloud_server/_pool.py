@@ -14,6 +14,7 @@ when its folders change (grown or refreshed on a schedule).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -176,11 +177,16 @@ class PoolGenerator(Generator):
         """The fleet's classes this pool holds no image of."""
         return [name for index, name in enumerate(self.classes) if index not in self.pool.images]
 
+    def refresh_or_keep(self) -> None:
+        """``refresh``, but never fail: a folder that cannot be read now keeps the images read last."""
+        with contextlib.suppress(ConfigError):
+            self.refresh()
+
     def draw(self, per_class: np.ndarray, seed: int,
              weights: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
         """``per_class[c]`` distinct images of each class c (repeats only where the class holds fewer), drawn
         in proportion to ``weights[c]`` (one per image; a zero is never drawn); images, labels and names."""
-        self.refresh()
+        self.refresh_or_keep()
         rng = np.random.default_rng(seed)
         spec = models.get_spec(self.model_name)
         images: list[np.ndarray] = []

@@ -20,6 +20,7 @@ import numpy as np
 from protocol import (
     AUGMENTATIONS,
     CODECS,
+    MAX_PROBES,
     SYNTHETIC_NORMS,
     SYNTHETIC_RESTYLES,
     ConfigError,
@@ -101,7 +102,7 @@ class GenflConfig:
     harm_tolerance: float = 0.02
     filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
     synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
-    synthetic_norm: str = "joint"  # how devices pass synthetic samples through BatchNorm: joint or frozen
+    synthetic_norm: str = TrainConfig.synthetic_norm  # how devices pass synthetic samples through BatchNorm
     # How devices bridge a style gap (protocol.SyntheticRestyle). None: real for a pool or a pipeline (half of a
     # device's images take the synthetic images' colours each round), none for the data-free generator.
     synthetic_restyle: str | None = None
@@ -147,8 +148,8 @@ class GenflConfig:
             raise ConfigError("the pool sharpness must be in [0, 10] and the every-class share in [0, 1]")
         if self.pool_scored_per_round < 1:
             raise ConfigError("the pool needs at least one image scored per round")
-        if not 0 <= self.pool_probes <= 4096:
-            raise ConfigError(f"pool probes must be 0..4096, got {self.pool_probes}")
+        if not 0 <= self.pool_probes <= MAX_PROBES:
+            raise ConfigError(f"pool probes must be 0..{MAX_PROBES}, got {self.pool_probes}")
         if self.synthetic_restyle is not None and self.synthetic_restyle not in SYNTHETIC_RESTYLES:
             raise ConfigError(f"unknown restyle {self.synthetic_restyle!r}; use one of {', '.join(SYNTHETIC_RESTYLES)}")
         if self.replay < 0:

@@ -31,6 +31,7 @@ from typing import Any
 from protocol import (
     BlobStore,
     ConfigError,
+    DataError,
     DeviceState,
     FrameGuard,
     GenflError,
@@ -195,7 +196,7 @@ def _saved_classes(state_dir: Path) -> tuple[str, ...] | None:
         return validate_classes(json.loads((state_dir / "fleet-classes.json").read_text()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, GenflError) as exc:
+    except (OSError, ValueError, RecursionError, GenflError) as exc:
         log.warning("ignoring an unreadable %s (%s)", state_dir / "fleet-classes.json", exc)
         return None
 
@@ -270,8 +271,16 @@ class _Agent:
             "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
         )
         self.summary, self.num_samples = summary, num_samples
-        classes = config.classes or _saved_classes(config.state_dir)
-        label_counts = None if classes is None else self.label_counts_for(classes)  # a foreign class: stop here
+        classes = config.classes
+        if classes is None:  # the list the last task named, if it still fits this board's data
+            classes = _saved_classes(config.state_dir)
+            try:
+                label_counts = None if classes is None else self.label_counts_for(classes)
+            except DataError as exc:
+                log.warning("dropping the fleet's classes kept in %s: %s", config.state_dir / "fleet-classes.json", exc)
+                classes, label_counts = None, None
+        else:
+            label_counts = self.label_counts_for(classes)  # a folder the fleet does not know: stop here
         topics = Topics(config.fleet)
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
         guard = config.guard()
@@ -322,13 +331,16 @@ class _Agent:
         counts = [0] * len(classes)
         for number, count in zip(numbers, summary.label_counts):
             counts[number] += count
-        released = released_label_counts(config.state_dir, counts, config.label_noise)
+        released = released_label_counts(config.state_dir, counts, config.label_noise, classes)
         return scaled_to_total(released, self.num_samples)
 
     def adopt_classes(self, classes: tuple[str, ...]) -> tuple[float, ...] | None:
         """A task named this fleet class list: the label counts in its order; the list is kept for the next start."""
         counts = self.label_counts_for(classes)
-        atomic_write(self.config.state_dir / "fleet-classes.json", json.dumps(list(classes)).encode())
+        try:
+            atomic_write(self.config.state_dir / "fleet-classes.json", json.dumps(list(classes)).encode())
+        except OSError as exc:  # only a cache for the next start: the round goes on
+            log.warning("cannot keep the fleet's classes in %s: %s", self.config.state_dir, exc)
         return counts
 
     def state_text(self) -> str:

@@ -45,6 +45,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"})
 _TEST_SHARE = 0.2
+_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -176,14 +177,13 @@ def _load_cifar10(data_dir: Path, download: bool) -> DeviceDataset:
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
-def _decode_image(data: bytes, origin: str, size: tuple[int, int] | None, mode: str | None) -> np.ndarray:
-    """uint8 (C, H, W): grayscale images give one channel, others RGB; ``mode`` (the first image's) makes the rest
-    alike, so a grey frame among colour ones is read as colour and the other way round."""
+def _decode_image(data: bytes, origin: str, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 (C, H, W): a grey image gives one channel, any other three (RGB)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            wanted = mode or ("L" if image.mode in _GRAY_MODES else "RGB")
+            wanted = "L" if image.mode in _GRAY_MODES else "RGB"
             converted = image.convert(wanted)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {origin}: {exc}") from exc
@@ -235,13 +235,15 @@ def _build_tree(source: str, entries: list[_Entry], read: Callable[[str], bytes]
             present = {e.label for e in entries if e.split == split}
             if present and present != set(classes):
                 raise DataError(f"{source}: {split}/ has classes {sorted(present)}, expected {list(classes)}")
-    # In file-name order across the class folders (then by class): a board's images in the order they were named
-    ordered = sorted(entries, key=lambda e: (e.split, PurePosixPath(e.name).name, e.label))
-    first = _decode_image(read(ordered[0].name), f"{source}/{ordered[0].name}", None, None)
-    size, mode = (first.shape[2], first.shape[1]), ("L" if first.shape[0] == 1 else "RGB")
-    images = np.empty((len(ordered), *first.shape), dtype=np.uint8)
-    for i, entry in enumerate(ordered):
-        images[i] = _decode_image(read(entry.name), f"{source}/{entry.name}", size, mode)
+    ordered = sorted(entries, key=lambda e: (e.split, e.label, e.name))  # class by class, files by name
+    decoded: list[np.ndarray] = []
+    size: tuple[int, int] | None = None
+    for entry in ordered:
+        decoded.append(_decode_image(read(entry.name), f"{source}/{entry.name}", size))
+        size = size or (decoded[0].shape[2], decoded[0].shape[1])
+    # All grey: one channel. Any colour: three, the grey ones repeated (a grey frame among colour ones).
+    colour = any(image.shape[0] == 3 for image in decoded)
+    images = np.stack([np.repeat(image, 3, axis=0) if colour and image.shape[0] == 1 else image for image in decoded])
     labels = np.array([class_index[e.label] for e in ordered], dtype=np.int64)
     splits = np.array([e.split for e in ordered])
     if split_tree:
@@ -256,7 +258,9 @@ def _build_tree(source: str, entries: list[_Entry], read: Callable[[str], bytes]
 
 def _cache_path(kind: str, path: Path) -> Path:
     stat = path.stat()
-    key = hashlib.sha256(f"{kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    # _CACHE_FORMAT: how the loader reads a tree (grey kept grey); a cache made another way is not reused
+    key = f"{_CACHE_FORMAT}|{kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:24]
     root = Path(os.environ.get("GENFL_CACHE_DIR", Path.home() / ".cache" / "genfl"))
     return root / f"{kind}-{key}.npz"
 

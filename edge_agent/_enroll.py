@@ -81,7 +81,7 @@ class EdgeHome:
 
 def _toml_value(value: object) -> str:
     if isinstance(value, (str, list)):
-        return json.dumps(value)  # a JSON string or list of strings is a TOML one too
+        return json.dumps(value, ensure_ascii=False)  # a JSON string or list of strings is a TOML one too
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

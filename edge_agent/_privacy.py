@@ -49,26 +49,33 @@ def scaled_to_total(counts: Sequence[float], total: int) -> tuple[float, ...]:
     return tuple(round(float(x), 3) for x in scaled)
 
 
-def released_label_counts(state_dir: Path, counts: Sequence[int], epsilon: float | None) -> tuple[float, ...]:
-    """What this device sends as its label counts: exact, or the one noised release it keeps on disk.
+def released_label_counts(
+    state_dir: Path, counts: Sequence[int], epsilon: float | None, classes: Sequence[str] | None = None
+) -> tuple[float, ...]:
+    """What this device sends as its label counts (in the order of ``classes``, the fleet's list): exact, or the
+    one noised release it keeps on disk for that list.
 
     A noised release is rescaled (by the caller, :func:`scaled_to_total`) to the sample count it reports."""
     if epsilon is None:
         return tuple(float(c) for c in counts)
     path = state_dir / "label-counts.json"
     num_samples = int(sum(counts))
+    names = None if classes is None else list(classes)
     try:
         kept = json.loads(path.read_text())
-        if kept["epsilon"] == epsilon and kept["num_samples"] == num_samples and len(kept["counts"]) == len(counts):
+        same = kept["epsilon"] == epsilon and kept["num_samples"] == num_samples and kept.get("classes") == names
+        if same and len(kept["counts"]) == len(counts):
             return tuple(float(c) for c in kept["counts"])
-        log.warning("the data set or epsilon changed: drawing new label noise (the privacy budgets add up)")
+        log.warning("the data set, the fleet's classes or epsilon changed: drawing new label noise (the privacy "
+                    "budgets add up)")  # fmt: skip
     except FileNotFoundError:
         pass
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         log.warning("unreadable %s (%s): drawing new label noise", path, exc)
     released = laplace_label_counts(counts, epsilon, np.random.default_rng())
     state_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"epsilon": epsilon, "num_samples": num_samples, "counts": released}).encode())
+    kept_now = {"epsilon": epsilon, "num_samples": num_samples, "classes": names, "counts": released}
+    atomic_write(path, json.dumps(kept_now).encode())
     return released
 
 

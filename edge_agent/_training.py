@@ -63,7 +63,7 @@ def train_local(
         # then says nothing of real or synthetic, nor of which classes a device lacks.
         assert synthetic is not None
         half = np.random.default_rng([config.seed, 1]).random(len(data)) < 0.5
-        images = np.where(half[:, None, None, None], models.colours_like(data.images, synthetic.images), data.images)
+        images = models.colours_like(data.images, synthetic.images, only=half)
     if device != "cpu":  # keep the shard on the accelerator as uint8: one copy per round
         images = torch.from_numpy(np.asarray(images)).to(device)
         labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)

@@ -38,5 +38,5 @@ def checkpoint_classes(path: Path) -> tuple[str, ...] | None:
         with safe_open(str(path), framework="np") as handle:  # type: ignore[no-untyped-call]
             text = (handle.metadata() or {}).get("classes")
         return None if text is None else validate_classes(json.loads(text))
-    except (SafetensorError, OSError, ValueError, GenflError):
+    except (SafetensorError, OSError, ValueError, RecursionError, GenflError):
         return None

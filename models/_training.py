@@ -111,27 +111,45 @@ def restyled(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(moved), 0, 255).astype(np.uint8)
 
 
-def colours_like(images: np.ndarray, style: np.ndarray) -> np.ndarray:
+def _pixel_moments(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of uint8 images' pixels (colour vectors), a chunk at a time (integer sums: exact)."""
+    channels = images.shape[1]
+    total = np.zeros(channels, dtype=np.float64)
+    products = np.zeros((channels, channels), dtype=np.float64)
+    for start in range(0, len(images), chunk):
+        pixels = images[start : start + chunk].transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.int64)
+        total += pixels.sum(0)
+        products += pixels.T @ pixels
+    count = len(images) * images.shape[2] * images.shape[3]
+    mean = total / count
+    covariance = (products - count * np.outer(mean, mean)) / max(count - 1, 1)
+    return mean, covariance
+
+
+def colours_like(images: np.ndarray, style: np.ndarray, only: np.ndarray | None = None) -> np.ndarray:
     """uint8 ``images`` (N, C, H, W) with the colours of ``style``: their pixels' mean and colour covariance moved
     to those of ``style``'s pixels (a linear map; one channel: mean and spread). Grey, tinted, low-contrast
-    ``style`` images make grey, tinted, low-contrast copies."""
+    ``style`` images make grey, tinted, low-contrast copies. With ``only`` (a mask over the images), the map is
+    measured on all of them and applied to those it picks; the others are returned as they are."""
     if len(images) == 0 or len(style) == 0:
         return images
     channels = images.shape[1]
-    source = images.transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
-    target = style.transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
-    mean_s, mean_t = source.mean(0), target.mean(0)
-    cov_s = np.atleast_2d(np.cov(source, rowvar=False)) + np.eye(channels)
-    cov_t = np.atleast_2d(np.cov(target, rowvar=False)) + np.eye(channels)
+    mean_s, cov_s = _pixel_moments(images)
+    mean_t, cov_t = _pixel_moments(style)
 
     def power(matrix: np.ndarray, exponent: float) -> np.ndarray:
-        values, vectors = np.linalg.eigh(matrix)
+        values, vectors = np.linalg.eigh(matrix + np.eye(channels))
         return (vectors * np.clip(values, 1e-6, None) ** exponent) @ vectors.T
 
     transform = power(cov_t, 0.5) @ power(cov_s, -0.5)
-    moved = (source - mean_s) @ transform.T + mean_t
-    out = np.clip(np.rint(moved), 0, 255).astype(np.uint8)
-    return out.reshape(images.shape[0], images.shape[2], images.shape[3], channels).transpose(0, 3, 1, 2).copy()
+    out = images.copy()
+    picked = np.flatnonzero(np.ones(len(images), dtype=bool) if only is None else only)
+    for start in range(0, len(picked), 1024):
+        index = picked[start : start + 1024]
+        pixels = images[index].transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
+        moved = np.clip(np.rint((pixels - mean_s) @ transform.T + mean_t), 0, 255).astype(np.uint8)
+        out[index] = moved.reshape(len(index), images.shape[2], images.shape[3], channels).transpose(0, 3, 1, 2)
+    return out
 
 
 def train_one_epoch(

@@ -8,6 +8,7 @@ onto it by name: a board may lack classes, but it never numbers them its own way
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from ._errors import ConfigError, DataError
 __all__ = ["MAX_CLASSES", "class_mapping", "default_classes", "describe_classes", "parse_classes", "validate_classes"]
 
 MAX_CLASSES = 10_000
+MAX_CLASSES_BYTES = 32 * 1024  # the list as JSON: it rides in every task's header (at most 64 KiB in all)
 
 
 def validate_classes(names: Sequence[str], expected: int | None = None) -> tuple[str, ...]:
@@ -42,6 +44,8 @@ def validate_classes(names: Sequence[str], expected: int | None = None) -> tuple
     if len(set(names)) != len(names):
         repeated = sorted(name for name, count in Counter(names).items() if count > 1)
         raise ConfigError(f"class names must be distinct; repeated: {repeated[:5]}")
+    if len(json.dumps(list(names), ensure_ascii=False).encode()) > MAX_CLASSES_BYTES:
+        raise ConfigError(f"the class list takes more than {MAX_CLASSES_BYTES} bytes; every task must carry it")
     if expected is not None and len(names) != expected:
         raise ConfigError(f"{len(names)} class names, but the model predicts {expected} classes")
     return tuple(names)

@@ -46,7 +46,7 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: tasks carry the fleet's class list; synthetic norm and restyle modes; probes
 
 
 class SyntheticNorm(str, Enum):

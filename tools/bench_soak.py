@@ -53,9 +53,9 @@ def _hostile(url: str, fleet: str, devices: list[str], stop: threading.Event, se
         if kind == 0:
             topic, payload = f"genfl/{fleet}/devices/{device}/update", rng.randbytes(rng.randrange(1, 2048))
         elif kind == 1:
-            topic, payload = f"genfl/{fleet}/devices/{device}/update", b"GFL\x01\x00\x00\x10\x00{" + rng.randbytes(64)
+            topic, payload = f"genfl/{fleet}/devices/{device}/update", b"GFL\x02\x00\x00\x10\x00{" + rng.randbytes(64)
         elif kind == 2:
-            topic, payload = f"genfl/{fleet}/devices/{device}/blob/req", b'GFL\x01\x00\x00\x00\x0f{"type":"ack"}'
+            topic, payload = f"genfl/{fleet}/devices/{device}/blob/req", b'GFL\x02\x00\x00\x00\x0f{"type":"ack"}'
         elif kind == 3:
             topic, payload = f"genfl/{fleet}/devices/{device}/state", forged  # state for another device id
         else:

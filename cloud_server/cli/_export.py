@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent import load_dataset
+from edge_agent import load_dataset, with_channels
 from protocol import ConfigError, ModelError, exit_on_error
 
 
@@ -34,7 +34,7 @@ def export(
             if not found:
                 raise ModelError(f"{state_dir}: no checkpoints yet")
             checkpoint = found[-1]
-        from models import checkpoint_classes, read_checkpoint
+        from models import checkpoint_classes, get_spec, read_checkpoint
         from models._onnx import export_onnx
 
         model_name, state = read_checkpoint(checkpoint, model)
@@ -44,8 +44,10 @@ def export(
                 raise ConfigError(f"{model_name} needs --calibration SPEC (images like the devices' data)")
             calibration = "digits"
         dataset = load_dataset(calibration)
-        report = export_onnx(model_name, state, out, int8=int8, check_images=dataset.test.images[:1000],
-                             calibration_images=dataset.train.images[:512],
+        shape = get_spec(model_name).input_shape
+        report = export_onnx(model_name, state, out, int8=int8,
+                             check_images=with_channels(dataset.test, shape).images[:1000],
+                             calibration_images=with_channels(dataset.train, shape).images[:512],
                              classes=classes or dataset.classes)  # fmt: skip
         typer.echo(
             f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}) from {checkpoint}; "

@@ -83,6 +83,13 @@ def _agent_status(state_dir: Path) -> dict[str, Any] | None:
     return agent if isinstance(agent, dict) else None
 
 
+def _classes_text(value: object, otherwise: str | None) -> str | None:
+    """The class list the agent reported in its status file, comma-joined (``otherwise`` if it reported none)."""
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return ",".join(value)
+    return otherwise
+
+
 def collect_status(config_path: Path) -> dict[str, Any]:
     settings = load_agent_config(config_path, {})
     agent = _agent_status(settings.state_dir)
@@ -128,7 +135,7 @@ def collect_status(config_path: Path) -> dict[str, Any]:
             last_outcome=outcome[1] if outcome else None,
             model_held=agent.get("model_held"),
             local_samples=agent.get("num_samples"),
-            classes=",".join(agent["classes"]) if isinstance(agent.get("classes"), list) else status["classes"],
+            classes=_classes_text(agent.get("classes"), status["classes"]),
             pending_update_round=agent.get("pending_round"),
             agent_rss_mb=agent.get("daemon_rss_mb"),
             worker_peak_rss_mb=agent.get("worker_peak_rss_mb"),

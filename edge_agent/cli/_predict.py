@@ -47,15 +47,17 @@ def export(
             raise ModelError(f"{state_dir}: no current model recorded in status.json ({exc})") from exc
         if data is None:
             data = json.loads((state_dir / "config.json").read_text())["data"]
-        from models import checkpoint_classes, read_checkpoint
+        from edge_agent import with_channels
+        from models import checkpoint_classes, get_spec, read_checkpoint
         from models._onnx import export_onnx
 
         blob = state_dir / "blobs" / str(model_id)
         model_name, state = read_checkpoint(blob)
         classes = checkpoint_classes(blob)  # the fleet's list, which the server put in the model it sent
         dataset = load_dataset(str(data))
-        report = export_onnx(model_name, state, out, int8=int8, check_images=dataset.train.images[:1000],
-                             calibration_images=dataset.train.images[:512],
+        images = with_channels(dataset.train, get_spec(model_name).input_shape).images  # a grey board, say
+        report = export_onnx(model_name, state, out, int8=int8, check_images=images[:1000],
+                             calibration_images=images[:512],
                              classes=classes or dataset.classes)  # fmt: skip
         typer.echo(
             f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}); "

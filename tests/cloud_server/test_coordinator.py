@@ -132,7 +132,7 @@ def test_a_restarted_coordinator_resumes_the_open_round_from_its_journal(tmp_pat
 def _frame(header: str) -> bytes:
     """A frame with a hand-written JSON header (what a hostile client can send)."""
     data = header.encode()
-    return b"GFL\x01" + len(data).to_bytes(4, "big") + data
+    return b"GFL\x02" + len(data).to_bytes(4, "big") + data
 
 
 def test_hostile_numbers_are_rejected_and_an_unexpected_error_drops_one_message_only() -> None:

@@ -24,7 +24,8 @@ def test_probes_go_to_the_least_judged_images_spread_over_the_held_classes() -> 
 
 def test_images_the_fleet_rejects_are_drawn_less_and_clear_rejects_never() -> None:
     verdicts = PoolVerdicts()
-    verdicts.record(1, ["c/good", "c/bad", "c/bad", "c/meh"], [3, 3, 3, 3], [230, 2, 3, 100])
+    verdicts.record(1, ["c/good", "c/bad", "c/meh"], [3, 3, 3], [230, 2, 100])
+    verdicts.record(1, ["c/bad"], [3], [3])  # another device, later
     weights = verdicts.weights(["c/good", "c/bad", "c/meh", "c/unjudged"], class_mean=0.4, config=CurationConfig())
     good, bad, meh, unjudged = weights.tolist()
     assert bad == 0.0  # judged twice, both below 5%

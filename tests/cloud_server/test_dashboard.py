@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cloud_server._dashboard import render_page
 from cloud_server._fleet_view import fleet_rows, round_rows
 from cloud_server._metrics import FleetMetrics
@@ -90,3 +92,28 @@ def test_an_operator_sees_what_genfl_sent_each_round_and_the_fleets_classes() ->
     assert sample("genfl_synthetic_rounds_total", {"sent": "no"}) == 1
     assert sample("genfl_synthetic_images_total") == 2287 and sample("genfl_synthetic_weight") == 0.78
     assert sample("genfl_pool_quality") == 0.78
+
+
+def test_the_synthetic_counters_start_from_the_rounds_the_journal_kept(tmp_path: Path) -> None:
+    # Prepare: a state whose two closed rounds sent synthetic data once, and a hostile report
+    from cloud_server import SqliteJournal
+    from protocol import TrainConfig, encode_tensors
+
+    journal = SqliteJournal(tmp_path)
+    blob = encode_tensors({"w": np.zeros(2, np.float32)})
+    journal.start("toy", "f", blob, ("a", "b"))
+    reports = [{"sent": True, "images": 40, "bytes": 1000}, {"sent": False, "images": 0, "bytes": 0},
+               {"sent": True, "images": "many", "bytes": -5}]  # fmt: skip
+    for number, report in enumerate(reports, start=1):
+        journal.round_opened(number, 0.0, "m", {"d": TrainConfig()}, None)
+        journal.round_closed(number, blob, "m", total_weight=1, timed_out=False, accuracy=None, loss=None,
+                             train_loss=0.0, report=report)  # fmt: skip
+    journal.close()
+    # Execute
+    metrics = FleetMetrics("f")
+    metrics.seed_from_journal(tmp_path / "state.sqlite3")
+    # Assert: what the journal holds, a figure that is not a count counting as none
+    sample = metrics.registry.get_sample_value
+    assert sample("genfl_synthetic_rounds_total", {"sent": "yes"}) == 2
+    assert sample("genfl_synthetic_rounds_total", {"sent": "no"}) == 1
+    assert sample("genfl_synthetic_images_total") == 40 and sample("genfl_synthetic_bytes_total") == 1000

@@ -140,7 +140,7 @@ def test_hostile_task_frames_and_chunks_are_rejected_without_allocating_and_the_
                       policy=TaskPolicy())  # fmt: skip
     agent.start()
     header = b'{"type":"task","round":' + b"7" * 5000 + b"}"
-    killer = b"GFL\x01" + len(header).to_bytes(4, "big") + header
+    killer = b"GFL\x02" + len(header).to_bytes(4, "big") + header
     model_id = "cd" * 32
     task = Task(
         round=1,

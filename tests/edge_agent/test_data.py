@@ -134,21 +134,25 @@ def test_a_board_lacking_classes_numbers_its_folders_by_the_fleets_list(tmp_path
         in_fleet_order(dataset.train, dataset.classes, ("ant", "dog"), "board")
 
 
-def test_grey_folders_give_one_channel_in_file_name_order_and_fit_either_model(tmp_path: Path) -> None:
-    # Prepare: grey 8x8 images named by their order, spread over two class folders
+def test_grey_folders_give_one_channel_and_fit_either_model(tmp_path: Path) -> None:
+    # Prepare: grey 8x8 images in two class folders
     from edge_agent import with_channels
 
     for position, label in enumerate(["7", "3", "3", "7"]):
         (tmp_path / "train" / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((8, 8), 10 * position, np.uint8)).save(tmp_path / "train" / label / f"{position}.png")
-    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "train" / "3" / "9.png")  # one colour frame
     # Execute
     dataset = load_dataset(f"folder:{tmp_path}")
-    # Assert: one channel (the colour frame read as grey), the files in name order across the folders
+    # Assert: one channel, class by class and files by name; grey repeated into colour for a colour model
     assert dataset.input_shape == (1, 8, 8)
-    assert dataset.train.images[:4, 0, 0, 0].tolist() == [0, 10, 20, 30]
-    assert [dataset.classes[i] for i in dataset.train.labels] == ["7", "3", "3", "7", "3"]
+    assert dataset.train.images[:, 0, 0, 0].tolist() == [10, 20, 0, 30]
+    assert [dataset.classes[i] for i in dataset.train.labels] == ["3", "3", "7", "7"]
     rgb = with_channels(dataset.train, (3, 8, 8))
-    assert rgb.images.shape == (5, 3, 8, 8) and (rgb.images[:, 0] == rgb.images[:, 2]).all()
+    assert rgb.images.shape == (4, 3, 8, 8) and (rgb.images[:, 0] == rgb.images[:, 2]).all()
     assert with_channels(rgb, (1, 8, 8)).images.tolist() == dataset.train.images.tolist()
     assert with_channels(rgb, (1, 4, 4)) is rgb  # another size: left for the fit check to name
+    # A colour frame among them: the data set is colour, the grey frames repeated
+    Image.fromarray(np.full((8, 8, 3), (200, 100, 50), np.uint8)).save(tmp_path / "train" / "3" / "9.png")
+    mixed = load_dataset(f"folder:{tmp_path}")
+    assert mixed.input_shape == (3, 8, 8) and mixed.train.images[2, :, 0, 0].tolist() == [200, 100, 50]
+    assert mixed.train.images[0, :, 0, 0].tolist() == [10, 10, 10]

@@ -32,7 +32,7 @@ SHA = "a" * 64
 
 def _frame(header: dict[str, object]) -> bytes:
     raw = json.dumps(header).encode()
-    return b"GFL\x01" + len(raw).to_bytes(4, "big") + raw
+    return b"GFL\x02" + len(raw).to_bytes(4, "big") + raw
 
 
 def _task_header(classes: object) -> dict[str, object]:

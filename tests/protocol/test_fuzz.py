@@ -91,7 +91,7 @@ FIELDS = ["round", "device_id", "state", "num_samples", "label_counts", "model_n
 
 
 def _frame(header: bytes, body: bytes = b"") -> bytes:
-    return b"GFL\x01" + struct.pack(">I", len(header)) + header + body
+    return b"GFL\x02" + struct.pack(">I", len(header)) + header + body
 
 
 def _decodes_or_rejects(payload: bytes) -> None:

@@ -20,7 +20,7 @@ SHA = "a" * 64
 
 
 def _frame(header: bytes, body: bytes = b"") -> bytes:
-    return b"GFL\x01" + len(header).to_bytes(4, "big") + header + body
+    return b"GFL\x02" + len(header).to_bytes(4, "big") + header + body
 
 
 def _update() -> Update:
@@ -75,8 +75,8 @@ def test_update_round_trip_keeps_tensors_bit_exact() -> None:
         (b"", "bad-frame"),
         (b"garbage bytes that are not a frame", "bad-frame"),
         (b"GFL\x09\x00\x00\x00\x02{}", "bad-version"),
-        (b"GFL\x01\xff\xff\xff\xff{}", "bad-frame"),
-        (b"GFL\x01\x00\x00\x00\x02[]", "bad-frame"),
+        (b"GFL\x02\xff\xff\xff\xff{}", "bad-frame"),
+        (b"GFL\x02\x00\x00\x00\x02[]", "bad-frame"),
         (_frame(b'{"type":"zap"}'), "unknown-type"),
         (_frame(b'{"type":"ack"}'), "bad-field"),
         (_frame(b'{"type":"ack","round":1,"device_id":"d","accepted":true}', b"body"), "bad-frame"),

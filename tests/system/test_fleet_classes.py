@@ -6,6 +6,9 @@ Each board names only the folders it has. Numbered by their own sorted folder na
 trains bit for bit the model `simulate` trains on the same partition (which labels every sample from the one
 data set it partitions). GenFL from a pool runs on top, so that the label counts the boards share (in the
 fleet's order) and the probes they judge take part too.
+
+A folder is read class by class; so that a board's samples come in the order of its shard, the partitioned
+data set is the bundled digits sorted by class (an ``npz`` file), whose shards are class by class too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from PIL import Image
 
 from cloud_server._simulation import SimulationConfig, device_shards, run_simulation
 from cloud_server._strategy import GenflConfig
-from edge_agent import load_dataset
+from edge_agent import DeviceDataset, load_dataset, save_npz
 from models import checkpoint_classes, read_checkpoint
 from protocol import encode_tensors
 from tests.system._helpers import ENV, processes, query, wait_for
@@ -48,9 +51,13 @@ def test_boards_lacking_classes_number_them_as_the_fleet_and_train_the_simulated
     for label in range(10):
         for k, index in enumerate(np.flatnonzero(test.labels == label)[:6]):
             _save(test.images[index], pool / DIGITS[label] / f"{k}.png")
+    digits = load_dataset("digits")
+    by_class = np.argsort(digits.train.labels, kind="stable")
+    save_npz(DeviceDataset("digits", DIGITS, digits.train.subset(by_class), digits.test), tmp_path / "digits.npz")
     genfl = GenflConfig(generator="pool", synthetic_pool=str(pool), pool_probes=6, synthetic_budget_kb=4)
-    config = SimulationConfig(dataset="digits", devices=4, partition="shards", classes_per_device=2, rounds=2,
-                              seed=0, strategy="genfl", local_epochs=1, genfl=genfl)  # fmt: skip
+    config = SimulationConfig(dataset=f"npz:{tmp_path / 'digits.npz'}", devices=4, partition="shards",
+                              classes_per_device=2, rounds=2, seed=0, strategy="genfl", local_epochs=1,
+                              genfl=genfl)  # fmt: skip
     shards = device_shards(config).shards
     for device_id, shard in shards:
         for position, (image, label) in enumerate(zip(shard.images, shard.labels)):

@@ -31,7 +31,7 @@ KILLER_INT = "9" * 5000  # json.loads raises a plain ValueError on it (CPython's
 
 def _header_frame(header: str) -> bytes:
     data = header.encode()
-    return b"GFL\x01" + len(data).to_bytes(4, "big") + data
+    return b"GFL\x02" + len(data).to_bytes(4, "big") + data
 
 
 def _rejected(secured: SecuredFleet) -> dict[str, int]:
