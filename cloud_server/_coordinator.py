@@ -218,6 +218,7 @@ class Coordinator:
         resume = self._journal.resume()
         self._journal.start(config.model_name, config.fleet, self._global_blob, config.classes)  # or checks them
         if resume is not None:
+            strategy.resumed(self._journal.round_reports())
             self._set_global(decode_tensors(resume.global_blob))
             self.round_number = resume.round_number
             if resume.open_round is not None:

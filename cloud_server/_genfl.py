@@ -214,6 +214,7 @@ class _GenerativeStrategy(Strategy):
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
         self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
         self.pool_recognised: dict[int, float] = {}  # round -> share of the pool the model sent in it recognises
+        self._restored_quality: float | None = None  # the pool quality a restarted server's state reported last
         self.pool_scores: dict[str, float] = {}  # pool image name -> the global model's last score of it
         self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
         self._closing_round = 0
@@ -457,7 +458,16 @@ class _GenerativeStrategy(Strategy):
             if fleet - chance < _INFORMATIVE and pool - chance < _INFORMATIVE:
                 return None
             return float(np.clip((pool - chance) / max(fleet - chance, _INFORMATIVE), 0.0, 1.0))
-        return None
+        return self._restored_quality  # before a restarted server measured anything: what it had measured
+
+    def resumed(self, reports: Sequence[Mapping[str, Any]]) -> None:
+        """A restarted server keeps the last pool quality its rounds reported until new evidence comes in (else
+        a pool judged worthless would get the full weight again for a round)."""
+        for report in reversed(reports):
+            quality = report.get("pool_quality")
+            if isinstance(quality, (int, float)) and not isinstance(quality, bool) and 0.0 <= quality <= 1.0:
+                self._restored_quality = float(quality)
+                return
 
     def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:
         """A device's verdicts on the probes it was sent (ignored, with a warning, if they do not fit)."""

@@ -152,6 +152,10 @@ class Journal:
 
     def rejected(self, reason: str) -> None: ...
 
+    def round_reports(self) -> list[dict[str, object]]:
+        """The closed rounds' strategy reports, oldest first (what a restarted strategy may take up again)."""
+        return []
+
 
 NullJournal = Journal
 
@@ -375,6 +379,18 @@ class SqliteJournal(Journal):
             self._write(
                 "INSERT INTO rejected VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET count = count + 1", reason
             )
+
+    def round_reports(self) -> list[dict[str, object]]:
+        rows = self._db.execute("SELECT report FROM rounds WHERE closed IS NOT NULL ORDER BY round").fetchall()
+        reports = []
+        for (text,) in rows:
+            try:
+                value = json.loads(text) if text is not None else None
+            except (ValueError, RecursionError):
+                value = None
+            if isinstance(value, dict):
+                reports.append(value)
+        return reports
 
     def close(self) -> None:
         self._db.close()

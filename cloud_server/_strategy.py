@@ -341,6 +341,10 @@ class Strategy(ABC):
         """An update of the round was accepted (strategies that read more of it than its delta look here)."""
         del round_number, device_id, update
 
+    def resumed(self, reports: Sequence[Mapping[str, Any]]) -> None:
+        """The server restarted on a state whose closed rounds reported these (oldest first)."""
+        del reports
+
     def round_report(self, round_number: int) -> dict[str, Any] | None:
         """What the strategy did in a round beyond training, for the operator (GenFL: its synthetic data)."""
         del round_number

@@ -100,3 +100,12 @@ def test_every_round_says_what_it_sent_or_why_it_ran_as_fedavg(caplog: pytest.Lo
     assert "round 2: plain FedAvg, no synthetic data: the data-free generator has not learned" in caplog.text
     report = strategy.round_report(2)
     assert report is not None and report["sent"] is False and report["source"] == "data-free"
+
+
+def test_a_restarted_server_keeps_the_pool_quality_its_rounds_reported(tmp_path: Path) -> None:
+    strategy = _strategy(_pool(tmp_path), synthetic_weight=1.0)
+    strategy.resumed([{"round": 3, "pool_quality": 0.2}, {"round": 4, "pool_quality": None}, {"round": 5}])
+    assert strategy.pool_quality(6) == 0.2 and strategy._weight(6) == pytest.approx(0.2)
+    strategy.pool_recognised[6] = 0.46  # then what the new server measures counts
+    strategy.round_evaluated(6, 0.46, None)
+    assert strategy.pool_quality(7) == 1.0
