@@ -58,7 +58,11 @@ def train_local(
     images: np.ndarray | torch.Tensor = data.images
     labels: np.ndarray | torch.Tensor = data.labels
     mixing = synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0
-    if mixing and config.synthetic_restyle == "real":
+    restyle = config.synthetic_restyle
+    if mixing and restyle == "auto":  # a style gap between this device's images and its batch: bridge it
+        assert synthetic is not None
+        restyle = "real" if models.colour_gap(data.images, synthetic.images) > models.STYLE_GAP_NATS else "none"
+    if mixing and restyle == "real":
         # Half of the device's own images (a fresh half each round) take the synthetic images' colours: colour
         # then says nothing of real or synthetic, nor of which classes a device lacks.
         assert synthetic is not None
@@ -77,8 +81,7 @@ def train_local(
     mix: models.SyntheticMix | None = None
     if mixing:
         assert synthetic is not None
-        restyle = config.synthetic_restyle == "synthetic"
-        pictures = models.restyled(synthetic.images, data.images) if restyle else synthetic.images
+        pictures = models.restyled(synthetic.images, data.images) if restyle == "synthetic" else synthetic.images
         mix = models.SyntheticMix.on(device, pictures, synthetic.labels, synthetic.soft_labels,
                                      config.synthetic_weight, config.synthetic_ratio,
                                      config.synthetic_norm)  # fmt: skip

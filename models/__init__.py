@@ -13,9 +13,11 @@ from ._registry import (
     state_evaluator,
 )
 from ._training import (
+    STYLE_GAP_NATS,
     EpochResult,
     SyntheticMix,
     augment,
+    colour_gap,
     colours_like,
     evaluate,
     predict_logits,
@@ -41,6 +43,8 @@ __all__ = [
     "state_evaluator",
     "SyntheticMix",
     "restyled",
+    "STYLE_GAP_NATS",
+    "colour_gap",
     "colours_like",
     "augment",
     "to_float",

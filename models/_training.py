@@ -16,7 +16,9 @@ from torch import nn
 __all__ = [
     "EpochResult",
     "SyntheticMix",
+    "STYLE_GAP_NATS",
     "augment",
+    "colour_gap",
     "colours_like",
     "evaluate",
     "predict_logits",
@@ -124,6 +126,25 @@ def _pixel_moments(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, n
     mean = total / count
     covariance = (products - count * np.outer(mean, mean)) / max(count - 1, 1)
     return mean, covariance
+
+
+# Above this many nats between the colour distributions of a device's images and its synthetic batch there is
+# a style gap. Measured on CIFAR-10 shards: 0.03-0.33 for held-out real images, 1,800-3,800 for grey restyled ones.
+STYLE_GAP_NATS = 1.0
+
+
+def colour_gap(images: np.ndarray, style: np.ndarray) -> float:
+    """KL divergence (nats) from the Gaussian of ``images``' pixel colours to that of ``style``'s."""
+    if len(images) == 0 or len(style) == 0:
+        return 0.0
+    channels = images.shape[1]
+    mean_0, cov_0 = _pixel_moments(images)
+    mean_1, cov_1 = _pixel_moments(style)
+    cov_0, cov_1 = cov_0 + np.eye(channels), cov_1 + np.eye(channels)  # a flat channel: no zero variance
+    inverse = np.linalg.inv(cov_1)
+    shift = mean_1 - mean_0
+    log_ratio = np.linalg.slogdet(cov_1)[1] - np.linalg.slogdet(cov_0)[1]
+    return float(0.5 * (np.trace(inverse @ cov_0) + shift @ inverse @ shift - channels + log_ratio))
 
 
 def colours_like(images: np.ndarray, style: np.ndarray, only: np.ndarray | None = None) -> np.ndarray:

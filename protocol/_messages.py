@@ -62,11 +62,13 @@ SYNTHETIC_NORMS = tuple(n.value for n in SyntheticNorm)
 
 class SyntheticRestyle(str, Enum):
     """How a device bridges the look of synthetic images and its own: not at all, the synthetic images take its
-    colours, or half of its own images take theirs (so that colour is no cue to real or synthetic)."""
+    colours, half of its own images take theirs (so that colour is no cue to real or synthetic), or ``auto``:
+    the latter where the two colour distributions differ (a style gap), else nothing."""
 
     NONE = "none"
     SYNTHETIC = "synthetic"
     REAL = "real"
+    AUTO = "auto"
 
 
 SYNTHETIC_RESTYLES = tuple(r.value for r in SyntheticRestyle)
@@ -143,7 +145,8 @@ class TrainConfig:
     synthetic_norm: str = "joint"  # how synthetic samples meet BatchNorm: joint or frozen
     # Bridging a style gap between the synthetic images and the device's own (computed on the device): none;
     # synthetic (the synthetic images take the device's colours: per-channel mean and spread); real (each round
-    # half of the device's images take the synthetic images' colours: mean and colour covariance).
+    # half of the device's images take the synthetic images' colours: mean and colour covariance); auto (real
+    # where the two colour distributions are more than models.STYLE_GAP_NATS apart, else none).
     synthetic_restyle: str = "none"
 
     def __post_init__(self) -> None:

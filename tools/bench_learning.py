@@ -80,10 +80,10 @@ POOL_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fedavg": ("fedavg", {}, None),
     "genfl-clean-500": ("genfl", {}, "clean-500"),
     "genfl-noisy": ("genfl", {}, "noisy"),
-    "genfl-noisy-uncurated": ("genfl", {"pool_sharpness": 0.0, "pool_evidence": False}, "noisy"),
     "genfl-shift": ("genfl", {}, "shift"),
-    "genfl-clean-500-no-restyle": ("genfl", {"synthetic_restyle": "none"}, "clean-500"),
+    "genfl-noisy-uncurated": ("genfl", {"pool_sharpness": 0.0, "pool_evidence": False}, "noisy"),
     "genfl-clean-50": ("genfl", {}, "clean-50"),
+    "genfl-clean-500-restyled": ("genfl", {"synthetic_restyle": "real"}, "clean-500"),
     "genfl-data-free": ("genfl", {}, None),
 }
 
