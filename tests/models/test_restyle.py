@@ -23,8 +23,8 @@ def test_a_grey_tinted_batch_is_a_style_gap_and_more_photos_are_not() -> None:
 def test_the_images_picked_take_the_batchs_colours_and_the_others_stay() -> None:
     rng = np.random.default_rng(1)
     photos = _photos(rng, 200)
-    sepia = np.clip(rng.integers(40, 200, size=(200, 1, 8, 8))[:, [0, 0, 0]] * np.array([1.0, 0.7, 0.4])[None, :, None, None],
-                    0, 255).astype(np.uint8)  # fmt: skip
+    grey = rng.integers(40, 200, size=(200, 1, 8, 8))[:, [0, 0, 0]]
+    sepia = np.clip(grey * np.array([1.0, 0.7, 0.4])[None, :, None, None], 0, 255).astype(np.uint8)
     half = np.arange(200) % 2 == 0
     out = models.colours_like(photos, sepia, only=half)
     assert np.array_equal(out[~half], photos[~half])
