@@ -41,7 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_cluster.py --out bench
 	$(BIN)/python tools/bench_learning.py --preset digits --out bench
 	$(BIN)/python tools/bench_learning.py --preset cpu --out bench   # about 70 minutes on 2 cores
-	# on a GPU box: $(BIN)/python tools/bench_learning.py --preset gpu --out bench
+	$(BIN)/python tools/bench_learning.py --preset cpu-pool --out bench   # GenFL from pools: about 4 hours on 2 cores
+	# on a GPU box: $(BIN)/python tools/bench_learning.py --preset gpu --out bench (and --preset gpu-pool)
 
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/protocol/test_fuzz.py
