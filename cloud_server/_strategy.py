@@ -103,8 +103,8 @@ class GenflConfig:
     filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
     synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
     synthetic_norm: str = TrainConfig.synthetic_norm  # how devices pass synthetic samples through BatchNorm
-    # How devices bridge a style gap (protocol.SyntheticRestyle). None: auto for a pool or a pipeline (where a
-    # device's colours and its batch's differ, half of its images take the batch's each round), none data-free.
+    # How devices bridge a style gap (protocol.SyntheticRestyle). None: real for a pool or a pipeline (half of a
+    # device's images take its batch's colours each round), none data-free.
     synthetic_restyle: str | None = None
     # A pool is judged by the model the fleet trained on its own data: each round the current global model scores
     # every pool image (its probability of the class the image claims); images are drawn in proportion to that
@@ -171,7 +171,7 @@ class GenflConfig:
         """How devices bridge a style gap (see ``synthetic_restyle``)."""
         if self.synthetic_restyle is not None:
             return self.synthetic_restyle
-        return "none" if self.generator == GeneratorKind.DATA_FREE.value else "auto"
+        return "none" if self.generator == GeneratorKind.DATA_FREE.value else "real"
 
     @property
     def warmup(self) -> int:

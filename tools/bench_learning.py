@@ -83,7 +83,7 @@ POOL_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "genfl-shift": ("genfl", {}, "shift"),
     "genfl-noisy-uncurated": ("genfl", {"pool_sharpness": 0.0, "pool_evidence": False}, "noisy"),
     "genfl-clean-50": ("genfl", {}, "clean-50"),
-    "genfl-clean-500-restyled": ("genfl", {"synthetic_restyle": "real"}, "clean-500"),
+    "genfl-clean-500-auto": ("genfl", {"synthetic_restyle": "auto"}, "clean-500"),
     "genfl-data-free": ("genfl", {}, None),
 }
 

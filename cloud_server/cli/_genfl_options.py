@@ -67,7 +67,7 @@ SyntheticRestyleOption = Annotated[
     typer.Option(
         "--synthetic-restyle",
         help="GenFL: bridge a style gap on the devices: none, synthetic (to their colours), real (half of theirs "
-        "to the synthetic images' colours), auto (real where the colours differ). Default: auto for a pool or "
+        "to the synthetic images' colours), auto (real where the colours differ). Default: real for a pool or "
         "pipeline, none data-free.",
     ),
 ]
