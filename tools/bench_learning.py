@@ -225,6 +225,28 @@ def pool_targets(out: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]]
     return targets
 
 
+def results_table(summary: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The pool runs as a Markdown table: final accuracy, gain over FedAvg and rounds to FedAvg's final
+    accuracy per seed, and the pool quality the server measured (mean over the synthetic rounds)."""
+    quality: dict[str, list[float]] = {}
+    for run in runs:
+        values = [r["report"]["pool_quality"] for r in run["rounds"] if (r.get("report") or {}).get("sent")]
+        quality.setdefault(run["strategy"], []).extend(v for v in values if v is not None)
+    lines = ["| run | seeds | final accuracy, mean +- std | gain over FedAvg per seed (points) | "
+             "rounds to FedAvg's final, per seed | pool quality |", "|---|---|---|---|---|---|"]  # fmt: skip
+    order = list(POOL_VARIANTS)
+    names = [n for n in summary if isinstance(summary[n], dict) and "curve_mean" in summary[n]]
+    for name in sorted(names, key=lambda n: order.index(n) if n in order else len(order)):
+        entry = summary[name]
+        gains = " ".join(f"{100 * g:+.1f}" for g in entry["gain_over_fedavg_per_seed"].values())
+        reach = " ".join("-" if r is None else str(r) for r in entry["rounds_to_fedavg_final"].values())
+        mean_quality = f"{np.mean(quality[name]):.2f}" if quality.get(name) else "-"
+        lines.append(f"| {name} | {len(entry['seeds'])} | {100 * entry['final_accuracy_mean']:.1f} +- "
+                     f"{100 * entry['final_accuracy_std']:.1f} | {gains if name != 'fedavg' else '-'} | "
+                     f"{reach if name != 'fedavg' else '-'} | {mean_quality} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
@@ -359,6 +381,7 @@ def main() -> None:
              f"{'alpha ' + str(simulation['alpha']) if simulation['partition'] == 'dirichlet' else 'shards'}"
              + (f", {simulation['train_subset']} training samples" if simulation["train_subset"] else ""))  # fmt: skip
     plot(summary, args.out / f"{name}.png", title)
+    (args.out / f"{name}.md").write_text(results_table(summary, runs))
     for strategy in [n for n in summary if isinstance(summary[n], dict) and "curve_mean" in summary[n]]:
         if strategy in summary:
             entry = summary[strategy]

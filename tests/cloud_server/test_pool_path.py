@@ -43,6 +43,7 @@ def test_each_device_gets_distinct_images_of_the_classes_it_lacks_from_the_first
                                                 {"a": (150, held), "b": (150, held)})  # fmt: skip
     batches = {d: decode_synthetic(b, (1, 8, 8), 10) for d, b in blobs.items()}
     assert set(batches) == {"a", "b"} and configs["a"].synthetic_weight == 1.0  # a pool's largest weight
+    assert configs["a"].synthetic_restyle == "real"  # a pool's images restyle half of each device's own
     for batch in batches.values():
         assert set(batch.labels.tolist()) == {5, 6, 7, 8, 9}
         assert len({img.tobytes() for img in batch.images}) == len(batch)  # no image twice in one batch
