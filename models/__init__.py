@@ -12,16 +12,23 @@ from ._registry import (
     model_state,
     state_evaluator,
 )
-from ._training import (
+from ._style import (
+    SHARPNESS_GAP,
     STYLE_GAP_NATS,
+    blurred,
+    colour_gap,
+    colours_like,
+    matching_blur,
+    restyled,
+    sharpness,
+    sharpness_like,
+)
+from ._training import (
     EpochResult,
     SyntheticMix,
     augment,
-    colour_gap,
-    colours_like,
     evaluate,
     predict_logits,
-    restyled,
     to_float,
     train_one_epoch,
 )
@@ -46,6 +53,11 @@ __all__ = [
     "STYLE_GAP_NATS",
     "colour_gap",
     "colours_like",
+    "SHARPNESS_GAP",
+    "blurred",
+    "matching_blur",
+    "sharpness",
+    "sharpness_like",
     "augment",
     "to_float",
     "train_one_epoch",
