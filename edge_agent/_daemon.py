@@ -163,6 +163,11 @@ def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConf
         values = document.get("agent", document)
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [agent] must be a table of settings")
+        # a misspelt section ([agnet]) would hold settings, the privacy policy among them, that nothing reads
+        outside = sorted(set(document) - {"agent"}) if "agent" in document else []
+        sections = sorted(name for name, value in values.items() if isinstance(value, dict))
+        if outside or sections:
+            raise ConfigError(f"{path}: unknown sections or keys {outside or sections} (the settings go in [agent])")
         values = dict(values)
     known = {f.name: f for f in fields(AgentConfig)}
     unknown = sorted(set(values) - set(known))

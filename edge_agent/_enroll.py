@@ -47,7 +47,7 @@ from protocol import (
     write_secret,
 )
 
-__all__ = ["EdgeHome", "EnrollmentFailed", "enroll"]
+__all__ = ["SYSTEM_CONFIG", "EdgeHome", "EnrollmentFailed", "enroll", "find_config"]
 
 log = logging.getLogger("genfl.edge")
 
@@ -77,6 +77,43 @@ class EdgeHome:
         config_dir = Path(os.environ.get("XDG_CONFIG_HOME") or user_home / ".config") / "genfl-edge"
         state_dir = Path(os.environ.get("XDG_STATE_HOME") or user_home / ".local" / "state") / "genfl-edge"
         return cls(config_dir / "edge.toml", config_dir / "device.key", config_dir / "ca.crt", state_dir)
+
+
+SYSTEM_CONFIG = Path("/etc/genfl/edge.toml")  # where a root `enroll` writes the board's settings
+
+
+def _readable(path: Path) -> bool | None:
+    """True: a file this process can read; False: none there; None: there may be one, but not for this user."""
+    try:
+        if not path.is_file():
+            return False
+    except PermissionError:  # a folder on the way that this user may not enter
+        return None
+    return True if os.access(path, os.R_OK) else None
+
+
+def find_config(home: Path | None = None, system: Path = SYSTEM_CONFIG) -> Path:
+    """The settings file ``enroll`` wrote for this board, readable by this process; else a ConfigError that says
+    why: none yet (enroll first), or one this user may not read (it holds the broker password: root's, or the
+    service's credential)."""
+    chosen = EdgeHome.resolve(home).config
+    needs_root = (
+        "it holds the broker password and only root (or the service, through its credentials) may read it: "
+        "run this as root (sudo genfl-edge ...) or give --config"
+    )
+    found = _readable(chosen)
+    if found:
+        return chosen
+    if found is None:
+        raise ConfigError(f"{chosen}: uid {os.geteuid()} may not read it; {needs_root}")
+    explicit = home is not None or bool(os.environ.get("GENFL_EDGE_HOME"))
+    if not explicit and chosen != system:
+        in_system = _readable(system)
+        if in_system:
+            return system
+        if in_system is None:
+            raise ConfigError(f"this board was enrolled as root ({system}); {needs_root}")
+    raise ConfigError(f"no config at {chosen}: enroll first (genfl-edge enroll) or give --config")
 
 
 def _toml_value(value: object) -> str:

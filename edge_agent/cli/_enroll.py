@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from edge_agent._daemon import load_agent_config
-from edge_agent._enroll import EdgeHome, check_broker
+from edge_agent._enroll import EdgeHome, check_broker, find_config
 from edge_agent._enroll import enroll as enroll_board
 from protocol import ConfigError, exit_on_error
 
@@ -150,7 +150,7 @@ def status(
 ) -> None:
     """Who this board is, whether the broker takes it now, and what the agent did last."""
     with exit_on_error():
-        path = config or EdgeHome.resolve(home).config
+        path = config or find_config(home)
         if not path.is_file():
             raise ConfigError(f"no config at {path}: enroll first (genfl-edge enroll) or give --config")
         result = collect_status(path)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._daemon import load_agent_config, run_agent
-from edge_agent._enroll import EdgeHome
+from edge_agent._enroll import find_config
 from protocol import exit_on_error
 
 
@@ -78,10 +78,8 @@ def run(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with exit_on_error():
-        if config is None:
-            enrolled = EdgeHome.resolve(home).config
-            if enrolled.is_file() and device_id is None:
-                config = enrolled
+        if config is None and device_id is None:  # no flags that make a config: the one `enroll` wrote
+            config = find_config(home)
         settings = load_agent_config(
             config,
             {
