@@ -458,11 +458,16 @@ class Coordinator:
         return sorted(d for d, r in self.devices.items() if r.online and d not in self.revoked)
 
     def _check_revocations(self) -> None:
-        """Once a second: devices revoked since (``genfl-server devices revoke``) leave at once."""
+        """Once a second: devices revoked since (``genfl-server devices revoke``) leave at once; re-admitted ones
+        come back."""
         if self._revoked_source is None or self._clock() - self._revoked_checked < 1.0:
             return
         self._revoked_checked = self._clock()
-        newly = self._revoked_source() - self.revoked
+        now_revoked = self._revoked_source()
+        for device_id in sorted(self.revoked - now_revoked):  # enrolled again (``devices add --readmit``)
+            self.revoked.discard(device_id)
+            log.info("device %s was re-admitted with a new key: it may be picked again", device_id)
+        newly = now_revoked - self.revoked
         for device_id in sorted(newly):
             self.revoked.add(device_id)
             if device_id in self.devices:

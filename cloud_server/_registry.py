@@ -39,6 +39,7 @@ __all__ = [
     "EnrollmentRefused",
     "Enrolled",
     "NewToken",
+    "Revoked",
     "RESERVED_NAMES",
 ]
 
@@ -48,7 +49,7 @@ ENROLL_USER_PREFIX = "enroll-"  # the enrollment logins; no device may be called
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL,
-    enroll_user TEXT, enroll_hash TEXT
+    enroll_user TEXT, enroll_hash TEXT, cancelled REAL
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
@@ -79,6 +80,21 @@ class NewToken:
 
 
 @dataclass(frozen=True)
+class Revoked:
+    """What ``revoke`` did."""
+
+    device: bool  # an enrolled device was revoked now
+    already: bool  # it had been revoked before
+    tokens_cancelled: int  # pending tokens for the name, cancelled
+
+    def __str__(self) -> str:
+        done = ["revoked" if self.device else "already revoked" if self.already else ""]
+        if self.tokens_cancelled:
+            done.append(f"cancelled {self.tokens_cancelled} pending token{'s' if self.tokens_cancelled > 1 else ''}")
+        return "; ".join(part for part in done if part)
+
+
+@dataclass(frozen=True)
 class Enrolled:
     device_id: str
     broker_password: str  # sent to the device once; only its hash is kept
@@ -100,9 +116,10 @@ class DeviceRegistry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(tokens)")}
-            for column in ("enroll_user", "enroll_hash"):  # a registry from before per-token logins
+            # a registry from before per-token logins, or before tokens could be cancelled
+            for column, kind in (("enroll_user", "TEXT"), ("enroll_hash", "TEXT"), ("cancelled", "REAL")):
                 if column not in columns:
-                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} TEXT")
+                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot open the device registry {path}: {exc}") from exc
         self._cache: dict[str, tuple[Ed25519PublicKey | None, bool]] = {}
@@ -113,8 +130,12 @@ class DeviceRegistry:
 
     # -- tokens ----------------------------------------------------------------------------------
 
-    def add_token(self, name: str, ttl_s: float, *, now: float | None = None) -> NewToken:
-        """A new single-use token for a device to be called ``name``, with its own enrollment login."""
+    def add_token(self, name: str, ttl_s: float, *, readmit: bool = False, now: float | None = None) -> NewToken:
+        """A new single-use token for a device to be called ``name``, with its own enrollment login.
+
+        A revoked device's name takes a token only with ``readmit``: redeeming it enrolls the board again, with
+        the new key and password it brings (nothing of the revoked identity is trusted again).
+        """
         validate_name("device name", name)
         if name in RESERVED_NAMES or name.startswith(ENROLL_USER_PREFIX):
             raise ConfigError(f"{name!r} is reserved; choose another device name")
@@ -126,10 +147,19 @@ class DeviceRegistry:
         )
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            if self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (name,)).fetchone():
-                raise ConfigError(f"a device called {name!r} is already enrolled")
+            row = self._db.execute("SELECT revoked FROM devices WHERE device_id = ?", (name,)).fetchone()
+            if row is not None and row[0] is None:
+                raise ConfigError(
+                    f"a device called {name!r} is already enrolled (to re-admit it with a new key: "
+                    f"`devices revoke {name}`, then `devices add {name} --readmit`)"
+                )
+            if row is not None and not readmit:
+                raise ConfigError(
+                    f"a device called {name!r} was revoked; `devices add {name} --readmit` issues a token that "
+                    "enrolls it again (the board enrolls anew: new key, new password)"
+                )
             self._db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)",
                 (_token_hash(token.secret), name, now, now + ttl_s, token.enroll_user,
                  mosquitto_password_hash(token.enroll_password)),
             )  # fmt: skip
@@ -156,19 +186,26 @@ class DeviceRegistry:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
-                "SELECT name, expires, used, enroll_user FROM tokens WHERE token_hash = ?", (_token_hash(secret),)
+                "SELECT name, created, expires, used, enroll_user, cancelled FROM tokens WHERE token_hash = ?",
+                (_token_hash(secret),),
             ).fetchone()
             if row is None:
                 raise EnrollmentRefused("unknown enrollment token")
-            name, expires, used, token_user = row
+            name, created, expires, used, token_user, cancelled = row
+            if cancelled is not None:
+                raise EnrollmentRefused("this enrollment token was cancelled; ask for a new one")
             if used is not None:
                 raise EnrollmentRefused("this enrollment token was already used")
             if now > expires:
                 raise EnrollmentRefused("this enrollment token has expired; ask for a new one")
             if enroll_user is not None and enroll_user != token_user:
                 raise EnrollmentRefused("this token belongs to another enrollment login")
-            if self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (name,)).fetchone():
-                raise EnrollmentRefused(f"a device called {name!r} is already enrolled")
+            existing = self._db.execute("SELECT revoked FROM devices WHERE device_id = ?", (name,)).fetchone()
+            if existing is not None:
+                # only a token made after the device was revoked (``--readmit``) brings it back
+                if existing[0] is None or created < existing[0]:
+                    raise EnrollmentRefused(f"a device called {name!r} is already enrolled")
+                self._db.execute("DELETE FROM devices WHERE device_id = ?", (name,))
             self._db.execute("UPDATE tokens SET used = ? WHERE token_hash = ?", (now, _token_hash(secret)))
             self._db.execute(
                 "INSERT INTO devices VALUES (?, ?, ?, ?, NULL)",
@@ -182,7 +219,8 @@ class DeviceRegistry:
     def pending_tokens(self, *, now: float | None = None) -> list[tuple[str, float]]:
         now = time.time() if now is None else now
         rows = self._db.execute(
-            "SELECT name, expires FROM tokens WHERE used IS NULL AND expires >= ? ORDER BY name", (now,)
+            "SELECT name, expires FROM tokens WHERE used IS NULL AND cancelled IS NULL AND expires >= ? ORDER BY name",
+            (now,),
         )
         return [(str(n), float(e)) for n, e in rows]
 
@@ -190,7 +228,7 @@ class DeviceRegistry:
         """(login, Mosquitto password hash) of every pending token: unused, unexpired, with a login."""
         now = time.time() if now is None else now
         rows = self._db.execute(
-            "SELECT enroll_user, enroll_hash FROM tokens WHERE used IS NULL AND expires >= ?"
+            "SELECT enroll_user, enroll_hash FROM tokens WHERE used IS NULL AND cancelled IS NULL AND expires >= ?"
             " AND enroll_user IS NOT NULL ORDER BY enroll_user",
             (now,),
         )
@@ -198,18 +236,25 @@ class DeviceRegistry:
 
     # -- devices ---------------------------------------------------------------------------------
 
-    def revoke(self, device_id: str, *, now: float | None = None) -> None:
+    def revoke(self, device_id: str, *, now: float | None = None) -> Revoked:
+        """Cut ``device_id`` off: its enrollment revoked and every token still pending for the name cancelled
+        (a token not used yet can no longer enroll). ConfigError if the name has neither."""
+        now = time.time() if now is None else now
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            cancelled = self._db.execute(
+                "UPDATE tokens SET cancelled = ? WHERE name = ? AND used IS NULL AND cancelled IS NULL"
+                " AND expires >= ?",
+                (now, device_id, now),
+            ).rowcount
             row = self._db.execute("SELECT revoked FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-            if row is None:
-                raise ConfigError(f"no enrolled device {device_id!r}")
-            if row[0] is None:
-                self._db.execute(
-                    "UPDATE devices SET revoked = ? WHERE device_id = ?",
-                    (time.time() if now is None else now, device_id),
-                )
+            if row is None and not cancelled:
+                raise ConfigError(f"no enrolled device and no pending token called {device_id!r}")
+            if row is not None and row[0] is None:
+                self._db.execute("UPDATE devices SET revoked = ? WHERE device_id = ?", (now, device_id))
         self._cache.clear()
+        return Revoked(device=row is not None and row[0] is None, already=row is not None and row[0] is not None,
+                       tokens_cancelled=cancelled)  # fmt: skip
 
     def devices(self) -> list[DeviceEntry]:
         rows = self._db.execute("SELECT device_id, public_key, enrolled, revoked FROM devices ORDER BY device_id")

@@ -49,7 +49,7 @@ from protocol import (
 from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf, write_owned
 from ._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import issue_server_certificate, load_ca, new_ca
-from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused
+from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
 
 __all__ = ["DEFAULT_MAX_PACKET_SIZE", "BrokerSetup", "Enroller", "FleetSecurity", "write_broker_config"]
 
@@ -185,9 +185,10 @@ class FleetSecurity:
     def guard(self) -> SignedGuard:
         return SignedGuard(self.fleet, self.signing_key, self.registry.public_key)
 
-    def new_token(self, name: str, ttl_s: float) -> tuple[str, bool]:
-        """A token for a device to be called ``name``, and whether a running broker took its login."""
-        token = self.registry.add_token(name, ttl_s)
+    def new_token(self, name: str, ttl_s: float, *, readmit: bool = False) -> tuple[str, bool]:
+        """A token for a device to be called ``name`` (a revoked one's with ``readmit``), and whether a running
+        broker took its login."""
+        token = self.registry.add_token(name, ttl_s, readmit=readmit)
         reloaded = self.sync_broker()  # the token's own login exists from now until it is used or expires
         return EnrollmentToken(self.fleet, token.enroll_user, token.enroll_password, token.secret).text(), reloaded
 
@@ -214,10 +215,11 @@ class FleetSecurity:
         self.sync_broker()
         return True
 
-    def revoke(self, device_id: str) -> bool:
-        """Revoke in the registry (the coordinator stops accepting at once) and at the broker."""
-        self.registry.revoke(device_id)
-        return self.sync_broker()
+    def revoke(self, device_id: str) -> tuple[Revoked, bool]:
+        """Revoke in the registry (the coordinator stops accepting at once) and at the broker (the device's
+        login and those of its pending tokens go); what was done, and whether a running broker reloaded."""
+        done = self.registry.revoke(device_id)
+        return done, self.sync_broker()
 
 
 class Enroller:

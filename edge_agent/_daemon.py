@@ -29,7 +29,9 @@ from types import FrameType
 from typing import Any
 
 from protocol import (
+    REFUSED_RETRY_S,
     BlobStore,
+    BrokerRefused,
     ConfigError,
     DataError,
     DeviceState,
@@ -250,14 +252,18 @@ def _connect_with_backoff(transport: MqttTransport, stop: _Stop, cap_s: float, n
         try:
             transport.connect(timeout_s=10)
             return True
+        except BrokerRefused as exc:  # not authorised: revoked, or a wrong password; asking often will not help
+            wait = REFUSED_RETRY_S * random.uniform(0.8, 1.0)
+            notifier.status("refused by the broker")
+            log.warning("%s: not authorised (revoked, or a wrong password); retrying in %.0f s", exc, wait)
         except TransportError as exc:
             wait = min(cap_s, delay) * random.uniform(0.5, 1.0)
             log.warning("%s; retrying in %.0f s", exc, wait)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and not stop.graceful.is_set():
-                notifier.watchdog()
-                stop.graceful.wait(min(1.0, deadline - time.monotonic()))
-            delay *= 2
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not stop.graceful.is_set():
+            notifier.watchdog()
+            stop.graceful.wait(min(1.0, deadline - time.monotonic()))
+        delay *= 2
     return False
 
 
@@ -349,6 +355,8 @@ class _Agent:
         return counts
 
     def state_text(self) -> str:
+        if self.transport.refused is not None:
+            return f"refused by the broker ({self.transport.refused})"
         if not self.transport.connected:
             return "waiting for broker"
         if self.core.training and self.core.current_task is not None:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
         decode_message,
         encode_message,
     )
-    from ._mqtt import BrokerAddress, MqttTransport, Will, parse_brokers, rotated
+    from ._mqtt import REFUSED_RETRY_S, BrokerAddress, MqttTransport, Will, parse_brokers, rotated
     from ._signing import (
         FrameGuard,
         OpenGuard,
@@ -133,6 +133,7 @@ _WHERE = {
     "encode_message": "_messages",
     "BrokerAddress": "_mqtt",
     "MqttTransport": "_mqtt",
+    "REFUSED_RETRY_S": "_mqtt",
     "Will": "_mqtt",
     "parse_brokers": "_mqtt",
     "rotated": "_mqtt",
@@ -222,6 +223,7 @@ __all__ = [
     "MessageHandler",
     "ModelError",
     "MqttTransport",
+    "REFUSED_RETRY_S",
     "Notifier",
     "ParsedTopic",
     "ProtocolError",

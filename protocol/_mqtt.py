@@ -55,6 +55,8 @@ __all__ = ["BrokerAddress", "MqttTransport", "Will", "parse_brokers", "rotated"]
 
 log = logging.getLogger("genfl.mqtt")
 
+REFUSED_RETRY_S = 300.0  # seconds between tries while the broker refuses a login it took before
+
 # QoS 1, and never our own publishes back (MQTT v5 "no local"), as the in-memory bus does.
 _SUBSCRIBE = SubscribeOptions(qos=1, noLocal=True)
 
@@ -141,6 +143,7 @@ class MqttTransport(Transport):
         keepalive_s: int = 30,
         max_inflight: int = 64,
         backoff_cap_s: float = 30.0,
+        refused_retry_s: float = REFUSED_RETRY_S,
         inbox_messages: int = 20_000,
         inbox_bytes: int = 512 * 1024 * 1024,
     ) -> None:
@@ -176,7 +179,9 @@ class MqttTransport(Transport):
         # paho doubles the delay up to the cap; a random base per client is the jitter that keeps
         # a fleet from reconnecting in lockstep after a broker restart.
         # (paho takes whole seconds.)
-        self._client.reconnect_delay_set(min_delay=random.randint(1, 3), max_delay=max(3, round(backoff_cap_s)))
+        self._reconnect_delays = (random.randint(1, 3), max(3, round(backoff_cap_s)))
+        self._client.reconnect_delay_set(*self._reconnect_delays)
+        self._refused_retry_s = max(1, round(refused_retry_s))
         self._connects = 0
         self._reconnected = threading.Event()
         if username is not None:
@@ -228,9 +233,21 @@ class MqttTransport(Transport):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
+            if self._connects > 0 and self._refused != str(reason_code):
+                # Taken before, refused now: revoked, or the password changed. Retrying at paho's pace would
+                # knock on the broker every few seconds forever; try now and then, and say why.
+                log.warning(
+                    "the broker %s refused %s (%s): not authorised (revoked, or its password changed); "
+                    "trying again every %d s",
+                    self.address.url(), self.client_id, reason_code, self._refused_retry_s,
+                )  # fmt: skip
+                self._client.reconnect_delay_set(self._refused_retry_s, self._refused_retry_s)
             self._refused = str(reason_code)
             self._connected.set()  # wake connect(), which raises
             return
+        if self._refused is not None and self._connects > 0:
+            log.info("the broker %s takes %s again", self.address.url(), self.client_id)
+            self._client.reconnect_delay_set(*self._reconnect_delays)
         with self._lock:
             filters = list(self._filters)
         for topic_filter in filters:
@@ -253,7 +270,8 @@ class MqttTransport(Transport):
             return
         self._connected.clear()
         if reason_code != 0:
-            log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
+            if self._refused is None:  # a refusal was reported once, in _on_connect
+                log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
             self._next_node()
 
     def _on_connect_fail(self, client, userdata) -> None:  # type: ignore[no-untyped-def]
@@ -329,6 +347,11 @@ class MqttTransport(Transport):
     @property
     def connected(self) -> bool:
         return self._connected.is_set() and self._refused is None
+
+    @property
+    def refused(self) -> str | None:
+        """The broker's reason for refusing the last (re)connection, while it refuses; None otherwise."""
+        return self._refused
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.bytes_sent += len(payload)

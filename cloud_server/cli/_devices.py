@@ -46,12 +46,15 @@ def add(
     name: Annotated[str, typer.Argument(help="The device's id (letters, digits, '_', '.', '-').")],
     state_dir: StateDir,
     expires: Annotated[str, typer.Option(help="How long the token is valid: 30m, 24h, 7d.")] = "24h",
+    readmit: Annotated[
+        bool, typer.Option(help="A token for a revoked device's name: the board enrolls again with a new key.")
+    ] = False,
 ) -> None:
     """Print a single-use enrollment token for a new device (only its hash is stored)."""
     with exit_on_error():
         security = _security(state_dir)
         try:
-            token, reloaded = security.new_token(name, parse_duration(expires))
+            token, reloaded = security.new_token(name, parse_duration(expires), readmit=readmit)
         finally:
             security.close()
     typer.echo(token)
@@ -109,17 +112,18 @@ def list_devices(
 
 @devices_app.command("revoke")
 def revoke(
-    device_id: Annotated[str, typer.Argument(help="The device to cut off.")],
+    device_id: Annotated[str, typer.Argument(help="The device (or the name of a token not used yet) to cut off.")],
     state_dir: StateDir,
 ) -> None:
-    """Cut a device off: the broker drops and refuses it, the coordinator refuses its updates."""
+    """Cut a device off: the broker drops and refuses it, the coordinator refuses its updates; a token for the
+    name that was not used yet is cancelled."""
     with exit_on_error():
         security = _security(state_dir)
         try:
-            reloaded = security.revoke(device_id)
+            done, reloaded = security.revoke(device_id)
         finally:
             security.close()
-    typer.echo(f"revoked {device_id}" + ("" if reloaded else "; no running broker was found to reload"))
+    typer.echo(f"{device_id}: {done}" + ("" if reloaded else "; no running broker was found to reload"))
 
 
 def broker_config(

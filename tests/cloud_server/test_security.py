@@ -202,3 +202,44 @@ def test_forged_and_replayed_updates_are_refused_and_a_revoked_update_is_withdra
     assert coordinator.rejected["replay"] == 1
     assert coordinator.rejected["revoked"] == 1
     assert coordinator.round_progress() == (3, 0, 2)
+
+
+def test_a_pending_token_is_cancelled_by_revoke_and_a_revoked_device_comes_back_only_by_readmission(
+    tmp_path: Path,
+) -> None:
+    registry = DeviceRegistry(tmp_path / "r.sqlite3")
+    # a token not used yet: revoke cancels it, its login leaves, it can no longer enroll
+    pending = registry.add_token("cam", 60, now=100.0)
+    done = registry.revoke("cam", now=101.0)
+    assert (done.device, done.tokens_cancelled, str(done)) == (False, 1, "cancelled 1 pending token")
+    assert registry.pending_tokens(now=102.0) == [] and registry.enrollment_users(now=102.0) == []
+    with pytest.raises(EnrollmentRefused, match="cancelled"):
+        registry.redeem(pending.secret, public_key_text(generate_signing_key()), now=102.0)
+    with pytest.raises(ConfigError, match="no enrolled device and no pending token"):
+        registry.revoke("nobody")
+    # an enrolled device, revoked: a plain token for its name is refused with the way back
+    registry.redeem(registry.add_token("cam", 60, now=103.0).secret, public_key_text(generate_signing_key()),
+                    now=104.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="already enrolled"):
+        registry.add_token("cam", 60, now=105.0)
+    assert str(registry.revoke("cam", now=106.0)) == "revoked"
+    assert str(registry.revoke("cam", now=106.5)) == "already revoked"
+    with pytest.raises(ConfigError, match="--readmit"):
+        registry.add_token("cam", 60, now=107.0)
+    # re-admitted: a new key, a new password, no longer revoked
+    new_key = generate_signing_key()
+    again = registry.redeem(registry.add_token("cam", 60, readmit=True, now=108.0).secret, public_key_text(new_key),
+                            now=109.0)  # fmt: skip
+    assert again.device_id == "cam" and registry.revoked_ids() == set()
+    assert registry.public_key("cam").public_bytes_raw() == new_key.public_key().public_bytes_raw()
+    assert [user for user, _ in registry.broker_users()] == ["cam"]
+
+
+def test_a_token_made_before_a_revocation_cannot_readmit(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "r.sqlite3")
+    first, spare = registry.add_token("cam", 60, now=100.0), registry.add_token("cam", 60, now=100.5)
+    registry.redeem(first.secret, public_key_text(generate_signing_key()), now=101.0)
+    registry.revoke("cam", now=102.0)  # cancels the spare token too
+    with pytest.raises(EnrollmentRefused, match="cancelled"):
+        registry.redeem(spare.secret, public_key_text(generate_signing_key()), now=103.0)
+    assert registry.revoked_ids() == {"cam"}

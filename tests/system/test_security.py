@@ -175,7 +175,7 @@ def test_forged_and_replayed_updates_are_counted_and_a_revoked_device_is_cut_off
     attacker.close()
     # Execute: b is revoked
     revoked = secured.cli("server", "devices", "revoke", "b", "--state-dir", str(secured.state))
-    assert "revoked b" in revoked.stdout
+    assert "b: revoked" in revoked.stdout
     # Assert
 
     def counted() -> dict[str, int] | None:
