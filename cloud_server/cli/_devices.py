@@ -12,7 +12,7 @@ import typer
 
 from cloud_server._fleet_view import fleet_classes, fleet_rows
 from cloud_server._limits import DEFAULT_MAX_PACKET_SIZE
-from protocol import ConfigError, exit_on_error
+from protocol import ConfigError, exit_on_error, write_secret
 
 if TYPE_CHECKING:
     from cloud_server._security import FleetSecurity
@@ -49,6 +49,9 @@ def add(
     readmit: Annotated[
         bool, typer.Option(help="A token for a revoked device's name: the board enrolls again with a new key.")
     ] = False,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Write the token to this file (mode 0600) instead of printing it.")
+    ] = None,
 ) -> None:
     """Print a single-use enrollment token for a new device (only its hash is stored)."""
     with exit_on_error():
@@ -57,7 +60,15 @@ def add(
             token, reloaded = security.new_token(name, parse_duration(expires), readmit=readmit)
         finally:
             security.close()
-    typer.echo(token)
+    if out is None:
+        typer.echo(token)
+    else:
+        with exit_on_error():
+            try:
+                write_secret(out, (token + "\n").encode())
+            except OSError as exc:  # the token is stored only as its hash: unusable now, it expires unused
+                raise ConfigError(f"cannot write the token to {out}: {exc}; run devices add again") from exc
+        typer.echo(f"token for {name} written to {out} (mode 0600)", err=True)
     if not reloaded:
         typer.echo("no running broker was found to reload; it takes the token's login when it starts", err=True)
     typer.echo(

@@ -4,6 +4,7 @@ while it runs, and the same name admitted again with a new key. Real Mosquitto, 
 from __future__ import annotations
 
 import json
+import stat
 import time
 
 from tests.system._helpers import wait_for
@@ -24,9 +25,10 @@ def test_cancel_a_token_revoke_a_running_board_and_readmit_it(secured: SecuredFl
     assert "c: cancelled 1 pending token" in cancelled.stdout
     assert enroll_c.returncode != 0, enroll_c.stdout
     assert "cancelled" in enroll_c.stderr or "refused" in enroll_c.stderr, enroll_c.stderr[-1000:]
-    assert json.loads(secured.cli("server", "devices", "list", "--state-dir", state, "--json").stdout)[
-        "pending_tokens"
-    ] == []
+    assert (
+        json.loads(secured.cli("server", "devices", "list", "--state-dir", state, "--json").stdout)["pending_tokens"]
+        == []
+    )
     # Execute 2: board b runs, then is revoked
     home_b = secured.enroll("b")
     secured.group.start("b", "-m", "edge_agent", "run", "--home", str(home_b))
@@ -44,7 +46,8 @@ def test_cancel_a_token_revoke_a_running_board_and_readmit_it(secured: SecuredFl
     # Execute 3: the name comes back only through --readmit, on a board that enrolls anew
     plain = secured.cli("server", "devices", "add", "b", "--state-dir", state, check=False)
     readmit_file = secured.root / "token-b2"
-    readmit_file.write_text(secured.token("b", "--readmit") + "\n")
+    secured.cli("server", "devices", "add", "b", "--readmit", "--out", str(readmit_file), "--state-dir", state)
+    assert stat.S_IMODE(readmit_file.stat().st_mode) == 0o600  # a secret: never world-readable
     home_b2 = secured.root / "home-b2"
     secured.cli("edge", "enroll", "--server", secured.url, "--token-file", str(readmit_file),
                 "--ca", str(secured.ca), "--home", str(home_b2))  # fmt: skip
