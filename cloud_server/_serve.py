@@ -31,6 +31,7 @@ from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
 from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
+from ._state_lock import holding_state
 from ._strategy import GenflConfig, StrategyConfig, make_strategy, strategy_config_of
 
 __all__ = ["ServeConfig", "fleet_classes", "run_server"]
@@ -101,6 +102,11 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+    with holding_state(config.state_dir):
+        return _serve(config, stop)
+
+
+def _serve(config: ServeConfig, stop: threading.Event) -> int:
     strategy = make_strategy(
         config.strategy,
         config.strategy_config(),

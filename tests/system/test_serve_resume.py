@@ -99,3 +99,23 @@ def test_straggler_is_left_out_after_the_timeout_and_joins_a_later_round(
     assert left_out
     joined = query(db, "SELECT round FROM updates WHERE device_id = 'device-001' AND round > ?", left_out[0][0])
     assert joined, group.log("straggler")[-2000:]
+
+
+def test_a_second_serve_on_the_same_state_exits_with_one_line_and_the_first_goes_on(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: a server waiting for devices
+    state = tmp_path / "server"
+    serve_args = ("--model", "cnn-digits", "--rounds", "1", "--min-devices", "2", "--broker", mosquitto_url)
+    with processes(tmp_path) as group:
+        first = group.server("server-1", state, fleet, *serve_args)
+        wait_for(lambda: "serving fleet" in group.log("server-1"), 60, "the first server to serve")
+        # Execute: a second serve on the same state folder
+        second = group.server("server-2", state, fleet, *serve_args)
+        code = second.wait(timeout=60)
+        # Assert: refused at once, before touching the broker; the first one still serves
+        errors = [line for line in group.log("server-2").splitlines() if line.strip()]
+        assert code == 2, group.log("server-2")[-2000:]
+        assert errors == [errors[-1]] and f"is in use by another genfl-server serve (pid {first.pid}" in errors[-1]
+        assert first.poll() is None
+        assert "lost the broker" not in group.log("server-1")
