@@ -304,6 +304,8 @@ class AgentCore:
                     missing = assembler.missing() if assembler is not None and assembler.blob_id == ident else ()
                     self._request_blob(ident, missing)
                     return
+            if self.last_outcome is None or self.last_outcome[0] != task.round:
+                self._train(task)  # everything is here, yet no job ran: start it now
 
     def _request_blob(self, blob_id: str, chunks: tuple[int, ...]) -> None:
         request = BlobRequest(blob_id=blob_id, chunks=chunks)
@@ -335,16 +337,35 @@ class AgentCore:
             self._fetch_or_train(task)
 
     def _train(self, task: Task) -> None:
+        """Start the round's training job, the task's blobs read (and checked) first: one found corrupt on disk
+        is removed and fetched again; a job that cannot start is this round's failure, reported."""
+        try:
+            model = self.store.get(task.model_id)
+            synthetic = self.store.get(task.synthetic_id) if task.synthetic_id is not None else None
+        except (KeyError, OSError) as exc:
+            lost = [ident for ident in self._blobs_of(task) if not self.store.has(ident)]
+            if not lost:  # unreadable yet still there (a permission, an I/O error): nothing to fetch
+                self._fail(task, f"cannot read the round's blobs: {exc}")
+                return
+            log.warning("device %s: %s; fetching blob %s again", self.device_id, exc, lost[0][:12])
+            self._request_blob(lost[0], ())
+            return
         self.training = True
-        synthetic = self.store.get(task.synthetic_id) if task.synthetic_id is not None else None
-        self.runner.start(task, self.store.get(task.model_id), self._on_trained, synthetic)
+        try:
+            self.runner.start(task, model, self._on_trained, synthetic)
+        except Exception as exc:  # (OSError writing the job, a worker that cannot start): no job runs
+            self.training = False
+            self._fail(task, f"the training job did not start: {type(exc).__name__}: {exc}")
+
+    def _fail(self, task: Task, reason: str) -> None:
+        log.error("device %s: training for round %d failed: %s", self.device_id, task.round, reason)
+        self.last_outcome = (task.round, f"failed: {reason[:200]}")
+        self._send_failure(Failure(round=task.round, device_id=self.device_id, reason=reason[:2000]))
 
     def _on_trained(self, task: Task, outcome: Update | str) -> None:
         self.training = False
         if isinstance(outcome, str):
-            log.error("device %s: training for round %d failed: %s", self.device_id, task.round, outcome)
-            self.last_outcome = (task.round, f"failed: {outcome[:200]}")
-            self._send_failure(Failure(round=task.round, device_id=self.device_id, reason=outcome[:2000]))
+            self._fail(task, outcome)
             return
         # The weight it asks for is the count it announced (noised, if this device noises it).
         self._keep(task.round, encode_message(replace(outcome, num_samples=self.num_samples)))

@@ -323,3 +323,95 @@ def test_a_board_learns_the_fleets_classes_from_a_task_and_announces_its_counts_
     refusals = [f for f in failures if isinstance(f, Failure)]
     assert len(refusals) == 1 and refusals[0].round == 2 and refusals[0].reason.startswith("data: holds class 'dog'")
     assert agent.last_outcome is not None and agent.last_outcome[0] == 2 and "dog" in agent.last_outcome[1]
+
+
+class RefusingRunner:
+    """A worker that cannot start (a full disk, a missing interpreter), then one that can."""
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.trained: list[int] = []
+
+    def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None,
+              probe_blob: bytes | None = None) -> None:  # fmt: skip
+        if self.broken:
+            raise OSError(28, "No space left on device")
+        self.trained.append(task.round)
+        InstantRunner().start(task, model_blob, done)
+
+
+def _serving(bus: InMemoryBus, blobs: dict[str, bytes]) -> tuple[list[str], list[object], object]:
+    """A server that answers blob requests from ``blobs`` and records requests and update-topic frames."""
+    from protocol import BlobRequest, Failure, iter_chunks
+
+    server = bus.connect()
+    asked: list[str] = []
+    frames: list[object] = []
+
+    def serve(topic: str, payload: bytes) -> None:
+        if topic.endswith("/blob/req"):
+            request = decode_message(payload, BlobRequest)
+            asked.append(request.blob_id)
+            for chunk in iter_chunks(blobs[request.blob_id], 1024):
+                server.publish(TOPICS.device("dev", "blob/chunk"), encode_message(chunk))
+        elif topic.endswith("/update"):
+            frames.append(decode_message(payload, (Update, Failure)))
+
+    server.set_handler(serve)
+    server.subscribe(TOPICS.all_devices("blob/req"))
+    server.subscribe(TOPICS.all_devices("update"))
+    return asked, frames, server
+
+
+def test_a_model_corrupt_on_disk_is_fetched_again_and_the_round_trains(tmp_path: Path) -> None:
+    # Prepare: the board holds the round's model, then 8 of its bytes are overwritten on disk
+    bus = InMemoryBus()
+    model = bytes(range(256)) * 40
+    store = BlobStore(tmp_path / "blobs")
+    model_id = store.put(model)
+    path = store.path(model_id)
+    assert path is not None
+    damaged = bytearray(model)
+    damaged[100:108] = b"\xff" * 8
+    path.write_bytes(bytes(damaged))
+    asked, frames, server = _serving(bus, {model_id: model})
+    runner = KeepingRunner()
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, runner, num_samples=4)
+    agent.start()
+    task = Task(round=8, device_id="dev", model_name="toy", model_id=model_id, model_size=len(model),
+                config=TrainConfig(), classes=CLASSES)  # fmt: skip
+    # Execute
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
+    bus.drain()
+    # Assert: fetched once more, trained on the whole model, the update sent; no state without a job
+    assert asked == [model_id]
+    assert runner.got == [(model, None)]
+    assert [type(f).__name__ for f in frames] == ["Update"] and not agent.training
+
+
+def test_a_job_that_cannot_start_is_reported_and_the_next_send_of_the_task_trains(tmp_path: Path) -> None:
+    # Prepare
+    bus = InMemoryBus()
+    store = BlobStore(tmp_path / "blobs")
+    model_id = store.put(b"model")
+    _, frames, server = _serving(bus, {})
+    runner = RefusingRunner()
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, runner, num_samples=4)
+    agent.start()
+    task = Task(round=2, device_id="dev", model_name="toy", model_id=model_id, model_size=5, config=TrainConfig(),
+                classes=CLASSES)  # fmt: skip
+    # Execute 1: the worker cannot start
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
+    bus.drain()
+    # Assert 1: the round's failure is reported with the reason; the board is not "training"
+    assert [type(f).__name__ for f in frames] == ["Failure"]
+    assert "did not start" in frames[0].reason and "No space left" in frames[0].reason  # type: ignore[attr-defined]
+    assert not agent.training and agent.last_outcome is not None and agent.last_outcome[0] == 2
+    # Execute 2: the next round's task, with the worker fixed
+    runner.broken = False
+    later = Task(round=3, device_id="dev", model_name="toy", model_id=model_id, model_size=5, config=TrainConfig(),
+                 classes=CLASSES)  # fmt: skip
+    server.publish(TOPICS.device("dev", "task"), encode_message(later))  # type: ignore[attr-defined]
+    bus.drain()
+    # Assert 2: it trains, without a restart
+    assert runner.trained == [3] and type(frames[-1]).__name__ == "Update"

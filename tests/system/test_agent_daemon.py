@@ -17,6 +17,7 @@ from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig
 from edge_agent import DeviceDataset, LabeledArrays, save_npz
 from protocol import (
     BlobChunk,
+    BlobStore,
     BrokerAddress,
     Failure,
     MqttTransport,
@@ -97,7 +98,9 @@ def test_agent_rejects_hostile_chunks_keeps_serving_and_sends_only_model_deltas(
     assert {n: a.shape for n, a in update.delta.items()} == {n: a.shape for n, a in reference.items()}
 
 
-def _serve_in_process(fleet: str, url: str, rounds: int) -> tuple[Coordinator, MqttTransport]:
+def _serve_in_process(
+    fleet: str, url: str, rounds: int, store: BlobStore | None = None
+) -> tuple[Coordinator, MqttTransport]:
     transport = MqttTransport(BrokerAddress.parse(url), f"{fleet}-server", session_expiry_s=0)
     transport.connect()
     coordinator = Coordinator(
@@ -105,6 +108,7 @@ def _serve_in_process(fleet: str, url: str, rounds: int) -> tuple[Coordinator, M
         FedAvg(StrategyConfig()),
         transport,
         models.model_state(models.build_model("cnn-digits", seed=0)),
+        store=store,
     )
     coordinator.start()
     return coordinator, transport
@@ -183,3 +187,32 @@ def test_an_agent_given_a_node_list_skips_a_dead_node_and_says_which_it_is_on(
     # Assert
     assert status["broker"] == nodes
     assert status["broker_node"] == mosquitto_url
+
+
+def test_a_model_corrupt_on_the_boards_disk_is_fetched_again_and_the_round_is_not_stalled(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: the board already holds round 1's model, with 8 bytes overwritten on its disk
+    store = BlobStore()
+    coordinator, transport = _serve_in_process(fleet, mosquitto_url, rounds=1, store=store)
+    model = store.get(coordinator.global_id)
+    damaged = bytearray(model)
+    damaged[len(model) // 2 : len(model) // 2 + 8] = b"\x00" * 8
+    (tmp_path / "dev" / "blobs").mkdir(parents=True)
+    (tmp_path / "dev" / "blobs" / coordinator.global_id).write_bytes(bytes(damaged))
+    with processes(tmp_path) as group:
+        try:
+            # Execute
+            group.agent("dev", "dev-k", fleet, mosquitto_url, "digits", "--status-interval", "0.2")
+            _pump(coordinator, transport, lambda: coordinator.finished, 80)
+            _pump(coordinator, transport, lambda: _status(tmp_path / "dev").get("last_outcome"), 10)
+            status = _status(tmp_path / "dev")
+        finally:
+            transport.publish(f"genfl/{fleet}/devices/dev-k/state", b"", retain=True)
+            transport.close()
+    # Assert: the round closed with the board's update well before its timeout; the board says what it did
+    assert coordinator.finished, group.log("dev")[-3000:]
+    assert [r.devices for r in coordinator.results] == [1]
+    assert coordinator.results[0].seconds < 60
+    assert "was corrupt on disk" in group.log("dev") and "fetching blob" in group.log("dev")
+    assert status["training"] is False and status["last_outcome"] == [1, "accepted"]
