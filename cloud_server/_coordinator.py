@@ -38,6 +38,7 @@ from protocol import (
     FrameGuard,
     GenflError,
     OpenGuard,
+    Progress,
     ProtocolError,
     Task,
     TensorDict,
@@ -150,6 +151,7 @@ class _OpenRound:
     budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
     heard: dict[str, float] = field(default_factory=dict)  # per device: last task sent to it or word from it
     resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send
+    working: dict[str, float] = field(default_factory=dict)  # per device: seconds its job has run, as it said
 
     def weight(self, claimed: int) -> int:
         return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
@@ -276,9 +278,11 @@ class Coordinator:
                 if parsed.channel == "state":
                     self._on_state(parsed.device_id, decode_message(frame, DeviceState))
                 elif parsed.channel == "update":
-                    message: Update | Failure = decode_message(frame, (Update, Failure))
+                    message: Update | Failure | Progress = decode_message(frame, (Update, Failure, Progress))
                     if isinstance(message, Update):
                         self._on_update(parsed.device_id, message, hashlib.sha256(payload).hexdigest())
+                    elif isinstance(message, Progress):
+                        self._on_progress(parsed.device_id, message)
                     else:
                         self._on_failure(parsed.device_id, message)
                 elif parsed.channel == "blob/req":
@@ -312,7 +316,9 @@ class Coordinator:
         if record is None:
             record = self.devices[device_id] = DeviceRecord(device_id, False, 0, None)
             log.info("device %s registered (%d samples)", device_id, state.num_samples)
-        came_back = state.state == "online"
+        # Back from offline (a restart, a lost connection): its task may be gone. An "online" it repeats while
+        # online (a periodic refresh, new label counts) says nothing of that.
+        came_back = state.state == "online" and not record.online
         record.online = state.state == "online"
         record.num_samples = state.num_samples
         record.label_counts = state.label_counts
@@ -434,6 +440,15 @@ class Coordinator:
         if self.config.max_update_norm is not None and norm > self.config.max_update_norm:
             raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {self.config.max_update_norm:.3g}")
         return delta, norm
+
+    def _on_progress(self, device_id: str, progress: Progress) -> None:
+        """A picked device at work on the open round has its task: no re-send (it was "heard" above)."""
+        if progress.device_id != device_id:
+            raise ProtocolError("wrong-device", f"progress for {progress.device_id} on {device_id}'s topic")
+        current = self._open
+        if current is not None and progress.round == current.number and device_id in current.configs:
+            current.working[device_id] = progress.seconds
+        # (a word on a round just closed crossed the close: nothing to do)
 
     def _on_failure(self, device_id: str, failure: Failure) -> None:
         current = self._check_round(device_id, failure.device_id, failure.round)

@@ -37,6 +37,7 @@ from protocol import (
     Failure,
     FrameGuard,
     OpenGuard,
+    Progress,
     ProtocolError,
     Task,
     Topics,
@@ -118,6 +119,7 @@ class AgentCore:
         self.accepting_tasks = True
         self.policy = policy  # what this device agrees to train; None: anything the server asks
         self._refused: Failure | None = None  # the refusal of the current task, sent again if it is repeated
+        self._training_since = self._progress_at = self._progress_logged = 0.0  # the running job, for progress
         transport.set_handler(self.on_message)
         transport.set_reconnect_handler(self._on_reconnect)
 
@@ -206,6 +208,20 @@ class AgentCore:
         if self.pending is not None and now - self._pending_sent_at >= every_s:
             log.info("device %s: no ack for round %s yet; sending the update again", self.device_id, self.pending_round)
             self._send_pending(now)
+
+    def report_progress(self, now: float, every_s: float) -> None:
+        """While a job runs, tell the server every ``every_s`` seconds (it then does not re-send the task of a
+        long round), and log how long it has run once a minute."""
+        task = self.current_task
+        if not self.training or task is None or every_s <= 0 or now - self._progress_at < every_s:
+            return
+        self._progress_at = now
+        seconds = max(0.0, now - self._training_since)
+        progress = Progress(round=task.round, device_id=self.device_id, seconds=round(seconds, 1))
+        self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(encode_message(progress)))
+        if seconds - self._progress_logged >= 60.0:
+            self._progress_logged = seconds
+            log.info("device %s: training round %d, %.0f s so far", self.device_id, task.round, seconds)
 
     def _keep(self, round_number: int, frame: bytes) -> None:
         self.pending, self.pending_round = frame, round_number
@@ -351,6 +367,8 @@ class AgentCore:
             self._request_blob(lost[0], ())
             return
         self.training = True
+        self._training_since = self._progress_at = time.monotonic()
+        self._progress_logged = 0.0
         try:
             self.runner.start(task, model, self._on_trained, synthetic)
         except Exception as exc:  # (OSError writing the job, a worker that cannot start): no job runs
@@ -369,6 +387,9 @@ class AgentCore:
             return
         # The weight it asks for is the count it announced (noised, if this device noises it).
         self._keep(task.round, encode_message(replace(outcome, num_samples=self.num_samples)))
+        assert self.pending is not None
+        log.info("device %s: trained round %d in %.0f s; sending the update (%d KB)", self.device_id, task.round,
+                 time.monotonic() - self._training_since, len(self.pending) // 1024)  # fmt: skip
         self._send_pending(time.monotonic())
 
     def _send_failure(self, failure: Failure) -> None:
@@ -378,6 +399,7 @@ class AgentCore:
         if self.pending is None or ack.round != self.pending_round:
             raise ProtocolError("unexpected-ack", f"round {ack.round}")
         if ack.accepted:
+            log.info("device %s: the server accepted the update of round %d", self.device_id, ack.round)
             self.last_outcome = (ack.round, "accepted")
         else:
             log.warning("device %s: server refused the round %d update: %s", self.device_id, ack.round, ack.reason)

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from protocol import (
+    PROGRESS_EVERY_S,
     REFUSED_RETRY_S,
     BlobStore,
     BrokerRefused,
@@ -86,6 +87,7 @@ class AgentConfig:
     min_free_memory: float = 0.0  # MB that must be free to start a worker
     resend_after: float = 60.0  # seconds: re-send an update nobody acknowledged
     state_refresh: float = 60.0  # seconds between "online" state messages while connected (0: only on connect)
+    progress_every: float = PROGRESS_EVERY_S  # seconds between "still training" words to the server (0: none)
     # What this device agrees to train (see edge_agent._policy): tasks outside it are refused.
     min_batch_size: int = TaskPolicy.min_batch_size
     min_local_steps: int = TaskPolicy.min_local_steps
@@ -109,6 +111,8 @@ class AgentConfig:
         parse_brokers(self.broker)
         if not self.state_refresh >= 0:
             raise ConfigError(f"state refresh must be 0 or more seconds, got {self.state_refresh}")
+        if not self.progress_every >= 0:
+            raise ConfigError(f"progress_every must be 0 or more seconds, got {self.progress_every}")
         if self.worker not in ("per-task", "persistent", "pool"):
             raise ConfigError(f"worker must be per-task, persistent or pool, got {self.worker!r}")
         if (self.worker == "pool") != (self.pool_socket is not None):
@@ -400,6 +404,7 @@ class _Agent:
         self.runner.check()
         now = time.monotonic()
         self.core.resend_pending(now, self.config.resend_after)
+        self.core.report_progress(now, self.config.progress_every)
         if self.transport.connected:
             self.core.refresh_state(now, self.config.state_refresh)
 

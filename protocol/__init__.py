@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._errors import BrokerRefused, ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
     from ._messages import (
         AUGMENTATIONS,
+        PROGRESS_EVERY_S,
         PROTOCOL_VERSION,
         SYNTHETIC_NORMS,
         SYNTHETIC_RESTYLES,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         DeviceState,
         Failure,
         Message,
+        Progress,
         SyntheticNorm,
         SyntheticRestyle,
         Task,
@@ -125,6 +127,8 @@ _WHERE = {
     "BlobRequest": "_messages",
     "DeviceState": "_messages",
     "Failure": "_messages",
+    "Progress": "_messages",
+    "PROGRESS_EVERY_S": "_messages",
     "Message": "_messages",
     "Task": "_messages",
     "TrainConfig": "_messages",
@@ -216,6 +220,8 @@ __all__ = [
     "OpenGuard",
     "SignedGuard",
     "Failure",
+    "Progress",
+    "PROGRESS_EVERY_S",
     "GenflError",
     "InMemoryBus",
     "InMemoryTransport",

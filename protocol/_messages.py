@@ -38,6 +38,8 @@ __all__ = [
     "BlobRequest",
     "DeviceState",
     "Failure",
+    "Progress",
+    "PROGRESS_EVERY_S",
     "Message",
     "Task",
     "TrainConfig",
@@ -295,6 +297,28 @@ class Failure:
             raise _fail("reason must be a string of at most 2000 characters")
 
 
+PROGRESS_EVERY_S = 10.0  # a working device says so this often; the server re-sends a task after 30 s of silence
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Device -> server (on the update topic): still at work on ``round`` (``phase``: training); sent every
+    few seconds while a job runs, so that a long round is not mistaken for a lost task."""
+
+    TYPE: ClassVar[str] = "progress"
+    round: int
+    device_id: str
+    phase: Literal["training"] = "training"
+    seconds: float = 0.0  # how long the job has run
+
+    def __post_init__(self) -> None:
+        _check_int("round", self.round, 1)
+        _check_device(self.device_id)
+        if self.phase != "training":
+            raise _fail(f"phase must be training, got {self.phase!r}"[:120])
+        _check_float("seconds", self.seconds, 0.0, 1e9)
+
+
 @dataclass(frozen=True)
 class Ack:
     """Server -> device: the update of ``round`` was accepted (or why not)."""
@@ -348,7 +372,7 @@ class BlobChunk:
         _check_sha256("chunk_sha256", self.chunk_sha256)
 
 
-Message = Union[DeviceState, Task, Update, Failure, Ack, BlobRequest, BlobChunk]
+Message = Union[DeviceState, Task, Update, Failure, Progress, Ack, BlobRequest, BlobChunk]
 _M = TypeVar("_M", bound=Message)
 
 
@@ -430,6 +454,8 @@ def _build(kind: str, header: dict[str, Any], body: bytes) -> Message:
         return Ack(**header)
     if kind == "failure":
         return Failure(**header)
+    if kind == "progress":
+        return Progress(**header)
     raise ProtocolError("unknown-type", repr(kind)[:80])
 
 

@@ -32,6 +32,7 @@ from protocol import (
     EnrollReply,
     EnrollRequest,
     Failure,
+    Progress,
     ProtocolError,
     Task,
     Topics,
@@ -74,6 +75,7 @@ VALID_FRAMES = [
         )
     ),
     encode_message(Failure(round=2, device_id="d-1", reason="oom")),
+    encode_message(Progress(round=2, device_id="d-1", seconds=12.5)),
     encode_message(Ack(round=2, device_id="d-1", accepted=True)),
     encode_message(BlobRequest(blob_id=SHA, chunks=(0, 1))),
     encode_message(next(iter_chunks(b"0123456789" * 50, 128))),
@@ -87,7 +89,7 @@ json_values = st.recursive(
 )
 FIELDS = ["round", "device_id", "state", "num_samples", "label_counts", "model_name", "model_id", "model_size",
           "config", "base_model_id", "train_loss", "train_accuracy", "accepted", "reason", "blob_id", "chunks",
-          "index", "count", "total_size", "chunk_sha256"]  # fmt: skip
+          "index", "count", "total_size", "chunk_sha256", "phase", "seconds"]  # fmt: skip
 
 
 def _frame(header: bytes, body: bytes = b"") -> bytes:

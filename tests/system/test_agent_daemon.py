@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import models
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig
@@ -99,13 +101,21 @@ def test_agent_rejects_hostile_chunks_keeps_serving_and_sends_only_model_deltas(
 
 
 def _serve_in_process(
-    fleet: str, url: str, rounds: int, store: BlobStore | None = None
-) -> tuple[Coordinator, MqttTransport]:
+    fleet: str, url: str, rounds: int, store: BlobStore | None = None, task_resend_s: float = 30.0,
+    strategy: StrategyConfig | None = None,
+) -> tuple[Coordinator, MqttTransport]:  # fmt: skip
     transport = MqttTransport(BrokerAddress.parse(url), f"{fleet}-server", session_expiry_s=0)
     transport.connect()
     coordinator = Coordinator(
-        CoordinatorConfig(fleet=fleet, model_name="cnn-digits", rounds=rounds, min_devices=1, round_timeout_s=90),
-        FedAvg(StrategyConfig()),
+        CoordinatorConfig(
+            fleet=fleet,
+            model_name="cnn-digits",
+            rounds=rounds,
+            min_devices=1,
+            round_timeout_s=90,
+            task_resend_s=task_resend_s,
+        ),
+        FedAvg(strategy or StrategyConfig()),
         transport,
         models.model_state(models.build_model("cnn-digits", seed=0)),
         store=store,
@@ -216,3 +226,30 @@ def test_a_model_corrupt_on_the_boards_disk_is_fetched_again_and_the_round_is_no
     assert coordinator.results[0].seconds < 60
     assert "was corrupt on disk" in group.log("dev") and "fetching blob" in group.log("dev")
     assert status["training"] is False and status["last_outcome"] == [1, "accepted"]
+
+
+def test_a_board_training_a_long_round_says_so_and_is_sent_no_task_again(
+    tmp_path: Path, mosquitto_url: str, fleet: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a round that trains for several re-send intervals; the board says "still training" more often
+    coordinator, transport = _serve_in_process(fleet, mosquitto_url, rounds=1, task_resend_s=2.0,
+                                               strategy=StrategyConfig(local_epochs=40))  # fmt: skip
+    config = tmp_path / "edge.toml"
+    state = tmp_path / "dev"
+    config.write_text(f'[agent]\ndevice_id = "dev-p"\ndata = "digits"\nstate_dir = "{state}"\n'
+                      f'fleet = "{fleet}"\nbroker = "{mosquitto_url}"\nprogress_every = 0.5\n')  # fmt: skip
+    caplog.set_level(logging.INFO, logger="genfl")
+    with processes(tmp_path) as group:
+        try:
+            # Execute
+            group.start("dev", "-m", "edge_agent", "run", "--config", str(config))
+            _pump(coordinator, transport, lambda: coordinator.finished, 120)
+            _pump(coordinator, transport, lambda: "accepted the update" in group.log("dev"), 10)
+        finally:
+            transport.publish(f"genfl/{fleet}/devices/dev-p/state", b"", retain=True)
+            transport.close()
+    # Assert: the round outlasted the re-send interval, yet no task was sent again; the board logged its steps
+    assert coordinator.finished and [r.devices for r in coordinator.results] == [1], group.log("dev")[-3000:]
+    assert coordinator.results[0].seconds > 3 * 2.0
+    assert "sending its task again" not in caplog.text
+    assert "trained round 1 in" in group.log("dev") and "accepted the update of round 1" in group.log("dev")
