@@ -84,6 +84,9 @@ class CoordinatorConfig:
     # after twice as long, and so on): a task or a chunk a broker lost (a cluster losing a node) costs a
     # wait, not the device's round. A device that has its task treats a copy as a repeat. None: never.
     task_resend_s: float | None = 30.0
+    # Stop opening rounds after this many in a row in which no update came and every board that answered
+    # reported a failure (a model that does not fit the boards' data, say): they cannot succeed. None: never.
+    max_failed_rounds: int | None = 3
     # The fleet's class names in the model's order: every task carries them, and boards number their data by
     # them (serve and simulate set them; the default is the bundled digits' numbers).
     classes: tuple[str, ...] = default_classes(10)
@@ -102,6 +105,8 @@ class CoordinatorConfig:
             raise ConfigError("round timeout must be positive")
         if self.task_resend_s is not None and not self.task_resend_s > 0:
             raise ConfigError("the task re-send interval must be positive")
+        if self.max_failed_rounds is not None and self.max_failed_rounds < 1:
+            raise ConfigError(f"max failed rounds must be at least 1, got {self.max_failed_rounds}")
         if not MIN_CHUNK_SIZE <= self.chunk_size <= 256 * 1024 * 1024:
             raise ConfigError(f"chunk size must be 1 KiB..256 MiB, got {self.chunk_size}")
 
@@ -131,6 +136,7 @@ class RoundResult:
     # The model the round started from, on the devices' own data (their reports before training, weighted)
     device_accuracy: float | None = None
     report: dict[str, Any] | None = None  # what the strategy did beyond training (GenFL: its synthetic data)
+    failures: dict[str, int] = field(default_factory=dict)  # the boards' failure reasons this round, counted
 
 
 @dataclass
@@ -143,6 +149,7 @@ class _OpenRound:
     bytes_down_at_start: int
     accepted: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    reasons: dict[str, str] = field(default_factory=dict)  # per failed device: its reason (first line)
     train_loss_sum: float = 0.0
     train_accuracy_sum: float = 0.0  # weighted: how well the devices' models fit their own data
     synthetic: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (blob id, size)
@@ -159,6 +166,13 @@ class _OpenRound:
     @property
     def answered(self) -> set[str]:
         return self.accepted | self.failed
+
+
+def failure_summary(reason: str, device_id: str) -> str:
+    """A board's failure reason as one short line without the board's name, for counting by reason."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else "no reason given"  # a traceback's last line says what went wrong
+    return line.replace(device_id, "<device>")[:160]
 
 
 def weight_cap(claims: list[int], ratio: float | None) -> int | None:
@@ -200,6 +214,8 @@ class Coordinator:
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.results: list[RoundResult] = []
+        self.halted: str | None = None  # why no more rounds open (every board failed round after round)
+        self._failed_streak = 0  # rounds in a row that every answering board failed
         self.round_number = 0
         self._store = store or BlobStore()
         self._journal = journal or Journal()
@@ -253,7 +269,7 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
-        return self.round_number >= self.config.rounds and self._open is None
+        return self.halted is not None or (self.round_number >= self.config.rounds and self._open is None)
 
     def start(self) -> None:
         """Subscribe to the whole device tree: messages on unexpected topics are counted, not missed."""
@@ -456,6 +472,7 @@ class Coordinator:
             return
         self._journal.failure_recorded(failure.round, device_id, failure.reason)
         current.failed.add(device_id)
+        current.reasons[device_id] = failure_summary(failure.reason, device_id)
         log.warning("round %d: %s reports a failed training: %s", failure.round, device_id, failure.reason[:300])
 
     def _ack(self, device_id: str, round_number: int, accepted: bool, reason: str = "") -> None:
@@ -522,7 +539,8 @@ class Coordinator:
             else:
                 self._resend_silent_tasks(current)
             return
-        if self.round_number < self.config.rounds and len(self.online_devices()) >= self.config.min_devices:
+        if (self.halted is None and self.round_number < self.config.rounds
+                and len(self.online_devices()) >= self.config.min_devices):  # fmt: skip
             self._open_round(self.round_number + 1)
 
     def _new_round(self, number: int, configs: dict[str, TrainConfig], started: float) -> _OpenRound:
@@ -595,6 +613,24 @@ class Coordinator:
             )
             self.transport.publish(self.topics.device(device_id, "task"), self._guard.seal(encode_message(task)))
 
+    def _note_failures(self, current: _OpenRound, accepted: int, failures: dict[str, int]) -> None:
+        """Say by reason why boards failed; stop opening rounds after ``max_failed_rounds`` that all failed."""
+        if failures:
+            reasons = "; ".join(f"{count} x {reason}" for reason, count in failures.items())
+            log.warning("round %d: %d board(s) failed: %s", current.number, len(current.failed), reasons)
+        if accepted > 0 or not current.failed:
+            self._failed_streak = 0
+            return
+        self._failed_streak += 1
+        limit = self.config.max_failed_rounds
+        if limit is not None and self._failed_streak >= limit:
+            top = next(iter(failures), "no reason given")
+            self.halted = (
+                f"{self._failed_streak} rounds in a row failed on every board that answered (most often: {top}); "
+                "no more rounds are opened: fix the cause, then serve again to go on"
+            )
+            log.error("stopping: %s", self.halted)
+
     def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
         accepted = len(current.accepted)
         total, weights = current.evaluated
@@ -621,6 +657,13 @@ class Coordinator:
         for blob, _ in current.synthetic.values():
             self._store.discard(blob)  # a synthetic batch is for one round only
 
+        failures = dict(Counter(current.reasons.values()).most_common())
+        failures_elsewhere = len(current.failed) - len(
+            current.reasons
+        )  # failed before a restart: reason in the journal
+        if failures_elsewhere:
+            failures["(recorded before a restart)"] = failures_elsewhere
+        self._note_failures(current, accepted, failures)
         generator_s, synthetic_bytes = self.strategy.round_stats()
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
         result = RoundResult(
@@ -637,6 +680,7 @@ class Coordinator:
             synthetic_bytes=sum(synthetic_bytes.values()),
             device_accuracy=device_accuracy,
             report=self.strategy.round_report(current.number),
+            failures=failures,
         )
         self._journal.round_closed(
             current.number,

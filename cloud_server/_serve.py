@@ -15,6 +15,7 @@ from types import FrameType
 import models
 from protocol import (
     ConfigError,
+    GenflError,
     MqttTransport,
     Notifier,
     ProtocolError,
@@ -48,6 +49,7 @@ class ServeConfig:
     min_devices: int = 1
     fraction: float = StrategyConfig.fraction
     round_timeout_s: float = 600.0
+    max_failed_rounds: int | None = CoordinatorConfig.max_failed_rounds
     strategy: str = "fedavg"
     prox_mu: float = StrategyConfig.prox_mu
     local_epochs: int = StrategyConfig.local_epochs
@@ -162,6 +164,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
                 rounds=config.rounds,
                 min_devices=config.min_devices,
                 round_timeout_s=config.round_timeout_s,
+                max_failed_rounds=config.max_failed_rounds,
                 chunk_size=config.chunk_size,
                 max_update_norm=config.max_update_norm,
                 classes=classes,
@@ -207,10 +210,16 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
                 metrics.observe(coordinator, bytes_received=transport.bytes_received, bytes_sent=transport.bytes_sent,
                                 node=transport.node, failovers=transport.failovers)  # fmt: skip
         notifier.stopping()
+        journal.close()  # every accepted update is already committed; an open round resumes next start
+        if coordinator.halted is not None:
+            raise RoundsFailing(coordinator.halted)
         if coordinator.finished:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
-        journal.close()  # every accepted update is already committed; an open round resumes next start
     return 0
+
+
+class RoundsFailing(GenflError):
+    """Every board failed round after round: serve stops instead of opening rounds that cannot succeed."""
 
 
 def fleet_classes(config: ServeConfig, stored: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -51,6 +51,9 @@ def serve(
     min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
     fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
     round_timeout: Annotated[float, typer.Option(help="Seconds before stragglers are left out of a round.")] = 600.0,
+    max_failed_rounds: Annotated[
+        int, typer.Option(help="Stop after this many rounds in a row that every answering board failed (0: never).")
+    ] = 3,
     strategy: Annotated[StrategyName, typer.Option(help="How rounds train and combine.")] = StrategyName.FEDAVG,
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
@@ -118,6 +121,7 @@ def serve(
             min_devices=min_devices,
             fraction=fraction,
             round_timeout_s=round_timeout,
+            max_failed_rounds=max_failed_rounds or None,
             strategy=strategy.value,
             prox_mu=mu,
             local_epochs=local_epochs,

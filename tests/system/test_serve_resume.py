@@ -119,3 +119,34 @@ def test_a_second_serve_on_the_same_state_exits_with_one_line_and_the_first_goes
         assert errors == [errors[-1]] and f"is in use by another genfl-server serve (pid {first.pid}" in errors[-1]
         assert first.poll() is None
         assert "lost the broker" not in group.log("server-1")
+
+
+def test_rounds_every_board_fails_are_reported_by_reason_and_serve_stops_opening_them(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: two boards whose images do not fit the fleet's model
+    import numpy as np
+
+    from edge_agent import LabeledArrays
+
+    arrays = LabeledArrays(np.zeros((20, 3, 32, 32), dtype=np.uint8), np.arange(20) % 10)
+    save_npz(DeviceDataset("cam", tuple("0123456789"), arrays, arrays), tmp_path / "cam.npz")
+    state = tmp_path / "server"
+    devices = ["cam-1", "cam-2"]
+    with processes(tmp_path) as group:
+        try:
+            server = group.server("server", state, fleet, "--model", "cnn-digits", "--rounds", "10", "--min-devices",
+                                  "2", "--broker", mosquitto_url, "--max-failed-rounds", "2")  # fmt: skip
+            for device_id in devices:
+                group.agent(device_id, device_id, fleet, mosquitto_url, f"npz:{tmp_path / 'cam.npz'}")
+            # Execute
+            code = server.wait(timeout=120)
+        finally:
+            clear_retained(mosquitto_url, fleet, devices)
+    # Assert: two rounds, each failed by both boards for the same reason; then a one-line stop, not round 3
+    log = group.log("server")
+    assert code == 1, log[-3000:]
+    assert log.count("2 board(s) failed: 2 x ") == 2 and "takes 1x8x8" in log
+    assert "2 rounds in a row failed on every board" in log.splitlines()[-1]
+    assert [r for (r,) in query(state / "state.sqlite3", "SELECT round FROM rounds ORDER BY round")] == [1, 2]
+    assert len(query(state / "state.sqlite3", "SELECT * FROM failures")) == 4
