@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ._coordinator import Coordinator, RoundResult
+from ._coordinator import Coordinator, RoundResult, failure_summary
 from ._fleet_view import read_rows
 from ._fleet_view import report_of as _report
 
@@ -47,6 +47,10 @@ class FleetMetrics:
         self.rejected = Counter(
             "genfl_messages_rejected", "Messages refused, by reason (the fleet's life).", ["reason"], registry=r
         )
+        self.failures = Counter(
+            "genfl_device_failures", "Rounds a board reported as failed, by reason (the fleet's life).", ["reason"],
+            registry=r,
+        )  # fmt: skip
         self.bytes = Counter("genfl_bytes", "Payload bytes through the broker, by direction (up: from devices).",
                              ["direction"], registry=r)  # fmt: skip
         self.generator_seconds = Counter("genfl_generator_seconds", "Server seconds spent on GenFL's generator.",
@@ -74,6 +78,7 @@ class FleetMetrics:
         self.info = Gauge("genfl_fleet_info", "The fleet this server serves.", ["fleet"], registry=r)
         self.info.labels(fleet=fleet).set(1)
         self._rejected_seen: dict[str, int] = {}
+        self._failure_labels: set[str] = set()
         self._bytes_seen = [0, 0]  # received (up), sent (down)
         self._node: str | None = None
 
@@ -90,6 +95,11 @@ class FleetMetrics:
         closed, updates, last = totals[0]
         self.rounds.inc(closed)
         self.accepted.inc(updates)
+        durations = "SELECT closed - started FROM rounds WHERE closed IS NOT NULL AND closed >= started ORDER BY round"
+        for (seconds,) in read_rows(database, durations) or []:
+            self.round_seconds.observe(float(seconds))
+        for device_id, reason in read_rows(database, "SELECT device_id, reason FROM failures") or []:
+            self._count_failure(failure_summary(str(reason), str(device_id)), 1)
         for reason, count in rejected:
             self.rejected.labels(reason=reason).inc(count)
         if last is not None:
@@ -120,7 +130,18 @@ class FleetMetrics:
         self.accepted.inc()
         self.answered.inc()
 
+    def _count_failure(self, reason: str, count: int) -> None:
+        """Reasons come from boards: at most 20 distinct labels, the rest counted as "other"."""
+        label = reason[:80]
+        if label not in self._failure_labels:
+            if len(self._failure_labels) >= 20:
+                label = "other"
+            self._failure_labels.add(label)
+        self.failures.labels(reason=label).inc(count)
+
     def round_closed(self, result: RoundResult) -> None:
+        for reason, count in result.failures.items():
+            self._count_failure(reason, count)
         self.rounds.inc()
         self.round_seconds.observe(result.seconds)
         self.generator_seconds.inc(result.generator_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,30 @@ def test_the_synthetic_counters_start_from_the_rounds_the_journal_kept(tmp_path:
     assert sample("genfl_synthetic_rounds_total", {"sent": "yes"}) == 2
     assert sample("genfl_synthetic_rounds_total", {"sent": "no"}) == 1
     assert sample("genfl_synthetic_images_total") == 40 and sample("genfl_synthetic_bytes_total") == 1000
+
+
+def test_after_a_restart_round_durations_and_failures_start_from_the_journal(tmp_path: Path) -> None:
+    # Prepare: five closed rounds of 10 s; two boards failed round 5 for the same reason
+    from cloud_server import SqliteJournal
+    from protocol import TrainConfig, encode_tensors
+
+    journal = SqliteJournal(tmp_path)
+    blob = encode_tensors({"w": np.zeros(2, np.float32)})
+    journal.start("toy", "f", blob, ("a", "b"))
+    for number in range(1, 6):
+        journal.round_opened(number, time.time() - 10.0, "m", {"cam-1": TrainConfig(), "cam-2": TrainConfig()}, None)
+        if number == 5:
+            for device in ("cam-1", "cam-2"):
+                journal.failure_recorded(5, device, f"DataError: {device}'s data: images are 3x32x32")
+        journal.round_closed(number, blob, "m", total_weight=1, timed_out=False, accuracy=None, loss=None,
+                             train_loss=0.0, report=None)  # fmt: skip
+    journal.close()
+    # Execute
+    metrics = FleetMetrics("f")
+    metrics.seed_from_journal(tmp_path / "state.sqlite3")
+    # Assert: the histogram counts every closed round, as the rounds counter does; failures by reason
+    sample = metrics.registry.get_sample_value
+    assert sample("genfl_rounds_total") == 5 and sample("genfl_round_duration_seconds_count") == 5
+    assert 50.0 <= sample("genfl_round_duration_seconds_sum") < 55.0
+    reason = "DataError: <device>'s data: images are 3x32x32"
+    assert sample("genfl_device_failures_total", {"reason": reason}) == 2
