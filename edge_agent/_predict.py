@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,31 +65,70 @@ class OnnxClassifier:
         except json.JSONDecodeError:
             self.classes = []
 
-    def _load(self, path: Path) -> np.ndarray:
+    def _load(self, path: Path, resize: bool = False) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as image:
                 converted = image.convert("L" if self.channels == 1 else "RGB")
-        except (UnidentifiedImageError, OSError) as exc:
+                if resize and converted.size != (self.width, self.height):
+                    converted = converted.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:  # ValueError: a decoder's "bad header"
             raise DataError(f"cannot read image {path}: {exc}") from exc
         if converted.size != (self.width, self.height):
             raise DataError(
                 f"image {path} is {converted.size[0]}x{converted.size[1]}; the model takes {self.width}x{self.height}"
+                " (--resize scales it)"
             )
         pixels = np.asarray(converted, dtype=np.float32) / 255.0
         return pixels[None, :, :] if self.channels == 1 else pixels.transpose(2, 0, 1)
 
-    def predict(self, paths: list[Path], batch: int = 64) -> list[Prediction]:
+    def _scores(self, inputs: np.ndarray, paths: list[Path]) -> np.ndarray:
+        """The model's (images, classes) scores, or ModelError: it failed, or said NaN, inf or a bad shape."""
+        try:
+            logits = np.asarray(self.session.run(None, {self.input_name: inputs})[0], dtype=np.float64)
+        except Exception as exc:  # onnxruntime's own error types
+            raise ModelError(f"the model failed to run: {str(exc).splitlines()[0][:200]}") from exc
+        if logits.ndim != 2 or len(logits) != len(paths):
+            raise ModelError(f"the model's output has shape {logits.shape}, not (images, classes): it is broken")
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            bad = paths[int(np.flatnonzero(~finite)[0])]
+            raise ModelError(f"the model's output for {bad} is not finite (NaN or inf): the model is broken")
+        return logits
+
+    def predict(self, paths: list[Path], batch: int = 64, *, resize: bool = False) -> list[Prediction]:
+        """Predictions for every path; DataError at the first image that cannot be used (see ``predict_each``)."""
         results: list[Prediction] = []
-        for start in range(0, len(paths), batch):
-            chunk = paths[start : start + batch]
-            inputs = np.stack([self._load(p) for p in chunk]).astype(np.float32)
-            logits = self.session.run(None, {self.input_name: inputs})[0]
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-            for path, row in zip(chunk, probabilities):
-                index = int(row.argmax())
-                label = self.classes[index] if index < len(self.classes) else str(index)
-                results.append(Prediction(path, label, float(row[index])))
+        for outcome in self.predict_each(paths, batch, resize=resize):
+            if isinstance(outcome, DataError):
+                raise outcome
+            results.append(outcome)
         return results
+
+    def predict_each(
+        self, paths: list[Path], batch: int = 64, *, resize: bool = False
+    ) -> Iterator[Prediction | DataError]:
+        """One outcome per path, in order: its prediction, or the DataError that says why the image cannot be
+        used (the others go on). A model whose output is not finite is a ModelError: nothing it says is usable."""
+        for start in range(0, len(paths), batch):
+            outcomes: list[Prediction | DataError | None] = []
+            loaded: list[tuple[int, Path, np.ndarray]] = []
+            for path in paths[start : start + batch]:
+                try:
+                    loaded.append((len(outcomes), path, self._load(path, resize)))
+                    outcomes.append(None)
+                except DataError as exc:
+                    outcomes.append(exc)
+            if loaded:
+                inputs = np.stack([pixels for _, _, pixels in loaded]).astype(np.float32)
+                logits = self._scores(inputs, [path for _, path, _ in loaded])
+                shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+                for (slot, path, _), row in zip(loaded, probabilities):
+                    index = int(row.argmax())
+                    label = self.classes[index] if index < len(self.classes) else str(index)
+                    outcomes[slot] = Prediction(path, label, float(row[index]))
+            for outcome in outcomes:
+                assert outcome is not None
+                yield outcome

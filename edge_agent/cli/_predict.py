@@ -9,20 +9,34 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._data import load_dataset
-from protocol import ConfigError, ModelError, exit_on_error
+from protocol import ConfigError, DataError, ModelError, exit_on_error
 
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders of images.")],
     model: Annotated[Path, typer.Option(help="An ONNX model from `export`.")],
+    resize: Annotated[
+        bool, typer.Option(help="Scale images to the model's input size instead of refusing them.")
+    ] = False,
 ) -> None:
-    """Classify images with an exported ONNX model (onnxruntime); prints class and probability."""
+    """Classify images with an exported ONNX model (onnxruntime); prints path, class and probability per image.
+
+    An image that cannot be used is reported on stderr and the others go on (exit 3 at the end if any was).
+    """
     from edge_agent._predict import OnnxClassifier, image_paths
 
+    failed = 0
     with exit_on_error():
         classifier = OnnxClassifier(model)
-        for result in classifier.predict(image_paths(images)):
-            typer.echo(f"{result.path}\t{result.label}\t{result.probability:.4f}")
+        for outcome in classifier.predict_each(image_paths(images), resize=resize):
+            if isinstance(outcome, DataError):
+                failed += 1
+                typer.echo(f"error: {outcome}", err=True)
+            else:
+                typer.echo(f"{outcome.path}\t{outcome.label}\t{outcome.probability:.4f}")
+    if failed:
+        typer.echo(f"{failed} image(s) could not be classified", err=True)
+        raise typer.Exit(code=DataError.exit_code)
 
 
 def export(

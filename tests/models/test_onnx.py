@@ -103,3 +103,50 @@ def test_bad_model_files_and_images_fail_clearly(trained: tuple[Path, dict], tmp
     Image.new("L", (32, 32)).save(big)
     with pytest.raises(DataError, match=r"big\.png is 32x32; the model takes 8x8"):
         OnnxClassifier(good).predict([big])
+
+
+def test_predict_reports_each_bad_image_goes_on_and_resizes_on_request(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    # Prepare: two good images, one that is not an image, one of the wrong size
+    _, state = trained
+    data = load_dataset("digits")
+    model = tmp_path / "m.onnx"
+    export_onnx("cnn-digits", state, model, int8=False, check_images=data.test.images[:64], classes=data.classes)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(2):
+        Image.fromarray(data.test.images[index, 0]).save(folder / f"good-{index}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(np.kron(data.test.images[2, 0], np.ones((4, 4), dtype=np.uint8))).save(folder / "large.png")
+    command = [str(BIN / "genfl-edge"), "predict", "--model", str(model), str(folder)]
+    # Execute
+    plain = subprocess.run(command, capture_output=True, text=True)
+    resized = subprocess.run([*command, "--resize"], capture_output=True, text=True)
+    # Assert: the good ones printed, each bad one named on stderr, exit 3 (data) at the end
+    assert plain.returncode == 3, plain.stderr
+    assert sorted(Path(line.split("\t")[0]).name for line in plain.stdout.splitlines()) == ["good-0.png", "good-1.png"]
+    assert "broken.png" in plain.stderr and "large.png is 32x32; the model takes 8x8 (--resize" in plain.stderr
+    assert "2 image(s) could not be classified" in plain.stderr
+    assert resized.returncode == 3 and "large.png" in resized.stdout and "broken.png" in resized.stderr
+
+
+def test_a_model_that_outputs_nan_is_a_model_error(tmp_path: Path) -> None:
+    # Prepare: an image model whose scores are log(-1) = NaN
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Flatten", ["x"], ["flat"]), onnx.helper.make_node("Neg", ["flat"], ["negative"]),
+         onnx.helper.make_node("Sub", ["negative", "one"], ["below"]), onnx.helper.make_node("Log", ["below"], ["y"])],
+        "nan", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 64])],
+        initializer=[onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [], [1.0])],
+    )  # fmt: skip
+    path = tmp_path / "nan.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8), color=7).save(image)
+    # Execute
+    done = subprocess.run([str(BIN / "genfl-edge"), "predict", "--model", str(path), str(image)],
+                          capture_output=True, text=True)  # fmt: skip
+    # Assert: refused as a broken model (exit 4), nothing printed as a prediction
+    assert done.returncode == 4 and done.stdout == "", done.stderr
+    assert "not finite (NaN or inf): the model is broken" in done.stderr
