@@ -20,13 +20,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from protocol import BlobStore, ConfigError, GenflError, TrainConfig, atomic_write, describe_classes, validate_classes
+from protocol import (
+    BlobStore,
+    ConfigError,
+    GenflError,
+    ModelError,
+    TrainConfig,
+    atomic_write,
+    blob_id,
+    describe_classes,
+    validate_classes,
+)
+
+log = logging.getLogger("genfl.server")
 
 __all__ = [
     "AcceptedUpdate",
@@ -200,14 +213,34 @@ class SqliteJournal(Journal):
         paths = sorted((self.state_dir / "checkpoints").glob("round-*.safetensors"))
         return paths[-1] if paths else None
 
+    def _global_blob(self, current: str) -> bytes:
+        """The global model the journal names: the latest checkpoint if it is whole (its hash is the model's id),
+        else the copy in the blob store; ModelError naming the file if neither is."""
+        checkpoint = self.latest_checkpoint()
+        why = "is missing"
+        if checkpoint is not None:
+            try:
+                blob = checkpoint.read_bytes()
+                if blob_id(blob) == current:
+                    return blob
+                why = f"({checkpoint}) is damaged: its sha256 is not the model's"
+            except OSError as exc:
+                why = f"({checkpoint}) cannot be read: {exc}"
+        try:
+            blob = self.blobs.get(current)
+        except (KeyError, OSError):
+            raise ModelError(
+                f"state dir {self.state_dir}: the checkpoint of the global model {current[:12]} {why}, and the blob "
+                "store holds no good copy: restore the state from a backup"
+            ) from None
+        log.warning("the checkpoint of model %s %s; resuming from the blob store's copy", current[:12], why)
+        return blob
+
     def resume(self) -> ResumePoint | None:
         current = self.meta("global_model")
         if current is None:
             return None
-        checkpoint = self.latest_checkpoint()
-        if checkpoint is None:
-            raise GenflError(f"state dir {self.state_dir}: the checkpoint of model {current[:12]} is missing")
-        blob = checkpoint.read_bytes()
+        blob = self._global_blob(current)
         row = self._db.execute(
             "SELECT round, started, closed, configs, weight_cap FROM rounds ORDER BY round DESC LIMIT 1"
         ).fetchone()
