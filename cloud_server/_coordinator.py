@@ -700,7 +700,7 @@ class Coordinator:
             current.number,
             accepted,
             len(current.configs),
-            result.accuracy,
+            "-" if result.accuracy is None else f"{result.accuracy:.4f}",
         )
         if self._on_round_closed is not None:
             self._on_round_closed(result)

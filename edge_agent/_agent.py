@@ -120,6 +120,7 @@ class AgentCore:
         self.policy = policy  # what this device agrees to train; None: anything the server asks
         self._refused: Failure | None = None  # the refusal of the current task, sent again if it is repeated
         self._training_since = self._progress_at = self._progress_logged = 0.0  # the running job, for progress
+        self._older_model: str | None = None  # the model before the current task's, kept one round more
         transport.set_handler(self.on_message)
         transport.set_reconnect_handler(self._on_reconnect)
 
@@ -263,6 +264,11 @@ class AgentCore:
             return
         if current is not None and current.synthetic_id is not None and current.synthetic_id != task.synthetic_id:
             self.store.discard(current.synthetic_id)  # last round's synthetic batch is spent
+        if current is not None and current.model_id != task.model_id:
+            # Keep the new round's model and the last one (what `genfl-edge export` may still name); older go.
+            if self._older_model is not None and self._older_model not in (task.model_id, current.model_id):
+                self.store.discard(self._older_model)
+            self._older_model = current.model_id
         self.current_task = task
         self._refused = None
         refusal = self._adopt_classes(task.classes)

@@ -66,6 +66,8 @@ __all__ = ["AgentConfig", "load_agent_config", "run_agent"]
 
 log = logging.getLogger("genfl.edge")
 
+KEPT_BLOBS = 3  # at start: the last round's model, the one before, a synthetic batch
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -320,11 +322,15 @@ class _Agent:
         )
         window = TrainWindow.parse(config.train_window) if config.train_window else None
         self.runner = GatedRunner(self.worker, window, config.min_free_memory)
+        store = BlobStore(config.state_dir / "blobs")
+        dropped = store.keep_newest(KEPT_BLOBS)  # a board that ran many rounds before this start
+        if dropped:
+            log.info("removed %d old blobs from %s (keeping the newest %d)", len(dropped), config.state_dir, KEPT_BLOBS)
         self.core = AgentCore(
             config.device_id,
             topics,
             self.transport,
-            BlobStore(config.state_dir / "blobs"),
+            store,
             self.runner,
             num_samples=num_samples,
             label_counts=label_counts,

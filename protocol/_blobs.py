@@ -8,6 +8,7 @@ every chunk as it lands and, after a drop, asks only for the ones it lacks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -118,6 +119,21 @@ class BlobStore:
             self._memory.pop(ident, None)
         else:
             (self._root / ident).unlink(missing_ok=True)
+
+    def keep_newest(self, count: int) -> list[str]:
+        """Remove all but the ``count`` most recently written blobs (a board keeps the models it may still need,
+        not one per round for ever); the ids removed. A memory store keeps everything."""
+        if self._root is None:
+            return []
+        blobs = []
+        for path in self._root.iterdir():
+            with contextlib.suppress(OSError):  # a blob removed meanwhile
+                if path.is_file() and len(path.name) == 64:
+                    blobs.append((path.stat().st_mtime, path.name))
+        removed = [name for _, name in sorted(blobs, reverse=True)[count:]]
+        for name in removed:
+            self.discard(name)
+        return removed
 
     def path(self, ident: str) -> Path | None:
         """Where a blob lies on disk (None for a memory store)."""

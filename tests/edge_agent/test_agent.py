@@ -415,3 +415,40 @@ def test_a_job_that_cannot_start_is_reported_and_the_next_send_of_the_task_train
     bus.drain()
     # Assert 2: it trains, without a restart
     assert runner.trained == [3] and type(frames[-1]).__name__ == "Update"
+
+
+def test_a_board_keeps_the_current_and_the_previous_model_not_one_per_round(tmp_path: Path) -> None:
+    # Prepare: a board that holds the models of rounds 1..4 as they arrive
+    bus = InMemoryBus()
+    store = BlobStore(tmp_path / "blobs")
+    models_by_round = {r: store.put(f"model of round {r}".encode() * 20) for r in range(1, 5)}
+    got, server = _server(bus)
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, InstantRunner(), num_samples=4)
+    agent.start()
+    # Execute: a task per round
+    for number, model_id in models_by_round.items():
+        task = Task(round=number, device_id="dev", model_name="toy", model_id=model_id, model_size=1,
+                    config=TrainConfig(), classes=CLASSES)  # fmt: skip
+        server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
+        bus.drain()
+    # Assert: every round trained; only rounds 3 and 4's models are left
+    assert [u.round for u in got] == [1, 2, 3, 4]
+    assert [r for r, m in models_by_round.items() if store.has(m)] == [3, 4]
+
+
+def test_at_start_a_blob_store_keeps_its_newest_blobs() -> None:
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = BlobStore(Path(folder))
+        ids = [store.put(bytes([n]) * 10) for n in range(5)]
+        for age, ident in enumerate(reversed(ids)):  # ids[4] newest
+            path = store.path(ident)
+            assert path is not None
+            os.utime(path, (1_000_000 - age, 1_000_000 - age))
+        (Path(folder) / "partial").mkdir()
+        removed = store.keep_newest(3)
+        assert sorted(removed) == sorted(ids[:2]) and all(store.has(i) for i in ids[2:])
+        assert (Path(folder) / "partial").is_dir()
+        assert BlobStore().keep_newest(0) == []
