@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 
 from edge_agent import load_dataset, with_channels
@@ -39,16 +40,27 @@ def export(
 
         model_name, state = read_checkpoint(checkpoint, model)
         classes = checkpoint_classes(checkpoint)  # the fleet's list the model was trained with
-        if calibration is None:
-            if model_name != "cnn-digits":
-                raise ConfigError(f"{model_name} needs --calibration SPEC (images like the devices' data)")
-            calibration = "digits"
-        dataset = load_dataset(calibration)
         shape = get_spec(model_name).input_shape
-        report = export_onnx(model_name, state, out, int8=int8,
-                             check_images=with_channels(dataset.test, shape).images[:1000],
-                             calibration_images=with_channels(dataset.train, shape).images[:512],
-                             classes=classes or dataset.classes)  # fmt: skip
+        if calibration is None and model_name == "cnn-digits":
+            calibration = "digits"  # the bundled data is what this model is for
+        if calibration is None and int8:
+            raise ConfigError(
+                "int8 needs images like the devices' data to calibrate: --calibration SPEC (the synthetic pool, "
+                "folder:POOL, will do), or export int8 on a board (genfl-edge export --int8 on its own data)"
+            )
+        if calibration is None:  # a float export needs no data: parity is checked on generated images
+            check = np.random.default_rng(0).integers(0, 256, size=(256, *shape), dtype=np.uint8)
+            names = classes
+            typer.echo(f"checking the float export on {len(check)} generated images (no --calibration)", err=True)
+            calibration_images = None
+        else:
+            dataset = load_dataset(calibration)
+            check = with_channels(dataset.test, shape).images[:1000]
+            calibration_images = with_channels(dataset.train, shape).images[:512]
+            names = classes or dataset.classes
+        typer.echo(f"exporting {model_name} from {checkpoint} ({'int8' if int8 else 'fp32'}) ...", err=True)
+        report = export_onnx(model_name, state, out, int8=int8, check_images=check,
+                             calibration_images=calibration_images, classes=names)  # fmt: skip
         typer.echo(
             f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}) from {checkpoint}; "
             f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "

@@ -150,3 +150,22 @@ def test_a_model_that_outputs_nan_is_a_model_error(tmp_path: Path) -> None:
     # Assert: refused as a broken model (exit 4), nothing printed as a prediction
     assert done.returncode == 4 and done.stdout == "", done.stderr
     assert "not finite (NaN or inf): the model is broken" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_float_export_needs_no_device_images_and_int8_says_where_to_calibrate(tmp_path: Path) -> None:
+    # Prepare: a cnn-small checkpoint (a secured server holds no images like the boards')
+    checkpoint = tmp_path / "small.safetensors"
+    checkpoint.write_bytes(encode_tensors(models.model_state(models.build_model("cnn-small", seed=0)),
+                                          {"model": "cnn-small"}))  # fmt: skip
+    base = [str(BIN / "genfl-server"), "export", "--format", "onnx", "--checkpoint", str(checkpoint)]
+    # Execute
+    fp32 = subprocess.run([*base, "--out", str(tmp_path / "small.onnx")], capture_output=True, text=True)
+    int8 = subprocess.run([*base, "--int8", "--out", str(tmp_path / "small8.onnx")], capture_output=True, text=True)
+    # Assert: float written after a parity check on generated images, with progress; int8 refused with the ways
+    assert fp32.returncode == 0, fp32.stderr
+    assert "generated images" in fp32.stderr and "exporting cnn-small" in fp32.stderr
+    assert "top-1 agreement 100.00%" in fp32.stdout
+    assert OnnxClassifier(tmp_path / "small.onnx").height == 32
+    assert int8.returncode == 2 and "--calibration" in int8.stderr and "genfl-edge export --int8" in int8.stderr
+    assert not (tmp_path / "small8.onnx").exists()
