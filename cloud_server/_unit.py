@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, find_executable, unit_head
+from protocol import HARDENING, ConfigError, check_reachable, find_executable, unit_head
 
 __all__ = ["UNIT_NAME", "default_executable", "render_server_unit"]
 
@@ -38,11 +38,15 @@ WantedBy=multi-user.target
 """
 
 _GPU = """\
-# The generator's GPU: the NVIDIA device nodes only.
+# The generator's GPUs: the NVIDIA device nodes only (every GPU, /dev/nvidia0..N, and the control nodes), by the
+# driver's device groups in /proc/devices.
 PrivateDevices=no
+DeviceAllow=char-nvidia-frontend rw
+DeviceAllow=char-nvidia-uvm rw
+DeviceAllow=char-nvidia-caps rw
 DeviceAllow=/dev/nvidiactl rw
 DeviceAllow=/dev/nvidia-uvm rw
-DeviceAllow=/dev/nvidia0 rw
+DeviceAllow=/dev/nvidia-uvm-tools rw
 """
 
 
@@ -61,8 +65,11 @@ def render_server_unit(
     executable: Path, gpu: bool = False, broker_dir: Path | None = None, user: str | None = None
 ) -> str:
     """The unit; ``broker_dir`` (a secured fleet's broker files) is the one path outside its state it writes."""
+    check_reachable(executable, "the executable")
     if broker_dir is not None and not broker_dir.is_absolute():
         raise ConfigError(f"--broker-dir must be an absolute path, got {broker_dir}")
+    if broker_dir is not None:
+        check_reachable(broker_dir, "the broker folder")
     if user is not None and not user.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"invalid user name {user!r}")
     return _TEMPLATE.format(

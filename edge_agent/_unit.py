@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, find_executable, unit_head
+from protocol import HARDENING, ConfigError, check_reachable, find_executable, unit_head
 
 __all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "render_edge_unit"]
 
@@ -60,12 +60,19 @@ def default_executable() -> Path:
 
 
 def present_credentials(root: Path) -> tuple[str, ...]:
-    """Which of the enrolled files are in ``root``/etc/genfl (an open fleet has a config and no key)."""
+    """Which of the enrolled files are in ``root``/etc/genfl (an open fleet has a config and no key); ConfigError
+    before there is a config: a unit written then would lack the credentials enroll writes later."""
     folder = root / CONFIG_DIR.relative_to("/")
-    return tuple(name for name in CREDENTIALS if name == "edge.toml" or (folder / name).is_file())
+    if not (folder / "edge.toml").is_file():
+        raise ConfigError(
+            f"no {folder / 'edge.toml'} yet: enroll first (sudo genfl-edge enroll ...; or write it by hand for an "
+            "open fleet), then install the service, so that its unit loads the board's key and CA"
+        )
+    return tuple(name for name in CREDENTIALS if (folder / name).is_file())
 
 
 def render_edge_unit(unit: EdgeUnit) -> str:
+    check_reachable(unit.executable, "the executable")
     exec_start = f"{unit.executable} run --config %d/edge.toml --state-dir /var/lib/genfl-edge"
     data_lines = ""
     if unit.data is not None:
@@ -74,6 +81,7 @@ def render_edge_unit(unit: EdgeUnit) -> str:
         if kind in ("folder", "zip", "npz") and path:
             if not Path(path).is_absolute():
                 raise ConfigError(f"--data must name an absolute path for a service, got {path!r}")
+            check_reachable(Path(path), "the data")
             data_lines = f"# The device's data, read-only.\nReadOnlyPaths={path}\n"
     if unit.user is None:
         user = "DynamicUser=yes"

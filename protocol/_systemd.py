@@ -54,6 +54,7 @@ __all__ = [
     "HARDENING",
     "Notifier",
     "UnitInstall",
+    "check_reachable",
     "find_executable",
     "install_unit",
     "systemd_is_running",
@@ -128,6 +129,27 @@ def find_executable(name: str) -> Path:
     return Path(found)
 
 
+# Where the hardened units cannot see (HARDENING above): an executable or data path there fails at start.
+_OUT_OF_REACH = {
+    Path("/tmp"): "PrivateTmp=yes gives the service a /tmp of its own",
+    Path("/var/tmp"): "PrivateTmp=yes gives the service a /var/tmp of its own",
+    Path("/home"): "ProtectHome=yes hides home folders",
+    Path("/root"): "ProtectHome=yes hides home folders",
+    Path("/run/user"): "ProtectHome=yes hides home folders",
+}
+
+
+def check_reachable(path: Path, what: str) -> None:
+    """ConfigError if the hardened service could not reach ``path`` (an executable, its data), saying why."""
+    absolute = Path(os.path.abspath(path))
+    for folder, why in _OUT_OF_REACH.items():
+        if absolute == folder or folder in absolute.parents:
+            raise ConfigError(
+                f"{what} {path} is out of the service's reach ({why}): put it elsewhere (the package in, say, "
+                "/opt/genfl/venv; data in /srv/genfl)"
+            )
+
+
 def systemd_is_running() -> bool:
     """True when systemd is PID 1 (sd_booted(3))."""
     return Path("/run/systemd/system").is_dir()
@@ -137,9 +159,12 @@ def systemd_is_running() -> bool:
 class UnitInstall:
     path: Path
     commands: list[list[str]]
+    done: bool = True  # False: there was nothing to do (no unit to remove)
 
     def report(self, action: str, ran: bool, hint: str = "") -> list[str]:
         """Lines for the person at the terminal: what was done, and what to run next."""
+        if not self.done:
+            return [f"no {self.path}: nothing was {action}"]
         lines = [f"{action} {self.path}"]
         if not ran:
             lines += [hint] if hint else []
@@ -179,8 +204,10 @@ def install_unit(root: Path, name: str, text: str, now: bool = False) -> UnitIns
 
 
 def uninstall_unit(root: Path, name: str, now: bool = False) -> UnitInstall:
-    """Remove the unit (after ``systemctl disable --now`` with ``now``)."""
+    """Remove the unit (after ``systemctl disable --now`` with ``now``); with none there, nothing is done."""
     path = root / "etc" / "systemd" / "system" / name
+    if not path.exists():
+        return UnitInstall(path, [], done=False)
     commands = [["systemctl", "disable", "--now", name], ["systemctl", "daemon-reload"]]
     if now:
         _check_can_run(root)

@@ -20,17 +20,38 @@ def test_committed_units_match_the_renderers(name: str) -> None:
     assert (ROOT / "systemd" / name).read_text() == UNITS[name](), "run: python tools/render_units.py"
 
 
+def _enrolled_root(root: Path) -> Path:
+    """A root whose /etc/genfl holds what `genfl-edge enroll` writes (the edge unit loads these)."""
+    (root / "etc/genfl").mkdir(parents=True)
+    for name in ("edge.toml", "device.key", "ca.crt"):
+        (root / "etc/genfl" / name).write_text("x\n")
+    return root
+
+
+def _reachable(path: Path) -> bool:
+    from protocol import ConfigError, check_reachable
+
+    try:
+        check_reachable(path, "the executable")
+    except ConfigError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize(("script", "unit", "limit"), [("genfl-edge", "genfl-edge.service", 2.0),
                                                       ("genfl-server", "genfl-server.service", 3.5)])  # fmt: skip
 def test_installed_unit_verifies_and_scores_within_the_limit(
     tmp_path: Path, script: str, unit: str, limit: float
 ) -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze is part of this machine kind"
-    # Execute: install under a root, as a user would on a board
-    done = subprocess.run([BIN / script, "install-service", "--root", str(tmp_path)], capture_output=True, text=True)
+    # Execute: install under a root, as a user would on a board (verify needs an executable that exists where
+    # the unit says: /usr/bin/env stands in for an installed package)
+    root = _enrolled_root(tmp_path)
+    done = subprocess.run([BIN / script, "install-service", "--root", str(root), "--executable", "/usr/bin/env"],
+                          capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    path = tmp_path / "etc/systemd/system" / unit
-    assert f"ExecStart={BIN / script} " in path.read_text()
+    path = root / "etc/systemd/system" / unit
+    assert "ExecStart=/usr/bin/env " in path.read_text()
     assert "systemctl enable --now" in done.stdout
     verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     security = subprocess.run(
@@ -40,19 +61,72 @@ def test_installed_unit_verifies_and_scores_within_the_limit(
     assert verify.returncode == 0, verify.stderr
     score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout).group(1))  # type: ignore[union-attr]
     assert score <= limit
-    removed = subprocess.run([BIN / script, "uninstall-service", "--root", str(tmp_path)], capture_output=True)
-    assert removed.returncode == 0 and not path.exists()
+    removed = subprocess.run([BIN / script, "uninstall-service", "--root", str(root)], capture_output=True, text=True)
+    assert removed.returncode == 0 and not path.exists() and removed.stdout.startswith("removed ")
+    again = subprocess.run([BIN / script, "uninstall-service", "--root", str(root)], capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing was removed" in again.stdout
+
+
+@pytest.mark.parametrize("script", ["genfl-edge", "genfl-server"])
+def test_the_default_executable_is_this_install_unless_the_service_cannot_reach_it(tmp_path: Path, script: str) -> None:
+    root = _enrolled_root(tmp_path)
+    done = subprocess.run([BIN / script, "install-service", "--root", str(root)], capture_output=True, text=True)
+    if _reachable(BIN / script):
+        assert done.returncode == 0, done.stderr
+        assert f"ExecStart={BIN / script} " in (root / "etc/systemd/system" / f"{script}.service").read_text()
+    else:  # this checkout lives under /tmp or a home folder: refused, with the reason
+        assert done.returncode == 2 and "out of the service's reach" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["genfl-server", "--executable", "/tmp/x/.venv/bin/genfl-server"], "PrivateTmp=yes"),
+        (["genfl-edge", "--executable", "/home/op/.venv/bin/genfl-edge"], "ProtectHome=yes"),
+        (["genfl-edge", "--executable", "/usr/bin/env", "--data", "folder:/tmp/images"], "the data /tmp/images"),
+        (["genfl-server", "--executable", "/usr/bin/env", "--broker-dir", "/root/broker"], "the broker folder"),
+    ],
+)  # fmt: skip
+def test_paths_the_hardened_service_cannot_reach_are_refused(tmp_path: Path, args: list[str], reason: str) -> None:
+    root = _enrolled_root(tmp_path)
+    done = subprocess.run([BIN / args[0], "install-service", "--root", str(root), *args[1:]],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and reason in done.stderr and "out of the service's reach" in done.stderr
+    assert not (root / "etc/systemd/system").exists()
+
+
+def test_an_edge_unit_before_enrollment_is_refused_and_after_it_loads_the_credentials(tmp_path: Path) -> None:
+    before = subprocess.run([BIN / "genfl-edge", "install-service", "--root", str(tmp_path), "--executable",
+                             "/usr/bin/env"], capture_output=True, text=True)  # fmt: skip
+    assert before.returncode == 2 and "enroll first" in before.stderr
+    _enrolled_root(tmp_path)
+    after = subprocess.run([BIN / "genfl-edge", "install-service", "--root", str(tmp_path), "--executable",
+                            "/usr/bin/env"], capture_output=True, text=True)  # fmt: skip
+    text = (tmp_path / "etc/systemd/system/genfl-edge.service").read_text()
+    assert after.returncode == 0 and "LoadCredential=device.key:/etc/genfl/device.key" in text
+    assert "LoadCredential=ca.crt:/etc/genfl/ca.crt" in text
+
+
+def test_the_gpu_unit_allows_every_nvidia_gpu(tmp_path: Path) -> None:
+    done = subprocess.run([BIN / "genfl-server", "install-service", "--root", str(tmp_path), "--gpu", "--executable",
+                           "/usr/bin/env"], capture_output=True, text=True)  # fmt: skip
+    text = (tmp_path / "etc/systemd/system/genfl-server.service").read_text()
+    assert done.returncode == 0 and "DeviceAllow=char-nvidia-frontend rw" in text and "DeviceAllow=/dev/nvidia0" not in text
+    verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "etc/systemd/system/genfl-server.service")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
 
 
 def test_edge_unit_takes_data_and_user(tmp_path: Path) -> None:
+    root = _enrolled_root(tmp_path)
     done = subprocess.run(
-        [BIN / "genfl-edge", "install-service", "--root", str(tmp_path), "--data", "folder:/srv/genfl/data",
-         "--user", "genfl"], capture_output=True, text=True,
+        [BIN / "genfl-edge", "install-service", "--root", str(root), "--data", "folder:/srv/genfl/data",
+         "--user", "genfl", "--executable", "/usr/bin/env"], capture_output=True, text=True,
     )  # fmt: skip
-    text = (tmp_path / "etc/systemd/system/genfl-edge.service").read_text()
-    assert done.returncode == 0
+    text = (root / "etc/systemd/system/genfl-edge.service").read_text()
+    assert done.returncode == 0, done.stderr
     assert "--data folder:/srv/genfl/data" in text and "ReadOnlyPaths=/srv/genfl/data" in text
     assert "User=genfl" in text and "DynamicUser" not in text
-    bad = subprocess.run([BIN / "genfl-edge", "install-service", "--root", str(tmp_path), "--data", "folder:rel"],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run([BIN / "genfl-edge", "install-service", "--root", str(root), "--data", "folder:rel",
+                          "--executable", "/usr/bin/env"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "absolute path" in bad.stderr

@@ -21,10 +21,13 @@ def install_service(
         Optional[str], typer.Option(help="Run as this user (a secured fleet: the broker's user); default: dynamic.")
     ] = None,
     now: Annotated[bool, typer.Option(help="Also enable and start it (needs systemd as PID 1).")] = False,
+    executable: Annotated[
+        Optional[Path], typer.Option(help="The genfl-server the unit runs (default: the one beside this Python).")
+    ] = None,
 ) -> None:
     """Write genfl-server.service and print (or, with --now, run) the systemctl commands."""
     with exit_on_error():
-        text = render_server_unit(default_executable(), gpu=gpu, broker_dir=broker_dir, user=user)
+        text = render_server_unit(executable or default_executable(), gpu=gpu, broker_dir=broker_dir, user=user)
         done = install_unit(root, UNIT_NAME, text, now=now)
     for line in done.report(
         "wrote", ran=now, hint="serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:"

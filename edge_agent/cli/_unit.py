@@ -16,10 +16,13 @@ def install_service(
     data: Annotated[Optional[str], typer.Option(help="Data spec for ExecStart, e.g. folder:/srv/genfl/data.")] = None,
     user: Annotated[Optional[str], typer.Option(help="Run as this user (default: a dynamic user).")] = None,
     now: Annotated[bool, typer.Option(help="Also enable and start it (needs systemd as PID 1).")] = False,
+    executable: Annotated[
+        Optional[Path], typer.Option(help="The genfl-edge the unit runs (default: the one beside this Python).")
+    ] = None,
 ) -> None:
     """Write genfl-edge.service and print (or, with --now, run) the systemctl commands."""
     with exit_on_error():
-        unit = EdgeUnit(default_executable(), data=data, user=user, credentials=present_credentials(root))
+        unit = EdgeUnit(executable or default_executable(), data=data, user=user, credentials=present_credentials(root))
         text = render_edge_unit(unit)
         done = install_unit(root, UNIT_NAME, text, now=now)
     for line in done.report(
