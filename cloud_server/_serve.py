@@ -199,6 +199,12 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         stack.callback(notifier.close)
         notifier.ready(_state_text(coordinator, transport))
         while not stop.is_set() and not coordinator.finished:
+            if transport.taken_over >= TAKEOVERS_BEFORE_STOP:
+                raise SessionTaken(
+                    f"another process took this server's broker session {transport.taken_over} times (client id "
+                    f"{transport.client_id}): a second serve on this fleet, on another machine or a copy of the "
+                    "state? This one stops; run one server per fleet"
+                )
             transport.poll(0.1)
             coordinator.tick()
             if enroller is not None:
@@ -216,6 +222,13 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         if coordinator.finished:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
     return 0
+
+
+TAKEOVERS_BEFORE_STOP = 3  # another process took the coordinator's session this often: stop yielding, stop
+
+
+class SessionTaken(GenflError):
+    """Another process keeps connecting with the coordinator's identity."""
 
 
 class RoundsFailing(GenflError):

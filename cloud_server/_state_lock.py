@@ -44,7 +44,7 @@ def holding_state(state_dir: Path) -> Iterator[None]:
         state_dir.mkdir(parents=True, exist_ok=True)
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise ConfigError(f"cannot open {path}: {exc}") from exc
+        raise ConfigError(f"cannot use state dir {state_dir}: cannot open its lock file {LOCK_NAME} ({exc})") from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

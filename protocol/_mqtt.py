@@ -37,6 +37,7 @@ import queue
 import random
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ __all__ = ["BrokerAddress", "MqttTransport", "Will", "parse_brokers", "rotated"]
 log = logging.getLogger("genfl.mqtt")
 
 REFUSED_RETRY_S = 300.0  # seconds between tries while the broker refuses a login it took before
+TAKEN_OVER_WAIT_S = 60  # seconds before reconnecting after another client took our session
+QUICK_DROP_S = 5.0  # a connection the broker closes sooner than this after accepting it: a fight over the client id?
 
 # QoS 1, and never our own publishes back (MQTT v5 "no local"), as the in-memory bus does.
 _SUBSCRIBE = SubscribeOptions(qos=1, noLocal=True)
@@ -182,6 +185,10 @@ class MqttTransport(Transport):
         self._reconnect_delays = (random.randint(1, 3), max(3, round(backoff_cap_s)))
         self._client.reconnect_delay_set(*self._reconnect_delays)
         self._refused_retry_s = max(1, round(refused_retry_s))
+        self.taken_over = 0  # times another client took this client id's session
+        self._taken_back_off = False
+        self._connected_at = 0.0  # when the broker last accepted us (monotonic)
+        self._quick_drops = 0  # drops in a row, each within QUICK_DROP_S of connecting
         self._connects = 0
         self._reconnected = threading.Event()
         if username is not None:
@@ -245,14 +252,16 @@ class MqttTransport(Transport):
             self._refused = str(reason_code)
             self._connected.set()  # wake connect(), which raises
             return
-        if self._refused is not None and self._connects > 0:
+        if (self._refused is not None or self._taken_back_off) and self._connects > 0:
             log.info("the broker %s takes %s again", self.address.url(), self.client_id)
             self._client.reconnect_delay_set(*self._reconnect_delays)
+            self._taken_back_off = False
         with self._lock:
             filters = list(self._filters)
         for topic_filter in filters:
             self._subscribe(topic_filter)
         self._refused = None
+        self._connected_at = time.monotonic()
         self._connects += 1
         self._tries_since_connected = 0
         if self._connects > 1:
@@ -269,6 +278,25 @@ class MqttTransport(Transport):
             self._connected.set()
             return
         self._connected.clear()
+        lasted = time.monotonic() - self._connected_at
+        self._quick_drops = self._quick_drops + 1 if reason_code != 0 and lasted < QUICK_DROP_S else 0
+        if str(reason_code) == "Session taken over" or self._quick_drops >= 3:
+            # Another client connected with our client id (our identity; a broker that makes the user name the
+            # client id). MQTT 5 says so (0x8E); Mosquitto 2.0 just closes the connection, again each time we take
+            # the session back. Reconnecting at once would fight it every few seconds: yield for a while.
+            self.taken_over += 1
+            self._quick_drops = 0
+            log.error(
+                "%s: another client took the session of %s (%s, %s): is a second process using this identity? "
+                "Reconnecting in %d s",
+                self.address.url(), self.client_id, reason_code,
+                "the broker said so" if str(reason_code) == "Session taken over"
+                else f"dropped 3 times in a row, each within {QUICK_DROP_S:.0f} s of connecting",
+                TAKEN_OVER_WAIT_S,
+            )  # fmt: skip
+            self._client.reconnect_delay_set(TAKEN_OVER_WAIT_S, TAKEN_OVER_WAIT_S)
+            self._taken_back_off = True
+            return
         if reason_code != 0:
             if self._refused is None:  # a refusal was reported once, in _on_connect
                 log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)

@@ -150,3 +150,30 @@ def test_rounds_every_board_fails_are_reported_by_reason_and_serve_stops_opening
     assert "2 rounds in a row failed on every board" in log.splitlines()[-1]
     assert [r for (r,) in query(state / "state.sqlite3", "SELECT round FROM rounds ORDER BY round")] == [1, 2]
     assert len(query(state / "state.sqlite3", "SELECT * FROM failures")) == 4
+
+
+def test_a_client_taking_the_servers_session_is_named_and_not_fought_over(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: a server waiting for devices
+    import time
+
+    from protocol import BrokerAddress, MqttTransport
+
+    state = tmp_path / "server"
+    with processes(tmp_path) as group:
+        group.server("server", state, fleet, "--model", "cnn-digits", "--rounds", "1", "--min-devices", "2",
+                     "--broker", mosquitto_url)  # fmt: skip
+        wait_for(lambda: "serving fleet" in group.log("server"), 60, "the server to serve")
+        # Execute: another process connects with the server's client id (a second server, a copy of the state)
+        intruder = MqttTransport(BrokerAddress.parse(mosquitto_url), f"genfl-{fleet}-server", session_expiry_s=0)
+        intruder.connect()
+        try:
+            wait_for(lambda: "another client took the session" in group.log("server"), 30, "the server to see it")
+            connects = group.log("server").count("connected to")
+            time.sleep(8.0)  # the fight went on every 1-3 s before
+            # Assert: the server said what happened and yields for a while instead of knocking the other off
+            assert group.log("server").count("connected to") == connects
+        finally:
+            intruder.close()
+    assert "is a second process using this identity? Reconnecting in 60 s" in group.log("server")
