@@ -87,6 +87,12 @@ class CoordinatorConfig:
     # Stop opening rounds after this many in a row in which no update came and every board that answered
     # reported a failure (a model that does not fit the boards' data, say): they cannot succeed. None: never.
     max_failed_rounds: int | None = 3
+    # Seconds after start before any task goes out: the devices' retained states arrive first, and with them
+    # the latest round each has taken (serve waits; a simulation, whose states come at once, need not).
+    settle_s: float = 0.0
+    # A state older than the fleet (a device has taken a later round than it knows: a restored backup, a copy)
+    # stops the coordinator unless this is set; then it goes on from its model, numbering rounds after the fleet's.
+    accept_older_state: bool = False
     # The fleet's class names in the model's order: every task carries them, and boards number their data by
     # them (serve and simulate set them; the default is the bundled digits' numbers).
     classes: tuple[str, ...] = default_classes(10)
@@ -103,6 +109,8 @@ class CoordinatorConfig:
             raise ConfigError(f"min devices must be at least 1, got {self.min_devices}")
         if self.round_timeout_s <= 0:
             raise ConfigError("round timeout must be positive")
+        if not self.settle_s >= 0:
+            raise ConfigError(f"the settle time must be 0 or more seconds, got {self.settle_s}")
         if self.task_resend_s is not None and not self.task_resend_s > 0:
             raise ConfigError("the task re-send interval must be positive")
         if self.max_failed_rounds is not None and self.max_failed_rounds < 1:
@@ -118,6 +126,7 @@ class DeviceRecord:
     num_samples: int
     label_counts: tuple[float, ...] | None
     rounds: int = 0
+    last_round: int | None = None  # the latest round the device says it took a task for
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,9 @@ class Coordinator:
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.results: list[RoundResult] = []
-        self.halted: str | None = None  # why no more rounds open (every board failed round after round)
+        self.halted: str | None = None  # why no more rounds open (boards failing every round; an older state)
+        self._settle_until = -math.inf  # start(): no task goes out before (the devices' states come first)
+        self._republish = False  # the open round's tasks wait for the settle time to go out again
         self._failed_streak = 0  # rounds in a row that every answering board failed
         self.round_number = 0
         self._store = store or BlobStore()
@@ -272,10 +283,46 @@ class Coordinator:
         return self.halted is not None or (self.round_number >= self.config.rounds and self._open is None)
 
     def start(self) -> None:
-        """Subscribe to the whole device tree: messages on unexpected topics are counted, not missed."""
+        """Subscribe to the whole device tree: messages on unexpected topics are counted, not missed. The open
+        round's tasks go out again once the devices' states had ``settle_s`` to arrive (at once without)."""
         self.transport.subscribe(f"{self.topics.root}/devices/#")
-        if self._open is not None:
-            self._publish_tasks(self._open, sorted(set(self._open.configs) - self._open.answered))
+        self._settle_until = self._clock() + self.config.settle_s
+        self._republish = self._open is not None
+        if self.config.settle_s <= 0:
+            self._after_settling()
+
+    def _after_settling(self) -> None:
+        self._republish = False
+        if not self._check_not_behind_fleet() or self._open is None:
+            return
+        self._publish_tasks(self._open, sorted(set(self._open.configs) - self._open.answered))
+
+    def _check_not_behind_fleet(self) -> bool:
+        """False (and halted, or moved on with ``accept_older_state``) when a device has taken a later round
+        than this state knows: publishing its tasks would take the fleet back."""
+        ours = self._open.number if self._open is not None else self.round_number
+        ahead = max((r.last_round or 0 for r in self.devices.values()), default=0)
+        if ahead <= ours or self.halted is not None:
+            return self.halted is None
+        who = sorted(d for d, r in self.devices.items() if (r.last_round or 0) > ours)
+        if not self.config.accept_older_state:
+            self.halted = (
+                f"{', '.join(who[:5])}{' ...' if len(who) > 5 else ''} took round {ahead}, but this state is at "
+                f"round {ours}: it is older than the fleet (a restored backup, or a copy of the state), and its "
+                "tasks would take the boards back. Serve the newest state, or give --accept-older-state to go on "
+                f"from this state's model as round {ahead + 1}"
+            )
+            log.error("stopping: %s", self.halted)
+            return False
+        log.warning("this state is at round %d, the fleet at %d: going on from this model as round %d (asked for)",
+                    ours, ahead, ahead + 1)  # fmt: skip
+        current = self._open
+        if current is not None:
+            self._open = None  # the rounds it held are the fleet's past: their tasks are not sent again
+            self._journal.round_closed(current.number, self._global_blob, self.global_id, total_weight=0,
+                                       timed_out=True, accuracy=None, loss=None, train_loss=0.0)  # fmt: skip
+        self.round_number = max(self.round_number, ahead)
+        return True
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -338,6 +385,8 @@ class Coordinator:
         record.online = state.state == "online"
         record.num_samples = state.num_samples
         record.label_counts = state.label_counts
+        if state.last_round is not None:
+            record.last_round = max(record.last_round or 0, state.last_round)
         self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts)
         current = self._open
         if came_back and current is not None and device_id in set(current.configs) - current.answered:
@@ -530,6 +579,10 @@ class Coordinator:
     def tick(self) -> None:
         """Open or close rounds as the registry and the clock say."""
         self._check_revocations()
+        if self._clock() < self._settle_until:
+            return
+        if self._republish:
+            self._after_settling()
         current = self._open
         if current is not None:
             everyone = current.answered >= set(current.configs)
@@ -539,8 +592,8 @@ class Coordinator:
             else:
                 self._resend_silent_tasks(current)
             return
-        if (self.halted is None and self.round_number < self.config.rounds
-                and len(self.online_devices()) >= self.config.min_devices):  # fmt: skip
+        wanted = self.halted is None and self.round_number < self.config.rounds
+        if wanted and len(self.online_devices()) >= self.config.min_devices and self._check_not_behind_fleet():
             self._open_round(self.round_number + 1)
 
     def _new_round(self, number: int, configs: dict[str, TrainConfig], started: float) -> _OpenRound:

@@ -50,6 +50,7 @@ class ServeConfig:
     fraction: float = StrategyConfig.fraction
     round_timeout_s: float = 600.0
     max_failed_rounds: int | None = CoordinatorConfig.max_failed_rounds
+    accept_older_state: bool = False  # go on from a state older than the fleet (see CoordinatorConfig)
     strategy: str = "fedavg"
     prox_mu: float = StrategyConfig.prox_mu
     local_epochs: int = StrategyConfig.local_epochs
@@ -165,6 +166,8 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
                 min_devices=config.min_devices,
                 round_timeout_s=config.round_timeout_s,
                 max_failed_rounds=config.max_failed_rounds,
+                settle_s=SETTLE_S,
+                accept_older_state=config.accept_older_state,
                 chunk_size=config.chunk_size,
                 max_update_norm=config.max_update_norm,
                 classes=classes,
@@ -218,12 +221,13 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         notifier.stopping()
         journal.close()  # every accepted update is already committed; an open round resumes next start
         if coordinator.halted is not None:
-            raise RoundsFailing(coordinator.halted)
+            raise CoordinatorHalted(coordinator.halted)
         if coordinator.finished:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
     return 0
 
 
+SETTLE_S = 2.0  # seconds for the boards' retained states to arrive before a task goes out
 TAKEOVERS_BEFORE_STOP = 3  # another process took the coordinator's session this often: stop yielding, stop
 
 
@@ -231,8 +235,9 @@ class SessionTaken(GenflError):
     """Another process keeps connecting with the coordinator's identity."""
 
 
-class RoundsFailing(GenflError):
-    """Every board failed round after round: serve stops instead of opening rounds that cannot succeed."""
+class CoordinatorHalted(GenflError):
+    """The coordinator stopped opening rounds: every board failed round after round, or the state is older than
+    the fleet."""
 
 
 def fleet_classes(config: ServeConfig, stored: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -69,6 +69,17 @@ class TrainingRunner(Protocol):
         ``done(task, update)`` or ``done(task, reason)`` when finished."""
 
 
+def _read_round(path: Path | None) -> int | None:
+    """The round number kept in ``path`` (None: no file, or one that does not hold a round number)."""
+    if path is None:
+        return None
+    try:
+        number = int(path.read_text()[:20].strip())
+    except (OSError, ValueError):
+        return None
+    return number if 1 <= number <= 2**31 else None
+
+
 class AgentCore:
     def __init__(
         self,
@@ -83,11 +94,16 @@ class AgentCore:
         classes: tuple[str, ...] | None = None,
         recount: Callable[[tuple[str, ...]], tuple[float, ...] | None] | None = None,
         pending_path: Path | None = None,
+        round_path: Path | None = None,
         guard: FrameGuard | None = None,
         policy: TaskPolicy | None = None,
         will_payload: bytes | None = None,
     ) -> None:
         self.device_id = device_id
+        # The latest round this board took a task for, kept on disk: a server started from an older copy of
+        # its state learns from the board's state message that the fleet is past it.
+        self._round_path = round_path
+        self.last_round = _read_round(round_path)
         # The "offline" state the broker publishes for us if we vanish. On a cluster it can arrive after the
         # "online" we sent on reconnecting (two nodes, no order between them): seen while we are here, it is
         # answered with "online" again, or the server would wait for a device it believes gone.
@@ -156,6 +172,7 @@ class AgentCore:
             state=state,  # type: ignore[arg-type]
             num_samples=self.num_samples,
             label_counts=self.label_counts,
+            last_round=self.last_round,
         )
         self.transport.publish(
             self.topics.device(self.device_id, "state"), self.guard.seal(encode_message(message)), retain=True
@@ -282,7 +299,19 @@ class AgentCore:
             self._send_failure(self._refused)
             return
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
+        if self.last_round is None or task.round > self.last_round:
+            self._note_round(task.round)
         self._fetch_or_train(task)
+
+    def _note_round(self, number: int) -> None:
+        """Remember (on disk too) that this board has taken round ``number``, and say so in its state."""
+        self.last_round = number
+        if self._round_path is not None:
+            try:
+                atomic_write(self._round_path, str(number).encode())
+            except OSError as exc:  # a cache of what the state message says: training goes on
+                log.warning("cannot keep the latest round in %s: %s", self._round_path, exc)
+        self.publish_state("online")
 
     def _adopt_classes(self, classes: tuple[str, ...]) -> str | None:
         """Take the fleet's class list of a task: the label counts in its order, announced again if they

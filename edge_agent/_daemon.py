@@ -7,6 +7,7 @@ State directory layout::
     STATE_DIR/pending-update.bin    a finished update until the server acknowledges it
     STATE_DIR/status.json           what ``genfl-edge status`` shows, rewritten every few seconds
     STATE_DIR/fleet-classes.json    the fleet's class list, as the last task named it
+    STATE_DIR/last-round            the latest round this board took a task for (its state message says it)
 
 Signals: the first SIGTERM (or SIGINT) stops taking tasks, lets a running
 worker finish within ``stop_grace`` (its update is sent, and kept on disk
@@ -337,6 +338,7 @@ class _Agent:
             classes=classes,
             recount=self.adopt_classes,
             pending_path=config.state_dir / "pending-update.bin",
+            round_path=config.state_dir / "last-round",
             guard=guard,
             policy=config.policy(),
             will_payload=will_payload,

@@ -194,9 +194,12 @@ class DeviceState:
     state: Literal["online", "offline"]
     num_samples: int = 0
     label_counts: tuple[float, ...] | None = None
+    last_round: int | None = None  # the latest round this board took a task for (None: none yet)
 
     def __post_init__(self) -> None:
         _check_device(self.device_id)
+        if self.last_round is not None:
+            _check_int("last_round", self.last_round, 1, 2**31)
         if self.state not in ("online", "offline"):
             raise _fail(f"state must be online or offline, got {self.state!r}")
         _check_int("num_samples", self.num_samples, 0, 2**40)
@@ -422,6 +425,8 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
         header["chunks"] = list(message.chunks)
     if isinstance(message, DeviceState) and message.label_counts is not None:
         header["label_counts"] = list(message.label_counts)
+    if isinstance(message, DeviceState) and message.last_round is None:
+        del header["last_round"]
     return header, b""
 
 

@@ -54,6 +54,10 @@ def serve(
     max_failed_rounds: Annotated[
         int, typer.Option(help="Stop after this many rounds in a row that every answering board failed (0: never).")
     ] = 3,
+    accept_older_state: Annotated[
+        bool,
+        typer.Option(help="Go on from a state older than the fleet (a restored backup), numbering rounds after it."),
+    ] = False,
     strategy: Annotated[StrategyName, typer.Option(help="How rounds train and combine.")] = StrategyName.FEDAVG,
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
@@ -122,6 +126,7 @@ def serve(
             fraction=fraction,
             round_timeout_s=round_timeout,
             max_failed_rounds=max_failed_rounds or None,
+            accept_older_state=accept_older_state,
             strategy=strategy.value,
             prox_mu=mu,
             local_epochs=local_epochs,

@@ -177,3 +177,41 @@ def test_a_client_taking_the_servers_session_is_named_and_not_fought_over(
         finally:
             intruder.close()
     assert "is a second process using this identity? Reconnecting in 60 s" in group.log("server")
+
+
+def test_a_restored_older_state_publishes_no_task_unless_the_operator_says_so(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: a fleet at round 1 is backed up, then goes on to round 3 with its board
+    import shutil
+
+    state, backup = tmp_path / "server", tmp_path / "backup"
+    serve = ("--model", "cnn-digits", "--min-devices", "1", "--broker", mosquitto_url, "--local-epochs", "1")
+    with processes(tmp_path) as group:
+        try:
+            group.agent("board", "board-1", fleet, mosquitto_url, "digits")
+            assert group.server("s1", state, fleet, *serve, "--rounds", "1").wait(timeout=120) == 0
+            shutil.copytree(state, backup)
+            assert group.server("s2", state, fleet, *serve, "--rounds", "3").wait(timeout=120) == 0
+            wait_for(lambda: "task for round 3" in group.log("board"), 30, "the board to take round 3")
+            tasks_before = group.log("board").count("task for round")
+            # Execute 1: the backup (at round 1) is served while the board is at round 3
+            stale = group.server("s3", backup, fleet, *serve, "--rounds", "5")
+            code = stale.wait(timeout=60)
+            # Assert 1: it stops with one line, and the board got no task from it
+            assert code == 1, group.log("s3")[-2000:]
+            last = group.log("s3").strip().splitlines()[-1]
+            assert "board-1 took round 3, but this state is at round 1" in last and "--accept-older-state" in last
+            assert group.log("board").count("task for round") == tasks_before
+            # Execute 2: the operator says to go on from the backup's model
+            resumed = group.server("s4", backup, fleet, *serve, "--rounds", "5", "--accept-older-state")
+            assert resumed.wait(timeout=120) == 0, group.log("s4")[-2000:]
+        finally:
+            clear_retained(mosquitto_url, fleet, ["board-1"])
+    # Assert 2: the rounds went on after the fleet's (4, 5), from the backup's round-1 model
+    rounds = [r for (r,) in query(backup / "state.sqlite3", "SELECT round FROM rounds ORDER BY round")]
+    assert rounds == [1, 4, 5]
+    assert (
+        "task for round 4" in group.log("board")
+        and "task for round 2" not in group.log("board").split("task for round 3")[-1]
+    )
