@@ -111,11 +111,13 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run federated rounds for a fleet over MQTT, persisting everything it accepts."""
-    from cloud_server._serve import ServeConfig, run_server
-
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # torch and the model take seconds to load: say what is happening before it
+    logging.getLogger("genfl.server").info("starting: loading torch, the model and the state in %s", state_dir)
+    from cloud_server._serve import ServeConfig, run_server
+
     with exit_on_error():
         config = ServeConfig(
             state_dir=state_dir,
