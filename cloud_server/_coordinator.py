@@ -57,6 +57,7 @@ from protocol import (
 )
 
 from ._aggregation import WeightedDeltaSum, check_update_shapes, l2_norm
+from ._failures import failure_summary
 from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
 from ._limits import ByteBudget
 from ._strategy import Accumulator, Strategy
@@ -175,13 +176,6 @@ class _OpenRound:
     @property
     def answered(self) -> set[str]:
         return self.accepted | self.failed
-
-
-def failure_summary(reason: str, device_id: str) -> str:
-    """A board's failure reason as one short line without the board's name, for counting by reason."""
-    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else "no reason given"  # a traceback's last line says what went wrong
-    return line.replace(device_id, "<device>")[:160]
 
 
 def weight_cap(claims: list[int], ratio: float | None) -> int | None:

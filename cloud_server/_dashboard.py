@@ -116,6 +116,40 @@ def _synthetic_table(rounds: list[dict[str, Any]], last: int = 12) -> str:
     )
 
 
+def _rounds_table(rounds: list[dict[str, Any]], now: float, last: int = 10) -> str:
+    """The open round (whom it waits for), then the last rounds: answers, who was left out, failures by reason."""
+    open_round = next((r for r in reversed(rounds) if r["closed"] is None), None)
+    if open_round is None:
+        status = '<p id="open-round">No round is open.</p>'
+    else:
+        waiting = ", ".join(open_round.get("waiting", [])) or "nobody"
+        age = max(0.0, now - open_round["started"])
+        status = (
+            f'<p id="open-round">Round {int(open_round["round"])} open for {age:.0f} s:'
+            f" {len(open_round.get('picked', [])) - len(open_round.get('waiting', []))} of"
+            f" {len(open_round.get('picked', []))} answered;"
+            f" waiting for {html.escape(waiting)}</p>"
+        )
+    rows = []
+    for r in [r for r in rounds if r["closed"] is not None][-last:]:
+        left_out = ", ".join(r.get("waiting", [])) if r["timed_out"] else ""
+        counts: dict[str, int] = {}
+        for reason in r.get("failures", {}).values():
+            counts[reason] = counts.get(reason, 0) + 1
+        failed = "; ".join(f"{n} x {reason}" for reason, n in counts.items())
+        number, picked = int(r["round"]), len(r.get("picked", []))
+        rows.append(
+            f'<tr data-round="{number}"><td>{number}</td><td>{r["accepted"]}/{picked}</td>'
+            f'<td class="timed-out">{"timed out: " + html.escape(left_out) if r["timed_out"] else "-"}</td>'
+            f'<td class="failures">{html.escape(failed) or "-"}</td></tr>'
+        )
+    table = (
+        '<table id="rounds"><thead><tr><th>round</th><th>updates</th><th>timed out</th><th>failures</th></tr></thead>'
+        "<tbody>" + "".join(rows) + "</tbody></table>"
+    )
+    return f"<h2>Rounds</h2>{status}{table if rows else ''}"
+
+
 def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str, Any]], refresh_s: int = 5,
                 classes: tuple[str, ...] | None = None) -> str:  # fmt: skip
     """The dashboard: a summary line, the fleet's classes, the fleet table and the accuracy curve."""
@@ -145,6 +179,7 @@ def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str
         f'<span id="last-accuracy">accuracy {"-" if accuracy is None else f"{accuracy:.3f}"}</span></p>'
     )
     synthetic = _synthetic_table(closed)
+    rounds_html = _rounds_table(rounds, time.time())
     named = (
         f'<p id="classes">classes: {html.escape(", ".join(classes))}</p>'
         if classes
@@ -153,7 +188,7 @@ def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_s}">'
         f"<title>genfl fleet {html.escape(fleet)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>Fleet {html.escape(fleet)}</h1>{summary}{named}<h2>Devices</h2>{table}"
+        f"<h1>Fleet {html.escape(fleet)}</h1>{summary}{named}<h2>Devices</h2>{table}{rounds_html}"
         f"<h2>Test accuracy per round</h2>{_curve_svg(closed)}{synthetic}</body></html>"
     )
 

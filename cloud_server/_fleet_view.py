@@ -12,6 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from ._failures import failure_summary
+
 __all__ = ["fleet_classes", "fleet_rows", "held_names", "read_rows", "report_of", "round_rows"]
 
 
@@ -97,13 +99,23 @@ def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
 
 def round_rows(state_dir: Path) -> list[dict[str, Any]]:
     """Every round of the journal, oldest first: when, how many updates, and the accuracy when evaluated."""
+    database = state_dir / "state.sqlite3"
     rows = read_rows(
-        state_dir / "state.sqlite3",
-        "SELECT round, started, closed, accepted, failed, timed_out, accuracy, train_loss, report FROM rounds"
+        database,
+        "SELECT round, started, closed, accepted, failed, timed_out, accuracy, train_loss, report, configs FROM rounds"
         " ORDER BY round",
     )
-    return [
-        {
+    answered: dict[int, set[str]] = {}
+    for number, device_id in read_rows(database, "SELECT round, device_id FROM updates") or []:
+        answered.setdefault(int(number), set()).add(str(device_id))
+    failures: dict[int, dict[str, str]] = {}
+    for number, device_id, reason in read_rows(database, "SELECT round, device_id, reason FROM failures") or []:
+        failures.setdefault(int(number), {})[str(device_id)] = str(reason)
+    result = []
+    for n, s, c, a, f, t, acc, loss, report, configs in rows or []:
+        picked = sorted(_picked(configs))
+        failed = failures.get(int(n), {})
+        result.append({
             "round": n,
             "started": s,
             "closed": c,
@@ -113,9 +125,20 @@ def round_rows(state_dir: Path) -> list[dict[str, Any]]:
             "accuracy": acc,
             "train_loss": loss,
             "report": report_of(report),
-        }
-        for n, s, c, a, f, t, acc, loss, report in rows or []
-    ]
+            "picked": picked,
+            # the open round: whom it waits for; a closed one that timed out: whom it left out
+            "waiting": [d for d in picked if d not in answered.get(int(n), set()) and d not in failed],
+            "failures": {d: failure_summary(r, d) for d, r in sorted(failed.items())},
+        })  # fmt: skip
+    return result
+
+
+def _picked(configs: str | None) -> list[str]:
+    try:
+        value = json.loads(configs or "{}")
+    except (ValueError, RecursionError):
+        return []
+    return [str(d) for d in value] if isinstance(value, dict) else []
 
 
 def report_of(text: str | None) -> dict[str, Any] | None:

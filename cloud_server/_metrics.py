@@ -13,7 +13,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ._coordinator import Coordinator, RoundResult, failure_summary
+from ._coordinator import Coordinator, RoundResult
+from ._failures import failure_summary
 from ._fleet_view import read_rows
 from ._fleet_view import report_of as _report
 

@@ -145,3 +145,30 @@ def test_after_a_restart_round_durations_and_failures_start_from_the_journal(tmp
     assert 50.0 <= sample("genfl_round_duration_seconds_sum") < 55.0
     reason = "DataError: <device>'s data: images are 3x32x32"
     assert sample("genfl_device_failures_total", {"reason": reason}) == 2
+
+
+def test_the_page_shows_whom_the_open_round_waits_for_and_why_rounds_fell_short(tmp_path: Path) -> None:
+    # Prepare: round 1 timed out without cam-2 and cam-3 failed it; round 2 is open, cam-1 has answered
+    from cloud_server import SqliteJournal
+    from protocol import TrainConfig, encode_tensors
+
+    journal = SqliteJournal(tmp_path)
+    blob = encode_tensors({"w": np.zeros(2, np.float32)})
+    journal.start("toy", "f", blob, ("a", "b"))
+    picked = {d: TrainConfig() for d in ("cam-1", "cam-2", "cam-3")}
+    journal.round_opened(1, time.time() - 700, "m", picked, None)
+    journal.failure_recorded(1, "cam-3", "Traceback ...\nDataError: cam-3's data: images are 3x32x32")
+    journal.round_closed(1, blob, "m", total_weight=0, timed_out=True, accuracy=None, loss=None, train_loss=0.0)
+    journal.round_opened(2, time.time() - 42, "m", {d: TrainConfig() for d in ("cam-1", "cam-2")}, None)
+    from cloud_server._journal import AcceptedUpdate
+
+    journal.update_accepted(2, AcceptedUpdate("cam-1", 10, 0.5, 0.5, 1.0, blob))
+    journal.close()
+    # Execute
+    rounds = round_rows(tmp_path)
+    page = render_page("f", [], rounds)
+    # Assert
+    assert rounds[-1]["waiting"] == ["cam-2"] and rounds[0]["waiting"] == ["cam-1", "cam-2"]
+    assert "Round 2 open for 4" in page and "1 of 2 answered; waiting for cam-2" in page
+    assert "timed out: cam-1, cam-2" in page
+    assert "1 x DataError: &lt;device&gt;&#x27;s data: images are 3x32x32" in page
