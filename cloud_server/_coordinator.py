@@ -370,6 +370,7 @@ class Coordinator:
                 raise ProtocolError("bad-label-counts", f"{device_id}'s counts add up to {total:.0f}, "
                                     f"not its {state.num_samples} samples")  # fmt: skip
         record = self.devices.get(device_id)
+        first = record is None  # since this coordinator started: maybe the broker's retained copy
         if record is None:
             record = self.devices[device_id] = DeviceRecord(device_id, False, 0, None)
             log.info("device %s registered (%d samples)", device_id, state.num_samples)
@@ -381,7 +382,7 @@ class Coordinator:
         record.label_counts = state.label_counts
         if state.last_round is not None:
             record.last_round = max(record.last_round or 0, state.last_round)
-        self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts)
+        self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts, retained=first)
         current = self._open
         if came_back and current is not None and device_id in set(current.configs) - current.answered:
             # It restarted, or the broker did: the task it had may be gone. A device that still

@@ -136,8 +136,9 @@ class Journal:
         """A new state: its model, fleet and class list; on a state that has them, refuses others."""
 
     def device_seen(
-        self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None
-    ) -> None: ...
+        self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None,
+        retained: bool = False,
+    ) -> None: ...  # fmt: skip
 
     def round_opened(
         self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig], weight_cap: int | None
@@ -300,13 +301,22 @@ class SqliteJournal(Journal):
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def device_seen(
-        self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None
-    ) -> None:
+        self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None,
+        retained: bool = False,
+    ) -> None:  # fmt: skip
+        """Record a device's state. ``retained``: maybe the broker's stored copy, which a (re)started server gets
+        at once: it moves "last seen" only if it says something the journal does not already hold."""
         now = time.time()
+        keep = (
+            "CASE WHEN devices.online = excluded.online AND devices.num_samples = excluded.num_samples"
+            " AND devices.label_counts IS excluded.label_counts THEN devices.last_seen ELSE excluded.last_seen END"
+            if retained
+            else "excluded.last_seen"
+        )
         self._write(
             "INSERT INTO devices (device_id, online, num_samples, label_counts, first_seen, last_seen)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET online = excluded.online,"
-            " num_samples = excluded.num_samples, label_counts = excluded.label_counts, last_seen = excluded.last_seen",
+            f" num_samples = excluded.num_samples, label_counts = excluded.label_counts, last_seen = {keep}",
             device_id,
             int(online),
             num_samples,

@@ -36,3 +36,20 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_blob_store_or_is_a_model_e
         again.resume()
     assert caught.value.exit_code == 4
     again.close()
+
+
+def test_a_retained_state_a_restarted_server_gets_does_not_move_last_seen(tmp_path: Path) -> None:
+    from cloud_server import SqliteJournal
+    from cloud_server._fleet_view import fleet_rows
+
+    journal = SqliteJournal(tmp_path)
+    journal.device_seen("cam-1", True, 40, None)
+    journal.close()
+    seen = fleet_rows(tmp_path)[0]["last_seen"]
+    time.sleep(0.05)
+    again = SqliteJournal(tmp_path)  # the server restarted; the broker hands it the same retained state
+    again.device_seen("cam-1", True, 40, None, retained=True)
+    assert fleet_rows(tmp_path)[0]["last_seen"] == seen
+    again.device_seen("cam-1", False, 40, None, retained=True)  # news (its will): seen now
+    assert fleet_rows(tmp_path)[0]["last_seen"] > seen
+    again.close()
