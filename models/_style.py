@@ -156,7 +156,7 @@ def matching_blur(images: np.ndarray, style: np.ndarray) -> float:
     """The blur (sigma, pixels) that makes ``images`` about as sharp as ``style``: 0.0 when ``style`` is not
     less sharp by a style gap (a batch is never sharpened; a sharper batch says nothing of style)."""
     own, target = sharpness(images), sharpness(style)
-    if own == 0.0 or target >= SHARPNESS_GAP * own:
+    if own == 0.0 or target == 0.0 or target >= SHARPNESS_GAP * own:  # (no batch, or flat images: nothing to match)
         return 0.0
     sample = _sample(images)
     for sigma in _SIGMAS:

@@ -47,6 +47,8 @@ def test_a_blurred_batch_is_a_sharpness_gap_and_the_picked_images_take_its_blur(
     soft = models.blurred(more, 1.5)
     assert models.matching_blur(photos, more) == 0.0  # the same kind of images: no gap, no blur
     assert models.matching_blur(soft, photos) == 0.0  # a sharper batch: never sharpened
+    assert models.matching_blur(photos, photos[:0]) == 0.0  # no batch, or a flat one: nothing to match
+    assert models.matching_blur(photos, np.full((4, 3, 16, 16), 90, dtype=np.uint8)) == 0.0
     sigma = models.matching_blur(photos, soft)
     assert 1.0 <= sigma <= 2.0
     half = np.arange(len(photos)) % 2 == 0
