@@ -740,6 +740,8 @@ class Coordinator:
             loss=result.loss,
             train_loss=result.train_loss,
             report=result.report,
+            bytes_up=result.bytes_up,
+            bytes_down=result.bytes_down,
         )
         self._open = None
         self.results.append(result)

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, started REAL NOT NULL, closed REAL, base_model TEXT NOT NULL, new_model TEXT,
     configs TEXT NOT NULL, accepted INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
     total_weight INTEGER NOT NULL DEFAULT 0, timed_out INTEGER, accuracy REAL, loss REAL, train_loss REAL,
-    weight_cap INTEGER, report TEXT
+    weight_cap INTEGER, report TEXT, bytes_up INTEGER, bytes_down INTEGER
 );
 CREATE TABLE IF NOT EXISTS updates (
     round INTEGER NOT NULL, device_id TEXT NOT NULL, num_samples INTEGER NOT NULL, train_loss REAL NOT NULL,
@@ -162,6 +162,8 @@ class Journal:
         loss: float | None,
         train_loss: float,
         report: dict[str, object] | None = None,
+        bytes_up: int = 0,
+        bytes_down: int = 0,
     ) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
@@ -190,6 +192,9 @@ class SqliteJournal(Journal):
                 self._db.execute("ALTER TABLE rounds ADD COLUMN weight_cap INTEGER")
             if "report" not in columns:  # ... from before the strategies' round reports
                 self._db.execute("ALTER TABLE rounds ADD COLUMN report TEXT")
+            for column in ("bytes_up", "bytes_down"):  # ... from before rounds kept their traffic
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE rounds ADD COLUMN {column} INTEGER")
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot use state dir {state_dir}: {exc}") from exc
 
@@ -395,6 +400,8 @@ class SqliteJournal(Journal):
         loss: float | None,
         train_loss: float,
         report: dict[str, object] | None = None,
+        bytes_up: int = 0,
+        bytes_down: int = 0,
     ) -> None:
         try:
             self.blobs.put(global_blob)
@@ -406,8 +413,19 @@ class SqliteJournal(Journal):
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
                     "UPDATE rounds SET closed = ?, new_model = ?, timed_out = ?, accuracy = ?, loss = ?,"
-                    " train_loss = ?, report = ? WHERE round = ?",
-                    (time.time(), new_model, int(timed_out), accuracy, loss, train_loss, _json_or_none(report), number),
+                    " train_loss = ?, report = ?, bytes_up = ?, bytes_down = ? WHERE round = ?",
+                    (
+                        time.time(),
+                        new_model,
+                        int(timed_out),
+                        accuracy,
+                        loss,
+                        train_loss,
+                        _json_or_none(report),
+                        bytes_up,
+                        bytes_down,
+                        number,
+                    ),
                 )
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (new_model,))
         except sqlite3.Error as exc:

@@ -99,6 +99,10 @@ class FleetMetrics:
         durations = "SELECT closed - started FROM rounds WHERE closed IS NOT NULL AND closed >= started ORDER BY round"
         for (seconds,) in read_rows(database, durations) or []:
             self.round_seconds.observe(float(seconds))
+        traffic = read_rows(database, "SELECT SUM(bytes_up), SUM(bytes_down) FROM rounds WHERE closed IS NOT NULL")
+        if traffic and traffic[0][0] is not None:  # a journal from before rounds kept their traffic: none
+            self.bytes.labels(direction="up").inc(max(0, int(traffic[0][0])))
+            self.bytes.labels(direction="down").inc(max(0, int(traffic[0][1] or 0)))
         for device_id, reason in read_rows(database, "SELECT device_id, reason FROM failures") or []:
             self._count_failure(failure_summary(str(reason), str(device_id)), 1)
         for reason, count in rejected:

@@ -134,15 +134,17 @@ def test_after_a_restart_round_durations_and_failures_start_from_the_journal(tmp
             for device in ("cam-1", "cam-2"):
                 journal.failure_recorded(5, device, f"DataError: {device}'s data: images are 3x32x32")
         journal.round_closed(number, blob, "m", total_weight=1, timed_out=False, accuracy=None, loss=None,
-                             train_loss=0.0, report=None)  # fmt: skip
+                             train_loss=0.0, report=None, bytes_up=1000, bytes_down=3000)  # fmt: skip
     journal.close()
     # Execute
     metrics = FleetMetrics("f")
     metrics.seed_from_journal(tmp_path / "state.sqlite3")
-    # Assert: the histogram counts every closed round, as the rounds counter does; failures by reason
+    # Assert: the histogram counts every closed round, as the rounds counter does; traffic; failures by reason
     sample = metrics.registry.get_sample_value
     assert sample("genfl_rounds_total") == 5 and sample("genfl_round_duration_seconds_count") == 5
     assert 50.0 <= sample("genfl_round_duration_seconds_sum") < 55.0
+    assert sample("genfl_bytes_total", {"direction": "up"}) == 5000
+    assert sample("genfl_bytes_total", {"direction": "down"}) == 15000
     reason = "DataError: <device>'s data: images are 3x32x32"
     assert sample("genfl_device_failures_total", {"reason": reason}) == 2
 
