@@ -63,13 +63,11 @@ def train_local(
         assert synthetic is not None
         restyle = "real" if models.colour_gap(data.images, synthetic.images) > models.STYLE_GAP_NATS else "none"
     if mixing and restyle == "real":
-        # Half of the device's own images (a fresh half each round) take the synthetic images' colours and, where
-        # the batch is blurrier, their sharpness: style then says nothing of real or synthetic, nor of which
-        # classes a device lacks.
+        # Half of the device's own images (a fresh half each round) take the synthetic images' colours: colour
+        # then says nothing of real or synthetic, nor of which classes a device lacks.
         assert synthetic is not None
         half = np.random.default_rng([config.seed, 1]).random(len(data)) < 0.5
         images = models.colours_like(data.images, synthetic.images, only=half)
-        images = models.sharpness_like(images, synthetic.images, only=half)
     if device != "cpu":  # keep the shard on the accelerator as uint8: one copy per round
         images = torch.from_numpy(np.asarray(images)).to(device)
         labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)

@@ -12,17 +12,7 @@ from ._registry import (
     model_state,
     state_evaluator,
 )
-from ._style import (
-    SHARPNESS_GAP,
-    STYLE_GAP_NATS,
-    blurred,
-    colour_gap,
-    colours_like,
-    matching_blur,
-    restyled,
-    sharpness,
-    sharpness_like,
-)
+from ._style import STYLE_GAP_NATS, colour_gap, colours_like, restyled
 from ._training import (
     EpochResult,
     SyntheticMix,
@@ -53,11 +43,6 @@ __all__ = [
     "STYLE_GAP_NATS",
     "colour_gap",
     "colours_like",
-    "SHARPNESS_GAP",
-    "blurred",
-    "matching_blur",
-    "sharpness",
-    "sharpness_like",
     "augment",
     "to_float",
     "train_one_epoch",

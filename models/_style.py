@@ -1,25 +1,16 @@
 """Bridging a style gap between a device's images and a synthetic batch: pure numpy, uint8 (N, C, H, W) in and out.
 
 Synthetic images often differ from a device's photographs in style (colours, contrast, sharpness). Left alone,
-that style becomes a cue for "a class this device lacks". The functions here measure the gap and move images
-across it: colours through the pixels' mean and covariance, sharpness through a Gaussian blur.
+that style becomes a cue for "a class this device lacks". The functions here measure the colour gap and move
+images across it through the pixels' mean and covariance. (Matching a blurry batch's sharpness as well was
+measured on the benchmark's shifted pool and did not help: docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "SHARPNESS_GAP",
-    "STYLE_GAP_NATS",
-    "blurred",
-    "colour_gap",
-    "colours_like",
-    "matching_blur",
-    "restyled",
-    "sharpness",
-    "sharpness_like",
-]
+__all__ = ["STYLE_GAP_NATS", "colour_gap", "colours_like", "restyled"]
 
 
 def restyled(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
@@ -92,91 +83,4 @@ def colours_like(images: np.ndarray, style: np.ndarray, only: np.ndarray | None 
         pixels = images[index].transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
         moved = np.clip(np.rint((pixels - mean_s) @ transform.T + mean_t), 0, 255).astype(np.uint8)
         out[index] = moved.reshape(len(index), images.shape[2], images.shape[3], channels).transpose(0, 3, 1, 2)
-    return out
-
-
-# A batch this much less sharp than a device's images (ratio of the sharpness figures below) is a style gap.
-# Measured on CIFAR-10 shards of 3 classes against images of the other classes: 0.88-1.20 for held-out real
-# images, 0.21-0.26 for the same blurred at radius 1.5 (where the matching blur found is 1.5-1.75).
-SHARPNESS_GAP = 0.6
-_SAMPLE = 256  # images measured when searching for the blur that matches a batch
-_SIGMAS = np.arange(0.25, 4.01, 0.25)
-
-
-def _sample(images: np.ndarray, limit: int = _SAMPLE) -> np.ndarray:
-    """Up to ``limit`` images spread evenly over the set (deterministic: the same set, the same sample)."""
-    if len(images) <= limit:
-        return images
-    return images[np.linspace(0, len(images) - 1, limit).astype(np.int64)]
-
-
-def sharpness(images: np.ndarray) -> float:
-    """How much of the images' grey-level variance lies between neighbouring pixels: the mean squared difference
-    of horizontal and vertical neighbours over the pixels' variance (sums over a sample of images). Unchanged
-    by contrast and brightness; a blur lowers it. 0.0 for no images or flat ones."""
-    if len(images) == 0:
-        return 0.0
-    grey = _sample(images).astype(np.float64).mean(1)  # (N, H, W)
-    across = np.square(np.diff(grey, axis=2)).mean((1, 2))
-    down = np.square(np.diff(grey, axis=1)).mean((1, 2))
-    variance = grey.var((1, 2))
-    total = float(variance.sum())
-    return float((across + down).sum() / total) if total > 0 else 0.0
-
-
-def _kernel(sigma: float) -> np.ndarray:
-    radius = max(1, int(np.ceil(3.0 * sigma)))
-    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-    weights = np.exp(-0.5 * np.square(offsets / sigma))
-    return weights / weights.sum()
-
-
-def _blur_float(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of float (N, C, H, W) images, reflected edges."""
-    kernel = _kernel(sigma)
-    radius = len(kernel) // 2
-    out = images
-    for axis in (2, 3):
-        pad = [(0, 0)] * 4
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
-        size = out.shape[axis]
-        out = sum(w * np.take(padded, np.arange(k, k + size), axis=axis) for k, w in enumerate(kernel))
-    return out
-
-
-def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
-    """uint8 images blurred by a Gaussian of ``sigma`` pixels (0: the images as they are)."""
-    if sigma <= 0 or len(images) == 0:
-        return images
-    return np.clip(np.rint(_blur_float(images.astype(np.float64), sigma)), 0, 255).astype(np.uint8)
-
-
-def matching_blur(images: np.ndarray, style: np.ndarray) -> float:
-    """The blur (sigma, pixels) that makes ``images`` about as sharp as ``style``: 0.0 when ``style`` is not
-    less sharp by a style gap (a batch is never sharpened; a sharper batch says nothing of style)."""
-    own, target = sharpness(images), sharpness(style)
-    if own == 0.0 or target == 0.0 or target >= SHARPNESS_GAP * own:  # (no batch, or flat images: nothing to match)
-        return 0.0
-    sample = _sample(images)
-    for sigma in _SIGMAS:
-        if sharpness(blurred(sample, float(sigma))) <= target:
-            return float(sigma)
-    return float(_SIGMAS[-1])
-
-
-def sharpness_like(images: np.ndarray, style: np.ndarray, only: np.ndarray | None = None) -> np.ndarray:
-    """uint8 ``images`` blurred to about the sharpness of ``style`` where ``style`` is blurrier by a style gap
-    (see ``matching_blur``); with ``only`` (a mask), the blur is measured on the images it picks and applied to
-    them alone."""
-    picked = np.flatnonzero(np.ones(len(images), dtype=bool) if only is None else only)
-    if len(picked) == 0 or len(style) == 0:
-        return images
-    sigma = matching_blur(images[picked], style)
-    if sigma == 0.0:
-        return images
-    out = images.copy()
-    for start in range(0, len(picked), 1024):
-        index = picked[start : start + 1024]
-        out[index] = blurred(images[index], sigma)
     return out
