@@ -402,7 +402,7 @@ class AgentCore:
             self._request_blob(lost[0], ())
             return
         self.training = True
-        self._training_since = self._progress_at = time.monotonic()
+        self._training_since = self._progress_at = time.monotonic()  # (a job done within every_s says nothing)
         self._progress_logged = 0.0
         try:
             self.runner.start(task, model, self._on_trained, synthetic)

@@ -20,6 +20,7 @@ from protocol import (
     DeviceState,
     Failure,
     MqttTransport,
+    Progress,
     Task,
     Topics,
     Update,
@@ -86,7 +87,7 @@ def test_no_raw_sample_leaves_a_device_and_label_counts_are_noised(mosquitto_url
             tasks.append(decode_message(payload, Task))
         if parsed.channel not in DEVICE_CHANNELS:
             continue
-        message = decode_message(payload, (DeviceState, Update, Failure, BlobRequest))
+        message = decode_message(payload, (DeviceState, Update, Failure, BlobRequest, Progress))
         sent_by_devices[parsed.device_id].append(message)
         if isinstance(message, BlobRequest):
             requested[parsed.device_id].add(message.blob_id)
@@ -101,7 +102,8 @@ def test_no_raw_sample_leaves_a_device_and_label_counts_are_noised(mosquitto_url
         assert task.synthetic_id in requested[task.device_id]  # fetched over MQTT like the model
     for device_id, messages in sent_by_devices.items():
         kinds = {type(m).__name__ for m in messages}
-        assert kinds <= {"DeviceState", "Update", "BlobRequest"} and "Update" in kinds, kinds
+        # (Progress: "still training", a round number and seconds, nothing of the data)
+        assert kinds <= {"DeviceState", "Update", "BlobRequest", "Progress"} and "Update" in kinds, kinds
         exact = shards[device_id].label_counts(10).astype(float)
         for message in messages:
             if isinstance(message, DeviceState):
