@@ -227,7 +227,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
     return 0
 
 
-SETTLE_S = 2.0  # seconds for the boards' retained states to arrive before a task goes out
+SETTLE_S = 1.0  # seconds for the boards' retained states to arrive before a task goes out
 TAKEOVERS_BEFORE_STOP = 3  # another process took the coordinator's session this often: stop yielding, stop
 
 

@@ -22,9 +22,9 @@ def _last3(result) -> float:  # type: ignore[no-untyped-def]
 
 
 # Seed 3 is the one where GenFL with its first settings lost 5 points to FedAvg; tools/bench_learning.py
-# --preset digits runs all five (docs/benchmarks.md has them).
+# --preset digits runs all five (docs/benchmarks.md has them), so the suite keeps only this one.
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("seed", [3])
 def test_genfl_beats_fedavg_on_two_classes_per_device(seed: int) -> None:
     started = time.perf_counter()
     setup = {**PATHOLOGICAL, "seed": seed}
