@@ -35,9 +35,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import signal
+import stat
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol import ConfigError, GenflError, Topics, atomic_write
@@ -46,6 +48,7 @@ __all__ = [
     "SERVER_USER",
     "BrokerFiles",
     "mosquitto_password_hash",
+    "read_outbox",
     "render_acl",
     "render_mosquitto_conf",
     "render_password_file",
@@ -132,45 +135,62 @@ def write_owned(path: Path, data: bytes, *, mode: int = 0o600, owner: tuple[int,
     atomic_write(path, data, mode=mode, owner=owner)
 
 
-@dataclass(frozen=True)
+@dataclass
 class BrokerFiles:
     """The broker directory ``broker-config`` wrote, and how to make the broker re-read it."""
 
     directory: Path
     fleet: str
     reload_command: tuple[str, ...] = ()  # e.g. ("systemctl", "reload", "mosquitto"); default: SIGHUP via pid file
+    # A server that runs as its own user (the hardened unit) may not write the broker's folder: it writes the
+    # files here, in its state, and the root `genfl-broker-sync` unit installs them and reloads the broker.
+    outbox: Path | None = None
+    handed_off: bool = field(default=False, init=False)  # the last write went to the outbox only
 
     def write_users(
         self, server_password_hash: str, devices: list[tuple[str, str]], enroll_users: list[tuple[str, str]]
     ) -> None:
         """The password file and the ACL: the server, every device given, every pending token's login."""
         users = [(SERVER_USER, server_password_hash), *devices, *enroll_users]
-        self._write(self.directory / "passwd", render_password_file(users).encode())
-        acl = render_acl(self.fleet, [d for d, _ in devices], [u for u, _ in enroll_users])
-        self._write(self.directory / "acl", acl.encode())
+        passwd = render_password_file(users).encode()
+        acl = render_acl(self.fleet, [d for d, _ in devices], [u for u, _ in enroll_users]).encode()
+        self.handed_off = False
+        if self.outbox is not None:
+            self.outbox.mkdir(mode=0o700, exist_ok=True)
+            self._write(self.outbox / "passwd", passwd, self.outbox)
+            self._write(self.outbox / "acl", acl, self.outbox)  # last: the sync unit watches it
+            if not os.access(self.directory, os.W_OK):
+                self.handed_off = True
+                return
+        self.install(passwd, acl)
+
+    def install(self, passwd: bytes, acl: bytes) -> None:
+        """Write the two files into the broker's folder, owned by its owner (the broker's user)."""
+        self._write(self.directory / "passwd", passwd, self.directory)
+        self._write(self.directory / "acl", acl, self.directory)
 
     def logins(self, prefix: str) -> set[str]:
         """The user names in the password file that start with ``prefix`` (empty if there is none yet)."""
+        folder = self.outbox if self.outbox is not None and (self.outbox / "passwd").exists() else self.directory
         try:
-            text = (self.directory / "passwd").read_text()
+            text = (folder / "passwd").read_text()
         except (OSError, UnicodeDecodeError):
             return set()
         return {line.split(":", 1)[0] for line in text.splitlines() if line.startswith(prefix)}
 
-    def _owner(self) -> tuple[int, int] | None:
-        """Whoever owns the broker directory (the broker's user) when we are root, so the broker can read."""
+    @staticmethod
+    def _owner(folder: Path) -> tuple[int, int] | None:
+        """Whoever owns ``folder`` (the broker's user; the server's, for the outbox) when we are root."""
         if os.geteuid() != 0:
             return None
-        info = os.stat(self.directory)
+        info = os.stat(folder)
         return info.st_uid, info.st_gid
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _write(self, path: Path, data: bytes, folder: Path) -> None:
         try:
-            write_owned(path, data, mode=0o600, owner=self._owner())
+            write_owned(path, data, mode=0o600, owner=self._owner(folder))
         except OSError as exc:
-            raise GenflError(
-                f"cannot write the broker's {path.name} in {self.directory}: {exc.strerror or exc}"
-            ) from exc
+            raise GenflError(f"cannot write the broker's {path.name} in {folder}: {exc.strerror or exc}") from exc
 
     def _broker_pid(self) -> int | None:
         """The pid in the pid file, if it is a running mosquitto of the directory's owner (the file is the
@@ -194,6 +214,8 @@ class BrokerFiles:
 
     def reload(self) -> bool:
         """Ask the broker to re-read its files; False if no broker runs from this directory."""
+        if self.handed_off:
+            return True  # the sync unit installs what is in the outbox and reloads the broker
         if self.reload_command:
             try:
                 subprocess.run(list(self.reload_command), check=True, capture_output=True, timeout=30)
@@ -210,3 +232,42 @@ class BrokerFiles:
         except PermissionError as exc:
             raise GenflError(f"cannot signal the broker (pid {pid}): {exc}; set a reload command") from exc
         return True
+
+
+_OUTBOX_LIMIT = 64 * 1024 * 1024  # far above a fleet's files (about 200 bytes a device)
+_LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def read_outbox(outbox: Path, fleet: str) -> tuple[bytes, bytes]:
+    """The password file and ACL a server left in ``outbox``, checked before root installs them: plain files
+    (no links), ``user:$7$...`` lines, and ACL lines that only name users and topics of ``fleet``'s tree."""
+    passwd, acl = (_read_plain(outbox / name) for name in ("passwd", "acl"))
+    for number, line in enumerate(passwd.decode("utf-8", "replace").splitlines(), 1):
+        user, _, hashed = line.partition(":")
+        if not _LOGIN.fullmatch(user) or not re.fullmatch(r"\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", hashed):
+            raise GenflError(f"{outbox / 'passwd'} line {number}: not a user:$7$ hash line; not installing it")
+    root = Topics(fleet).root
+    for number, line in enumerate(acl.decode("utf-8", "replace").splitlines(), 1):
+        words = line.split()
+        good = (
+            not words
+            or line.startswith("#")
+            or (len(words) == 2 and words[0] == "user" and _LOGIN.fullmatch(words[1]) is not None)
+            or (len(words) == 3 and words[0] == "topic" and words[1] in ("read", "write", "readwrite")
+                and (words[2] == f"{root}/#" or words[2].startswith(f"{root}/")))
+        )  # fmt: skip
+        if not good:
+            raise GenflError(f"{outbox / 'acl'} line {number}: not a rule of fleet {fleet}'s ACL; not installing it")
+    return passwd, acl
+
+
+def _read_plain(path: Path) -> bytes:
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise GenflError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _OUTBOX_LIMIT:
+            raise GenflError(f"{path}: not a plain file of at most {_OUTBOX_LIMIT >> 20} MiB; not installing it")
+        return file.read(_OUTBOX_LIMIT + 1)

@@ -46,12 +46,20 @@ from protocol import (
     write_secret,
 )
 
-from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf, write_owned
+from ._broker_files import BrokerFiles, mosquitto_password_hash, read_outbox, render_mosquitto_conf, write_owned
 from ._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
 
-__all__ = ["DEFAULT_MAX_PACKET_SIZE", "BrokerSetup", "Enroller", "FleetSecurity", "write_broker_config"]
+__all__ = [
+    "DEFAULT_MAX_PACKET_SIZE",
+    "OUTBOX",
+    "BrokerSetup",
+    "Enroller",
+    "FleetSecurity",
+    "use_outbox",
+    "write_broker_config",
+]
 
 
 log = logging.getLogger("genfl.security")
@@ -148,6 +156,33 @@ def write_broker_config(
     return BrokerSetup(out, url, out / "ca.crt")
 
 
+OUTBOX = "broker-outbox"  # in the security folder: where a server that may not write the broker's folder puts its files
+
+
+def use_outbox(state_dir: Path) -> Path:
+    """From now on the server writes the broker's files into its own state (its hardened unit may not write the
+    broker's folder), for the root `genfl-broker-sync` unit to install; returns the file that unit watches."""
+    path = _security_dir(state_dir) / "broker.json"
+    try:
+        settings = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{state_dir} holds no secured fleet yet: run genfl-server broker-config --state-dir {state_dir} first"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: not a broker-config settings file")
+    settings["outbox"] = OUTBOX
+    write_owned(path, (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
+    security = FleetSecurity(state_dir)
+    try:
+        security.write_broker_files()  # the outbox starts full, so that the server reads its logins from it
+    finally:
+        security.close()
+    return _security_dir(state_dir) / OUTBOX / "acl"
+
+
 class FleetSecurity:
     def __init__(self, state_dir: Path) -> None:
         self.dir = _security_dir(state_dir)
@@ -157,12 +192,13 @@ class FleetSecurity:
             self.url: str = settings["url"]
             broker_dir = Path(settings["broker_dir"])
             reload_command = tuple(settings.get("reload_command", ()))
+            outbox = self.dir / str(settings["outbox"]) if settings.get("outbox") else None
             self.max_packet_size = int(settings.get("max_packet_size", DEFAULT_MAX_PACKET_SIZE))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 f"{self.dir / 'broker.json'}: unreadable ({exc}); run genfl-server broker-config"
             ) from exc
-        self.broker_files = BrokerFiles(broker_dir, self.fleet, reload_command)
+        self.broker_files = BrokerFiles(broker_dir, self.fleet, reload_command, outbox=outbox)
         self.ca_file = self.dir / "ca.crt"
         self.signing_key = load_signing_key(self.dir / "signing.key")
         self.server_password = _read_secret(self.dir / "server.password")
@@ -203,6 +239,23 @@ class FleetSecurity:
         """Rewrite the password file and ACL from the registry; have the broker re-read them."""
         self.write_broker_files()
         return self.broker_files.reload() if reload else False
+
+    def install_outbox(self) -> bool:
+        """As root (the `genfl-broker-sync` unit): install what the server left in its outbox into the broker's
+        folder and reload the broker; False if no broker runs. Copies until the outbox holds still, so that a
+        write during the copy is not lost."""
+        outbox = self.broker_files.outbox
+        if outbox is None:
+            raise ConfigError(f"{self.dir / 'broker.json'} names no outbox: install-service --broker-dir sets it up")
+        installed: tuple[bytes, bytes] | None = None
+        for _ in range(10):
+            files = read_outbox(outbox, self.fleet)
+            if files == installed:
+                break
+            self.broker_files.install(*files)
+            installed = files
+        self.broker_files.handed_off = False
+        return self.broker_files.reload()
 
     def expire_logins(self) -> bool:
         """Take the logins of tokens that expired (or were used) out of the broker; True if it synced.

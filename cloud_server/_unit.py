@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pwd
 from pathlib import Path
 
 from protocol import HARDENING, ConfigError, check_reachable, find_executable, unit_head
 
-__all__ = ["UNIT_NAME", "default_executable", "render_server_unit"]
+__all__ = [
+    "SYNC_NAME",
+    "UNIT_NAME",
+    "default_executable",
+    "owner_name",
+    "render_broker_sync_units",
+    "render_server_unit",
+]
 
 UNIT_NAME = "genfl-server.service"
 
@@ -55,16 +63,70 @@ def default_executable() -> Path:
 
 
 _BROKER = """\
-# A secured fleet: enrollments and revocations rewrite the broker's password file and ACL here, and the
-# server signals the broker to re-read them, so it runs as the broker's user (broker-config --broker-user).
+# A secured fleet: enrollments and revocations change the broker's password file and ACL. The server writes
+# them into its own state (security/broker-outbox); genfl-broker-sync.path sees the change and the root
+# genfl-broker-sync.service installs them in {directory} and reloads the broker. The server never runs as the
+# broker's user, who would then own the fleet's CA and signing keys.
+"""
+
+SYNC_NAME = "genfl-broker-sync"
+
+_SYNC_PATH = """\
+# genfl-server: start genfl-broker-sync.service when the server has written new broker files.
+# Written by `genfl-server install-service --broker-dir`.
+[Unit]
+Description=genfl-edge: watch the broker files the server writes
+Documentation=https://github.com/genfl-edge/genfl-edge
+
+[Path]
+PathChanged={watched}
+Unit={name}.service
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+_SYNC_SERVICE = """\
+# genfl-server: install the password file and ACL the server wrote (checked line by line) into the broker's
+# folder, owned by the broker's user, and have the broker re-read them.
+# Written by `genfl-server install-service --broker-dir`; started by {name}.path.
+[Unit]
+Description=genfl-edge: install the server's broker files and reload the broker
+Documentation=https://github.com/genfl-edge/genfl-edge
+
+[Service]
+Type=oneshot
+ExecStart={executable} broker-sync --state-dir /var/lib/genfl-server
+# Root with only what the job takes: read the server's outbox, write the broker's folder as its owner, signal it.
+CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_KILL
+NoNewPrivileges=yes
+ProtectSystem=strict
 ReadWritePaths={directory}
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateNetwork=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_UNIX
+RestrictNamespaces=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+UMask=0077
 """
 
 
 def render_server_unit(
-    executable: Path, gpu: bool = False, broker_dir: Path | None = None, user: str | None = None
+    executable: Path,
+    gpu: bool = False,
+    broker_dir: Path | None = None,
+    user: str | None = None,
+    broker_owner: str | None = None,
 ) -> str:
-    """The unit; ``broker_dir`` (a secured fleet's broker files) is the one path outside its state it writes."""
+    """The unit; ``broker_owner`` is the user who owns ``broker_dir`` (the broker's), never the unit's user."""
     check_reachable(executable, "the executable")
     if broker_dir is not None and not broker_dir.is_absolute():
         raise ConfigError(f"--broker-dir must be an absolute path, got {broker_dir}")
@@ -72,6 +134,12 @@ def render_server_unit(
         check_reachable(broker_dir, "the broker folder")
     if user is not None and not user.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"invalid user name {user!r}")
+    if user is not None and user == broker_owner:
+        raise ConfigError(
+            f"{user} owns the broker folder {broker_dir}: run as that user, the server would hand the broker's "
+            "user its CA and signing keys. Leave --user out: the server runs as its own user and "
+            f"{SYNC_NAME}.service installs the broker's files"
+        )
     return _TEMPLATE.format(
         head=unit_head("genfl-edge federated learning server"),
         executable=executable,
@@ -80,3 +148,25 @@ def render_server_unit(
         user="DynamicUser=yes" if user is None else f"User={user}\nGroup={user}",
         broker="" if broker_dir is None else _BROKER.format(directory=broker_dir),
     )
+
+
+def render_broker_sync_units(executable: Path, broker_dir: Path, watched: Path) -> dict[str, str]:
+    """The path unit that watches ``watched`` (the outbox's ACL) and the root service that installs the files."""
+    check_reachable(executable, "the executable")
+    check_reachable(broker_dir, "the broker folder")
+    return {
+        f"{SYNC_NAME}.path": _SYNC_PATH.format(watched=watched, name=SYNC_NAME),
+        f"{SYNC_NAME}.service": _SYNC_SERVICE.format(executable=executable, directory=broker_dir, name=SYNC_NAME),
+    }
+
+
+def owner_name(path: Path) -> str | None:
+    """The user name (or uid) that owns ``path``; None if there is no such path."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

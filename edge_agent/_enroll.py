@@ -168,13 +168,20 @@ def enroll(
         ) from exc
     try:
         # One connection: the broker takes the SUBSCRIBE before the PUBLISH, so the reply cannot be missed.
-        transport.subscribe(enroll_topic(topics, client_id, "reply"))
+        reply_topic = enroll_topic(topics, client_id, "reply")
+        transport.subscribe(reply_topic)
         request = EnrollRequest(secret=token.secret, public_key=public_key_text(key))
         transport.publish(enroll_topic(topics, client_id, "request"), request.encode())
         deadline = time.monotonic() + timeout_s
         reply: EnrollReply | None = None
         while reply is None and time.monotonic() < deadline:
             transport.poll(0.2)
+            if reply_topic in transport.refused_filters:  # the login is good, the fleet's topics are not its own
+                raise EnrollmentFailed(
+                    f"the broker {transport.node} takes this token's login but not fleet {token.fleet!r}'s "
+                    f"enrollment topics ({transport.refused_filters[reply_topic]}): the token is for another "
+                    f"fleet than this broker's; ask this fleet's server for one"
+                )
             while replies and reply is None:
                 try:
                     candidate = EnrollReply.decode(replies.pop(0))
@@ -186,7 +193,8 @@ def enroll(
         transport.close()
     if reply is None:
         raise EnrollmentFailed(
-            f"no enrollment reply from {transport.node} within {timeout_s:.0f} s (is serve running?)"
+            f"no enrollment reply from {transport.node} within {timeout_s:.0f} s: is `genfl-server serve` of "
+            f"fleet {token.fleet!r} running on this broker?"
         )
     if not reply.ok:
         raise EnrollmentFailed(f"the server refused the token: {reply.reason}")

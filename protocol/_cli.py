@@ -55,8 +55,9 @@ def new_app(name: str, help_text: str, version: str) -> typer.Typer:
     return app
 
 
-def uninstall_command(unit_name: str, state_dir: str) -> Callable[..., None]:
-    """The ``uninstall-service`` command of a program whose unit is ``unit_name``."""
+def uninstall_command(unit_name: str, state_dir: str, also: tuple[str, ...] = ()) -> Callable[..., None]:
+    """The ``uninstall-service`` command of a program whose unit is ``unit_name`` (and the units ``also``, when
+    they are there)."""
     from pathlib import Path
     from typing import Annotated
 
@@ -67,8 +68,13 @@ def uninstall_command(unit_name: str, state_dir: str) -> Callable[..., None]:
     def uninstall_service(root: Path = Path("/"), now: bool = False) -> None:
         with exit_on_error():
             done = uninstall_unit(root, unit_name, now=now)
+            extra = [uninstall_unit(root, name, now=now) for name in also]
         for line in done.report("removed", ran=now):
             typer.echo(line)
+        for removed in extra:  # only what was there
+            if removed.done:
+                for line in removed.report("removed", ran=now):
+                    typer.echo(line)
 
     # Set as objects: this module's annotations are strings, which Typer would resolve in the wrong namespace.
     uninstall_service.__annotations__ = {

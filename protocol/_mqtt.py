@@ -171,6 +171,9 @@ class MqttTransport(Transport):
         self._refused: str | None = None
         self._dropped = False  # closed without a CONNACK (not a login refusal)
         self._lock = threading.Lock()
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE packet id -> filter, until the SUBACK; under _sub_lock
+        self._sub_lock = threading.Lock()
+        self.refused_filters: dict[str, str] = {}  # filter -> the broker's reason, for each SUBSCRIBE it refused
         self._last_publish: paho.MQTTMessageInfo | None = None
         if address.v5:
             self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
@@ -207,6 +210,7 @@ class MqttTransport(Transport):
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     @property
     def address(self) -> BrokerAddress:
@@ -302,6 +306,18 @@ class MqttTransport(Transport):
                 log.warning("lost the broker %s (%s); paho reconnects", self.address.url(), reason_code)
             self._next_node()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        with self._sub_lock:
+            topic_filter = self._subscribing.pop(mid, None)
+        refusals = [code for code in reason_codes if code.is_failure]
+        if topic_filter is None or not refusals:
+            return
+        # The broker's ACL does not let this login read the filter (Mosquitto: 0x87 Not authorized for MQTT 5,
+        # 0x80 for 3.1.1). Nothing will ever arrive on it: say so once instead of waiting in silence.
+        self.refused_filters[topic_filter] = str(refusals[0])
+        log.error("the broker %s refused %s's subscription to %s (%s)", self.address.url(), self.client_id,
+                  topic_filter, refusals[0])  # fmt: skip
+
     def _on_connect_fail(self, client, userdata) -> None:  # type: ignore[no-untyped-def]
         self._next_node()
 
@@ -395,10 +411,13 @@ class MqttTransport(Transport):
             self._subscribe(topic_filter)
 
     def _subscribe(self, topic_filter: str) -> None:
-        if self.address.v5:
-            self._client.subscribe(topic_filter, options=_SUBSCRIBE)
-        else:
-            self._client.subscribe(topic_filter, qos=1)
+        with self._sub_lock:  # held until the packet id is noted: the SUBACK's callback waits for it
+            if self.address.v5:
+                _, mid = self._client.subscribe(topic_filter, options=_SUBSCRIBE)
+            else:
+                _, mid = self._client.subscribe(topic_filter, qos=1)
+            if mid is not None:
+                self._subscribing[mid] = topic_filter
 
     def poll(self, timeout_s: float = 0.1) -> int:
         """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""

@@ -54,9 +54,11 @@ __all__ = [
     "HARDENING",
     "Notifier",
     "UnitInstall",
+    "check_can_run",
     "check_reachable",
     "find_executable",
     "install_unit",
+    "run_systemctl",
     "systemd_is_running",
     "uninstall_unit",
     "unit_head",
@@ -192,14 +194,14 @@ def unit_head(description: str) -> str:
 def install_unit(root: Path, name: str, text: str, now: bool = False) -> UnitInstall:
     """Write ``name`` under ``root``/etc/systemd/system; with ``now``, enable and start it."""
     if now:
-        _check_can_run(root)
+        check_can_run(root)
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True, exist_ok=True)
     path = unit_dir / name
     atomic_write(path, text.encode(), mode=0o644)
     commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", name]]
     if now:
-        _run_systemctl(root, commands)
+        run_systemctl(root, commands)
     return UnitInstall(path, commands)
 
 
@@ -210,23 +212,24 @@ def uninstall_unit(root: Path, name: str, now: bool = False) -> UnitInstall:
         return UnitInstall(path, [], done=False)
     commands = [["systemctl", "disable", "--now", name], ["systemctl", "daemon-reload"]]
     if now:
-        _check_can_run(root)
-        _run_systemctl(root, commands[:1])
+        check_can_run(root)
+        run_systemctl(root, commands[:1])
     path.unlink(missing_ok=True)
     if now:
-        _run_systemctl(root, commands[1:])
+        run_systemctl(root, commands[1:])
     return UnitInstall(path, commands)
 
 
-def _check_can_run(root: Path) -> None:
+def check_can_run(root: Path) -> None:
+    """ConfigError unless systemctl can act on ``root`` now (the running system under systemd)."""
     if root.resolve() != Path("/"):
         raise ConfigError("--now only works with --root / (the running system)")
     if not systemd_is_running() or shutil.which("systemctl") is None:
         raise ConfigError("--now needs systemd as PID 1; run the printed systemctl commands yourself")
 
 
-def _run_systemctl(root: Path, commands: list[list[str]]) -> None:
-    _check_can_run(root)
+def run_systemctl(root: Path, commands: list[list[str]]) -> None:
+    check_can_run(root)
     for command in commands:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

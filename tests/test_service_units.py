@@ -131,3 +131,51 @@ def test_edge_unit_takes_data_and_user(tmp_path: Path) -> None:
     bad = subprocess.run([BIN / "genfl-edge", "install-service", "--root", str(root), "--data", "folder:rel",
                           "--executable", "/usr/bin/env"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "absolute path" in bad.stderr
+
+
+def test_a_secured_servers_unit_never_runs_as_the_brokers_user_and_a_root_unit_installs_its_broker_files(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a secured fleet's state and broker folder (owned by the broker's user when there is one), as
+    # broker-config writes them under a root
+    broker_user = "mosquitto" if _has_user("mosquitto") else None
+    setup = [BIN / "genfl-server", "broker-config", "--out", str(tmp_path / "etc/genfl/broker"), "--host", "localhost",
+             "--state-dir", str(tmp_path / "var/lib/genfl-server"), "--fleet", "plant-3"]  # fmt: skip
+    subprocess.run(setup + (["--broker-user", broker_user] if broker_user else []), check=True, capture_output=True)
+    install = [BIN / "genfl-server", "install-service", "--root", str(tmp_path), "--broker-dir", "/etc/genfl/broker",
+               "--executable", "/usr/bin/env"]  # fmt: skip
+    owner = broker_user or "root"
+    # Execute
+    as_owner = subprocess.run([*install, "--user", owner], capture_output=True, text=True)
+    done = subprocess.run(install, capture_output=True, text=True)
+    # Assert: the broker's user is refused; the server runs as its own user, writes nothing outside its state,
+    # and the root pair watches its outbox and installs it
+    assert as_owner.returncode == 2 and "its CA and signing keys" in as_owner.stderr, as_owner.stderr
+    assert done.returncode == 0, done.stderr
+    units = tmp_path / "etc/systemd/system"
+    server = (units / "genfl-server.service").read_text()
+    assert "DynamicUser=yes" in server and "User=" not in server.replace("DynamicUser=", "")
+    assert "ReadWritePaths=" not in server
+    watched = "PathChanged=/var/lib/genfl-server/security/broker-outbox/acl"
+    assert watched in (units / "genfl-broker-sync.path").read_text()
+    sync = (units / "genfl-broker-sync.service").read_text()
+    assert "ExecStart=/usr/bin/env broker-sync --state-dir /var/lib/genfl-server" in sync
+    assert "ReadWritePaths=/etc/genfl/broker" in sync
+    assert "enable --now genfl-server.service genfl-broker-sync.path" in done.stdout
+    assert (tmp_path / "var/lib/genfl-server/security/broker-outbox/acl").is_file()
+    for name in ("genfl-server.service", "genfl-broker-sync.path", "genfl-broker-sync.service"):
+        verify = subprocess.run(["systemd-analyze", "verify", str(units / name)], capture_output=True, text=True)
+        assert verify.returncode == 0, (name, verify.stderr)
+    removed = subprocess.run([BIN / "genfl-server", "uninstall-service", "--root", str(tmp_path)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert removed.stdout.count("removed ") == 3 and not any(units.iterdir())
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

@@ -14,14 +14,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud_server._unit import render_server_unit  # noqa: E402
+from cloud_server._unit import render_broker_sync_units, render_server_unit  # noqa: E402
 from edge_agent._unit import CREDENTIALS, EdgeUnit, render_edge_unit  # noqa: E402
+
+# A secured fleet's pair (install-service --broker-dir /etc/genfl/broker)
+_SYNC = (
+    Path("/usr/local/bin/genfl-server"),
+    Path("/etc/genfl/broker"),
+    Path("/var/lib/genfl-server/security/broker-outbox/acl"),
+)
 
 UNITS = {
     "genfl-edge.service": lambda: render_edge_unit(
         EdgeUnit(Path("/usr/local/bin/genfl-edge"), credentials=CREDENTIALS)
     ),
     "genfl-server.service": lambda: render_server_unit(Path("/usr/local/bin/genfl-server")),
+    **{
+        name: (lambda name=name: render_broker_sync_units(*_SYNC)[name])
+        for name in ("genfl-broker-sync.path", "genfl-broker-sync.service")
+    },
 }
 
 if __name__ == "__main__":

@@ -169,3 +169,20 @@ def broker_config(
     typer.echo(f"run the broker:   mosquitto -c {setup.directory.resolve()}/mosquitto.conf")
     typer.echo(f"run the server:   genfl-server serve --state-dir {state_dir}")
     typer.echo(f"give boards:      {setup.ca_file} and a token from `genfl-server devices add NAME --state-dir ...`")
+
+
+def broker_sync(state_dir: StateDir) -> None:
+    """Install the broker files the server left in its state into the broker's folder, and reload the broker
+    (what genfl-broker-sync.service runs, as root, each time the server writes them)."""
+    from cloud_server._security import FleetSecurity
+
+    with exit_on_error():
+        security = FleetSecurity.load(state_dir)
+        if security is None:
+            raise ConfigError(f"{state_dir} holds no secured fleet (genfl-server broker-config sets one up)")
+        try:
+            reloaded = security.install_outbox()
+        finally:
+            security.close()
+    where = security.broker_files.directory
+    typer.echo(f"installed the server's passwd and acl in {where}" + ("" if reloaded else "; no broker runs from it"))

@@ -7,32 +7,64 @@ from typing import Annotated, Optional
 
 import typer
 
-from cloud_server._unit import UNIT_NAME, default_executable, render_server_unit
-from protocol import exit_on_error, install_unit, uninstall_command
+from cloud_server._unit import (
+    SYNC_NAME,
+    UNIT_NAME,
+    default_executable,
+    owner_name,
+    render_broker_sync_units,
+    render_server_unit,
+)
+from protocol import check_can_run, exit_on_error, install_unit, run_systemctl, uninstall_command
 
 
 def install_service(
     root: Annotated[Path, typer.Option(help="Install under this root (default: the running system).")] = Path("/"),
     gpu: Annotated[bool, typer.Option(help="Let the service use the NVIDIA GPU (for the generator).")] = False,
     broker_dir: Annotated[
-        Optional[Path], typer.Option(help="A secured fleet's broker folder (broker-config --out): made writable.")
+        Optional[Path],
+        typer.Option(
+            help="A secured fleet's broker folder (broker-config --out): also install genfl-broker-sync, "
+            "which puts the server's broker files there."
+        ),
     ] = None,
     user: Annotated[
-        Optional[str], typer.Option(help="Run as this user (a secured fleet: the broker's user); default: dynamic.")
+        Optional[str], typer.Option(help="Run as this user (never the broker's); default: a dynamic user.")
     ] = None,
     now: Annotated[bool, typer.Option(help="Also enable and start it (needs systemd as PID 1).")] = False,
     executable: Annotated[
         Optional[Path], typer.Option(help="The genfl-server the unit runs (default: the one beside this Python).")
     ] = None,
 ) -> None:
-    """Write genfl-server.service and print (or, with --now, run) the systemctl commands."""
+    """Write genfl-server.service (and, with --broker-dir, genfl-broker-sync) and print (or, with --now, run)
+    the systemctl commands."""
+    from cloud_server._security import use_outbox
+
     with exit_on_error():
-        text = render_server_unit(executable or default_executable(), gpu=gpu, broker_dir=broker_dir, user=user)
-        done = install_unit(root, UNIT_NAME, text, now=now)
-    for line in done.report(
-        "wrote", ran=now, hint="serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:"
-    ):
-        typer.echo(line)
+        if now:
+            check_can_run(root)
+        program = executable or default_executable()
+        on_disk = root / broker_dir.relative_to("/") if broker_dir is not None and broker_dir.is_absolute() else None
+        owner = None if on_disk is None else owner_name(on_disk)
+        text = render_server_unit(program, gpu=gpu, broker_dir=broker_dir, user=user, broker_owner=owner)
+        units = {UNIT_NAME: text}
+        if broker_dir is not None:
+            # the unit's state folder, as seen from ``root``: the server writes the broker's files there from now on
+            watched = use_outbox(root / "var/lib/genfl-server")
+            units.update(render_broker_sync_units(program, broker_dir, Path("/") / watched.relative_to(root)))
+        done = [install_unit(root, name, unit_text, now=False) for name, unit_text in units.items()]
+        enable = [name for name in units if not name.endswith(f"{SYNC_NAME}.service")]  # the path unit starts it
+        commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", *enable]]
+        if now:
+            run_systemctl(root, commands)
+    for install in done:
+        typer.echo(f"wrote {install.path}")
+    if not now:
+        typer.echo("serve options go to /etc/genfl/server.env as GENFL_SERVER_ARGS=...; then run:")
+        for command in commands:
+            typer.echo("  " + " ".join(command))
 
 
-uninstall_service = uninstall_command(UNIT_NAME, "/var/lib/genfl-server")
+uninstall_service = uninstall_command(
+    UNIT_NAME, "/var/lib/genfl-server", also=(f"{SYNC_NAME}.path", f"{SYNC_NAME}.service")
+)

@@ -99,3 +99,65 @@ def test_the_broker_is_signalled_only_if_its_pid_file_names_a_mosquitto(tmp_path
     finally:
         sleeper.send_signal(signal.SIGKILL)
         sleeper.wait()
+
+
+def test_a_server_that_may_not_write_the_broker_folder_leaves_its_files_for_the_root_sync_to_check_and_install() -> (
+    None
+):
+    # Prepare: a secured fleet whose server runs as its own user (nobody stands in for the unit's dynamic user:
+    # systemd hands it the state folder) and whose broker folder belongs to another (root here)
+    from cloud_server._security import use_outbox
+    from tests.system._helpers import ENV, NOBODY, as_nobody, python_for_nobody
+
+    if os.geteuid() != 0:
+        skip_unless_ci("a server user that may not write the broker's folder: needs root (CI runs as root)")
+    found = python_for_nobody()
+    if found is None:
+        skip_unless_ci(f"no Python here that uid {NOBODY} can run with this project")
+    python, env = found
+    service = Path(tempfile.mkdtemp(prefix="genfl-outbox-"))  # where uid nobody can reach
+    try:
+        os.chmod(service, 0o711)
+        state, broker = service / "state", service / "broker"
+        subprocess.run([sys.executable, "-m", "cloud_server", "broker-config", "--out", str(broker), "--host",
+                        "localhost", "--state-dir", str(state), "--fleet", "plant-3"],
+                       check=True, capture_output=True, env=ENV)  # fmt: skip
+        use_outbox(state)
+        for folder, _, files in os.walk(state):
+            for name in [folder, *(os.path.join(folder, f) for f in files)]:
+                os.chown(name, NOBODY, NOBODY)
+        before = (broker / "passwd").read_bytes()
+        # Execute: the server's user issues a token (as serve does at an enrollment)
+        added = subprocess.run(as_nobody(python, "-m", "cloud_server", "devices", "add", "press-07",
+                                         "--state-dir", str(state)),
+                               capture_output=True, text=True, env=env, cwd="/")  # fmt: skip
+        outbox = state / "security" / "broker-outbox"
+        handed = (outbox / "passwd").read_text()
+        unchanged = (broker / "passwd").read_bytes()
+        synced = subprocess.run([sys.executable, "-m", "cloud_server", "broker-sync", "--state-dir", str(state)],
+                                capture_output=True, text=True, env=ENV)  # fmt: skip
+        installed = broker / "passwd"
+        # Execute: an outbox the server's user turned hostile (a rule for the whole broker; a link to a secret)
+        with open(outbox / "acl", "a") as acl:
+            acl.write("topic readwrite #\n")
+        hostile_rule = subprocess.run([sys.executable, "-m", "cloud_server", "broker-sync", "--state-dir", str(state)],
+                                      capture_output=True, text=True, env=ENV)  # fmt: skip
+        (outbox / "passwd").unlink()
+        (outbox / "passwd").symlink_to(state / "security" / "ca.key")
+        hostile_link = subprocess.run([sys.executable, "-m", "cloud_server", "broker-sync", "--state-dir", str(state)],
+                                      capture_output=True, text=True, env=ENV)  # fmt: skip
+        # Assert: the token's login went to the outbox only; root checked it and installed it as the folder's owner;
+        # what is not a password line or a rule of the fleet's tree is refused and the broker keeps its files
+        assert added.returncode == 0 and added.stdout.startswith("gfl2:"), added.stderr[-2000:]
+        login = added.stdout.split(":")[2]
+        assert login in handed
+        assert unchanged == before and login.encode() not in unchanged
+        assert synced.returncode == 0, synced.stderr
+        assert login in installed.read_text()
+        assert installed.stat().st_uid == broker.stat().st_uid and (installed.stat().st_mode & 0o777) == 0o600
+        assert hostile_rule.returncode == 1 and "not a rule of fleet plant-3's ACL" in hostile_rule.stderr
+        assert "topic readwrite #" not in (broker / "acl").read_text()
+        assert hostile_link.returncode == 1 and "cannot read" in hostile_link.stderr
+        assert "BEGIN" not in installed.read_text()
+    finally:
+        shutil.rmtree(service, ignore_errors=True)

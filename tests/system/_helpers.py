@@ -125,3 +125,28 @@ def skip_unless_ci(reason: str) -> NoReturn:
     if os.environ.get("GENFL_REQUIRE_MOSQUITTO") == "1":
         pytest.fail(f"{reason}, and GENFL_REQUIRE_MOSQUITTO=1")
     pytest.skip(f"{reason}; GENFL_REQUIRE_MOSQUITTO=1 makes this a failure")
+
+
+NOBODY = 65534
+
+
+def as_nobody(*args: str) -> list[str]:
+    """``args`` run as uid/gid nobody, without supplementary groups (a service's own user stands in)."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *args]
+
+
+def python_for_nobody() -> tuple[str, dict[str, str]] | None:
+    """An interpreter uid nobody can run, that runs this project (and can start its own workers).
+
+    This test's interpreter may live where only root can reach (a pyenv under /root); then the system's
+    Python of the same version is given the virtual environment's packages and the checkout."""
+    nested = "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', 'import edge_agent']).returncode)"
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    checkout = str(Path(__file__).resolve().parents[2])
+    candidates = [(sys.executable, ENV), (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}",
+                                          {**ENV, "PYTHONPATH": f"{site}:{checkout}"})]  # fmt: skip
+    for python, env in candidates:
+        probe = subprocess.run(as_nobody(python, "-c", nested), capture_output=True, env=env, cwd="/")
+        if probe.returncode == 0:
+            return python, env
+    return None

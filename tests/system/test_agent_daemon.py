@@ -75,7 +75,8 @@ def test_agent_rejects_hostile_chunks_keeps_serving_and_sends_only_model_deltas(
             def update_arrived() -> bool:
                 while not inbox.empty():
                     sent.append(inbox.get())
-                return any(t.endswith("/update") for t, _ in sent)
+                # the update itself, not a "still training" progress frame on the same topic
+                return any(t.endswith("/update") and decode_message(p).TYPE == "update" for t, p in sent)
 
             wait_for(update_arrived, 90, "the trained update")
             wait_for(lambda: sum(_status(tmp_path / device).get("rejected", {}).values()) >= 4, 10, "counters")
@@ -96,7 +97,9 @@ def test_agent_rejects_hostile_chunks_keeps_serving_and_sends_only_model_deltas(
         ("update", "update"),
         ("update", "progress"),  # "still training": a round number and seconds, nothing of the data
     }
-    update = decode_message(next(p for t, p in sent if t.endswith("/update")), Update)
+    update = decode_message(
+        next(p for t, p in sent if t.endswith("/update") and decode_message(p).TYPE == "update"), Update
+    )
     reference = models.model_state(models.build_model("cnn-digits"))
     assert {n: a.shape for n, a in update.delta.items()} == {n: a.shape for n, a in reference.items()}
 

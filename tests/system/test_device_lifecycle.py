@@ -29,6 +29,18 @@ def test_cancel_a_token_revoke_a_running_board_and_readmit_it(secured: SecuredFl
         json.loads(secured.cli("server", "devices", "list", "--state-dir", state, "--json").stdout)["pending_tokens"]
         == []
     )
+    # Execute 1b: a token whose login this broker knows, but for another fleet's topics (a board handed the
+    # token of a second fleet that shares the broker's logins)
+    fleet_name, login, rest = secured.token("d").split(":", 3)[1:]
+    other = secured.root / "token-other"
+    other.write_text(":".join(["gfl2", f"{fleet_name}-other", login, rest]) + "\n")
+    started = time.monotonic()
+    enroll_other = secured.cli("edge", "enroll", "--server", secured.url, "--token-file", str(other), "--ca",
+                               str(secured.ca), "--home", str(secured.root / "home-d"), check=False)  # fmt: skip
+    # Assert 1b: refused at once, saying why (not a 30 s wait that asks whether serve runs)
+    assert enroll_other.returncode != 0, enroll_other.stdout
+    assert "the token is for another fleet" in enroll_other.stderr, enroll_other.stderr[-1000:]
+    assert time.monotonic() - started < 15
     # Execute 2: board b runs, then is revoked
     home_b = secured.enroll("b")
     secured.group.start("b", "-m", "edge_agent", "run", "--home", str(home_b))

@@ -23,7 +23,7 @@ from protocol import (
     load_signing_key,
     sign_frame,
 )
-from tests.system._helpers import ENV, query, skip_unless_ci, wait_for
+from tests.system._helpers import ENV, NOBODY, as_nobody, python_for_nobody, query, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 
 KILLER_INT = "9" * 5000  # json.loads raises a plain ValueError on it (CPython's integer-digit limit)
@@ -136,35 +136,11 @@ def test_enrollment_is_all_or_nothing_when_the_broker_files_cannot_be_written(se
     assert again.returncode == 0, again.stderr
 
 
-NOBODY = 65534
-
-
-def _as_nobody(*args: str) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *args]
-
-
-def _python_for_nobody() -> tuple[str, dict[str, str]] | None:
-    """An interpreter uid nobody can run, that runs this project (and can start its own workers).
-
-    This test's interpreter may live where only root can reach (a pyenv under /root); then the system's
-    Python of the same version is given the virtual environment's packages and the checkout."""
-    nested = "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', 'import edge_agent']).returncode)"
-    site = next(p for p in sys.path if p.endswith("site-packages"))
-    checkout = str(Path(__file__).resolve().parents[2])
-    candidates = [(sys.executable, ENV), (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}",
-                                          {**ENV, "PYTHONPATH": f"{site}:{checkout}"})]  # fmt: skip
-    for python, env in candidates:
-        probe = subprocess.run(_as_nobody(python, "-c", nested), capture_output=True, env=env, cwd="/")
-        if probe.returncode == 0:
-            return python, env
-    return None
-
-
 def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: SecuredFleet) -> None:
     # Prepare: enrolled as root (0600, root-owned), as the README says; the agent will run as another user
     if os.geteuid() != 0:
         skip_unless_ci("enroll as root, run as another user: needs root (CI runs as root)")
-    found = _python_for_nobody()
+    found = python_for_nobody()
     if found is None:
         skip_unless_ci(f"no Python here that uid {NOBODY} can run with this project")
     python, env = found
@@ -172,7 +148,7 @@ def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: Secu
     home = secured.enroll("board")
     assert all((home / name).stat().st_uid == 0 for name in ("edge.toml", "device.key"))
     # Execute: the service user reading root's files directly (what the old unit did) fails clearly
-    direct = subprocess.run(_as_nobody(python, "-m", "edge_agent", "run", "--config", str(home / "edge.toml")),
+    direct = subprocess.run(as_nobody(python, "-m", "edge_agent", "run", "--config", str(home / "edge.toml")),
                             capture_output=True, text=True, env=env, timeout=60, cwd="/")  # fmt: skip
     assert direct.returncode == 2 and "cannot read the config" in direct.stderr
     # Execute: what the unit does: systemd copies the LoadCredential= files to a folder the service user
@@ -193,7 +169,7 @@ def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: Secu
     assert settings.device_key == credentials / "device.key" and settings.ca_file == credentials / "ca.crt"
     log = open(secured.root / "service.log", "wb")  # noqa: SIM115 - closed right after the start
     agent = subprocess.Popen(
-        _as_nobody(python, "-m", "edge_agent", "run", "--config", str(credentials / "edge.toml"),
+        as_nobody(python, "-m", "edge_agent", "run", "--config", str(credentials / "edge.toml"),
                    "--state-dir", str(state)), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=service,
     )  # fmt: skip
     log.close()

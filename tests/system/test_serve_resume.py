@@ -77,8 +77,8 @@ def test_straggler_is_left_out_after_the_timeout_and_joins_a_later_round(
     with processes(tmp_path) as group:
         try:
             server = group.server(
-                "server", state, fleet, "--rounds", "3", "--min-devices", "1", "--round-timeout", "15",
-                "--broker", mosquitto_url,
+                "server", state, fleet, "--rounds", "3", "--min-devices", "1", "--round-timeout", "20",
+                "--local-epochs", "1", "--broker", mosquitto_url,  # one epoch: the woken straggler's round fits
             )  # fmt: skip
             group.agent("fast", "device-000", fleet, mosquitto_url, specs["device-000"])
             wait_for(lambda: query(db, "SELECT 1 FROM rounds WHERE round = 1"), 60, "round 1 opened")
