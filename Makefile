@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_fedavg.py --out bench
 	$(BIN)/python tools/bench_sim.py --out bench
 	$(BIN)/python tools/bench_cluster.py --out bench
+	$(BIN)/python tools/deploy_walkthrough.py --out bench/deploy-walkthrough.json  # docs/deploy.md, step by step (as root)
 	$(BIN)/python tools/bench_learning.py --preset digits --out bench
 	$(BIN)/python tools/bench_learning.py --preset cpu --out bench   # about 70 minutes on 2 cores
 	$(BIN)/python tools/bench_learning.py --preset cpu-pool --out bench   # GenFL from pools: about 4 hours on 2 cores

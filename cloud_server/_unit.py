@@ -5,7 +5,7 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, check_reachable, find_executable, unit_head
+from protocol import HARDENING, ConfigError, check_executable_reachable, check_reachable, find_executable, unit_head
 
 __all__ = [
     "SYNC_NAME",
@@ -127,7 +127,7 @@ def render_server_unit(
     broker_owner: str | None = None,
 ) -> str:
     """The unit; ``broker_owner`` is the user who owns ``broker_dir`` (the broker's), never the unit's user."""
-    check_reachable(executable, "the executable")
+    check_executable_reachable(executable)
     if broker_dir is not None and not broker_dir.is_absolute():
         raise ConfigError(f"--broker-dir must be an absolute path, got {broker_dir}")
     if broker_dir is not None:
@@ -152,7 +152,7 @@ def render_server_unit(
 
 def render_broker_sync_units(executable: Path, broker_dir: Path, watched: Path) -> dict[str, str]:
     """The path unit that watches ``watched`` (the outbox's ACL) and the root service that installs the files."""
-    check_reachable(executable, "the executable")
+    check_executable_reachable(executable)
     check_reachable(broker_dir, "the broker folder")
     return {
         f"{SYNC_NAME}.path": _SYNC_PATH.format(watched=watched, name=SYNC_NAME),

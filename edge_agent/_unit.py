@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, check_reachable, find_executable, unit_head
+from protocol import HARDENING, ConfigError, check_executable_reachable, check_reachable, find_executable, unit_head
 
 __all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "render_edge_unit"]
 
@@ -72,7 +72,7 @@ def present_credentials(root: Path) -> tuple[str, ...]:
 
 
 def render_edge_unit(unit: EdgeUnit) -> str:
-    check_reachable(unit.executable, "the executable")
+    check_executable_reachable(unit.executable)
     exec_start = f"{unit.executable} run --config %d/edge.toml --state-dir /var/lib/genfl-edge"
     data_lines = ""
     if unit.data is not None:

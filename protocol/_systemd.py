@@ -55,6 +55,7 @@ __all__ = [
     "Notifier",
     "UnitInstall",
     "check_can_run",
+    "check_executable_reachable",
     "check_reachable",
     "find_executable",
     "install_unit",
@@ -150,6 +151,28 @@ def check_reachable(path: Path, what: str) -> None:
                 f"{what} {path} is out of the service's reach ({why}): put it elsewhere (the package in, say, "
                 "/opt/genfl/venv; data in /srv/genfl)"
             )
+
+
+def check_executable_reachable(executable: Path) -> None:
+    """:func:`check_reachable` for an executable, the file its links lead to, and the interpreter its ``#!`` line
+    names (a virtual environment's ``python`` is often a link into a pyenv under ``/root``, which
+    ``ProtectHome=yes`` hides: the unit would fail at start with ``Permission denied``)."""
+    check_reachable(executable, "the executable")
+    real = Path(os.path.realpath(executable))
+    check_reachable(real, f"the executable {executable} is a link to a file that")
+    try:
+        with open(real, "rb") as file:
+            first = file.readline(512)
+    except OSError:
+        return  # not there (yet): systemd says so at start
+    if not first.startswith(b"#!"):
+        return
+    words = first[2:].decode("utf-8", "replace").split()
+    if not words:
+        return
+    interpreter = Path(words[0])
+    check_reachable(interpreter, f"the interpreter of {executable}")
+    check_reachable(Path(os.path.realpath(interpreter)), f"the interpreter of {executable} links to a file that")
 
 
 def systemd_is_running() -> bool:

@@ -29,10 +29,10 @@ def _enrolled_root(root: Path) -> Path:
 
 
 def _reachable(path: Path) -> bool:
-    from protocol import ConfigError, check_reachable
+    from protocol import ConfigError, check_executable_reachable
 
     try:
-        check_reachable(path, "the executable")
+        check_executable_reachable(path)
     except ConfigError:
         return False
     return True
@@ -179,3 +179,25 @@ def _has_user(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_an_executable_whose_interpreter_the_service_cannot_reach_is_refused(tmp_path: Path) -> None:
+    # Prepare: a console script where the unit can see it, whose #! names a Python in root's home (a virtual
+    # environment made from a pyenv Python links there)
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else "/var/lib"))
+    try:
+        script = folder / "genfl-edge"
+        script.write_text("#!/root/.pyenv/versions/3.11.7/bin/python3\nimport sys\n")
+        script.chmod(0o755)
+        root = _enrolled_root(tmp_path)
+        # Execute
+        done = subprocess.run([BIN / "genfl-edge", "install-service", "--root", str(root), "--executable",
+                               str(script)], capture_output=True, text=True)  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # Assert: refused, naming the interpreter and why
+    assert done.returncode == 2, done.stdout
+    assert f"the interpreter of {script}" in done.stderr and "ProtectHome=yes" in done.stderr
+    assert not (root / "etc/systemd/system").exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -21,25 +19,19 @@ def _last3(result) -> float:  # type: ignore[no-untyped-def]
     return float(np.mean([r.accuracy for r in result.rounds[-3:]]))
 
 
-# Seed 3 is the one where GenFL with its first settings lost 5 points to FedAvg; tools/bench_learning.py
-# --preset digits runs all five (docs/benchmarks.md has them), so the suite keeps only this one.
+# Whether GenFL beats FedAvg here is a learning result: tools/bench_learning.py --preset digits measures it over
+# five seeds (docs/benchmarks.md has them; `make bench` runs it). The suite checks what the rounds carry.
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [3])
-def test_genfl_beats_fedavg_on_two_classes_per_device(seed: int) -> None:
-    started = time.perf_counter()
-    setup = {**PATHOLOGICAL, "seed": seed}
-    fedavg = run_simulation(SimulationConfig(strategy="fedavg", **setup))  # type: ignore[arg-type]
+def test_genfl_sends_synthetic_data_after_the_warm_up_within_each_devices_budget() -> None:
+    setup = {**PATHOLOGICAL, "devices": 4, "rounds": 3}
     genfl = run_simulation(SimulationConfig(strategy="genfl", **setup))  # type: ignore[arg-type]
-    elapsed = time.perf_counter() - started
-    assert _last3(genfl) >= _last3(fedavg) + 0.05, (_last3(fedavg), _last3(genfl))
     # the synthetic data came after the warm-up round, within each device's budget, and cost generator time;
     # every device reported how the model it got scores on its own data
     rounds = genfl.rounds
     assert rounds[0].synthetic_bytes == 0 and all(r.synthetic_bytes > 0 for r in rounds[1:])
-    assert all(r.synthetic_bytes <= 10 * (1024 * 1024 + 4096) for r in rounds)
+    assert all(r.synthetic_bytes <= 4 * (1024 * 1024 + 4096) for r in rounds)
     assert all(r.generator_s > 0 for r in rounds)
     assert all(r.device_accuracy is not None and 0 <= r.device_accuracy <= 1 for r in rounds)
-    print(f"seed {seed}: fedavg {_last3(fedavg):.3f} genfl {_last3(genfl):.3f} in {elapsed:.1f} s")
 
 
 def test_the_weight_halves_after_a_round_that_did_harm_and_recovers_after_one_that_did_none() -> None:

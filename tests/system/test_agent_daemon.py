@@ -141,7 +141,8 @@ def test_a_dying_worker_is_reported_and_the_daemon_trains_the_next_round(
     coordinator, transport = _serve_in_process(fleet, mosquitto_url, rounds=2)
     with processes(tmp_path) as group:
         try:
-            agent = group.agent("dev", "dev-w", fleet, mosquitto_url, "digits", "--status-interval", "0.2")
+            agent = group.agent("dev", "dev-w", fleet, mosquitto_url, "digits", "--status-interval", "0.2",
+                                "--worker", "per-task")  # fmt: skip
             _pump(coordinator, transport, lambda: _status(tmp_path / "dev").get("worker_pid"), 60)
             worker = _status(tmp_path / "dev")["worker_pid"]
             # Execute: the kernel's OOM killer, say, ends the worker mid-round

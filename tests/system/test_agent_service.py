@@ -103,7 +103,7 @@ def test_sigterm_during_training_keeps_the_update_and_a_restarted_agent_delivers
 ) -> None:
     coordinator, transport = _coordinator(fleet, mosquitto_url, rounds=1)
     folder = tmp_path / "agent"
-    args = ("--status-interval", "0.2", "--stop-grace", "60")
+    args = ("--status-interval", "0.2", "--stop-grace", "60", "--worker", "per-task")
     with processes(tmp_path) as group:
         try:
             agent = group.agent("agent", "dev-s", fleet, mosquitto_url, "digits", *args)

@@ -70,13 +70,15 @@ def test_agent_killed_mid_training_and_restarted(tmp_path: Path, mosquitto_url: 
             )
             group.agent("a", "device-000", fleet, mosquitto_url, specs["device-000"])
             victim = group.agent(
-                "b", "device-001", fleet, mosquitto_url, specs["device-001"], "--status-interval", "0.1"
-            )
+                "b", "device-001", fleet, mosquitto_url, specs["device-001"], "--status-interval", "0.1",
+                "--worker", "per-task",
+            )  # fmt: skip
             wait_for(lambda: _status(tmp_path / "b").get("training"), 90, "device-001 training")
             # Execute: SIGKILL (power cut, OOM) mid-training, then the board comes back
             victim.kill()
             victim.wait()
-            group.agent("b-again", "device-001", fleet, mosquitto_url, specs["device-001"], state="b")
+            group.agent("b-again", "device-001", fleet, mosquitto_url, specs["device-001"], "--worker", "per-task",
+                        state="b")  # fmt: skip
             code = server.wait(timeout=150)
         finally:
             clear_retained(mosquitto_url, fleet, list(specs))
