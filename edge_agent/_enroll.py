@@ -171,16 +171,18 @@ def enroll(
         reply_topic = enroll_topic(topics, client_id, "reply")
         transport.subscribe(reply_topic)
         request = EnrollRequest(secret=token.secret, public_key=public_key_text(key))
-        transport.publish(enroll_topic(topics, client_id, "request"), request.encode())
+        request_topic = enroll_topic(topics, client_id, "request")
+        transport.publish(request_topic, request.encode())
         deadline = time.monotonic() + timeout_s
         reply: EnrollReply | None = None
         while reply is None and time.monotonic() < deadline:
             transport.poll(0.2)
-            if reply_topic in transport.refused_filters:  # the login is good, the fleet's topics are not its own
+            refused = transport.refused_filters.get(reply_topic) or transport.refused_topics.get(request_topic)
+            if refused:  # the login is good, the fleet's topics are not its own
                 raise EnrollmentFailed(
                     f"the broker {transport.node} takes this token's login but not fleet {token.fleet!r}'s "
-                    f"enrollment topics ({transport.refused_filters[reply_topic]}): the token is for another "
-                    f"fleet than this broker's; ask this fleet's server for one"
+                    f"enrollment topics ({refused}): the token is for another fleet than this broker's; ask this "
+                    "fleet's server for one"
                 )
             while replies and reply is None:
                 try:

@@ -171,9 +171,14 @@ class MqttTransport(Transport):
         self._refused: str | None = None
         self._dropped = False  # closed without a CONNACK (not a login refusal)
         self._lock = threading.Lock()
-        self._subscribing: dict[int, str] = {}  # SUBSCRIBE packet id -> filter, until the SUBACK; under _sub_lock
+        # SUBSCRIBE packet id -> filter until its SUBACK, and SUBACKs that came before their id was noted (the
+        # reason, "" for granted); under _sub_lock, which is never held while paho is called (paho calls back
+        # holding locks of its own)
+        self._subscribing: dict[int, str] = {}
+        self._early_subacks: dict[int, str] = {}
         self._sub_lock = threading.Lock()
         self.refused_filters: dict[str, str] = {}  # filter -> the broker's reason, for each SUBSCRIBE it refused
+        self.refused_topics: dict[str, str] = {}  # topic -> the broker's reason, for each PUBLISH it refused (MQTT 5)
         self._last_publish: paho.MQTTMessageInfo | None = None
         if address.v5:
             self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
@@ -211,6 +216,7 @@ class MqttTransport(Transport):
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
 
     @property
     def address(self) -> BrokerAddress:
@@ -307,16 +313,33 @@ class MqttTransport(Transport):
             self._next_node()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        refusals = [code for code in reason_codes if code.is_failure]
+        reason = str(refusals[0]) if refusals else ""
         with self._sub_lock:
             topic_filter = self._subscribing.pop(mid, None)
-        refusals = [code for code in reason_codes if code.is_failure]
-        if topic_filter is None or not refusals:
-            return
-        # The broker's ACL does not let this login read the filter (Mosquitto: 0x87 Not authorized for MQTT 5,
-        # 0x80 for 3.1.1). Nothing will ever arrive on it: say so once instead of waiting in silence.
-        self.refused_filters[topic_filter] = str(refusals[0])
+            if topic_filter is None:
+                self._early_subacks[mid] = reason
+                return
+        if reason:
+            self._subscription_refused(topic_filter, reason)
+
+    def _subscription_refused(self, topic_filter: str, reason: str) -> None:
+        # The broker's ACL does not let this login read the filter (0x87 Not authorized for MQTT 5, 0x80 for
+        # 3.1.1). Nothing will ever arrive on it: say so once instead of waiting in silence.
+        self.refused_filters[topic_filter] = reason
         log.error("the broker %s refused %s's subscription to %s (%s)", self.address.url(), self.client_id,
-                  topic_filter, refusals[0])  # fmt: skip
+                  topic_filter, reason)  # fmt: skip
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if not reason_code.is_failure:
+            return
+        # Mosquitto answers an MQTT 5 PUBLISH its ACL denies with 0x87 Not authorized (3.1.1 has no way to say
+        # so). paho calls this holding its lock of the messages in flight, this one still among them.
+        message = client._out_messages.get(mid)
+        topic = message.topic if message is not None else f"message {mid}"
+        self.refused_topics[topic] = str(reason_code)
+        log.error("the broker %s refused %s's message on %s (%s)", self.address.url(), self.client_id, topic,
+                  reason_code)  # fmt: skip
 
     def _on_connect_fail(self, client, userdata) -> None:  # type: ignore[no-untyped-def]
         self._next_node()
@@ -411,13 +434,18 @@ class MqttTransport(Transport):
             self._subscribe(topic_filter)
 
     def _subscribe(self, topic_filter: str) -> None:
-        with self._sub_lock:  # held until the packet id is noted: the SUBACK's callback waits for it
-            if self.address.v5:
-                _, mid = self._client.subscribe(topic_filter, options=_SUBSCRIBE)
-            else:
-                _, mid = self._client.subscribe(topic_filter, qos=1)
-            if mid is not None:
+        if self.address.v5:
+            _, mid = self._client.subscribe(topic_filter, options=_SUBSCRIBE)
+        else:
+            _, mid = self._client.subscribe(topic_filter, qos=1)
+        if mid is None:
+            return
+        with self._sub_lock:
+            reason = self._early_subacks.pop(mid, None)
+            if reason is None:
                 self._subscribing[mid] = topic_filter
+        if reason:
+            self._subscription_refused(topic_filter, reason)
 
     def poll(self, timeout_s: float = 0.1) -> int:
         """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""
