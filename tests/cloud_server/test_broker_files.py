@@ -107,14 +107,9 @@ def test_a_server_that_may_not_write_the_broker_folder_leaves_its_files_for_the_
     # Prepare: a secured fleet whose server runs as its own user (nobody stands in for the unit's dynamic user:
     # systemd hands it the state folder) and whose broker folder belongs to another (root here)
     from cloud_server._security import use_outbox
-    from tests.system._helpers import ENV, NOBODY, as_nobody, python_for_nobody
+    from tests.system._helpers import ENV, NOBODY, as_nobody, nobody_python_or_skip
 
-    if os.geteuid() != 0:
-        skip_unless_ci("a server user that may not write the broker's folder: needs root (CI runs as root)")
-    found = python_for_nobody()
-    if found is None:
-        skip_unless_ci(f"no Python here that uid {NOBODY} can run with this project")
-    python, env = found
+    python, env = nobody_python_or_skip("a server user that may not write the broker's folder")
     service = Path(tempfile.mkdtemp(prefix="genfl-outbox-"))  # where uid nobody can reach
     try:
         os.chmod(service, 0o711)

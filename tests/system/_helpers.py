@@ -155,3 +155,14 @@ def python_for_nobody() -> tuple[str, dict[str, str]] | None:
         if probe.returncode == 0:
             return python, env
     return None
+
+
+def nobody_python_or_skip(why: str) -> tuple[str, dict[str, str]]:
+    """:func:`python_for_nobody`, or a skip (a failure under CI) saying ``why`` root is needed, or that no
+    Python here serves uid nobody."""
+    if os.geteuid() != 0:
+        skip_unless_ci(f"{why}: needs root (CI runs as root)")
+    found = python_for_nobody()
+    if found is None:
+        skip_unless_ci(f"no Python here that uid {NOBODY} can run with this project")
+    return found

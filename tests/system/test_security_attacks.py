@@ -23,7 +23,7 @@ from protocol import (
     load_signing_key,
     sign_frame,
 )
-from tests.system._helpers import ENV, NOBODY, as_nobody, python_for_nobody, query, skip_unless_ci, wait_for
+from tests.system._helpers import ENV, NOBODY, as_nobody, nobody_python_or_skip, query, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 
 KILLER_INT = "9" * 5000  # json.loads raises a plain ValueError on it (CPython's integer-digit limit)
@@ -138,12 +138,7 @@ def test_enrollment_is_all_or_nothing_when_the_broker_files_cannot_be_written(se
 
 def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: SecuredFleet) -> None:
     # Prepare: enrolled as root (0600, root-owned), as the README says; the agent will run as another user
-    if os.geteuid() != 0:
-        skip_unless_ci("enroll as root, run as another user: needs root (CI runs as root)")
-    found = python_for_nobody()
-    if found is None:
-        skip_unless_ci(f"no Python here that uid {NOBODY} can run with this project")
-    python, env = found
+    python, env = nobody_python_or_skip("enroll as root, run as another user")
     secured.serve("--rounds", "1", "--min-devices", "1", "--local-epochs", "1", "--round-timeout", "300")
     home = secured.enroll("board")
     assert all((home / name).stat().st_uid == 0 for name in ("edge.toml", "device.key"))
