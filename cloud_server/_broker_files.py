@@ -48,6 +48,7 @@ __all__ = [
     "SERVER_USER",
     "BrokerFiles",
     "mosquitto_password_hash",
+    "install_outbox",
     "read_outbox",
     "render_acl",
     "render_mosquitto_conf",
@@ -238,16 +239,39 @@ _OUTBOX_LIMIT = 64 * 1024 * 1024  # far above a fleet's files (about 200 bytes a
 _LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+def install_outbox(outbox: Path, broker_dir: Path, fleet: str) -> bool:
+    """As root (the `genfl-broker-sync` unit): install the files a server left in ``outbox`` into ``broker_dir``
+    and reload the broker (its pid file, no other command); False if no broker runs. Every argument comes from
+    the root-owned unit, never from the server's state, which its user may rewrite. Copies until the outbox holds
+    still, so that a write during the copy is not lost."""
+    if Path(os.path.realpath(outbox)) != Path(os.path.abspath(outbox)):
+        raise GenflError(f"{outbox} is or lies under a link; not installing anything from it")
+    broker = BrokerFiles(broker_dir, fleet)
+    installed: tuple[bytes, bytes] | None = None
+    for _ in range(10):
+        files = read_outbox(outbox, fleet)
+        if files == installed:
+            break
+        broker.install(*files)
+        installed = files
+    return broker.reload()
+
+
 def read_outbox(outbox: Path, fleet: str) -> tuple[bytes, bytes]:
     """The password file and ACL a server left in ``outbox``, checked before root installs them: plain files
     (no links), ``user:$7$...`` lines, and ACL lines that only name users and topics of ``fleet``'s tree."""
     passwd, acl = (_read_plain(outbox / name) for name in ("passwd", "acl"))
-    for number, line in enumerate(passwd.decode("utf-8", "replace").splitlines(), 1):
+    for name, data in (("passwd", passwd), ("acl", acl)):  # Mosquitto splits lines on \n alone
+        if re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data) or not data.isascii():
+            raise GenflError(f"{outbox / name}: control or non-ASCII characters; not installing it")
+    for number, line in enumerate(passwd.decode().split("\n"), 1):
+        if not line:
+            continue
         user, _, hashed = line.partition(":")
         if not _LOGIN.fullmatch(user) or not re.fullmatch(r"\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", hashed):
             raise GenflError(f"{outbox / 'passwd'} line {number}: not a user:$7$ hash line; not installing it")
     root = Topics(fleet).root
-    for number, line in enumerate(acl.decode("utf-8", "replace").splitlines(), 1):
+    for number, line in enumerate(acl.decode().split("\n"), 1):
         words = line.split()
         good = (
             not words

@@ -46,7 +46,7 @@ from protocol import (
     write_secret,
 )
 
-from ._broker_files import BrokerFiles, mosquitto_password_hash, read_outbox, render_mosquitto_conf, write_owned
+from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf, write_owned
 from ._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
@@ -148,6 +148,8 @@ def write_broker_config(
     url = BrokerAddress(host, port, tls=True).url()
     settings = {"fleet": fleet, "url": url, "broker_dir": str(out.resolve()), "reload_command": list(reload_command),
                 "max_packet_size": max_packet_size}  # fmt: skip
+    if existing.exists() and json.loads(existing.read_text()).get("outbox"):
+        settings["outbox"] = OUTBOX  # set up by install-service: a new certificate does not undo it
     write_owned(security / "broker.json", (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
     security_state = FleetSecurity.load(state_dir)
     assert security_state is not None
@@ -159,9 +161,10 @@ def write_broker_config(
 OUTBOX = "broker-outbox"  # in the security folder: where a server that may not write the broker's folder puts its files
 
 
-def use_outbox(state_dir: Path) -> Path:
+def use_outbox(state_dir: Path) -> tuple[Path, str]:
     """From now on the server writes the broker's files into its own state (its hardened unit may not write the
-    broker's folder), for the root `genfl-broker-sync` unit to install; returns the file that unit watches."""
+    broker's folder), for the root `genfl-broker-sync` unit to install; returns the file that unit watches and the
+    fleet (read as root at install time, before the server's user holds the state)."""
     path = _security_dir(state_dir) / "broker.json"
     try:
         settings = json.loads(path.read_text())
@@ -174,13 +177,15 @@ def use_outbox(state_dir: Path) -> Path:
     if not isinstance(settings, dict):
         raise ConfigError(f"{path}: not a broker-config settings file")
     settings["outbox"] = OUTBOX
-    write_owned(path, (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
+    info = path.stat()  # the server's user may own it already (systemd hands it the state): keep it so
+    write_owned(path, (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600,
+                owner=(info.st_uid, info.st_gid) if os.geteuid() == 0 else None)  # fmt: skip
     security = FleetSecurity(state_dir)
     try:
         security.write_broker_files()  # the outbox starts full, so that the server reads its logins from it
     finally:
         security.close()
-    return _security_dir(state_dir) / OUTBOX / "acl"
+    return _security_dir(state_dir) / OUTBOX / "acl", str(settings["fleet"])
 
 
 class FleetSecurity:
@@ -239,23 +244,6 @@ class FleetSecurity:
         """Rewrite the password file and ACL from the registry; have the broker re-read them."""
         self.write_broker_files()
         return self.broker_files.reload() if reload else False
-
-    def install_outbox(self) -> bool:
-        """As root (the `genfl-broker-sync` unit): install what the server left in its outbox into the broker's
-        folder and reload the broker; False if no broker runs. Copies until the outbox holds still, so that a
-        write during the copy is not lost."""
-        outbox = self.broker_files.outbox
-        if outbox is None:
-            raise ConfigError(f"{self.dir / 'broker.json'} names no outbox: install-service --broker-dir sets it up")
-        installed: tuple[bytes, bytes] | None = None
-        for _ in range(10):
-            files = read_outbox(outbox, self.fleet)
-            if files == installed:
-                break
-            self.broker_files.install(*files)
-            installed = files
-        self.broker_files.handed_off = False
-        return self.broker_files.reload()
 
     def expire_logins(self) -> bool:
         """Take the logins of tokens that expired (or were used) out of the broker; True if it synced.

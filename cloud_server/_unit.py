@@ -5,7 +5,15 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, check_executable_reachable, check_reachable, find_executable, unit_head
+from protocol import (
+    HARDENING,
+    ConfigError,
+    check_executable_reachable,
+    check_reachable,
+    find_executable,
+    unit_head,
+    validate_name,
+)
 
 __all__ = [
     "SYNC_NAME",
@@ -96,7 +104,8 @@ Documentation=https://github.com/genfl-edge/genfl-edge
 
 [Service]
 Type=oneshot
-ExecStart={executable} broker-sync --state-dir /var/lib/genfl-server
+# Every argument is the unit's (root's): nothing of the server's state but the two files is trusted.
+ExecStart={executable} broker-sync --outbox {outbox} --broker-dir {directory} --fleet {fleet}
 # Root with only what the job takes: read the server's outbox, write the broker's folder as its owner, signal it.
 CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_KILL
 NoNewPrivileges=yes
@@ -150,13 +159,16 @@ def render_server_unit(
     )
 
 
-def render_broker_sync_units(executable: Path, broker_dir: Path, watched: Path) -> dict[str, str]:
+def render_broker_sync_units(executable: Path, broker_dir: Path, watched: Path, fleet: str) -> dict[str, str]:
     """The path unit that watches ``watched`` (the outbox's ACL) and the root service that installs the files."""
     check_executable_reachable(executable)
     check_reachable(broker_dir, "the broker folder")
+    validate_name("fleet", fleet)
     return {
         f"{SYNC_NAME}.path": _SYNC_PATH.format(watched=watched, name=SYNC_NAME),
-        f"{SYNC_NAME}.service": _SYNC_SERVICE.format(executable=executable, directory=broker_dir, name=SYNC_NAME),
+        f"{SYNC_NAME}.service": _SYNC_SERVICE.format(
+            executable=executable, directory=broker_dir, name=SYNC_NAME, outbox=watched.parent, fleet=fleet
+        ),
     }
 
 

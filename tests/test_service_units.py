@@ -159,7 +159,10 @@ def test_a_secured_servers_unit_never_runs_as_the_brokers_user_and_a_root_unit_i
     watched = "PathChanged=/var/lib/genfl-server/security/broker-outbox/acl"
     assert watched in (units / "genfl-broker-sync.path").read_text()
     sync = (units / "genfl-broker-sync.service").read_text()
-    assert "ExecStart=/usr/bin/env broker-sync --state-dir /var/lib/genfl-server" in sync
+    outbox = "/var/lib/genfl-server/security/broker-outbox"
+    assert (
+        f"ExecStart=/usr/bin/env broker-sync --outbox {outbox} --broker-dir /etc/genfl/broker --fleet plant-3" in sync
+    )
     assert "ReadWritePaths=/etc/genfl/broker" in sync
     assert "enable --now genfl-server.service genfl-broker-sync.path" in done.stdout
     assert (tmp_path / "var/lib/genfl-server/security/broker-outbox/acl").is_file()

@@ -22,6 +22,7 @@ _SYNC = (
     Path("/usr/local/bin/genfl-server"),
     Path("/etc/genfl/broker"),
     Path("/var/lib/genfl-server/security/broker-outbox/acl"),
+    "plant-3",
 )
 
 UNITS = {

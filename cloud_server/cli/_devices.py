@@ -171,18 +171,18 @@ def broker_config(
     typer.echo(f"give boards:      {setup.ca_file} and a token from `genfl-server devices add NAME --state-dir ...`")
 
 
-def broker_sync(state_dir: StateDir) -> None:
-    """Install the broker files the server left in its state into the broker's folder, and reload the broker
-    (what genfl-broker-sync.service runs, as root, each time the server writes them)."""
-    from cloud_server._security import FleetSecurity
+def broker_sync(
+    outbox: Annotated[Path, typer.Option(help="The server's outbox (STATE/security/broker-outbox).")],
+    broker_dir: Annotated[Path, typer.Option(help="The broker's folder (broker-config --out).")],
+    fleet: Annotated[str, typer.Option(help="The fleet: every ACL rule must lie in its topics.")],
+) -> None:
+    """Install the broker files the server left in its outbox into the broker's folder, and reload the broker
+    (what genfl-broker-sync.service runs, as root, each time the server writes them; it reads nothing else of the
+    server's state)."""
+    from cloud_server._broker_files import install_outbox
 
     with exit_on_error():
-        security = FleetSecurity.load(state_dir)
-        if security is None:
-            raise ConfigError(f"{state_dir} holds no secured fleet (genfl-server broker-config sets one up)")
-        try:
-            reloaded = security.install_outbox()
-        finally:
-            security.close()
-    where = security.broker_files.directory
-    typer.echo(f"installed the server's passwd and acl in {where}" + ("" if reloaded else "; no broker runs from it"))
+        reloaded = install_outbox(outbox, broker_dir, fleet)
+    typer.echo(
+        f"installed the server's passwd and acl in {broker_dir}" + ("" if reloaded else "; no broker runs from it")
+    )

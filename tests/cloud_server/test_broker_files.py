@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -127,19 +128,29 @@ def test_a_server_that_may_not_write_the_broker_folder_leaves_its_files_for_the_
                                          "--state-dir", str(state)),
                                capture_output=True, text=True, env=env, cwd="/")  # fmt: skip
         outbox = state / "security" / "broker-outbox"
+        # what genfl-broker-sync.service runs: its arguments are the unit's, nothing is read from the state's
+        # broker.json, which the server's user may rewrite (here: to have root run a command of its choosing)
+        sync = [sys.executable, "-m", "cloud_server", "broker-sync", "--outbox", str(outbox), "--broker-dir",
+                str(broker), "--fleet", "plant-3"]  # fmt: skip
+        marker = service / "root-ran-this"
+        (state / "security" / "broker.json").write_text(
+            json.dumps(
+                {"fleet": "x", "url": "mqtts://h:1", "broker_dir": "/", "reload_command": ["touch", str(marker)]}
+            )
+        )
         handed = (outbox / "passwd").read_text()
         unchanged = (broker / "passwd").read_bytes()
-        synced = subprocess.run([sys.executable, "-m", "cloud_server", "broker-sync", "--state-dir", str(state)],
+        synced = subprocess.run(sync,
                                 capture_output=True, text=True, env=ENV)  # fmt: skip
         installed = broker / "passwd"
         # Execute: an outbox the server's user turned hostile (a rule for the whole broker; a link to a secret)
         with open(outbox / "acl", "a") as acl:
             acl.write("topic readwrite #\n")
-        hostile_rule = subprocess.run([sys.executable, "-m", "cloud_server", "broker-sync", "--state-dir", str(state)],
+        hostile_rule = subprocess.run(sync,
                                       capture_output=True, text=True, env=ENV)  # fmt: skip
         (outbox / "passwd").unlink()
         (outbox / "passwd").symlink_to(state / "security" / "ca.key")
-        hostile_link = subprocess.run([sys.executable, "-m", "cloud_server", "broker-sync", "--state-dir", str(state)],
+        hostile_link = subprocess.run(sync,
                                       capture_output=True, text=True, env=ENV)  # fmt: skip
         # Assert: the token's login went to the outbox only; root checked it and installed it as the folder's owner;
         # what is not a password line or a rule of the fleet's tree is refused and the broker keeps its files
@@ -149,6 +160,7 @@ def test_a_server_that_may_not_write_the_broker_folder_leaves_its_files_for_the_
         assert unchanged == before and login.encode() not in unchanged
         assert synced.returncode == 0, synced.stderr
         assert login in installed.read_text()
+        assert not marker.exists()
         assert installed.stat().st_uid == broker.stat().st_uid and (installed.stat().st_mode & 0o777) == 0o600
         assert hostile_rule.returncode == 1 and "not a rule of fleet plant-3's ACL" in hostile_rule.stderr
         assert "topic readwrite #" not in (broker / "acl").read_text()
