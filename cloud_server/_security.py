@@ -174,8 +174,8 @@ def use_outbox(state_dir: Path) -> tuple[Path, str]:
         ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{path}: not a broker-config settings file")
+    if not isinstance(settings, dict) or not isinstance(settings.get("fleet"), str):
+        raise ConfigError(f"{path}: not a broker-config settings file (no fleet)")
     settings["outbox"] = OUTBOX
     info = path.stat()  # the server's user may own it already (systemd hands it the state): keep it so
     write_owned(path, (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600,
