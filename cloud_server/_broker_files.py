@@ -33,12 +33,15 @@ who may own the directory, cannot redirect a write or a ``chown`` with a symlink
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 import signal
 import stat
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ from protocol import ConfigError, GenflError, Topics, atomic_write
 __all__ = [
     "SERVER_USER",
     "BrokerFiles",
+    "BrokerSyncLate",
     "mosquitto_password_hash",
     "install_outbox",
     "read_outbox",
@@ -136,6 +140,20 @@ def write_owned(path: Path, data: bytes, *, mode: int = 0o600, owner: tuple[int,
     atomic_write(path, data, mode=mode, owner=owner)
 
 
+RECEIPT = "installed"  # what genfl-broker-sync writes into the outbox once it installed the files
+SYNC_WAIT_S = 20.0  # how long a caller that must know waits for the sync unit
+_POKE_EVERY_S = 3.0  # a change written while the sync ran is not seen by systemd: write it again
+
+
+class BrokerSyncLate(GenflError):
+    """The sync unit did not install the outbox's files in time (not enabled, failing, or very slow)."""
+
+
+def outbox_digest(passwd: bytes, acl: bytes) -> str:
+    """Names one version of the two files: the server compares the sync unit's receipt with what it wrote."""
+    return hashlib.sha256(len(passwd).to_bytes(8, "big") + passwd + acl).hexdigest()
+
+
 @dataclass
 class BrokerFiles:
     """The broker directory ``broker-config`` wrote, and how to make the broker re-read it."""
@@ -144,9 +162,16 @@ class BrokerFiles:
     fleet: str
     reload_command: tuple[str, ...] = ()  # e.g. ("systemctl", "reload", "mosquitto"); default: SIGHUP via pid file
     # A server that runs as its own user (the hardened unit) may not write the broker's folder: it writes the
-    # files here, in its state, and the root `genfl-broker-sync` unit installs them and reloads the broker.
+    # files here, in its state, and the root `genfl-broker-sync` unit installs them, reloads the broker and
+    # leaves a receipt (the digest of what it installed) beside them.
     outbox: Path | None = None
-    handed_off: bool = field(default=False, init=False)  # the last write went to the outbox only
+    _poked: float = field(default=0.0, init=False, repr=False)
+    _lagging_since: float | None = field(default=None, init=False, repr=False)
+
+    @property
+    def handed_off(self) -> bool:
+        """Whether changes are the sync unit's to install (an outbox, and a broker folder we may not write)."""
+        return self.outbox is not None and not os.access(self.directory, os.W_OK)
 
     def write_users(
         self, server_password_hash: str, devices: list[tuple[str, str]], enroll_users: list[tuple[str, str]]
@@ -155,15 +180,60 @@ class BrokerFiles:
         users = [(SERVER_USER, server_password_hash), *devices, *enroll_users]
         passwd = render_password_file(users).encode()
         acl = render_acl(self.fleet, [d for d, _ in devices], [u for u, _ in enroll_users]).encode()
-        self.handed_off = False
         if self.outbox is not None:
             self.outbox.mkdir(mode=0o700, exist_ok=True)
             self._write(self.outbox / "passwd", passwd, self.outbox)
             self._write(self.outbox / "acl", acl, self.outbox)  # last: the sync unit watches it
-            if not os.access(self.directory, os.W_OK):
-                self.handed_off = True
-                return
-        self.install(passwd, acl)
+            self._poked = time.monotonic()
+        if not self.handed_off:
+            self.install(passwd, acl)
+
+    def receipt(self) -> tuple[str, bool] | None:
+        """(digest, whether a broker was reloaded) of the files the sync unit installed last, or None."""
+        if self.outbox is None:
+            return None
+        try:
+            digest, _, outcome = (self.outbox / RECEIPT).read_text().strip().partition(" ")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return digest, outcome == "reloaded"
+
+    def synced(self) -> bool:
+        """Whether the sync unit installed what the outbox holds now (always true unless changes are handed off)."""
+        if not self.handed_off:
+            return True
+        assert self.outbox is not None
+        try:
+            current = outbox_digest((self.outbox / "passwd").read_bytes(), (self.outbox / "acl").read_bytes())
+        except OSError:
+            return True  # nothing written yet
+        receipt = self.receipt()
+        return receipt is not None and receipt[0] == current
+
+    def follow_up(self) -> bool:
+        """Between waits: if the sync unit has not installed the outbox a while after it changed (systemd does not
+        see a change written while the sync ran), touch the watched file again, without changing it (another
+        process may have written newer files); True while it lags."""
+        if self.synced():
+            self._lagging_since = None
+            return False
+        now = time.monotonic()
+        if self._lagging_since is None:
+            self._lagging_since = now
+        if now - self._poked >= _POKE_EVERY_S:
+            assert self.outbox is not None
+            self._poked = now
+            with contextlib.suppress(OSError):  # opened for writing and closed: systemd's PathChanged= fires
+                descriptor = os.open(self.outbox / "acl", os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                try:
+                    os.utime(descriptor)
+                finally:
+                    os.close(descriptor)
+        return True
+
+    def lagging_s(self) -> float:
+        """How long the sync unit has lagged behind the outbox (0 when it has not, as of the last follow-up)."""
+        return 0.0 if self._lagging_since is None else time.monotonic() - self._lagging_since
 
     def install(self, passwd: bytes, acl: bytes) -> None:
         """Write the two files into the broker's folder, owned by its owner (the broker's user)."""
@@ -193,7 +263,7 @@ class BrokerFiles:
         except OSError as exc:
             raise GenflError(f"cannot write the broker's {path.name} in {folder}: {exc.strerror or exc}") from exc
 
-    def _broker_pid(self) -> int | None:
+    def broker_pid(self) -> int | None:
         """The pid in the pid file, if it is a running mosquitto of the directory's owner (the file is the
         broker user's to write: we must not signal whatever it names)."""
         pid_file = self.directory / "mosquitto.pid"
@@ -213,17 +283,21 @@ class BrokerFiles:
             raise GenflError(f"{pid_file} names pid {pid} ({name}), not this broker; not signalling it")
         return pid
 
-    def reload(self) -> bool:
-        """Ask the broker to re-read its files; False if no broker runs from this directory."""
+    def reload(self, wait_s: float = SYNC_WAIT_S) -> bool:
+        """Have the broker re-read its files; False if no broker runs from this directory.
+
+        A handed-off change is the sync unit's to install: wait up to ``wait_s`` for its receipt (False at once
+        with ``wait_s`` 0: :meth:`follow_up` keeps at it), writing the files again while it lags; raises
+        :class:`BrokerSyncLate` if it never comes."""
         if self.handed_off:
-            return True  # the sync unit installs what is in the outbox and reloads the broker
+            return self._wait_for_sync(wait_s)
         if self.reload_command:
             try:
                 subprocess.run(list(self.reload_command), check=True, capture_output=True, timeout=30)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise GenflError(f"reloading the broker with {' '.join(self.reload_command)} failed: {exc}") from exc
             return True
-        pid = self._broker_pid()
+        pid = self.broker_pid()
         if pid is None:
             return False
         try:
@@ -234,33 +308,56 @@ class BrokerFiles:
             raise GenflError(f"cannot signal the broker (pid {pid}): {exc}; set a reload command") from exc
         return True
 
+    def _wait_for_sync(self, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while self.follow_up():
+            if time.monotonic() >= deadline:
+                if wait_s <= 0:
+                    return False
+                raise BrokerSyncLate(
+                    f"genfl-broker-sync has not installed the broker files in {self.outbox} within {wait_s:.0f} s "
+                    "(is genfl-broker-sync.path enabled? systemctl status genfl-broker-sync.path); they are "
+                    "written and reach the broker at its next run"
+                )
+            time.sleep(0.1)
+        receipt = self.receipt()
+        return receipt is not None and receipt[1]
+
 
 _OUTBOX_LIMIT = 64 * 1024 * 1024  # far above a fleet's files (about 200 bytes a device)
 _LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def install_outbox(outbox: Path, broker_dir: Path, fleet: str) -> bool:
-    """As root (the `genfl-broker-sync` unit): install the files a server left in ``outbox`` into ``broker_dir``
-    and reload the broker (its pid file, no other command); False if no broker runs. Every argument comes from
-    the root-owned unit, never from the server's state, which its user may rewrite. Copies until the outbox holds
-    still, so that a write during the copy is not lost."""
-    if Path(os.path.realpath(outbox)) != Path(os.path.abspath(outbox)):
-        raise GenflError(f"{outbox} is or lies under a link; not installing anything from it")
-    broker = BrokerFiles(broker_dir, fleet)
-    installed: tuple[bytes, bytes] | None = None
-    for _ in range(10):
-        files = read_outbox(outbox, fleet)
-        if files == installed:
-            break
-        broker.install(*files)
-        installed = files
-    return broker.reload()
+    """As root (the `genfl-broker-sync` unit): install the files a server left in ``outbox`` into ``broker_dir``,
+    reload the broker (its pid file, no other command) and leave a receipt in the outbox; False if no broker runs.
+    Every argument comes from the root-owned unit, never from the server's state, which its user may rewrite.
+    The outbox is opened one folder at a time without following a link, so that the server's user cannot point
+    a read or the receipt elsewhere. Copies until the outbox holds still, so that a write during the copy is not
+    lost; one written after it is written again by the server, which sees the receipt lag."""
+    folder = _open_folder(outbox)
+    try:
+        broker = BrokerFiles(broker_dir, fleet)
+        installed: tuple[bytes, bytes] | None = None
+        for _ in range(10):
+            files = read_outbox(outbox, fleet, folder=folder)
+            if files == installed:
+                break
+            broker.install(*files)
+            installed = files
+        assert installed is not None
+        reloaded = broker.reload()
+        _write_receipt(folder, f"{outbox_digest(*installed)} {'reloaded' if reloaded else 'no-broker'}\n")
+    finally:
+        os.close(folder)
+    return reloaded
 
 
-def read_outbox(outbox: Path, fleet: str) -> tuple[bytes, bytes]:
-    """The password file and ACL a server left in ``outbox``, checked before root installs them: plain files
-    (no links), ``user:$7$...`` lines, and ACL lines that only name users and topics of ``fleet``'s tree."""
-    passwd, acl = (_read_plain(outbox / name) for name in ("passwd", "acl"))
+def read_outbox(outbox: Path, fleet: str, *, folder: int | None = None) -> tuple[bytes, bytes]:
+    """The password file and ACL a server left in ``outbox`` (or the open folder ``folder``), checked before root
+    installs them: plain files (no links), ``user:$7$...`` lines, and ACL lines that only name users and topics
+    of ``fleet``'s tree."""
+    passwd, acl = (_read_plain(outbox / name, folder) for name in ("passwd", "acl"))
     for name, data in (("passwd", passwd), ("acl", acl)):  # Mosquitto splits lines on \n alone
         if re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data) or not data.isascii():
             raise GenflError(f"{outbox / name}: control or non-ASCII characters; not installing it")
@@ -285,9 +382,52 @@ def read_outbox(outbox: Path, fleet: str) -> tuple[bytes, bytes]:
     return passwd, acl
 
 
-def _read_plain(path: Path) -> bytes:
+def _open_folder(path: Path) -> int:
+    """A descriptor of the folder ``path`` (absolute), opened component by component without following links."""
+    if not path.is_absolute():
+        raise GenflError(f"{path}: the outbox must be an absolute path")
+    descriptor = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        for part in path.parts[1:]:
+            if part in (".", ".."):
+                raise GenflError(f"{path}: no . or .. in the outbox's path")
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            except OSError as exc:
+                raise GenflError(
+                    f"cannot open {path} ({part}: {exc.strerror or exc}); it must be a folder that is not and "
+                    "does not lie under a link"
+                ) from exc
+            os.close(descriptor)
+            descriptor = child
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _write_receipt(folder: int, text: str) -> None:
+    """Write the receipt into the open folder: a new file (never a link's target), owned by the folder's owner,
+    renamed in."""
+    temporary = f".{RECEIPT}.{secrets.token_hex(6)}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            if os.geteuid() == 0:
+                info = os.fstat(folder)
+                os.fchown(file.fileno(), info.st_uid, info.st_gid)
+            file.write(text.encode())
+        os.rename(temporary, RECEIPT, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=folder)
+        raise
+
+
+def _read_plain(path: Path, folder: int | None = None) -> bytes:
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        descriptor = os.open(path.name, flags, dir_fd=folder) if folder is not None else os.open(path, flags)
     except OSError as exc:
         raise GenflError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with os.fdopen(descriptor, "rb") as file:

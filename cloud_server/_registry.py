@@ -224,13 +224,14 @@ class DeviceRegistry:
         )
         return [(str(n), float(e)) for n, e in rows]
 
-    def enrollment_users(self, *, now: float | None = None) -> list[tuple[str, str]]:
-        """(login, Mosquitto password hash) of every pending token: unused, unexpired, with a login."""
+    def enrollment_users(self, *, now: float | None = None, keep: str | None = None) -> list[tuple[str, str]]:
+        """(login, Mosquitto password hash) of every pending token: unused, unexpired, with a login; and the
+        login ``keep`` even if its token was just used (its board still waits for the reply)."""
         now = time.time() if now is None else now
         rows = self._db.execute(
-            "SELECT enroll_user, enroll_hash FROM tokens WHERE used IS NULL AND cancelled IS NULL AND expires >= ?"
-            " AND enroll_user IS NOT NULL ORDER BY enroll_user",
-            (now,),
+            "SELECT enroll_user, enroll_hash FROM tokens WHERE cancelled IS NULL AND enroll_user IS NOT NULL"
+            " AND ((used IS NULL AND expires >= ?) OR enroll_user = ?) ORDER BY enroll_user",
+            (now, keep),
         )
         return [(str(u), str(h)) for u, h in rows]
 

@@ -46,7 +46,14 @@ from protocol import (
     write_secret,
 )
 
-from ._broker_files import BrokerFiles, mosquitto_password_hash, render_mosquitto_conf, write_owned
+from ._broker_files import (
+    SYNC_WAIT_S,
+    BrokerFiles,
+    BrokerSyncLate,
+    mosquitto_password_hash,
+    render_mosquitto_conf,
+    write_owned,
+)
 from ._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
@@ -153,7 +160,7 @@ def write_broker_config(
     write_owned(security / "broker.json", (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
     security_state = FleetSecurity.load(state_dir)
     assert security_state is not None
-    security_state.sync_broker(reload=False)
+    security_state.write_broker_files()
     security_state.close()
     return BrokerSetup(out, url, out / "ca.crt")
 
@@ -226,24 +233,34 @@ class FleetSecurity:
     def guard(self) -> SignedGuard:
         return SignedGuard(self.fleet, self.signing_key, self.registry.public_key)
 
-    def new_token(self, name: str, ttl_s: float, *, readmit: bool = False) -> tuple[str, bool]:
-        """A token for a device to be called ``name`` (a revoked one's with ``readmit``), and whether a running
-        broker took its login."""
+    def new_token(self, name: str, ttl_s: float, *, readmit: bool = False) -> tuple[str, str]:
+        """A token for a device to be called ``name`` (a revoked one's with ``readmit``), and a note if the broker
+        has not taken its login yet (see :meth:`sync_broker`)."""
         token = self.registry.add_token(name, ttl_s, readmit=readmit)
-        reloaded = self.sync_broker()  # the token's own login exists from now until it is used or expires
-        return EnrollmentToken(self.fleet, token.enroll_user, token.enroll_password, token.secret).text(), reloaded
+        note = self.sync_broker()  # the token's own login exists from now until it is used or expires
+        return EnrollmentToken(self.fleet, token.enroll_user, token.enroll_password, token.secret).text(), note
 
-    def write_broker_files(self) -> None:
-        """The password file and ACL as the registry says now (the server, devices, pending tokens' logins)."""
-        logins = self.registry.enrollment_users()
+    def write_broker_files(self, *, keep_login: str | None = None) -> None:
+        """The password file and ACL as the registry says now (the server, devices, pending tokens' logins, and
+        the used token's login ``keep_login`` until its board has heard that it is enrolled)."""
+        logins = self.registry.enrollment_users(keep=keep_login)
         self.broker_files.write_users(
             mosquitto_password_hash(self.server_password), self.registry.broker_users(), logins
         )
 
-    def sync_broker(self, *, reload: bool = True) -> bool:
-        """Rewrite the password file and ACL from the registry; have the broker re-read them."""
+    def sync_broker(self, *, wait_s: float = SYNC_WAIT_S) -> str:
+        """Rewrite the password file and ACL from the registry and have the broker re-read them; "" when it did,
+        else a one-line note saying why not (yet). Waits up to ``wait_s`` for the sync unit when the files are
+        its to install."""
         self.write_broker_files()
-        return self.broker_files.reload() if reload else False
+        try:
+            if self.broker_files.reload(wait_s):
+                return ""
+        except BrokerSyncLate as exc:
+            return str(exc)
+        if self.broker_files.handed_off and not self.broker_files.synced():
+            return "left for genfl-broker-sync to install"
+        return "no running broker was found to reload; it reads the new files when it starts"
 
     def expire_logins(self) -> bool:
         """Take the logins of tokens that expired (or were used) out of the broker; True if it synced.
@@ -253,23 +270,29 @@ class FleetSecurity:
         current = {login for login, _ in self.registry.enrollment_users()}
         if self.broker_files.logins(ENROLL_USER_PREFIX) <= current:
             return False
-        self.sync_broker()
+        self.sync_broker(wait_s=0)  # in a message loop: the tick follows a handed-off change up
         return True
 
-    def revoke(self, device_id: str) -> tuple[Revoked, bool]:
+    def revoke(self, device_id: str) -> tuple[Revoked, str]:
         """Revoke in the registry (the coordinator stops accepting at once) and at the broker (the device's
-        login and those of its pending tokens go); what was done, and whether a running broker reloaded."""
+        login and those of its pending tokens go); what was done, and a note if the broker has not taken it."""
         done = self.registry.revoke(device_id)
         return done, self.sync_broker()
+
+
+ENROLL_SYNC_WAIT_S = 5.0  # how long an enrollment waits for genfl-broker-sync before it replies anyway
+SYNC_LATE_WARN_S = 60.0
 
 
 class Enroller:
     """Serves ``genfl/<fleet>/enroll/+/request`` inside ``genfl-server serve``.
 
     A redemption is all or nothing: the device is added and the token marked used in one registry
-    transaction that commits only after the broker files (with the device, without the token's login)
-    were written. If they cannot be (a read-only broker directory, a full disk), the board is told to try
-    again later and its token stays good.
+    transaction that commits only after the broker files (with the device) were written. If they cannot be
+    (a read-only broker directory, a full disk), the board is told to try again later and its token stays
+    good. The broker takes the device's login before the reply goes out (so that the board's first login
+    works), and drops the used token's login only once the reply is at the broker (a reload disconnects a
+    login that is gone, and the board would miss the reply).
     """
 
     def __init__(
@@ -287,11 +310,22 @@ class Enroller:
         self._flush = flush  # wait until the broker has what we published (before a reload may drop the board)
         self._clock = clock
         self._expiry_checked = clock()
+        self._warned_late = False
         self.enrolled = 0
         self.refused = 0
 
     def tick(self) -> None:
-        """Every few seconds: take the logins of tokens that expired out of the broker."""
+        """Follow a handed-off change up until genfl-broker-sync installed it; every few seconds, take the
+        logins of tokens that expired out of the broker."""
+        files = self.security.broker_files
+        if files.follow_up() and files.lagging_s() > SYNC_LATE_WARN_S and not self._warned_late:
+            self._warned_late = True
+            log.warning("genfl-broker-sync has not installed the broker files in %s for %.0f s: is "
+                        "genfl-broker-sync.path enabled? (systemctl status genfl-broker-sync.path)",
+                        files.outbox, files.lagging_s())  # fmt: skip
+        elif self._warned_late and files.synced():
+            self._warned_late = False
+            log.info("genfl-broker-sync has installed the broker files")
         if self._clock() - self._expiry_checked < 5.0:
             return
         self._expiry_checked = self._clock()
@@ -320,7 +354,7 @@ class Enroller:
                 request.secret,
                 request.public_key,
                 enroll_user=client_id,
-                before_commit=self.security.write_broker_files,
+                before_commit=lambda: self.security.write_broker_files(keep_login=client_id),
             )
         except (EnrollmentRefused, ConfigError) as exc:
             self.refused += 1
@@ -345,11 +379,24 @@ class Enroller:
                 server_public_key=self.security.public_key,
                 classes=",".join(self.classes),
             )
+        if enrolled is not None:  # its login at the broker before the board hears it may use it
+            self._settle_broker(enrolled.device_id, ENROLL_SYNC_WAIT_S)
         self._publish(enroll_topic(self.topics, client_id, "reply"), reply.signed(request.secret, client_id).encode())
         if enrolled is None:
             return
         self._flush()  # the reply is at the broker before the reload drops the used token's login
         try:
-            self.security.broker_files.reload()
+            self.security.write_broker_files()
+        except (GenflError, OSError) as exc:
+            log.error("device %s enrolled but its used token's login is still in the broker files: %s",
+                      enrolled.device_id, exc)  # fmt: skip
+            return
+        self._settle_broker(enrolled.device_id, 0.0)
+
+    def _settle_broker(self, device_id: str, wait_s: float) -> None:
+        try:
+            self.security.broker_files.reload(wait_s)
+        except BrokerSyncLate as exc:
+            log.warning("device %s enrolled, its login not at the broker yet (the board retries): %s", device_id, exc)
         except GenflError as exc:
-            log.error("device %s enrolled but the broker was not reloaded: %s", enrolled.device_id, exc)
+            log.error("device %s enrolled but the broker was not reloaded: %s", device_id, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -153,26 +154,55 @@ def check_reachable(path: Path, what: str) -> None:
             )
 
 
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's PATH for a service
+# pip's script when the #! line would be too long: #!/bin/sh, then '''exec' "/path/to/python" "$0" "$@"
+_PIP_TRAMPOLINE = re.compile(rb"^'''exec' \"?([^\"\s]+)\"? ")
+
+
 def check_executable_reachable(executable: Path) -> None:
-    """:func:`check_reachable` for an executable, the file its links lead to, and the interpreter its ``#!`` line
-    names (a virtual environment's ``python`` is often a link into a pyenv under ``/root``, which
-    ``ProtectHome=yes`` hides: the unit would fail at start with ``Permission denied``)."""
+    """:func:`check_reachable` for an executable, the file its links lead to, the interpreter it names (its
+    ``#!`` line, through ``/usr/bin/env`` and pip's ``/bin/sh`` trampoline) and the Python a virtual environment's
+    interpreter is made from (``home`` in ``pyvenv.cfg``): a venv is often made from a pyenv under ``/root``,
+    which ``ProtectHome=yes`` hides, and the unit would fail at start with ``Permission denied``."""
     check_reachable(executable, "the executable")
     real = Path(os.path.realpath(executable))
     check_reachable(real, f"the executable {executable} is a link to a file that")
-    try:
-        with open(real, "rb") as file:
-            first = file.readline(512)
-    except OSError:
-        return  # not there (yet): systemd says so at start
-    if not first.startswith(b"#!"):
+    interpreter = _interpreter(real)
+    if interpreter is None:
         return
-    words = first[2:].decode("utf-8", "replace").split()
-    if not words:
-        return
-    interpreter = Path(words[0])
     check_reachable(interpreter, f"the interpreter of {executable}")
     check_reachable(Path(os.path.realpath(interpreter)), f"the interpreter of {executable} links to a file that")
+    for config in (interpreter.parent / "pyvenv.cfg", interpreter.parent.parent / "pyvenv.cfg"):
+        try:
+            lines = config.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == "home" and value.strip():
+                check_reachable(Path(value.strip()), f"the Python that the environment of {interpreter} is made of,")
+        break
+
+
+def _interpreter(script: Path) -> Path | None:
+    """The program a script's first lines run (None for a binary, or one that cannot be read)."""
+    try:
+        with open(script, "rb") as file:
+            first, second = file.readline(512), file.readline(4096)
+    except OSError:
+        return None  # not there (yet): systemd says so at start
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    if not words:
+        return None
+    if words[0] in ("/bin/sh", "/usr/bin/sh") and (match := _PIP_TRAMPOLINE.match(second)):
+        return Path(match.group(1).decode("utf-8", "replace"))
+    if Path(words[0]).name == "env":
+        names = [word for word in words[1:] if not word.startswith("-") and "=" not in word]
+        found = shutil.which(names[0], path=SERVICE_PATH) if names else None
+        return Path(found) if found else None  # none on its PATH: systemd says so at start
+    return Path(words[0])
 
 
 def systemd_is_running() -> bool:

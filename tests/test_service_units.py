@@ -156,10 +156,11 @@ def test_a_secured_servers_unit_never_runs_as_the_brokers_user_and_a_root_unit_i
     server = (units / "genfl-server.service").read_text()
     assert "DynamicUser=yes" in server and "User=" not in server.replace("DynamicUser=", "")
     assert "ReadWritePaths=" not in server
-    watched = "PathChanged=/var/lib/genfl-server/security/broker-outbox/acl"
+    # the dynamic user's real state folder (systemd links /var/lib/genfl-server to it; the sync follows no link)
+    watched = "PathChanged=/var/lib/private/genfl-server/security/broker-outbox/acl"
     assert watched in (units / "genfl-broker-sync.path").read_text()
     sync = (units / "genfl-broker-sync.service").read_text()
-    outbox = "/var/lib/genfl-server/security/broker-outbox"
+    outbox = "/var/lib/private/genfl-server/security/broker-outbox"
     assert (
         f"ExecStart=/usr/bin/env broker-sync --outbox {outbox} --broker-dir /etc/genfl/broker --fleet plant-3" in sync
     )
@@ -204,3 +205,44 @@ def test_an_executable_whose_interpreter_the_service_cannot_reach_is_refused(tmp
     assert done.returncode == 2, done.stdout
     assert f"the interpreter of {script}" in done.stderr and "ProtectHome=yes" in done.stderr
     assert not (root / "etc/systemd/system").exists()
+
+
+@pytest.mark.parametrize(
+    ("form", "refused"),
+    [
+        ("pip's /bin/sh trampoline (a #! line too long)", "the interpreter of"),
+        ("a venv made with --copies from a Python in /root", "the environment of"),
+        ("#!/usr/bin/env python3, found on the service's PATH", ""),
+    ],
+)
+def test_every_way_a_script_names_its_interpreter_is_followed(form: str, refused: str) -> None:
+    # Prepare: a console script where the unit can see it, naming its Python the way `form` says
+    import tempfile
+
+    from protocol import ConfigError, check_executable_reachable
+
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else "/var/lib"))
+    try:
+        script = folder / "genfl-edge"
+        if form.startswith("pip"):
+            script.write_text("#!/bin/sh\n'''exec' \"/root/.pyenv/versions/3.11.7/bin/python3\" \"$0\" \"$@\"\n' '''\n")
+        elif form.startswith("a venv"):
+            (folder / "venv/bin").mkdir(parents=True)
+            (folder / "venv/bin/python").write_bytes(b"\x7fELF")  # a copy, not a link
+            (folder / "venv/pyvenv.cfg").write_text("home = /root/.pyenv/versions/3.11.7/bin\ninclude-system = false\n")
+            script.write_text(f"#!{folder}/venv/bin/python\nimport sys\n")
+        else:
+            script.write_text("#!/usr/bin/env python3\nimport sys\n")
+        # Execute
+        try:
+            check_executable_reachable(script)
+            error = ""
+        except ConfigError as exc:
+            error = str(exc)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # Assert: the Python out of reach is named, with why; one the service reaches passes
+    if refused:
+        assert refused in error and "ProtectHome=yes" in error, error
+    else:
+        assert error == ""

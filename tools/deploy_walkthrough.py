@@ -43,6 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cloud_server._broker_files import BrokerFiles
+from protocol import GenflError
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "deploy.md"
 BIN = Path(sys.executable).parent
@@ -132,8 +135,8 @@ class Walkthrough:
 
     def rewrite(self, command: str, machine: Machine) -> str:
         out = command.replace("/opt/genfl", str(self.opt))
-        out = re.sub(r"(?<![\w./-])(/(?:etc|var/lib|srv|tmp)/genfl[\w./-]*)", lambda m: str(machine.path(m.group(1))),
-                     out)  # fmt: skip
+        out = re.sub(r"(?<![\w./-])(/(?:etc|var/lib(?:/private)?|srv|tmp)/genfl[\w./-]*)",
+                     lambda m: str(machine.path(m.group(1))), out)  # fmt: skip
         out = re.sub(r"\b(SERVER|broker\.plant-3\.example|broker\.lan)\b", lambda m: "localhost"
                      if m.group(1) != "SERVER" else "127.0.0.1", out)  # fmt: skip
         out = out.replace("8883", str(self.port)).replace("--fleet trial ", f"--fleet {self.fleet} ")
@@ -218,6 +221,16 @@ class Walkthrough:
                         env[key.strip()] = value.strip().strip("'\"")
         for name in settings.get("StateDirectory", []):
             state = machine.path(f"/var/lib/{name}")
+            if settings.get("DynamicUser") == ["yes"]:  # systemd keeps it in /var/lib/private, its name a link
+                private = machine.path(f"/var/lib/private/{name}")
+                private.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(private.parent, 0o711)  # 0700 there, and the unit sees it through a mount of its own
+                if state.is_dir() and not state.is_symlink():
+                    state.rename(private)  # what an earlier install (or a static user) left there moves in
+                private.mkdir(exist_ok=True)
+                if not state.is_symlink():
+                    state.symlink_to(Path("private") / name)
+                state = private
             state.mkdir(parents=True, exist_ok=True)
             _chown_tree(state, uid, gid)
             os.chmod(state, int(settings.get("StateDirectoryMode", ["0755"])[0], 8))
@@ -264,16 +277,16 @@ class Walkthrough:
         return 0, 0
 
     def _watch(self, machine: Machine, watched: Path, target: str, stop: threading.Event) -> None:
-        """PathChanged=: run the target each time the file is replaced or written."""
+        """PathChanged=: run the target each time the file is replaced, written or touched; as systemd, miss what
+        changes while the target runs."""
         seen = _signature(watched)
         while not stop.wait(0.2):
-            now = _signature(watched)
-            if now != seen:
-                seen = now
+            if _signature(watched) != seen:
                 try:
                     print(f"      {watched.name} changed: {self.start_unit(machine, target)}", flush=True)
                 except RuntimeError as exc:
                     print(f"      {target} FAILED: {exc}", flush=True)
+                seen = _signature(watched)
 
     def stop(self) -> None:
         for stop in self.watchers:
@@ -287,9 +300,11 @@ class Walkthrough:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        for pid_file in self.work.rglob("mosquitto.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        for pid_file in self.work.rglob("mosquitto.pid"):  # only a mosquitto this tour started, never the pid's
+            with contextlib.suppress(OSError, GenflError):  # whatever else the file may name
+                pid = BrokerFiles(pid_file.parent, self.fleet).broker_pid()
+                if pid is not None:
+                    os.kill(pid, signal.SIGTERM)
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

@@ -21,7 +21,7 @@ from edge_agent._unit import CREDENTIALS, EdgeUnit, render_edge_unit  # noqa: E4
 _SYNC = (
     Path("/usr/local/bin/genfl-server"),
     Path("/etc/genfl/broker"),
-    Path("/var/lib/genfl-server/security/broker-outbox/acl"),
+    Path("/var/lib/private/genfl-server/security/broker-outbox/acl"),  # a dynamic user's state, not its link
     "plant-3",
 )
 

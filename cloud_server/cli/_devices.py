@@ -57,7 +57,7 @@ def add(
     with exit_on_error():
         security = _security(state_dir)
         try:
-            token, reloaded = security.new_token(name, parse_duration(expires), readmit=readmit)
+            token, note = security.new_token(name, parse_duration(expires), readmit=readmit)
         finally:
             security.close()
     if out is None:
@@ -69,8 +69,8 @@ def add(
             except OSError as exc:  # the token is stored only as its hash: unusable now, it expires unused
                 raise ConfigError(f"cannot write the token to {out}: {exc}; run devices add again") from exc
         typer.echo(f"token for {name} written to {out} (mode 0600)", err=True)
-    if not reloaded:
-        typer.echo("no running broker was found to reload; it takes the token's login when it starts", err=True)
+    if note:
+        typer.echo(f"the broker has not taken the token's login yet: {note}", err=True)
     typer.echo(
         f"on the board: genfl-edge enroll --server {security.url} --token-file FILE --ca ca.crt "
         "(FILE holds the line above; --token - reads it from stdin)",
@@ -131,10 +131,10 @@ def revoke(
     with exit_on_error():
         security = _security(state_dir)
         try:
-            done, reloaded = security.revoke(device_id)
+            done, note = security.revoke(device_id)
         finally:
             security.close()
-    typer.echo(f"{device_id}: {done}" + ("" if reloaded else "; no running broker was found to reload"))
+    typer.echo(f"{device_id}: {done}" + (f"; the broker has not taken it yet: {note}" if note else ""))
 
 
 def broker_config(

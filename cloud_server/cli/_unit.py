@@ -50,8 +50,12 @@ def install_service(
         units = {UNIT_NAME: text}
         if broker_dir is not None:
             # the unit's state folder, as seen from ``root``: the server writes the broker's files there from now on
-            watched, fleet = use_outbox(root / "var/lib/genfl-server")
-            units.update(render_broker_sync_units(program, broker_dir, Path("/") / watched.relative_to(root), fleet))
+            state = root / "var/lib/genfl-server"
+            watched, fleet = use_outbox(state)
+            # A dynamic user's state lives in /var/lib/private (systemd moves it there and links its name to it):
+            # the root sync unit names the real folder, since it follows no link
+            real_state = Path("/var/lib/private/genfl-server" if user is None else "/var/lib/genfl-server")
+            units.update(render_broker_sync_units(program, broker_dir, real_state / watched.relative_to(state), fleet))
         done = [install_unit(root, name, unit_text, now=False) for name, unit_text in units.items()]
         enable = [name for name in units if not name.endswith(f"{SYNC_NAME}.service")]  # the path unit starts it
         commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", *enable]]

@@ -243,3 +243,27 @@ def test_a_token_made_before_a_revocation_cannot_readmit(tmp_path: Path) -> None
     with pytest.raises(EnrollmentRefused, match="cancelled"):
         registry.redeem(spare.secret, public_key_text(generate_signing_key()), now=103.0)
     assert registry.revoked_ids() == {"cam"}
+
+
+def test_an_enrolling_board_keeps_its_token_login_until_the_reply_is_out_and_its_own_login_is_there_before(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a secured fleet with a pending token (no broker runs: the files are the broker's view)
+    from cloud_server._security import Enroller, FleetSecurity
+    from protocol import EnrollmentToken, EnrollRequest
+
+    write_broker_config(tmp_path / "state", tmp_path / "broker", fleet=FLEET, host="localhost", port=8883)
+    security = FleetSecurity(tmp_path / "state")
+    token = EnrollmentToken.parse(security.new_token("board-1", 60)[0])
+    seen_at_reply: list[str] = []
+    enroller = Enroller(security, lambda topic, payload: seen_at_reply.append((tmp_path / "broker/acl").read_text()))
+    # Execute: the board's request comes in on its token's login
+    request = EnrollRequest(secret=token.secret, public_key=public_key_text(generate_signing_key()))
+    enroller.on_message(f"{TOPICS.root}/enroll/{token.enroll_user}/request", request.encode())
+    after = (tmp_path / "broker/acl").read_text()
+    security.close()
+    # Assert: when the reply went out the broker had the device's login and still the token's (a reload that drops
+    # a login disconnects it, and the board would miss its reply); after it, only the device's
+    assert enroller.enrolled == 1 and len(seen_at_reply) == 1
+    assert "user board-1" in seen_at_reply[0] and f"user {token.enroll_user}" in seen_at_reply[0]
+    assert "user board-1" in after and token.enroll_user not in after
