@@ -115,6 +115,15 @@ class WeightedDeltaSum:
         self.total_weight += int(weight)
         self.count += 1
 
+    def remove(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
+        """Take back what :meth:`add` added for the same ``delta`` and ``weight`` (exact: the sum is integer)."""
+        del key
+        terms = self._terms(delta, int(weight))
+        for name, term in terms.items():
+            self._sums[name] -= term
+        self.total_weight -= int(weight)
+        self.count -= 1
+
     def mean(self) -> TensorDict:
         """The weighted mean delta (zeros when nothing was added)."""
         if self.total_weight == 0:

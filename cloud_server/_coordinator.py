@@ -173,6 +173,28 @@ class _OpenRound:
     def weight(self, claimed: int) -> int:
         return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
 
+    def fold(self, update: AcceptedUpdate, delta: TensorDict) -> None:
+        """Count an accepted update in the round: the one place that does (accept, resume after a restart)."""
+        self._fold(update, delta, +1)
+        self.accepted.add(update.device_id)
+
+    def unfold(self, update: AcceptedUpdate, delta: TensorDict) -> None:
+        """Take an update that :meth:`fold` counted back out of the round (a device revoked mid-round)."""
+        self._fold(update, delta, -1)
+        self.accepted.discard(update.device_id)
+
+    def _fold(self, update: AcceptedUpdate, delta: TensorDict, sign: int) -> None:
+        weight = update.num_samples
+        if sign > 0:
+            self.updates.add(delta, weight, key=update.device_id)
+        else:
+            self.updates.remove(delta, weight, key=update.device_id)
+        self.train_loss_sum += sign * update.train_loss * weight
+        self.train_accuracy_sum += sign * update.train_accuracy * weight
+        if update.eval_accuracy is not None:
+            total, weights = self.evaluated
+            self.evaluated = (total + sign * update.eval_accuracy * weight, weights + sign * weight)
+
     @property
     def answered(self) -> set[str]:
         return self.accepted | self.failed
@@ -259,10 +281,7 @@ class Coordinator:
         current = self._new_round(record.number, record.configs, record.started)
         current.weight_cap = record.weight_cap
         for update in record.accepted:
-            current.updates.add(decode_tensors(update.delta), update.num_samples, key=update.device_id)
-            current.accepted.add(update.device_id)
-            current.train_loss_sum += update.train_loss * update.num_samples
-            current.train_accuracy_sum += update.train_accuracy * update.num_samples
+            current.fold(update, decode_tensors(update.delta))
         current.failed = set(record.failed)
         self._open = current
         log.info(
@@ -460,20 +479,14 @@ class Coordinator:
             train_accuracy=update.train_accuracy,
             norm=norm,
             delta=encode_tensors(delta),
+            eval_accuracy=update.eval_accuracy,
         )
         try:
             self._journal.update_accepted(update.round, record)
         except GenflError as exc:
             log.error("could not persist %s's update for round %d, not acknowledged: %s", device_id, update.round, exc)
             return
-        current.updates.add(delta, weight, key=device_id)
-        current.accepted.add(device_id)
-        current.train_loss_sum += update.train_loss * weight
-        current.train_accuracy_sum += update.train_accuracy * weight
-        if update.eval_accuracy is not None:
-            total, weights = current.evaluated
-            current.evaluated = (total + update.eval_accuracy * weight, weights + weight)
-
+        current.fold(record, delta)
         self._accepted_frames[frame_digest] = update.round
         self.strategy.update_accepted(update.round, device_id, update)
         if device_id in self.devices:
@@ -556,17 +569,14 @@ class Coordinator:
     def _withdraw(self, current: _OpenRound, device_id: str) -> None:
         """Take a revoked device out of the open round, its already-accepted update included."""
         if device_id in current.accepted:
-            record = self._journal.resume()
-            kept = [] if record is None or record.open_round is None else record.open_round.accepted
-            current.updates = self.strategy.new_accumulator(self.global_state)
-            current.train_loss_sum = current.train_accuracy_sum = 0.0
-            for update in kept:
-                if update.device_id != device_id:
-                    current.updates.add(decode_tensors(update.delta), update.num_samples, key=update.device_id)
-                    current.train_loss_sum += update.train_loss * update.num_samples
-                    current.train_accuracy_sum += update.train_accuracy * update.num_samples
-            current.accepted.discard(device_id)
-            self._journal.update_withdrawn(current.number, device_id)
+            update = self._journal.accepted_update(current.number, device_id)
+            if update is None:
+                log.error("round %d: %s's accepted update is not in the journal; it cannot be taken back",
+                          current.number, device_id)  # fmt: skip
+            else:
+                current.unfold(update, decode_tensors(update.delta))
+                self._journal.update_withdrawn(current.number, device_id)
+                self.strategy.update_withdrawn(current.number, device_id)
         if device_id not in current.failed:
             current.failed.add(device_id)
             self._journal.failure_recorded(current.number, device_id, "revoked")

@@ -60,15 +60,18 @@ class PoolVerdicts:
     class_votes: dict[int, int] = field(default_factory=dict)
     by_round: dict[int, tuple[int, int]] = field(default_factory=dict)  # round -> (score sum, verdicts)
 
-    def record(self, round_number: int, names: Sequence[str], labels: Sequence[int], scores: Sequence[int]) -> None:
-        """One device's verdicts: ``scores[i]`` (0..255) for image ``names[i]`` of class ``labels[i]``."""
+    def record(
+        self, round_number: int, names: Sequence[str], labels: Sequence[int], scores: Sequence[int], sign: int = 1
+    ) -> None:
+        """One device's verdicts: ``scores[i]`` (0..255) for image ``names[i]`` of class ``labels[i]``; with
+        ``sign`` -1, take the same verdicts back (the device was revoked)."""
         for name, label, score in zip(names, labels, scores):
-            self.score_sum[name] = self.score_sum.get(name, 0) + score
-            self.votes[name] = self.votes.get(name, 0) + 1
-            self.class_sum[int(label)] = self.class_sum.get(int(label), 0) + score
-            self.class_votes[int(label)] = self.class_votes.get(int(label), 0) + 1
+            self.score_sum[name] = self.score_sum.get(name, 0) + sign * score
+            self.votes[name] = self.votes.get(name, 0) + sign
+            self.class_sum[int(label)] = self.class_sum.get(int(label), 0) + sign * score
+            self.class_votes[int(label)] = self.class_votes.get(int(label), 0) + sign
         total, count = self.by_round.get(round_number, (0, 0))
-        self.by_round[round_number] = (total + sum(scores), count + len(scores))
+        self.by_round[round_number] = (total + sign * sum(scores), count + sign * len(scores))
 
     def agreement(self, since_round: int) -> float | None:
         """The devices' mean verdict (0..1) over the rounds since ``since_round`` (None: none given)."""

@@ -212,6 +212,8 @@ class _GenerativeStrategy(Strategy):
         self.harm = HarmCheck(config.genfl.harm_tolerance)
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
+        # (round, device) -> the verdicts it gave in the open round, to take back if it is revoked
+        self._recorded: dict[tuple[int, str], tuple[list[str], list[int], tuple[int, ...]]] = {}
         self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
         self.pool_recognised: dict[int, float] = {}  # round -> share of the pool the model sent in it recognises
         self._restored_quality: float | None = None  # the pool quality a restarted server's state reported last
@@ -480,6 +482,14 @@ class _GenerativeStrategy(Strategy):
                         len(update.probe_scores), len(names))  # fmt: skip
             return
         self.verdicts.record(round_number, names, labels.tolist(), update.probe_scores)
+        self._recorded = {k: v for k, v in self._recorded.items() if k[0] == round_number}  # the open round's only
+        self._recorded[(round_number, device_id)] = (list(names), labels.tolist(), tuple(update.probe_scores))
+
+    def update_withdrawn(self, round_number: int, device_id: str) -> None:
+        """A revoked device's verdicts on the pool no longer count."""
+        recorded = self._recorded.pop((round_number, device_id), None)
+        if recorded is not None:
+            self.verdicts.record(round_number, *recorded, sign=-1)
 
 
 class GenFL(_GenerativeStrategy):

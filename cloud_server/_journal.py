@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
     round INTEGER NOT NULL, device_id TEXT NOT NULL, num_samples INTEGER NOT NULL, train_loss REAL NOT NULL,
     train_accuracy REAL NOT NULL, norm REAL NOT NULL, delta_blob TEXT NOT NULL, received REAL NOT NULL,
-    PRIMARY KEY (round, device_id)
+    eval_accuracy REAL, PRIMARY KEY (round, device_id)
 );
 CREATE TABLE IF NOT EXISTS failures (
     round INTEGER NOT NULL, device_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (round, device_id)
@@ -107,6 +107,7 @@ class AcceptedUpdate:
     train_accuracy: float
     norm: float
     delta: bytes  # safetensors of the delta
+    eval_accuracy: float | None = None  # the round's start model on the device's data, as it reported
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,11 @@ class ResumePoint:
 
 
 class Journal:
-    """No-op base: the in-memory simulation keeps nothing."""
+    """The in-memory base (the simulation's): keeps only the open round's accepted updates, which a withdrawal
+    takes back."""
+
+    def __init__(self) -> None:
+        self._open_updates: dict[tuple[int, str], AcceptedUpdate] = {}
 
     def resume(self) -> ResumePoint | None:
         return None
@@ -144,11 +149,17 @@ class Journal:
         self, number: int, started: float, base_model: str, configs: dict[str, TrainConfig], weight_cap: int | None
     ) -> None: ...
 
-    def update_accepted(self, round_number: int, update: AcceptedUpdate) -> None: ...
+    def update_accepted(self, round_number: int, update: AcceptedUpdate) -> None:
+        self._open_updates[(round_number, update.device_id)] = update
+
+    def accepted_update(self, round_number: int, device_id: str) -> AcceptedUpdate | None:
+        """The update of ``device_id`` accepted in the open round ``round_number``, if there is one."""
+        return self._open_updates.get((round_number, device_id))
 
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None: ...
 
-    def update_withdrawn(self, round_number: int, device_id: str) -> None: ...
+    def update_withdrawn(self, round_number: int, device_id: str) -> None:
+        self._open_updates.pop((round_number, device_id), None)
 
     def round_closed(
         self,
@@ -164,7 +175,8 @@ class Journal:
         report: dict[str, object] | None = None,
         bytes_up: int = 0,
         bytes_down: int = 0,
-    ) -> None: ...
+    ) -> None:
+        self._open_updates.clear()
 
     def rejected(self, reason: str) -> None: ...
 
@@ -175,9 +187,12 @@ class Journal:
 
 NullJournal = Journal
 
+_UPDATE_COLUMNS = "device_id, num_samples, train_loss, train_accuracy, norm, delta_blob, eval_accuracy"
+
 
 class SqliteJournal(Journal):
     def __init__(self, state_dir: Path) -> None:
+        super().__init__()
         self.state_dir = state_dir
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +210,8 @@ class SqliteJournal(Journal):
             for column in ("bytes_up", "bytes_down"):  # ... from before rounds kept their traffic
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE rounds ADD COLUMN {column} INTEGER")
+            if "eval_accuracy" not in {row[1] for row in self._db.execute("PRAGMA table_info(updates)")}:
+                self._db.execute("ALTER TABLE updates ADD COLUMN eval_accuracy REAL")  # ... before updates kept it
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot use state dir {state_dir}: {exc}") from exc
 
@@ -257,11 +274,9 @@ class SqliteJournal(Journal):
             return ResumePoint(blob, int(number), None)
         configs = {d: stored_train_config(c) for d, c in json.loads(configs_json).items()}
         accepted = [
-            AcceptedUpdate(d, n, loss, acc, norm, self.blobs.get(b))
-            for d, n, loss, acc, norm, b in self._db.execute(
-                "SELECT device_id, num_samples, train_loss, train_accuracy, norm, delta_blob FROM updates"
-                " WHERE round = ? ORDER BY device_id",
-                (number,),
+            AcceptedUpdate(d, n, loss, acc, norm, self.blobs.get(b), evaluated)
+            for d, n, loss, acc, norm, b, evaluated in self._db.execute(
+                f"SELECT {_UPDATE_COLUMNS} FROM updates WHERE round = ? ORDER BY device_id", (number,)
             )
         ]
         failed = {d for (d,) in self._db.execute("SELECT device_id FROM failures WHERE round = ?", (number,))}
@@ -351,9 +366,10 @@ class SqliteJournal(Journal):
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
-                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO updates (round, device_id, num_samples, train_loss, train_accuracy, norm, delta_blob,"
+                    " received, eval_accuracy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (round_number, update.device_id, update.num_samples, update.train_loss,
-                     update.train_accuracy, update.norm, blob, time.time()),
+                     update.train_accuracy, update.norm, blob, time.time(), update.eval_accuracy),
                 )  # fmt: skip
                 self._db.execute(
                     "UPDATE rounds SET accepted = accepted + 1, total_weight = total_weight + ? WHERE round = ?",
@@ -370,6 +386,15 @@ class SqliteJournal(Journal):
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None:
         self._write("INSERT OR IGNORE INTO failures VALUES (?, ?, ?)", round_number, device_id, reason[:2000])
         self._write("UPDATE rounds SET failed = failed + 1 WHERE round = ?", round_number)
+
+    def accepted_update(self, round_number: int, device_id: str) -> AcceptedUpdate | None:
+        row = self._db.execute(
+            f"SELECT {_UPDATE_COLUMNS} FROM updates WHERE round = ? AND device_id = ?", (round_number, device_id)
+        ).fetchone()
+        if row is None:
+            return None
+        d, n, loss, acc, norm, b, evaluated = row
+        return AcceptedUpdate(d, n, loss, acc, norm, self.blobs.get(b), evaluated)
 
     def update_withdrawn(self, round_number: int, device_id: str) -> None:
         """A revoked device's accepted update leaves the open round (it is not aggregated, not resumed)."""

@@ -204,6 +204,14 @@ class BufferedUpdates:
         self.total_weight += int(weight)
         self.count += 1
 
+    def remove(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
+        """Take back the update added under ``key``."""
+        del delta
+        _, added = self._updates.pop(str(key))
+        self.total_weight -= added
+        self.count -= 1
+        assert added == weight, (added, weight)
+
     def mean(self) -> TensorDict:
         """The robust aggregate delta (zeros when nothing was added)."""
         if not self._updates:

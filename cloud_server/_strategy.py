@@ -341,6 +341,10 @@ class Strategy(ABC):
         """An update of the round was accepted (strategies that read more of it than its delta look here)."""
         del round_number, device_id, update
 
+    def update_withdrawn(self, round_number: int, device_id: str) -> None:
+        """An accepted update was taken back out of the open round (its device was revoked)."""
+        del round_number, device_id
+
     def resumed(self, reports: Sequence[Mapping[str, Any]]) -> None:
         """The server restarted on a state whose closed rounds reported these (oldest first)."""
         del reports

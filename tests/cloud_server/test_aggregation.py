@@ -67,3 +67,25 @@ def test_state_round_trips_for_resume() -> None:
     copy = WeightedDeltaSum({"w": np.zeros(3, dtype=np.float32)})
     copy.restore(*acc.state())
     np.testing.assert_array_equal(copy.mean()["w"], acc.mean()["w"])
+
+
+@pytest.mark.parametrize("aggregate", ["fedavg", "median"])
+def test_an_update_taken_back_leaves_exactly_the_aggregate_of_the_others(aggregate: str) -> None:
+    from cloud_server._robust import BufferedUpdates
+
+    template = {"w": np.zeros(4, dtype=np.float32)}
+    rng = np.random.default_rng(0)
+    deltas = {key: {"w": rng.normal(size=4).astype(np.float32)} for key in ("a", "b", "c")}
+    weights = {"a": 7, "b": 3, "c": 5}
+
+    def fresh() -> WeightedDeltaSum | BufferedUpdates:
+        return WeightedDeltaSum(template) if aggregate == "fedavg" else BufferedUpdates(template, aggregate)
+
+    everyone, without_b = fresh(), fresh()
+    for key in ("a", "b", "c"):
+        everyone.add(deltas[key], weights[key], key=key)
+    everyone.remove(deltas["b"], weights["b"], key="b")
+    for key in ("a", "c"):
+        without_b.add(deltas[key], weights[key], key=key)
+    assert (everyone.total_weight, everyone.count) == (without_b.total_weight, without_b.count) == (12, 2)
+    np.testing.assert_array_equal(everyone.mean()["w"], without_b.mean()["w"])

@@ -270,3 +270,74 @@ def test_tasks_carry_the_fleets_classes_and_a_state_keeps_them_for_good(tmp_path
     renumbered = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, classes=("bee", "ant", "cat"))
     with pytest.raises(ConfigError, match="numbers its classes ant, bee, cat"):
         Coordinator(renumbered, FedAvg(StrategyConfig()), InMemoryBus().connect(), START, journal=reopened)
+
+
+def _evaluated(device: Device, task: Task, value: float, samples: int, accuracy: float) -> Update:
+    update = device.update(task, value, samples)
+    return Update(**{**update.__dict__, "eval_accuracy": accuracy})
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_round_reports_the_same_figures_whether_or_not_the_server_restarted_in_it(
+    tmp_path: Path, restart: bool
+) -> None:
+    # Prepare: a reports how the round's model does on its data (0.2, 10 samples), b (0.8, 30 samples)
+    bus = InMemoryBus()
+    coordinator = _coordinator(bus, SqliteJournal(tmp_path), rounds=1)
+    a, b = Device(bus, "a"), Device(bus, "b")
+    a.hello(10)
+    b.hello(30)
+    bus.drain()
+    a.send("update", _evaluated(a, a.tasks()[0], 1.0, 10, 0.2))
+    bus.drain()
+    # Execute: with `restart`, the server dies after a's update and a new one resumes the round
+    if restart:
+        coordinator.transport.set_handler(lambda topic, payload: None)
+        coordinator = _coordinator(bus, SqliteJournal(tmp_path), rounds=1)
+        bus.drain()
+    b.send("update", _evaluated(b, b.tasks()[-1], 5.0, 30, 0.8))
+    bus.drain()
+    # Assert: both updates count in the devices' accuracy, weighted: (0.2 x 10 + 0.8 x 30) / 40
+    assert coordinator.finished
+    result = coordinator.results[-1]
+    assert result.device_accuracy == pytest.approx(0.65)
+    assert result.train_loss == pytest.approx(0.5)
+    np.testing.assert_array_equal(coordinator.global_state["w"], np.full(3, 4.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_device_revoked_mid_round_takes_its_update_and_only_its_update_out(tmp_path: Path, persistent: bool) -> None:
+    # Prepare: three devices; a's and b's updates accepted, then a is revoked, then c answers
+    from cloud_server._journal import Journal
+
+    bus = InMemoryBus()
+    revoked: set[str] = set()
+    now = [0.0]
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=2, round_timeout_s=60, settle_s=5)
+    journal = SqliteJournal(tmp_path) if persistent else Journal()
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, journal=journal,
+                              revoked=lambda: set(revoked), clock=lambda: now[0])  # fmt: skip
+    coordinator.start()
+    a, b, c = Device(bus, "a"), Device(bus, "b"), Device(bus, "c")
+    for device, samples in ((a, 10), (b, 30), (c, 20)):
+        device.hello(samples)
+    bus.drain()
+    now[0] += 10.0  # past the settle time: the round opens for all three
+    coordinator.tick()
+    bus.drain()
+    assert all(len(device.tasks()) == 1 for device in (a, b, c))
+    a.send("update", _evaluated(a, a.tasks()[-1], 100.0, 10, 0.0))
+    b.send("update", _evaluated(b, b.tasks()[-1], 5.0, 30, 0.8))
+    bus.drain()
+    # Execute
+    revoked.add("a")
+    now[0] += 2.0
+    coordinator.tick()
+    c.send("update", _evaluated(c, c.tasks()[-1], 2.0, 20, 0.5))
+    bus.drain()
+    # Assert: the model and the figures are b's and c's alone: (30 x 5 + 20 x 2) / 50 = 3.8, (0.8 x 30 + 0.5 x 20) / 50
+    assert coordinator.finished
+    result = coordinator.results[-1]
+    np.testing.assert_allclose(coordinator.global_state["w"], np.full(3, 3.8, dtype=np.float32), rtol=1e-6)
+    assert result.devices == 2
+    assert result.device_accuracy == pytest.approx(0.68)

@@ -34,3 +34,16 @@ def test_images_the_fleet_rejects_are_drawn_less_and_clear_rejects_never() -> No
     assert verdicts.agreement(since_round=2) is None
     means = verdicts.class_means(5)
     assert np.isnan(means[0]) and means[3] == np.mean([230, 2, 3, 100]) / 255
+
+
+def test_verdicts_taken_back_leave_what_the_other_devices_said() -> None:
+    from cloud_server._curation import PoolVerdicts
+
+    verdicts, only_b = PoolVerdicts(), PoolVerdicts()
+    verdicts.record(3, ["x", "y"], [0, 1], [200, 10])  # a (revoked later)
+    verdicts.record(3, ["x"], [0], [100])  # b
+    only_b.record(3, ["x"], [0], [100])
+    verdicts.record(3, ["x", "y"], [0, 1], [200, 10], sign=-1)
+    assert verdicts.agreement(3) == only_b.agreement(3) == 100 / 255
+    assert verdicts.score_sum["x"] == 100 and verdicts.votes["x"] == 1 and verdicts.votes["y"] == 0
+    np.testing.assert_array_equal(np.isnan(verdicts.class_means(2)), [False, True])
