@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ConfigError, TransportError, atomic_write
+from protocol import DEFAULT_CHUNK_SIZE, ConfigError, TransportError, atomic_write
 
 from ._limits import DEFAULT_MAX_PACKET_SIZE
 
@@ -67,7 +67,7 @@ class ClusterSpec:
     cluster_port: int = 6222
     mqtt_port: int = 1883
     monitor_port: int = 8222
-    chunk_size: int = 256 * 1024
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     max_payload: int | None = None  # bytes; None: the project's default packet, or the chunk size if larger
     store_dir: str = "/var/lib/genfl-nats"
     name: str = "genfl"
@@ -328,7 +328,7 @@ class LocalCluster:
         self.stop()
 
 
-def free_loopback_spec(nodes: int = 3, *, chunk_size: int = 256 * 1024, attempts: int = 50) -> ClusterSpec:
+def free_loopback_spec(nodes: int = 3, *, chunk_size: int = DEFAULT_CHUNK_SIZE, attempts: int = 50) -> ClusterSpec:
     """A spec for ``nodes`` nodes on 127.0.0.1 whose 4 x ``nodes`` consecutive ports are all free now."""
     import random
     import socket

@@ -28,6 +28,7 @@ import numpy as np
 
 from protocol import (
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_ROUND_TIMEOUT_S,
     MIN_CHUNK_SIZE,
     Ack,
     BlobRequest,
@@ -75,7 +76,7 @@ class CoordinatorConfig:
     model_name: str
     rounds: int
     min_devices: int = 1
-    round_timeout_s: float = 600.0
+    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_update_norm: float | None = None  # reject updates whose L2 norm is larger
     # A device's weight (its claimed sample count) is capped at this many times the median claim of the

@@ -14,6 +14,8 @@ from types import FrameType
 
 import models
 from protocol import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ROUND_TIMEOUT_S,
     ConfigError,
     GenflError,
     MqttTransport,
@@ -48,7 +50,7 @@ class ServeConfig:
     rounds: int = 100
     min_devices: int = 1
     fraction: float = StrategyConfig.fraction
-    round_timeout_s: float = 600.0
+    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
     max_failed_rounds: int | None = CoordinatorConfig.max_failed_rounds
     accept_older_state: bool = False  # go on from a state older than the fleet (see CoordinatorConfig)
     strategy: str = "fedavg"
@@ -57,7 +59,7 @@ class ServeConfig:
     batch_size: int = StrategyConfig.batch_size
     learning_rate: float = StrategyConfig.learning_rate
     seed: int = StrategyConfig.seed
-    chunk_size: int = 256 * 1024
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
     codec: str = StrategyConfig.codec  # fp32, int8 or int4 updates

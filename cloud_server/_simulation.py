@@ -36,6 +36,7 @@ from edge_agent import (
     scaled_to_total,
 )
 from protocol import (
+    DEFAULT_ROUND_TIMEOUT_S,
     BlobStore,
     ConfigError,
     GenflError,
@@ -101,7 +102,7 @@ class SimulationConfig:
     worker: str = "pool"
     worker_slots: int | None = None  # at most this many train at once (pool: default the cores; per-task: no limit)
     agents_per_process: int = 1  # simulated agents per process (--transport mqtt): 1,000 fit in one machine
-    round_timeout_s: float = 600.0
+    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
     codec: str = StrategyConfig.codec  # fp32, int8 or int4 updates
     qat: bool = StrategyConfig.qat  # quantization-aware training on the devices
     aggregate: str = StrategyConfig.aggregate  # fedavg or a robust rule

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._errors import BrokerRefused, ConfigError, DataError, GenflError, ModelError, ProtocolError, TransportError
     from ._messages import (
         AUGMENTATIONS,
+        DEFAULT_ROUND_TIMEOUT_S,
         PROGRESS_EVERY_S,
         PROTOCOL_VERSION,
         SYNTHETIC_NORMS,
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "DEFAULT_CHUNK_SIZE": "_blobs",
+    "DEFAULT_ROUND_TIMEOUT_S": "_messages",
     "MIN_CHUNK_SIZE": "_blobs",
     "BlobAssembler": "_blobs",
     "BlobStore": "_blobs",
@@ -208,6 +210,7 @@ __all__ = [
     "CODECS",
     "HARDENING",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_ROUND_TIMEOUT_S",
     "MIN_CHUNK_SIZE",
     "DEVICE_CHANNELS",
     "PROTOCOL_VERSION",

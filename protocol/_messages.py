@@ -40,6 +40,7 @@ __all__ = [
     "Failure",
     "Progress",
     "PROGRESS_EVERY_S",
+    "DEFAULT_ROUND_TIMEOUT_S",
     "Message",
     "Task",
     "TrainConfig",
@@ -301,6 +302,7 @@ class Failure:
 
 
 PROGRESS_EVERY_S = 10.0  # a working device says so this often; the server re-sends a task after 30 s of silence
+DEFAULT_ROUND_TIMEOUT_S = 600.0  # a round leaves its stragglers out after this long (serve, simulate)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from protocol import exit_on_error
+from protocol import DEFAULT_CHUNK_SIZE, exit_on_error
 
 
 def cluster_config(
@@ -20,7 +20,9 @@ def cluster_config(
     client_port: Annotated[int, typer.Option(help="NATS client port.")] = 4222,
     cluster_port: Annotated[int, typer.Option(help="Port of the routes between the nodes.")] = 6222,
     monitor_port: Annotated[int, typer.Option(help="HTTP monitoring port (/healthz, /varz).")] = 8222,
-    chunk_size: Annotated[int, typer.Option(help="The fleet's blob chunk size (serve --chunk-size), bytes.")] = 262144,
+    chunk_size: Annotated[
+        int, typer.Option(help="The fleet's blob chunk size (serve --chunk-size), bytes.")
+    ] = DEFAULT_CHUNK_SIZE,
     max_payload: Annotated[
         Optional[int], typer.Option(help="Largest message, bytes (default: 4 MiB, or a chunk's frame if larger).")
     ] = None,

@@ -11,7 +11,7 @@ import typer
 
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
-from protocol import Codec, SyntheticNorm, exit_on_error, parse_classes
+from protocol import DEFAULT_CHUNK_SIZE, DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error, parse_classes
 
 from ._genfl_options import (
     D,
@@ -50,7 +50,9 @@ def serve(
     rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 100,
     min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
     fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
-    round_timeout: Annotated[float, typer.Option(help="Seconds before stragglers are left out of a round.")] = 600.0,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds before stragglers are left out of a round.")
+    ] = DEFAULT_ROUND_TIMEOUT_S,
     max_failed_rounds: Annotated[
         int, typer.Option(help="Stop after this many rounds in a row that every answering board failed (0: never).")
     ] = 3,
@@ -64,7 +66,9 @@ def serve(
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
     seed: Annotated[int, typer.Option(help="Seed of the initial model and the device sampling.")] = 0,
-    chunk_size: Annotated[int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")] = 262144,
+    chunk_size: Annotated[
+        int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")
+    ] = DEFAULT_CHUNK_SIZE,
     broker: Annotated[
         Optional[str],
         typer.Option(help="Broker URL (a cluster: its nodes, comma-separated); without it an embedded broker starts."),

@@ -16,7 +16,7 @@ from cloud_server._coordinator import RoundResult
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
 from edge_agent import histogram_table
-from protocol import Codec, SyntheticNorm, exit_on_error
+from protocol import DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error
 
 from ._genfl_options import (
     D,
@@ -76,7 +76,9 @@ def simulate(
     worker_slots: Annotated[
         Optional[int], typer.Option(help="At most this many train at once (pool: default the cores).")
     ] = None,
-    round_timeout: Annotated[float, typer.Option(help="Seconds before a round leaves stragglers out.")] = 600.0,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds before a round leaves stragglers out.")
+    ] = DEFAULT_ROUND_TIMEOUT_S,
     agents_per_process: Annotated[
         int, typer.Option(help="--transport mqtt: simulated agents per process (a thousand fit in one machine).")
     ] = 1,
