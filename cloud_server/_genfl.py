@@ -206,7 +206,6 @@ class _GenerativeStrategy(Strategy):
         self.generator_seconds = 0.0
         self.synthetic_bytes: dict[str, int] = {}
         self.synthetic_images: dict[str, int] = {}  # device -> synthetic images sent this round
-        self.last_fit: Any = None
         self.last_pool: SyntheticPool | None = None
         self.current_global: TensorDict | None = None  # the model the round's devices start from
         self.harm = HarmCheck(config.genfl.harm_tolerance)
@@ -298,7 +297,7 @@ class _GenerativeStrategy(Strategy):
         counts = [self.devices_seen.get(k, (0, None))[1] for k in keys]
         weights = class_weights(counts, self._spec().num_classes)
         started = time.perf_counter()
-        result, self.last_fit = generator.fit(Teachers(self._spec().name, states, weights, new_state))
+        result, _ = generator.fit(Teachers(self._spec().name, states, weights, new_state))
         self.generator_seconds += time.perf_counter() - started
         return result  # type: ignore[no-any-return]
 

@@ -311,8 +311,6 @@ class Enroller:
         self._clock = clock
         self._expiry_checked = clock()
         self._warned_late = False
-        self.enrolled = 0
-        self.refused = 0
 
     def tick(self) -> None:
         """Follow a handed-off change up until genfl-broker-sync installed it; every few seconds, take the
@@ -357,18 +355,15 @@ class Enroller:
                 before_commit=lambda: self.security.write_broker_files(keep_login=client_id),
             )
         except (EnrollmentRefused, ConfigError) as exc:
-            self.refused += 1
             log.warning("enrollment refused for client %s: %s", client_id[:64], exc)
             reply = EnrollReply(ok=False, reason=str(exc))
         except (GenflError, OSError) as exc:  # the broker files: nothing was committed, the token stays good
-            self.refused += 1
             log.error("enrollment of client %s rolled back: %s", client_id[:64], exc)
             with contextlib.suppress(GenflError, OSError):  # undo a password file written before the ACL failed
                 self.security.write_broker_files()
             reply = EnrollReply(ok=False, reason="the server cannot enroll boards right now (its broker files "
                                 "cannot be written); the token is still good, try again later")  # fmt: skip
         else:
-            self.enrolled += 1
             log.info("device %s enrolled", enrolled.device_id)
             reply = EnrollReply(
                 ok=True,

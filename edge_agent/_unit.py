@@ -11,7 +11,6 @@ __all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "rende
 
 UNIT_NAME = "genfl-edge.service"
 CONFIG_DIR = Path("/etc/genfl")
-CONFIG_PATH = CONFIG_DIR / "edge.toml"
 # What `genfl-edge enroll` writes as root (0600 root): systemd hands copies to the service's dynamic user as
 # credentials (LoadCredential=), in a folder only that user can read; the config names the others relative to it.
 CREDENTIALS = ("edge.toml", "device.key", "ca.crt")

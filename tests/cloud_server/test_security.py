@@ -264,6 +264,6 @@ def test_an_enrolling_board_keeps_its_token_login_until_the_reply_is_out_and_its
     security.close()
     # Assert: when the reply went out the broker had the device's login and still the token's (a reload that drops
     # a login disconnects it, and the board would miss its reply); after it, only the device's
-    assert enroller.enrolled == 1 and len(seen_at_reply) == 1
+    assert len(seen_at_reply) == 1
     assert "user board-1" in seen_at_reply[0] and f"user {token.enroll_user}" in seen_at_reply[0]
     assert "user board-1" in after and token.enroll_user not in after
