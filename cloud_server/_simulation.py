@@ -340,7 +340,7 @@ class _ProcessFederation:
     def run(self, coordinator: Coordinator) -> None:
         last_traffic = time.monotonic()
         while not coordinator.finished:
-            if self.coordinator_transport.poll(0.05):  # type: ignore[attr-defined]
+            if self.coordinator_transport.poll(0.05):
                 last_traffic = time.monotonic()
             coordinator.tick()
             dead = [p for p in self.processes if p.poll() is not None]

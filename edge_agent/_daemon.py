@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import threading
 import time
@@ -31,9 +30,7 @@ from typing import Any
 
 from protocol import (
     PROGRESS_EVERY_S,
-    REFUSED_RETRY_S,
     BlobStore,
-    BrokerRefused,
     ConfigError,
     DataError,
     DeviceState,
@@ -44,7 +41,6 @@ from protocol import (
     OpenGuard,
     SignedGuard,
     Topics,
-    TransportError,
     Will,
     atomic_write,
     class_mapping,
@@ -251,27 +247,18 @@ class _Stop:
             self.graceful.set()
 
 
-def _connect_with_backoff(transport: MqttTransport, stop: _Stop, cap_s: float, notifier: Notifier) -> bool:
-    """Try until connected or stopped: capped exponential backoff with jitter, one log line per try."""
-    delay = 1.0
+def _connect_patiently(transport: MqttTransport, stop: _Stop, notifier: Notifier) -> bool:
+    """The transport's first-connection retries, told to the log and to systemd (status, watchdog)."""
     notifier.status("waiting for broker")
-    while not stop.graceful.is_set():
-        try:
-            transport.connect(timeout_s=10)
-            return True
-        except BrokerRefused as exc:  # not authorised: revoked, or a wrong password; asking often will not help
-            wait = REFUSED_RETRY_S * random.uniform(0.8, 1.0)
+
+    def waiting(why: str, seconds: float, refused: bool) -> None:
+        if refused:
             notifier.status("refused by the broker")
-            log.warning("%s: not authorised (revoked, or a wrong password); retrying in %.0f s", exc, wait)
-        except TransportError as exc:
-            wait = min(cap_s, delay) * random.uniform(0.5, 1.0)
-            log.warning("%s; retrying in %.0f s", exc, wait)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and not stop.graceful.is_set():
-            notifier.watchdog()
-            stop.graceful.wait(min(1.0, deadline - time.monotonic()))
-        delay *= 2
-    return False
+            log.warning("%s: not authorised (revoked, or a wrong password); retrying in %.0f s", why, seconds)
+        else:
+            log.warning("%s; retrying in %.0f s", why, seconds)
+
+    return transport.connect_patiently(stop.graceful, waiting=waiting, tick=notifier.watchdog)
 
 
 class _Agent:
@@ -434,7 +421,7 @@ def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) ->
     (config.state_dir / "config.json").write_text(json.dumps(config.redacted(), default=str, indent=2) + "\n")
     agent = _Agent(config, notifier)
     agent.worker.warm_up()
-    if not _connect_with_backoff(agent.transport, stop, config.backoff_cap, notifier):
+    if not _connect_patiently(agent.transport, stop, notifier):
         agent.worker.stop(grace_s=0.0)
         notifier.stopping()
         return 0

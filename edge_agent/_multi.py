@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from protocol import ConfigError, GenflError, Notifier, TransportError
+from protocol import ConfigError, GenflError, Notifier
 
 from ._daemon import AgentConfig, _Agent, load_agent_config
 
@@ -34,16 +34,10 @@ log = logging.getLogger("genfl.edge")
 
 
 def _connect(agent: _Agent, stop: threading.Event, attempts: int = 30) -> bool:
-    for attempt in range(attempts):
-        if stop.is_set():
-            return False
-        try:
-            agent.transport.connect(timeout_s=30)
-            return True
-        except TransportError as exc:
-            log.warning("%s: %s; retrying", agent.config.device_id, exc)
-            stop.wait(min(5.0, 0.5 * (attempt + 1)))
-    return False
+    def waiting(why: str, seconds: float, refused: bool) -> None:
+        log.warning("%s: %s; retrying in %.0f s", agent.config.device_id, why, seconds)
+
+    return agent.transport.connect_patiently(stop, timeout_s=30, attempts=attempts, waiting=waiting)
 
 
 def run_agents(configs: list[AgentConfig], stop: threading.Event | None = None) -> int:

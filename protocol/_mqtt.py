@@ -38,7 +38,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -190,6 +190,7 @@ class MqttTransport(Transport):
         # paho doubles the delay up to the cap; a random base per client is the jitter that keeps
         # a fleet from reconnecting in lockstep after a broker restart.
         # (paho takes whole seconds.)
+        self._backoff_cap_s = backoff_cap_s
         self._reconnect_delays = (random.randint(1, 3), max(3, round(backoff_cap_s)))
         self._client.reconnect_delay_set(*self._reconnect_delays)
         self._refused_retry_s = max(1, round(refused_retry_s))
@@ -410,6 +411,40 @@ class MqttTransport(Transport):
             if self._dropped:
                 raise TransportError(f"the broker at {self.address.url()} dropped {self.client_id}: {reason}")
             raise BrokerRefused(f"the broker at {self.address.url()} refused {self.client_id}: {reason}")
+
+    def connect_patiently(
+        self,
+        stop: threading.Event,
+        *,
+        timeout_s: float = 10.0,
+        attempts: int | None = None,
+        waiting: Callable[[str, float, bool], None] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> bool:
+        """:meth:`connect`, tried again until it works, ``stop`` is set or ``attempts`` ran out; False if it never
+        did. The first connection's retry policy, as paho's own is for the ones after it: a capped exponential
+        backoff with jitter, and the slow pace of a refused login (revoked, a wrong password: asking often will
+        not help). ``waiting(why, seconds, refused)`` hears each wait, ``tick`` runs at least once a second."""
+        delay = 1.0
+        tried = 0
+        while not stop.is_set() and (attempts is None or tried < attempts):
+            tried += 1
+            try:
+                self.connect(timeout_s=timeout_s)
+                return True
+            except BrokerRefused as exc:
+                why, wait, refused = str(exc), self._refused_retry_s * random.uniform(0.8, 1.0), True
+            except TransportError as exc:
+                why, wait, refused = str(exc), min(self._backoff_cap_s, delay) * random.uniform(0.5, 1.0), False
+            if waiting is not None:
+                waiting(why, wait, refused)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not stop.is_set():
+                if tick is not None:
+                    tick()
+                stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            delay *= 2
+        return False
 
     @property
     def connected(self) -> bool:

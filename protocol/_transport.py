@@ -1,9 +1,11 @@
 """The transport seam, and the in-memory transport.
 
-Coordinator and agent only ever call :class:`Transport`: ``publish``,
-``subscribe`` and a message handler. Two implementations exist: this
-in-memory one (a simulation in one process, deterministic delivery order)
-and MQTT (one paho wrapper on each side). The math never sees which.
+Coordinator and agent only ever call :class:`Transport`: ``connect``,
+``publish``, ``subscribe``, a message handler that ``poll`` feeds in the
+caller's thread, ``flush`` and ``close`` (or ``with transport:``). Two
+implementations exist: this in-memory one (a simulation in one process,
+deterministic delivery order) and MQTT (one paho wrapper on each side, which
+holds the one reconnect policy). The math never sees which.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
+from types import TracebackType
 
 __all__ = ["InMemoryBus", "InMemoryTransport", "MessageHandler", "Transport", "topic_matches"]
 
@@ -50,6 +53,26 @@ class Transport(ABC):
         if self._handler is not None:
             self._handler(topic, payload)
 
+    def __enter__(self) -> Transport:
+        """Connected (at the default timeout, unless :meth:`connect` ran already); closed on leaving."""
+        if not self.connected:
+            self.connect()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool:
+        """Whether the bus takes messages now."""
+
+    @abstractmethod
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Join the bus; TransportError (BrokerRefused for a refused login) if it cannot within ``timeout_s``."""
+
     @abstractmethod
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Send at QoS 1 (at least once)."""
@@ -57,6 +80,18 @@ class Transport(ABC):
     @abstractmethod
     def subscribe(self, topic_filter: str) -> None:
         """Receive messages on ``topic_filter`` through the handler."""
+
+    @abstractmethod
+    def poll(self, timeout_s: float = 0.1) -> int:
+        """Hand what arrived to the handler in this thread (waiting up to ``timeout_s``); how many messages."""
+
+    @abstractmethod
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Return once the bus has everything published so far (or ``timeout_s`` passed)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Send what is queued and leave the bus."""
 
 
 class InMemoryBus:
@@ -103,6 +138,16 @@ class InMemoryTransport(Transport):
         self._bus = bus
         self.filters: list[str] = []
 
+        self._joined = True  # bus.connect() hands out a joined endpoint
+
+    @property
+    def connected(self) -> bool:
+        return self._joined
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        del timeout_s
+        self._joined = True
+
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.bytes_sent += len(payload)
         self._bus._publish(self, topic, payload, retain)
@@ -110,3 +155,14 @@ class InMemoryTransport(Transport):
     def subscribe(self, topic_filter: str) -> None:
         self.filters.append(topic_filter)
         self._bus._subscribed(self, topic_filter)
+
+    def poll(self, timeout_s: float = 0.1) -> int:
+        """Deliver everything queued on the bus (to every endpoint, in order: one process, one thread)."""
+        del timeout_s
+        return self._bus.drain()
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        del timeout_s  # a publish is on the bus at once
+
+    def close(self) -> None:
+        self._joined = False

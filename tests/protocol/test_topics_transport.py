@@ -81,3 +81,17 @@ def test_a_transport_refuses_nodes_of_mixed_kinds() -> None:
         MqttTransport([BrokerAddress("a", 1), BrokerAddress("b", 2, tls=True)], "c")
     with pytest.raises(ConfigError, match="no broker"):
         MqttTransport([], "c")
+
+
+def test_the_in_memory_transport_has_the_whole_seam() -> None:
+    bus = InMemoryBus()
+    server, device = bus.connect(), bus.connect()
+    got: list[tuple[str, bytes]] = []
+    device.set_handler(lambda topic, payload: got.append((topic, payload)))
+    device.subscribe("genfl/x/#")
+    with server:
+        server.publish("genfl/x/a", b"1")
+        server.flush()
+        assert got == []  # nothing is delivered before a poll (or a drain)
+        assert device.poll() == 1 and got == [("genfl/x/a", b"1")]
+    assert not server.connected

@@ -24,6 +24,7 @@ from protocol import (
     encode_message,
     encode_tensors,
     iter_chunks,
+    parse_brokers,
 )
 
 
@@ -50,6 +51,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_the_first_connection_is_retried_with_a_growing_wait_until_it_works_or_attempts_run_out(
+    mosquitto_url: str,
+) -> None:
+    import threading
+
+    # Prepare: one transport to a port nobody listens on, one to the broker
+    heard: list[tuple[float, bool]] = []
+    nowhere = MqttTransport(BrokerAddress("127.0.0.1", _free_port()), "nobody", backoff_cap_s=30)
+    there = MqttTransport(parse_brokers(mosquitto_url), f"genfl-patient-{time.monotonic_ns()}", session_expiry_s=0)
+    # Execute
+    gave_up = nowhere.connect_patiently(threading.Event(), timeout_s=2, attempts=3,
+                                        waiting=lambda why, seconds, refused: heard.append((seconds, refused)))  # fmt: skip
+    with there:  # the seam's context manager: connects, and closes on leaving
+        joined = there.connect_patiently(threading.Event(), attempts=1) and there.connected
+    # Assert: three tries, each wait within its doubling band (jitter 0.5-1x of 1, 2, 4 s), none a refusal
+    assert gave_up is False and len(heard) == 3 and not any(refused for _, refused in heard)
+    for (seconds, _), bound in zip(heard, (1.0, 2.0, 4.0)):
+        assert bound / 2 <= seconds <= bound
+    assert joined and not there.connected
 
 
 def test_unreachable_broker_is_a_clear_transport_error() -> None:
