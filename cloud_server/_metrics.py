@@ -15,8 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ._coordinator import Coordinator, RoundResult
 from ._failures import failure_summary
-from ._fleet_view import read_rows
-from ._fleet_view import report_of as _report
+from ._journal_reader import JournalReader
 
 __all__ = ["FleetMetrics"]
 
@@ -83,34 +82,28 @@ class FleetMetrics:
         self._bytes_seen = [0, 0]  # received (up), sent (down)
         self._node: str | None = None
 
-    def seed_from_journal(self, database: Path) -> None:
+    def seed_from_journal(self, state_dir: Path) -> None:
         """Start the lifetime counters at the journal's totals (a resumed fleet)."""
-        totals = read_rows(
-            database,
-            "SELECT (SELECT COUNT(*) FROM rounds WHERE closed IS NOT NULL), (SELECT COUNT(*) FROM updates),"
-            " (SELECT MAX(round) FROM rounds)",
-        )
-        rejected = read_rows(database, "SELECT reason, count FROM rejected")
-        if not totals or rejected is None:
+        journal = JournalReader(state_dir)
+        if not journal.exists():
             return  # no journal, or one without its tables yet: nothing to carry over
-        closed, updates, last = totals[0]
-        self.rounds.inc(closed)
-        self.accepted.inc(updates)
-        durations = "SELECT closed - started FROM rounds WHERE closed IS NOT NULL AND closed >= started ORDER BY round"
-        for (seconds,) in read_rows(database, durations) or []:
-            self.round_seconds.observe(float(seconds))
-        traffic = read_rows(database, "SELECT SUM(bytes_up), SUM(bytes_down) FROM rounds WHERE closed IS NOT NULL")
-        if traffic and traffic[0][0] is not None:  # a journal from before rounds kept their traffic: none
-            self.bytes.labels(direction="up").inc(max(0, int(traffic[0][0])))
-            self.bytes.labels(direction="down").inc(max(0, int(traffic[0][1] or 0)))
-        for device_id, reason in read_rows(database, "SELECT device_id, reason FROM failures") or []:
-            self._count_failure(failure_summary(str(reason), str(device_id)), 1)
-        for reason, count in rejected:
+        rounds = journal.rounds()
+        closed = [r for r in rounds if r.closed is not None]
+        self.rounds.inc(len(closed))
+        self.accepted.inc(len(journal.updates()))
+        for row in closed:
+            if row.seconds is not None:
+                self.round_seconds.observe(row.seconds)
+            self._count_report(row.report)
+        if any(r.bytes_up is not None for r in closed):  # a journal from before rounds kept their traffic: none
+            self.bytes.labels(direction="up").inc(max(0, sum(r.bytes_up or 0 for r in closed)))
+            self.bytes.labels(direction="down").inc(max(0, sum(r.bytes_down or 0 for r in closed)))
+        for failure in journal.failures():
+            self._count_failure(failure_summary(failure.reason, failure.device_id), 1)
+        for reason, count in journal.rejected().items():
             self.rejected.labels(reason=reason).inc(count)
-        if last is not None:
-            self.round_number.set(last)
-        for (text,) in read_rows(database, "SELECT report FROM rounds WHERE closed IS NOT NULL") or []:
-            self._count_report(_report(text))
+        if rounds:
+            self.round_number.set(rounds[-1].round)
 
     def _count_report(self, report: dict[str, object] | None) -> None:
         """A round's synthetic-data figures into the lifetime counters (rounds without a report: none)."""

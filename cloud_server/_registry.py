@@ -293,3 +293,18 @@ class DeviceRegistry:
         if revoked:
             raise ProtocolError("revoked", device_id)
         return key
+
+
+def read_enrollments(path: Path) -> list[tuple[str, float, float | None]] | None:
+    """(device, enrolled at, revoked at) of every device in the registry at ``path``, read-only, by name; None when
+    there is no registry (an open fleet) or it cannot be read."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        rows = db.execute("SELECT device_id, enrolled, revoked FROM devices ORDER BY device_id").fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return [(str(d), float(e), None if r is None else float(r)) for d, e, r in rows]

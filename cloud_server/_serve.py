@@ -152,7 +152,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
             from ._metrics import FleetMetrics
 
             metrics = FleetMetrics(fleet)
-            metrics.seed_from_journal(config.state_dir / "state.sqlite3")
+            metrics.seed_from_journal(config.state_dir)
             operator = OperatorServer(metrics, config.state_dir, fleet, host=config.metrics_host,
                                       port=config.metrics_port, dashboard=config.dashboard)  # fmt: skip
             operator.start()

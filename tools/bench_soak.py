@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_server import SimulationConfig, device_shards
+from cloud_server._journal_reader import JournalReader
 from edge_agent import AgentCore, InProcessRunner
 from protocol import BlobStore, BrokerAddress, DeviceState, MqttTransport, Topics, Will, encode_message
 from tools._bench_common import machine, write_json
@@ -150,12 +150,13 @@ def soak(url: str, agents: int, rounds: int, hostile: bool) -> dict[str, object]
         for core, transport in zip(cores, transports):
             transport.publish(topics.device(core.device_id, "state"), b"", retain=True)
             transport.close()
-        with sqlite3.connect(state / "state.sqlite3") as db:
-            closed = db.execute("SELECT count(*) FROM rounds WHERE closed IS NOT NULL").fetchone()[0]
-            per_round = [n for (n,) in db.execute("SELECT accepted FROM rounds ORDER BY round")]
-            accepted = db.execute("SELECT count(*) FROM updates").fetchone()[0]
-            strangers = db.execute("SELECT count(*) FROM updates WHERE device_id NOT LIKE 'device-%'").fetchone()[0]
-            rejected = dict(db.execute("SELECT reason, count FROM rejected").fetchall())
+        journal = JournalReader(state)
+        closed = len(journal.closed_rounds())
+        per_round = [r.accepted for r in journal.rounds()]
+        updates = journal.updates()
+        accepted = len(updates)
+        strangers = sum(1 for u in updates if not u.device_id.startswith("device-"))
+        rejected = journal.rejected()
         return {
             "agents": agents,
             "rounds_asked": rounds,

@@ -112,7 +112,7 @@ def test_the_synthetic_counters_start_from_the_rounds_the_journal_kept(tmp_path:
     journal.close()
     # Execute
     metrics = FleetMetrics("f")
-    metrics.seed_from_journal(tmp_path / "state.sqlite3")
+    metrics.seed_from_journal(tmp_path)
     # Assert: what the journal holds, a figure that is not a count counting as none
     sample = metrics.registry.get_sample_value
     assert sample("genfl_synthetic_rounds_total", {"sent": "yes"}) == 2
@@ -138,7 +138,7 @@ def test_after_a_restart_round_durations_and_failures_start_from_the_journal(tmp
     journal.close()
     # Execute
     metrics = FleetMetrics("f")
-    metrics.seed_from_journal(tmp_path / "state.sqlite3")
+    metrics.seed_from_journal(tmp_path)
     # Assert: the histogram counts every closed round, as the rounds counter does; traffic; failures by reason
     sample = metrics.registry.get_sample_value
     assert sample("genfl_rounds_total") == 5 and sample("genfl_round_duration_seconds_count") == 5

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -82,16 +81,6 @@ def processes(folder: Path) -> Iterator[Processes]:
         yield group
     finally:
         group.stop_all()
-
-
-def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-        try:
-            return list(connection.execute(sql, params))
-        except sqlite3.OperationalError:  # tables not created yet
-            return []
 
 
 @contextmanager

@@ -15,16 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from cloud_server import EmbeddedBroker, SimulationConfig
+from cloud_server._journal_reader import JournalReader
 from models import build_model, model_state
 from protocol import DeviceState, Task, Update, decode_message, decode_tensors, encode_message
-from tests.system._helpers import ENV, clear_retained, mqtt_client, processes, query, skip_unless_ci, wait_for
+from tests.system._helpers import ENV, clear_retained, mqtt_client, processes, skip_unless_ci, wait_for
 from tests.system.test_serve_resume import _write_shards
 
 
-def _counted_once(db: Path, rounds: int, devices: int) -> None:
-    rows = query(db, "SELECT round, device_id FROM updates")
+def _counted_once(journal: JournalReader, rounds: int, devices: int) -> None:
+    rows = [(u.round, u.device_id) for u in journal.updates()]
     assert len(rows) == len(set(rows))
-    per_round = query(db, "SELECT round, accepted FROM rounds WHERE closed IS NOT NULL ORDER BY round")
+    per_round = [(r.round, r.accepted) for r in journal.closed_rounds()]
     assert per_round == [(r, devices) for r in range(1, rounds + 1)]
     for number, accepted in per_round:
         assert len([r for r in rows if r[0] == number]) == accepted
@@ -40,13 +41,13 @@ def test_broker_restarted_mid_round(tmp_path: Path, fleet: str) -> None:
     broker = EmbeddedBroker(kind="mosquitto")
     url = broker.start()
     state = tmp_path / "server"
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     with processes(tmp_path) as group:
         try:
             server = group.server("server", state, fleet, "--rounds", "2", "--min-devices", "3", "--broker", url)
             for device_id, spec in specs.items():
                 group.agent(device_id, device_id, fleet, url, spec, "--backoff-cap", "2")
-            wait_for(lambda: query(db, "SELECT 1 FROM updates WHERE round = 1"), 90, "a first update")
+            wait_for(lambda: journal.updates(1), 90, "a first update")
             # Execute: the broker goes away mid-round and comes back (empty: it keeps no sessions)
             broker.stop()
             time.sleep(3)
@@ -56,13 +57,13 @@ def test_broker_restarted_mid_round(tmp_path: Path, fleet: str) -> None:
         finally:
             broker.stop()
         assert code == 0, group.log("server")[-3000:]
-    _counted_once(db, rounds=2, devices=3)
+    _counted_once(journal, rounds=2, devices=3)
 
 
 def test_agent_killed_mid_training_and_restarted(tmp_path: Path, mosquitto_url: str, fleet: str) -> None:
     specs = _write_shards(SimulationConfig(devices=2, rounds=2, seed=2), tmp_path)
     state = tmp_path / "server"
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     with processes(tmp_path) as group:
         try:
             server = group.server(
@@ -83,13 +84,13 @@ def test_agent_killed_mid_training_and_restarted(tmp_path: Path, mosquitto_url: 
         finally:
             clear_retained(mosquitto_url, fleet, list(specs))
         assert code == 0, group.log("server")[-3000:]
-    _counted_once(db, rounds=2, devices=2)
+    _counted_once(journal, rounds=2, devices=2)
     assert "device-001 is back; sending its task again" in group.log("server")
 
 
 def test_duplicate_and_out_of_order_updates_count_once(tmp_path: Path, mosquitto_url: str, fleet: str) -> None:
     state = tmp_path / "server"
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     base = f"genfl/{fleet}/devices"
     reference = model_state(build_model("cnn-digits"))
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
@@ -112,7 +113,7 @@ def test_duplicate_and_out_of_order_updates_count_once(tmp_path: Path, mosquitto
         devices.subscribe(f"{base}/+/task", qos=1)
         server = group.server("server", state, fleet, "--rounds", "2", "--min-devices", "2", "--broker", mosquitto_url)
         try:
-            wait_for(db.exists, 30, "the server")
+            wait_for(journal.exists, 30, "the server")
             for device_id in ("dev-a", "dev-b"):
                 hello = DeviceState(device_id=device_id, state="online", num_samples=10)
                 devices.publish(f"{base}/{device_id}/state", encode_message(hello), qos=1, retain=True)
@@ -135,9 +136,9 @@ def test_duplicate_and_out_of_order_updates_count_once(tmp_path: Path, mosquitto
         finally:
             clear_retained(mosquitto_url, fleet, ["dev-a", "dev-b"])
         assert code == 0, group.log("server")[-3000:]
-    _counted_once(db, rounds=2, devices=2)
+    _counted_once(journal, rounds=2, devices=2)
     # the round-1 frame again in round 2: byte-identical to an accepted update, so a replay
-    assert query(db, "SELECT count FROM rejected WHERE reason = 'replay'") == [(1,)]
+    assert journal.rejected().get("replay") == 1
     # round 1: (10*0.01 + 10*0.03) / 20 = 0.02 added to each float weight, once; round 2 adds 0
     start = decode_tensors((state / "checkpoints" / "round-0000.safetensors").read_bytes())
     end = decode_tensors((state / "checkpoints" / "round-0002.safetensors").read_bytes())
@@ -174,7 +175,7 @@ def test_full_disk_refuses_updates_without_corrupting_state_and_recovers(
     state = tmp_path / "small"
     if not _mount_tmpfs(state, "400k"):
         skip_unless_ci("mounting a tmpfs needs root (CI runs as root)")
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     try:
         with processes(tmp_path) as group:
             try:
@@ -183,7 +184,7 @@ def test_full_disk_refuses_updates_without_corrupting_state_and_recovers(
                 for name, (device_id, spec) in zip("ab", specs.items()):
                     group.agent(name, device_id, fleet, mosquitto_url, spec, "--resend-after", "2")
                 wait_for(lambda: "not acknowledged" in group.log("server"), 90, "an update the server cannot store")
-                with contextlib.closing(sqlite3.connect(db)) as connection:
+                with contextlib.closing(sqlite3.connect(journal.path)) as connection:
                     integrity = connection.execute("PRAGMA integrity_check").fetchone()[0]
                 # Execute: the operator frees space; the kept updates are re-sent and the round completes
                 subprocess.run(["mount", "-o", "remount,size=8m", str(state)], check=True)
@@ -192,6 +193,6 @@ def test_full_disk_refuses_updates_without_corrupting_state_and_recovers(
                 clear_retained(mosquitto_url, fleet, list(specs))
             assert code == 0, group.log("server")[-3000:]
         assert integrity == "ok"
-        _counted_once(db, rounds=1, devices=2)
+        _counted_once(journal, rounds=1, devices=2)
     finally:
         subprocess.run(["umount", "--lazy", str(state)], check=False)

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cloud_server._journal_reader import JournalReader
 from cloud_server._simulation import SimulationConfig, device_shards, run_simulation
 from cloud_server._strategy import GenflConfig
 from edge_agent import DeviceDataset, load_dataset, save_npz
 from models import checkpoint_classes, read_checkpoint
 from protocol import encode_tensors
-from tests.system._helpers import ENV, processes, query, wait_for
+from tests.system._helpers import ENV, processes, wait_for
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -86,8 +87,7 @@ def test_boards_lacking_classes_number_them_as_the_fleet_and_train_the_simulated
     _, trained = read_checkpoint(final)
     assert _model_hash(trained) == _model_hash(expected.final_state)
     assert checkpoint_classes(final) == DIGITS
-    rows = query(state / "state.sqlite3", "SELECT device_id, label_counts FROM devices")
-    counts = {device_id: json.loads(text) for device_id, text in rows}
+    counts = {row.device_id: json.loads(row.label_counts or "null") for row in JournalReader(state).devices()}
     for device_id, shard in shards:  # every board shared its counts in the fleet's order
         assert counts[device_id] == [float(c) for c in np.bincount(shard.labels, minlength=10)]
     listing = json.loads(listed.stdout)

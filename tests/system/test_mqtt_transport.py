@@ -62,9 +62,12 @@ def test_the_first_connection_is_retried_with_a_growing_wait_until_it_works_or_a
     heard: list[tuple[float, bool]] = []
     nowhere = MqttTransport(BrokerAddress("127.0.0.1", _free_port()), "nobody", backoff_cap_s=30)
     there = MqttTransport(parse_brokers(mosquitto_url), f"genfl-patient-{time.monotonic_ns()}", session_expiry_s=0)
+
     # Execute
-    gave_up = nowhere.connect_patiently(threading.Event(), timeout_s=2, attempts=3,
-                                        waiting=lambda why, seconds, refused: heard.append((seconds, refused)))  # fmt: skip
+    def waiting(why: str, seconds: float, refused: bool) -> None:
+        heard.append((seconds, refused))
+
+    gave_up = nowhere.connect_patiently(threading.Event(), timeout_s=2, attempts=3, waiting=waiting)
     with there:  # the seam's context manager: connects, and closes on leaving
         joined = there.connect_patiently(threading.Event(), attempts=1) and there.connected
     # Assert: three tries, each wait within its doubling band (jitter 0.5-1x of 1, 2, 4 s), none a refusal

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_server import SimulationConfig
 from cloud_server._broker import free_port
-from tests.system._helpers import artifacts_dir, clear_retained, mqtt_client, processes, query, skip_unless_ci, wait_for
+from cloud_server._journal_reader import JournalReader
+from tests.system._helpers import artifacts_dir, clear_retained, mqtt_client, processes, skip_unless_ci, wait_for
 from tests.system.test_serve_resume import _write_shards
 
 
@@ -48,26 +49,26 @@ def test_metrics_match_the_journal_and_the_dashboard_shows_the_fleet(tmp_path: P
     chromium = _chromium()
     specs = _write_shards(SimulationConfig(devices=2, rounds=3, seed=0), tmp_path)
     state = tmp_path / "server"
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     port = free_port()
     with processes(tmp_path) as group:
         try:
             group.server("server", state, fleet, "--rounds", "50", "--min-devices", "2", "--broker", mosquitto_url,
                          "--metrics-port", str(port), "--dashboard", "--eval-dataset", "digits")  # fmt: skip
             agents = [group.agent(d, d, fleet, mosquitto_url, specs[d]) for d in specs]
-            wait_for(lambda: len(query(db, "SELECT 1 FROM rounds WHERE closed IS NOT NULL")) >= 1, 90, "round 1")
+            wait_for(lambda: len(journal.closed_rounds()) >= 1, 90, "round 1")
             with mqtt_client(mosquitto_url, f"{fleet}-outsider") as outsider:
                 topic = f"genfl/{fleet}/devices/device-000/update"
                 outsider.publish(topic, b"\x00 not a frame", qos=1).wait_for_publish(5)
-            wait_for(lambda: query(db, "SELECT count FROM rejected"), 30, "the hostile message counted")
-            wait_for(lambda: len(query(db, "SELECT 1 FROM rounds WHERE closed IS NOT NULL")) >= 3, 120, "3 rounds")
+            wait_for(lambda: journal.rejected(), 30, "the hostile message counted")
+            wait_for(lambda: len(journal.closed_rounds()) >= 3, 120, "3 rounds")
             for agent in agents:  # freeze the fleet: the journal and the metrics stop moving
                 os.kill(agent.pid, signal.SIGSTOP)
             settled: list[int] = []
 
             def still() -> bool:  # the journal did not change across two scrapes half a second apart
-                snapshot = query(db, "SELECT COUNT(*), (SELECT COUNT(*) FROM updates) FROM rounds")
-                settled.append(hash(tuple(snapshot)))
+                snapshot = (len(journal.rounds()), len(journal.updates()))
+                settled.append(hash(snapshot))
                 return len(settled) >= 3 and settled[-1] == settled[-2] == settled[-3]
 
             wait_for(still, 30, "the journal to settle", interval_s=0.7)
@@ -82,18 +83,18 @@ def test_metrics_match_the_journal_and_the_dashboard_shows_the_fleet(tmp_path: P
         finally:
             clear_retained(mosquitto_url, fleet, list(specs))
     # Assert: the counters are the journal's
-    closed = query(db, "SELECT COUNT(*) FROM rounds WHERE closed IS NOT NULL")[0][0]
+    closed = len(journal.closed_rounds())
     assert metrics[("genfl_rounds_total", ())] == closed >= 3
-    assert metrics[("genfl_updates_accepted_total", ())] == query(db, "SELECT COUNT(*) FROM updates")[0][0]
-    for reason, count in query(db, "SELECT reason, count FROM rejected"):
+    assert metrics[("genfl_updates_accepted_total", ())] == len(journal.updates())
+    for reason, count in journal.rejected().items():
         assert metrics[("genfl_messages_rejected_total", (("reason", reason),))] == count
-    assert metrics[("genfl_round", ())] == query(db, "SELECT MAX(round) FROM rounds")[0][0]
+    assert metrics[("genfl_round", ())] == journal.rounds()[-1].round
     assert metrics[("genfl_devices_online", ())] == 2
     assert metrics[("genfl_round_duration_seconds_count", ())] == closed
     assert metrics[("genfl_bytes_total", (("direction", "up"),))] > 0
     assert metrics[("genfl_bytes_total", (("direction", "down"),))] > 0
-    last_accuracy = query(db, "SELECT accuracy FROM rounds WHERE closed IS NOT NULL ORDER BY round DESC LIMIT 1")
-    assert metrics[("genfl_accuracy", ())] == last_accuracy[0][0] > 0.1
+    last_accuracy = journal.closed_rounds()[-1].accuracy
+    assert last_accuracy is not None and metrics[("genfl_accuracy", ())] == last_accuracy > 0.1
     assert metrics[("genfl_broker_node", (("node", mosquitto_url),))] == 1
     # the page, as Chromium rendered it: both devices online, the rounds, one point per round on the curve
     assert page.returncode == 0, page.stderr[-2000:]
@@ -103,5 +104,5 @@ def test_metrics_match_the_journal_and_the_dashboard_shows_the_fleet(tmp_path: P
     assert "2 of 2 devices online" in dom
     assert f"{closed} rounds closed" in dom
     assert dom.count("<circle") == closed
-    assert f"accuracy {last_accuracy[0][0]:.3f}" in dom
+    assert f"accuracy {last_accuracy:.3f}" in dom
     assert shot.exists() and shot.stat().st_size > 10_000

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_server._journal_reader import JournalReader
 from cloud_server._pki import new_ca
 from protocol import (
     BrokerAddress,
@@ -23,7 +24,7 @@ from protocol import (
     sign_frame,
     verify_frame,
 )
-from tests.system._helpers import query, wait_for
+from tests.system._helpers import wait_for
 from tests.system._secured import SecuredFleet, collect, pump
 
 
@@ -51,11 +52,11 @@ def test_enroll_then_status_then_run_take_part_in_a_signed_round(secured: Secure
     # Execute: the agents take part in a round
     for name, home in homes.items():
         secured.group.start(name, "-m", "edge_agent", "run", "--home", str(home), "--status-interval", "0.5")
-    db = secured.state / "state.sqlite3"
-    wait_for(lambda: query(db, "SELECT accepted FROM rounds WHERE round = 1 AND closed IS NOT NULL"), 240,
+    journal = JournalReader(secured.state)
+    wait_for(lambda: (r := journal.round(1)) is not None and r.closed is not None, 240,
              "round 1 to close")  # fmt: skip
     # Assert
-    assert query(db, "SELECT accepted FROM rounds WHERE round = 1") == [(2,)]
+    assert journal.round(1).accepted == 2  # type: ignore[union-attr]
 
     def accepted_status() -> dict[str, object] | None:
         status = json.loads(secured.cli("edge", "status", "--home", str(homes["board-a"]), "--json").stdout)
@@ -161,8 +162,8 @@ def test_forged_and_replayed_updates_are_counted_and_a_revoked_device_is_cut_off
     pump(0.3, observer)
     for name, home in homes.items():
         secured.group.start(name, "-m", "edge_agent", "run", "--home", str(home))
-    db = secured.state / "state.sqlite3"
-    while not query(db, "SELECT 1 FROM rounds WHERE round = 1 AND closed IS NOT NULL"):
+    journal = JournalReader(secured.state)
+    while not _closed(journal, 1):
         pump(0.2, observer)
         assert secured.group.running["server"].poll() is None, secured.group.log("server")[-3000:]
     pump(0.3, observer)
@@ -183,7 +184,7 @@ def test_forged_and_replayed_updates_are_counted_and_a_revoked_device_is_cut_off
     # Assert
 
     def counted() -> dict[str, int] | None:
-        rejected = dict(query(db, "SELECT reason, count FROM rejected"))
+        rejected = journal.rejected()
         return rejected if rejected.get("bad-signature") and rejected.get("replay") else None
 
     rejected = wait_for(counted, 30, "the forged and the replayed update to be counted")
@@ -191,9 +192,9 @@ def test_forged_and_replayed_updates_are_counted_and_a_revoked_device_is_cut_off
     user_b, password_b = secured.login(homes["b"])
     with pytest.raises(BrokerRefused):
         secured.client("b-again", user_b, password_b)
-    wait_for(lambda: query(db, "SELECT 1 FROM rounds WHERE round = 2 AND closed IS NOT NULL"), 240, "round 2 to close")
-    assert query(db, "SELECT device_id FROM updates WHERE round = 2") == [("a",)]
-    assert query(db, "SELECT reason FROM failures WHERE round = 2 AND device_id = 'b'") == [("revoked",)]
+    wait_for(lambda: _closed(journal, 2), 240, "round 2 to close")
+    assert [u.device_id for u in journal.updates(2)] == ["a"]
+    assert [(f.device_id, f.reason) for f in journal.failures(2)] == [("b", "revoked")]
     wait_for(lambda: "lost the broker" in secured.group.log("b"), 10, "the broker to drop b's session")
     listing = json.loads(secured.cli("server", "devices", "list", "--state-dir", str(secured.state), "--json").stdout)
     assert {r["device_id"]: r["revoked"] for r in listing["devices"]} == {"a": False, "b": True}
@@ -205,3 +206,8 @@ def _server_view_key(home: Path):  # type: ignore[no-untyped-def]
     from protocol import load_signing_key
 
     return load_signing_key(home / "device.key").public_key()
+
+
+def _closed(journal: JournalReader, number: int) -> bool:
+    row = journal.round(number)
+    return row is not None and row.closed is not None

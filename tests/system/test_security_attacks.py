@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_server._journal_reader import JournalReader
 from edge_agent._daemon import load_agent_config
 from protocol import (
     Ack,
@@ -23,7 +24,7 @@ from protocol import (
     load_signing_key,
     sign_frame,
 )
-from tests.system._helpers import ENV, NOBODY, as_nobody, nobody_python_or_skip, query, skip_unless_ci, wait_for
+from tests.system._helpers import ENV, NOBODY, as_nobody, nobody_python_or_skip, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 
 KILLER_INT = "9" * 5000  # json.loads raises a plain ValueError on it (CPython's integer-digit limit)
@@ -35,7 +36,7 @@ def _header_frame(header: str) -> bytes:
 
 
 def _rejected(secured: SecuredFleet) -> dict[str, int]:
-    return dict(query(secured.state / "state.sqlite3", "SELECT reason, count FROM rejected"))
+    return JournalReader(secured.state).rejected()
 
 
 def _refused(secured: SecuredFleet, user: str, password: str) -> bool:
@@ -170,8 +171,8 @@ def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: Secu
     log.close()
     secured.group.running["service"] = agent
     # Assert: it takes part in the signed round
-    db = secured.state / "state.sqlite3"
-    wait_for(lambda: query(db, "SELECT accepted FROM rounds WHERE round = 1 AND closed IS NOT NULL"), 240,
+    journal = JournalReader(secured.state)
+    wait_for(lambda: (r := journal.round(1)) is not None and r.closed is not None, 240,
              "the service user's round")  # fmt: skip
-    assert query(db, "SELECT device_id FROM updates WHERE round = 1") == [("board",)]
+    assert [u.device_id for u in journal.updates(1)] == ["board"]
     assert (state / "status.json").stat().st_uid == NOBODY

@@ -9,9 +9,10 @@ import signal
 from pathlib import Path
 
 from cloud_server import SimulationConfig, device_shards, run_simulation
+from cloud_server._journal_reader import JournalReader
 from edge_agent import DeviceDataset, save_npz
 from protocol import encode_tensors
-from tests.system._helpers import clear_retained, processes, query, wait_for
+from tests.system._helpers import clear_retained, processes, wait_for
 
 
 def _write_shards(config: SimulationConfig, folder: Path) -> dict[str, str]:
@@ -32,7 +33,7 @@ def test_server_killed_mid_round_resumes_and_counts_each_update_once(
     config = SimulationConfig(devices=3, rounds=2, seed=0, codec="int8")
     specs = _write_shards(config, tmp_path)
     state = tmp_path / "server"
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     serve_args = ("--model", "cnn-digits", "--rounds", "2", "--min-devices", "3", "--broker", mosquitto_url,
                   "--codec", "int8")  # fmt: skip
     with processes(tmp_path) as group:
@@ -40,11 +41,11 @@ def test_server_killed_mid_round_resumes_and_counts_each_update_once(
             group.server("server-1", state, fleet, *serve_args)
             for device_id in ("device-000", "device-001"):
                 group.agent(device_id, device_id, fleet, mosquitto_url, specs[device_id])
-            wait_for(lambda: len(query(db, "SELECT * FROM devices")) == 2, 60, "two devices registered")
+            wait_for(lambda: len(journal.devices()) == 2, 60, "two devices registered")
             slow = group.agent("device-002", "device-002", fleet, mosquitto_url, specs["device-002"])
-            wait_for(lambda: query(db, "SELECT 1 FROM rounds WHERE round = 1"), 60, "round 1 opened")
+            wait_for(lambda: journal.round(1), 60, "round 1 opened")
             os.kill(slow.pid, signal.SIGSTOP)  # it has its task but cannot answer yet
-            wait_for(lambda: len(query(db, "SELECT * FROM updates WHERE round = 1")) == 2, 60, "two updates accepted")
+            wait_for(lambda: len(journal.updates(1)) == 2, 60, "two updates accepted")
             # Execute: kill the coordinator mid-round, restart it, let the third device answer
             group.running["server-1"].kill()
             group.running["server-1"].wait()
@@ -56,9 +57,9 @@ def test_server_killed_mid_round_resumes_and_counts_each_update_once(
         # Assert: the run finished, each device counted once per round
         assert code == 0, group.log("server-2")[-3000:]
     assert "resumed round 1: 2 of 3 updates already accepted" in group.log("server-2")
-    rows = query(db, "SELECT round, device_id, num_samples FROM updates ORDER BY round, device_id")
+    rows = [(u.round, u.device_id, u.num_samples) for u in journal.updates()]
     assert [(r, d) for r, d, _ in rows] == [(r, d) for r in (1, 2) for d in ("device-000", "device-001", "device-002")]
-    totals = query(db, "SELECT round, accepted, total_weight, closed IS NOT NULL FROM rounds ORDER BY round")
+    totals = [(r.round, r.accepted, r.total_weight, int(r.closed is not None)) for r in journal.rounds()]
     samples = sum(n for r, _, n in rows if r == 1)
     assert totals == [(1, 3, samples, 1), (2, 3, samples, 1)]
     # ... and the final model is bit-identical to an uninterrupted in-memory run of the same federation
@@ -73,7 +74,7 @@ def test_straggler_is_left_out_after_the_timeout_and_joins_a_later_round(
 ) -> None:
     specs = _write_shards(SimulationConfig(devices=2, rounds=2, seed=1), tmp_path)
     state = tmp_path / "server"
-    db = state / "state.sqlite3"
+    journal = JournalReader(state)
     with processes(tmp_path) as group:
         try:
             # Prepare: the straggler registers and stops before any round can open (two devices are needed)
@@ -82,22 +83,20 @@ def test_straggler_is_left_out_after_the_timeout_and_joins_a_later_round(
                 "--local-epochs", "1", "--broker", mosquitto_url,  # one epoch: the woken straggler's round fits
             )  # fmt: skip
             straggler = group.agent("straggler", "device-001", fleet, mosquitto_url, specs["device-001"])
-            wait_for(lambda: len(query(db, "SELECT * FROM devices")) == 1, 60, "the straggler registered")
+            wait_for(lambda: len(journal.devices()) == 1, 60, "the straggler registered")
             os.kill(straggler.pid, signal.SIGSTOP)
             group.agent("fast", "device-000", fleet, mosquitto_url, specs["device-000"])
             # Execute: round 1 picks both and closes at its deadline without the straggler, which then wakes
-            wait_for(
-                lambda: query(db, "SELECT 1 FROM rounds WHERE timed_out = 1 AND accepted = 1"), 60, "a timed-out round"
-            )
+            wait_for(lambda: any(r.timed_out and r.accepted == 1 for r in journal.rounds()), 60, "a timed-out round")
             os.kill(straggler.pid, signal.SIGCONT)
             code = server.wait(timeout=120)
         finally:
             clear_retained(mosquitto_url, fleet, list(specs))
         assert code == 0, group.log("server")[-3000:]
     # Assert: the straggler was left out of a round, then came back and was counted in a later one
-    left_out = query(db, "SELECT round FROM rounds WHERE timed_out = 1 AND configs LIKE '%device-001%'")
+    left_out = [r.round for r in journal.rounds() if r.timed_out and "device-001" in r.picked]
     assert left_out
-    joined = query(db, "SELECT round FROM updates WHERE device_id = 'device-001' AND round > ?", left_out[0][0])
+    joined = [u.round for u in journal.updates() if u.device_id == "device-001" and u.round > left_out[0]]
     assert joined, group.log("straggler")[-2000:]
 
 
@@ -150,8 +149,8 @@ def test_rounds_every_board_fails_are_reported_by_reason_and_serve_stops_opening
     assert code == 1, log[-3000:]
     assert log.count("2 board(s) failed: 2 x ") == 2 and "takes 1x8x8" in log
     assert "2 rounds in a row failed on every board" in log.splitlines()[-1]
-    assert [r for (r,) in query(state / "state.sqlite3", "SELECT round FROM rounds ORDER BY round")] == [1, 2]
-    assert len(query(state / "state.sqlite3", "SELECT * FROM failures")) == 4
+    assert [r.round for r in JournalReader(state).rounds()] == [1, 2]
+    assert len(JournalReader(state).failures()) == 4
 
 
 def test_a_client_taking_the_servers_session_is_named_and_not_fought_over(
@@ -212,7 +211,7 @@ def test_a_restored_older_state_publishes_no_task_unless_the_operator_says_so(
         finally:
             clear_retained(mosquitto_url, fleet, ["board-1"])
     # Assert 2: the rounds went on after the fleet's (round 4), from the backup's round-1 model
-    rounds = [r for (r,) in query(backup / "state.sqlite3", "SELECT round FROM rounds ORDER BY round")]
+    rounds = [r.round for r in JournalReader(backup).rounds()]
     assert rounds == [1, 4]
     assert (
         "task for round 4" in group.log("board")
