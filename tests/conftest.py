@@ -47,10 +47,16 @@ def fleet() -> str:
 
 
 # `make test-fast` runs `-m "not slow"`: the unit tests. Everything in tests/system/ (brokers, processes) is slow;
-# so are the tests marked slow where they run whole simulations.
+# so are the tests marked slow where they run whole simulations, and those that need something of the machine
+# (`-m broker`, `nats`, `chromium`, `root` pick those).
+_NEEDS = ("broker", "nats", "chromium", "root")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "/tests/system/" in str(item.path).replace("\\", "/"):
+        if {"mosquitto_url", "secured"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+        if "/tests/system/" in str(item.path).replace("\\", "/") or any(item.get_closest_marker(n) for n in _NEEDS):
             item.add_marker(pytest.mark.slow)
     # The slow ones first: with two workers, a long test that starts last ends the run alone.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -55,6 +55,7 @@ def shared_folders() -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(victims, ignore_errors=True)
 
 
+@pytest.mark.root
 def test_a_broker_user_swapping_in_symlinks_cannot_redirect_a_write_or_a_chown(shared_folders: tuple[Path, Path]):
     # Prepare
     broker, victims = shared_folders
@@ -182,6 +183,7 @@ def _sync_command(outbox: Path, broker: Path) -> list[str]:
             str(broker), "--fleet", "plant-3"]  # fmt: skip
 
 
+@pytest.mark.root
 def test_a_server_that_may_not_write_the_broker_folder_leaves_its_files_for_the_root_sync_to_check_and_install(
     outbox_fleet: tuple[Path, Path, Path, str, dict[str, str]],
 ) -> None:
@@ -242,6 +244,7 @@ def test_a_server_that_may_not_write_the_broker_folder_leaves_its_files_for_the_
     assert not (elsewhere / "installed").exists() and not receipt.exists()
 
 
+@pytest.mark.root
 def test_a_change_written_while_the_sync_runs_still_reaches_the_broker_and_a_sync_that_never_runs_is_reported(
     outbox_fleet: tuple[Path, Path, Path, str, dict[str, str]],
 ) -> None:

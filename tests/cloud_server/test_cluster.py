@@ -51,6 +51,7 @@ def test_the_payload_limit_fits_the_chunk_and_bad_specs_are_refused() -> None:
             ClusterSpec(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.nats
 def test_every_written_node_config_is_valid_for_nats_server(tmp_path: Path) -> None:
     nats = _nats_server()
     files = write_cluster_config(ClusterSpec(nodes=3, hosts=("10.0.0.1", "10.0.0.2", "10.0.0.3")), tmp_path)

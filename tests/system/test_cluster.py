@@ -17,6 +17,8 @@ from cloud_server._cluster import LocalCluster, free_loopback_spec
 from protocol import encode_tensors
 from tests.system._helpers import artifacts_dir, skip_unless_ci
 
+pytestmark = pytest.mark.nats
+
 BASE = {"dataset": "digits", "devices": 6, "alpha": 0.5, "seed": 0}
 
 

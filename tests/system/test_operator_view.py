@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_server import SimulationConfig
@@ -43,6 +44,7 @@ def _headless(chromium: str, profile: Path, *args: str) -> subprocess.CompletedP
     return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=90, check=False)
 
 
+@pytest.mark.chromium
 def test_metrics_match_the_journal_and_the_dashboard_shows_the_fleet(tmp_path: Path, mosquitto_url: str,
                                                                      fleet: str) -> None:  # fmt: skip
     # Prepare: a server with metrics, dashboard and a test set; two agents; one hostile message

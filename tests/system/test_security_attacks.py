@@ -137,6 +137,7 @@ def test_enrollment_is_all_or_nothing_when_the_broker_files_cannot_be_written(se
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.root
 def test_the_boards_service_user_runs_on_what_enroll_wrote_as_root(secured: SecuredFleet) -> None:
     # Prepare: enrolled as root (0600, root-owned), as the README says; the agent will run as another user
     python, env = nobody_python_or_skip("enroll as root, run as another user")
