@@ -1,4 +1,4 @@
-"""The cloud side: coordinator, strategies, aggregation, simulation, the CLI.
+"""The cloud side: coordinator, strategies, aggregation, the CLI.
 
 Names are imported on first use (PEP 562), so that the administrative commands
 (``devices``, ``broker-config``, ``--help``) start without loading torch.
@@ -16,16 +16,6 @@ if TYPE_CHECKING:
     from ._coordinator import Coordinator, CoordinatorConfig, DeviceRecord, RoundResult
     from ._journal import SqliteJournal
     from ._serve import ServeConfig, run_server
-    from ._simulation import (
-        DeviceShards,
-        SimulationConfig,
-        SimulationHooks,
-        SimulationResult,
-        device_shards,
-        plot_curve,
-        run_simulation,
-        write_outputs,
-    )
     from ._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed, make_strategy
 
 _WHERE = {
@@ -41,14 +31,6 @@ _WHERE = {
     "SqliteJournal": "_journal",
     "ServeConfig": "_serve",
     "run_server": "_serve",
-    "DeviceShards": "_simulation",
-    "SimulationConfig": "_simulation",
-    "SimulationHooks": "_simulation",
-    "SimulationResult": "_simulation",
-    "device_shards": "_simulation",
-    "plot_curve": "_simulation",
-    "run_simulation": "_simulation",
-    "write_outputs": "_simulation",
     "STRATEGIES": "_strategy",
     "FedAvg": "_strategy",
     "FedProx": "_strategy",
@@ -71,14 +53,6 @@ __all__ = [
     "SqliteJournal",
     "ServeConfig",
     "run_server",
-    "DeviceShards",
-    "SimulationConfig",
-    "SimulationHooks",
-    "SimulationResult",
-    "device_shards",
-    "plot_curve",
-    "run_simulation",
-    "write_outputs",
     "STRATEGIES",
     "FedAvg",
     "FedProx",

@@ -23,10 +23,8 @@ if TYPE_CHECKING:
         save_npz,
         with_channels,
     )
-    from ._partition import dirichlet_partition, label_histogram, partition_labels, shard_partition
     from ._policy import TaskPolicy, local_steps
     from ._privacy import laplace_label_counts, released_label_counts, scaled_to_total
-    from ._report import histogram_table
     from ._runner import InProcessRunner, run_task
 
 _WHERE = {
@@ -41,16 +39,11 @@ _WHERE = {
     "load_dataset": "_data",
     "save_npz": "_data",
     "with_channels": "_data",
-    "dirichlet_partition": "_partition",
-    "label_histogram": "_partition",
-    "partition_labels": "_partition",
-    "shard_partition": "_partition",
     "TaskPolicy": "_policy",
     "local_steps": "_policy",
     "laplace_label_counts": "_privacy",
     "released_label_counts": "_privacy",
     "scaled_to_total": "_privacy",
-    "histogram_table": "_report",
     "InProcessRunner": "_runner",
     "run_task": "_runner",
 }
@@ -65,19 +58,14 @@ __all__ = [
     "TrainingRunner",
     "check_arrays_fit",
     "check_fits_model",
-    "dirichlet_partition",
     "in_fleet_order",
-    "histogram_table",
-    "label_histogram",
     "laplace_label_counts",
     "released_label_counts",
     "load_dataset",
     "local_steps",
-    "partition_labels",
     "run_task",
     "save_npz",
     "scaled_to_total",
-    "shard_partition",
     "with_channels",
 ]
 __version__ = "0.1.0"

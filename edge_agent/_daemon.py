@@ -75,7 +75,7 @@ class AgentConfig:
     broker: str = "mqtt://127.0.0.1:1883"
     data_dir: Path = Path("data")
     worker: str = "per-task"  # per-task (a board), persistent, or pool (many agents on one host)
-    pool_socket: Path | None = None  # --worker pool: the socket of `python -m edge_agent.pool`
+    pool_socket: Path | None = None  # --worker pool: the socket of `python -m simulation.pool`
     torch_device: str = "cpu"
     share_label_counts: bool = False
     label_noise: float | None = None  # epsilon: share the label counts with Laplace noise (epsilon-DP)

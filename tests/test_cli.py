@@ -124,9 +124,10 @@ RENAMED = {"lr": "learning_rate", "mu": "prox_mu", "round_timeout": "round_timeo
 def test_cli_defaults_are_the_config_defaults(command: str) -> None:
     from dataclasses import MISSING, fields
 
-    from cloud_server import ServeConfig, SimulationConfig, StrategyConfig
+    from cloud_server import ServeConfig, StrategyConfig
     from cloud_server._strategy import GenflConfig
     from cloud_server.cli import app
+    from simulation import SimulationConfig
 
     config = {"simulate": SimulationConfig, "serve": ServeConfig}[command]
     declared = {}

@@ -99,8 +99,8 @@ def build_pools(dataset: str, seeds: Sequence[int], train_subset: int | None, ou
 
     With ``train_subset`` the pool holds training images outside every seed's device subset; without (the
     devices hold the whole training split) it holds test images outside the evaluation subset."""
-    from cloud_server._simulation import stratified_subset
     from edge_agent import load_dataset
+    from simulation._simulation import stratified_subset
 
     if train_subset is not None:
         key = f"train-{train_subset}-seeds-{'-'.join(map(str, sorted(seeds)))}"

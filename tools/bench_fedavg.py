@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud_server import SimulationConfig, SimulationHooks, plot_curve, run_simulation
+from simulation import SimulationConfig, SimulationHooks, plot_curve, run_simulation
 from tools._bench_common import machine, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.zip"

@@ -92,8 +92,8 @@ def _run(job: dict[str, Any]) -> str:
     """One (strategy, seed) simulation; its rounds go to ``job['path']`` as they close."""
     if job.get("one_thread"):
         os.environ["GENFL_GENERATOR_THREADS"] = "1"
-    from cloud_server import SimulationConfig, SimulationHooks, run_simulation
     from cloud_server._strategy import GenflConfig
+    from simulation import SimulationConfig, SimulationHooks, run_simulation
 
     path = Path(job["path"])
     config = SimulationConfig(**job["simulation"], genfl=GenflConfig(**job["genfl"]))

@@ -26,9 +26,9 @@ import onnxruntime as ort
 import torch
 
 import models
-from cloud_server import SimulationConfig, run_simulation
 from edge_agent import load_dataset
 from models._onnx import export_onnx
+from simulation import SimulationConfig, run_simulation
 from tools._bench_common import machine, write_json
 
 

@@ -25,7 +25,7 @@ def _run(job: tuple[str, str | None, int]) -> tuple[str, str | None, int, float]
     import logging
 
     logging.disable(logging.WARNING)
-    from cloud_server import SimulationConfig, run_simulation
+    from simulation import SimulationConfig, run_simulation
 
     aggregate, attack, seed = job
     config = SimulationConfig(aggregate=aggregate, seed=seed, malicious=0 if attack is None else 2,

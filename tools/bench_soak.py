@@ -32,10 +32,10 @@ import paho.mqtt.client as paho
 import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_server import SimulationConfig, device_shards
 from cloud_server._journal_reader import JournalReader
 from edge_agent import AgentCore, InProcessRunner
 from protocol import BlobStore, BrokerAddress, DeviceState, MqttTransport, Topics, Will, encode_message
+from simulation import SimulationConfig, device_shards
 from tools._bench_common import machine, write_json
 
 

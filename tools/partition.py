@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 
-from edge_agent import histogram_table, label_histogram, load_dataset, partition_labels
+from edge_agent import load_dataset
 from protocol import GenflError
+from simulation import histogram_table, label_histogram, partition_labels
 
 
 def main() -> int:

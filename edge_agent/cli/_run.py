@@ -28,7 +28,7 @@ def run(
         Optional[str], typer.Option(help="per-task (frees memory), persistent, or pool (a shared training pool).")
     ] = None,
     pool_socket: Annotated[
-        Optional[Path], typer.Option(help="With --worker pool: the socket of `python -m edge_agent.pool`.")
+        Optional[Path], typer.Option(help="With --worker pool: the socket of `python -m simulation.pool`.")
     ] = None,
     torch_device: Annotated[Optional[str], typer.Option(help="Where the worker trains: cpu or cuda.")] = None,
     share_label_counts: Annotated[

@@ -7,9 +7,9 @@ import pytest
 
 from cloud_server import StrategyConfig, make_strategy
 from cloud_server._genfl import AigcOnly, GenFL, HarmCheck, KeptUpdates, synthetic_weight
-from cloud_server._simulation import SimulationConfig, run_simulation
 from cloud_server._strategy import GenflConfig
 from protocol import ConfigError, TrainConfig, decode_synthetic
+from simulation._simulation import SimulationConfig, run_simulation
 
 PATHOLOGICAL = dict(dataset="digits", devices=10, partition="shards", classes_per_device=2, rounds=10, seed=0)
 

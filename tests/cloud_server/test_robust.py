@@ -3,10 +3,10 @@ import itertools
 import numpy as np
 import pytest
 
-from cloud_server import SimulationConfig, run_simulation
-from cloud_server._attacks import make_attack
 from cloud_server._robust import BufferedUpdates, robust_aggregate
 from protocol import ConfigError
+from simulation import SimulationConfig, run_simulation
+from simulation._attacks import make_attack
 
 
 def _d(*values: float) -> dict[str, np.ndarray]:

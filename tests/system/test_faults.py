@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_server import EmbeddedBroker, SimulationConfig
+from cloud_server import EmbeddedBroker
 from cloud_server._journal_reader import JournalReader
 from models import build_model, model_state
 from protocol import DeviceState, Task, Update, decode_message, decode_tensors, encode_message
+from simulation import SimulationConfig
 from tests.system._helpers import ENV, clear_retained, mqtt_client, processes, skip_unless_ci, wait_for
 from tests.system.test_serve_resume import _write_shards
 

@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from cloud_server._journal_reader import JournalReader
-from cloud_server._simulation import SimulationConfig, device_shards, run_simulation
 from cloud_server._strategy import GenflConfig
 from edge_agent import DeviceDataset, load_dataset, save_npz
 from models import checkpoint_classes, read_checkpoint
 from protocol import encode_tensors
+from simulation._simulation import SimulationConfig, device_shards, run_simulation
 from tests.system._helpers import ENV, processes, wait_for
 
 DIGITS = tuple(str(d) for d in range(10))

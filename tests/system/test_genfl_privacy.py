@@ -12,7 +12,6 @@ import threading
 
 import numpy as np
 
-from cloud_server._simulation import SimulationConfig, device_shards, run_simulation
 from cloud_server._strategy import GenflConfig
 from protocol import (
     BlobRequest,
@@ -26,6 +25,7 @@ from protocol import (
     Update,
     decode_message,
 )
+from simulation._simulation import SimulationConfig, device_shards, run_simulation
 from tests.system._helpers import wait_for
 
 DEVICE_CHANNELS = {"state", "update", "blob/req"}

@@ -11,7 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_server import Coordinator, CoordinatorConfig, FedAvg, SimulationConfig, StrategyConfig, run_simulation
+from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig
 from protocol import (
     BlobChunk,
     BrokerAddress,
@@ -26,6 +26,7 @@ from protocol import (
     iter_chunks,
     parse_brokers,
 )
+from simulation import SimulationConfig, run_simulation
 
 
 def _model_hash(result) -> str:  # type: ignore[no-untyped-def]

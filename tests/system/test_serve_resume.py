@@ -8,10 +8,10 @@ import os
 import signal
 from pathlib import Path
 
-from cloud_server import SimulationConfig, device_shards, run_simulation
 from cloud_server._journal_reader import JournalReader
 from edge_agent import DeviceDataset, save_npz
 from protocol import encode_tensors
+from simulation import SimulationConfig, device_shards, run_simulation
 from tests.system._helpers import clear_retained, processes, wait_for
 
 

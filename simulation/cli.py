@@ -11,14 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cloud_server._attacks import Attack
 from cloud_server._coordinator import RoundResult
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
-from edge_agent import histogram_table
-from protocol import DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error
-
-from ._genfl_options import (
+from cloud_server.cli._genfl_options import (
     D,
     DistillSteps,
     Generator,
@@ -39,6 +35,10 @@ from ._genfl_options import (
     WarmupRounds,
     genfl_config,
 )
+from protocol import DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error
+
+from ._attacks import Attack
+from ._report import histogram_table
 
 console = Console(stderr=True)
 
@@ -125,7 +125,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Run a federation of simulated devices in one process and report accuracy per round."""
-    from cloud_server._simulation import SimulationConfig, write_outputs
+    from ._simulation import SimulationConfig, write_outputs
 
     with exit_on_error():
         config = SimulationConfig(
@@ -214,7 +214,7 @@ def verdict(first, second) -> str:  # type: ignore[no-untyped-def]
 
 def _run_one(config, rounds: int, devices: int, dataset: str):  # type: ignore[no-untyped-def]
     """One simulation with a progress bar and a table of its rounds."""
-    from cloud_server._simulation import SimulationHooks, run_simulation
+    from ._simulation import SimulationHooks, run_simulation
 
     strategy = config.strategy
     rows = Table(title=f"{strategy} on {dataset}, {devices} devices")

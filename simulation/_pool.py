@@ -1,6 +1,6 @@
 """A training pool for hosts that run many agents: torch is imported once, each job runs in a fork of it.
 
-``python -m edge_agent.pool --socket PATH --slots K`` imports torch, the models
+``python -m simulation.pool --socket PATH --slots K`` imports torch, the models
 and the training code, then listens on a Unix socket. Each connection brings
 one job (the same JSON line the training worker reads on stdin); the pool
 forks a child for it, which already holds torch (copy-on-write), runs the job,
@@ -49,7 +49,7 @@ def _read_job(connection: socket.socket) -> dict[str, Any] | None:
 
 def _child(connection: socket.socket, job: dict[str, Any]) -> None:
     """In the fork: run one job and answer it (never returns)."""
-    from .worker import answer
+    from edge_agent.worker import answer
 
     try:
         reply = answer(job, {})
@@ -73,7 +73,7 @@ def serve_pool(socket_path: Path, slots: int, threads: int = 1) -> None:
     """Preload torch and the training code, then fork one child per job, ``slots`` at a time."""
     import torch
 
-    from . import _training  # noqa: F401  (the models and the training loop, imported once)
+    from edge_agent import _training  # noqa: F401  (the models and the training loop, imported once)
 
     torch.set_num_threads(threads)
     _warm_up()
@@ -123,7 +123,7 @@ def serve_pool(socket_path: Path, slots: int, threads: int = 1) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_agent.pool")
+    parser = argparse.ArgumentParser(prog="python -m simulation.pool")
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()

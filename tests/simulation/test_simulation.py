@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server import SimulationConfig, run_simulation, write_outputs
 from protocol import ConfigError, DataError, decode_tensors
+from simulation import SimulationConfig, run_simulation, write_outputs
 
 TIMING = {"seconds"}
 

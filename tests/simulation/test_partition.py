@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge_agent import dirichlet_partition, label_histogram, partition_labels, shard_partition
 from protocol import ConfigError, DataError
+from simulation import dirichlet_partition, label_histogram, partition_labels, shard_partition
 
 LABELS = np.repeat(np.arange(10), 100)
 

@@ -22,16 +22,18 @@ from pathlib import Path
 import numpy as np
 
 import models
+from cloud_server._broker import EmbeddedBroker
+from cloud_server._coordinator import Coordinator, CoordinatorConfig, RoundResult
+from cloud_server._robust import AGGREGATORS
+from cloud_server._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy, strategy_config_of
 from edge_agent import (
     AgentCore,
     DeviceDataset,
     InProcessRunner,
     LabeledArrays,
     check_fits_model,
-    label_histogram,
     laplace_label_counts,
     load_dataset,
-    partition_labels,
     save_npz,
     scaled_to_total,
 )
@@ -52,10 +54,7 @@ from protocol import (
 )
 
 from ._attacks import ATTACKS, make_attack
-from ._broker import EmbeddedBroker
-from ._coordinator import Coordinator, CoordinatorConfig, RoundResult
-from ._robust import AGGREGATORS
-from ._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy, strategy_config_of
+from ._partition import label_histogram, partition_labels
 
 __all__ = [
     "DeviceShards",
@@ -282,7 +281,7 @@ class _ProcessFederation:
             # One process imports torch; every agent's training runs in a fork of it.
             slots = self.config.worker_slots or (os.cpu_count() or 1)
             log_file = self._stack.enter_context(open(self.run_dir / "pool.log", "wb"))  # noqa: SIM115
-            command = [sys.executable, "-m", "edge_agent.pool", "--socket", str(pool_socket), "--slots", str(slots)]
+            command = [sys.executable, "-m", "simulation.pool", "--socket", str(pool_socket), "--slots", str(slots)]
             pool = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
             self.processes.append(pool)
             deadline = time.monotonic() + 120
@@ -326,7 +325,7 @@ class _ProcessFederation:
             else:
                 spec = self.run_dir / f"{name}.json"
                 spec.write_text(json.dumps({"agents": group}))
-                command = [sys.executable, "-m", "edge_agent.multi", "--spec", str(spec)]
+                command = [sys.executable, "-m", "simulation.multi", "--spec", str(spec)]
             self.processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env))
 
     def _agent_logs(self, lines: int = 5) -> str:

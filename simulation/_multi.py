@@ -1,4 +1,4 @@
-"""Many simulated agents in one process: ``python -m edge_agent.multi --spec FILE``.
+"""Many simulated agents in one process: ``python -m simulation.multi --spec FILE``.
 
 For simulating a fleet of hundreds or thousands of boards on one machine: a
 process per agent costs an interpreter each (about 50 MB and a second of CPU to
@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from edge_agent._daemon import AgentConfig, _Agent, load_agent_config
 from protocol import ConfigError, GenflError, Notifier
-
-from ._daemon import AgentConfig, _Agent, load_agent_config
 
 __all__ = ["run_agents"]
 
@@ -77,7 +76,7 @@ def run_agents(configs: list[AgentConfig], stop: threading.Event | None = None) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_agent.multi")
+    parser = argparse.ArgumentParser(prog="python -m simulation.multi")
     parser.add_argument("--spec", type=Path, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
