@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from ._coordinator import Coordinator, CoordinatorConfig, DeviceRecord, RoundResult
     from ._journal import SqliteJournal
     from ._serve import ServeConfig, run_server
-    from ._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed, make_strategy
+    from ._strategies import make_strategy
+    from ._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed
 
 _WHERE = {
     "WeightedDeltaSum": "_aggregation",
@@ -37,7 +38,7 @@ _WHERE = {
     "Strategy": "_strategy",
     "StrategyConfig": "_strategy",
     "derive_seed": "_strategy",
-    "make_strategy": "_strategy",
+    "make_strategy": "_strategies",
 }
 
 __all__ = [

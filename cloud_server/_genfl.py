@@ -38,7 +38,8 @@ from protocol import ConfigError, GenflError, SyntheticBatch, TensorDict, TrainC
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
-from ._strategy import Accumulator, GenflConfig, Strategy, StrategyConfig, derive_seed
+from ._genfl_config import GenflConfig
+from ._strategy import Accumulator, Strategy, StrategyConfig, derive_seed
 from ._tailor import synthetic_counts
 
 __all__ = ["AigcOnly", "GenFL", "HarmCheck", "KeptUpdates", "SyntheticPool", "SyntheticReport", "synthetic_weight"]

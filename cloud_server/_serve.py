@@ -32,10 +32,12 @@ from protocol import (
 from ._broker import EmbeddedBroker
 from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
+from ._genfl_config import GenflConfig
 from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
 from ._state_lock import holding_state
-from ._strategy import GenflConfig, StrategyConfig, make_strategy, strategy_config_of
+from ._strategies import make_strategy
+from ._strategy import StrategyConfig, strategy_config_of
 
 __all__ = ["ServeConfig", "fleet_classes", "run_server"]
 

@@ -24,8 +24,10 @@ import numpy as np
 import models
 from cloud_server._broker import EmbeddedBroker
 from cloud_server._coordinator import Coordinator, CoordinatorConfig, RoundResult
+from cloud_server._genfl_config import GenflConfig
 from cloud_server._robust import AGGREGATORS
-from cloud_server._strategy import GenflConfig, StrategyConfig, derive_seed, make_strategy, strategy_config_of
+from cloud_server._strategies import make_strategy
+from cloud_server._strategy import StrategyConfig, derive_seed, strategy_config_of
 from edge_agent import (
     AgentCore,
     DeviceDataset,

@@ -12,8 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloud_server._coordinator import RoundResult
+from cloud_server._genfl_config import GeneratorKind
 from cloud_server._robust import Aggregation
-from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
+from cloud_server._strategy import StrategyConfig, StrategyName
 from cloud_server.cli._genfl_options import (
     D,
     DistillSteps,

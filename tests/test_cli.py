@@ -125,7 +125,7 @@ def test_cli_defaults_are_the_config_defaults(command: str) -> None:
     from dataclasses import MISSING, fields
 
     from cloud_server import ServeConfig, StrategyConfig
-    from cloud_server._strategy import GenflConfig
+    from cloud_server._genfl_config import GenflConfig
     from cloud_server.cli import app
     from simulation import SimulationConfig
 

@@ -38,3 +38,55 @@ def test_a_package_imports_only_the_layers_below_it(package: str) -> None:
         for path in sorted((ROOT / package).rglob("*.py"))
     }
     assert {file: names for file, names in wrong.items() if names} == {}
+
+
+def _imports_within(path: Path, package: str) -> set[str]:
+    """The modules of ``package`` that ``path`` imports (at its top or in a function; not for type checking)."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    base = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
+    found = set()
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for node in tree.body if isinstance(node, ast.If) for n in ast.walk(node)}
+    for node in ast.walk(tree):  # in functions too: a lazy import closes a circle as much as any
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports nothing at run time
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parent = base.rsplit(".", node.level - 1)[0] if node.level > 1 else base
+                target = f"{parent}.{node.module}" if node.module else parent
+                names = [f"{target}.{alias.name}" for alias in node.names]
+                found |= {target, *names}
+            elif node.module and node.module.split(".")[0] == package:
+                found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == package}
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_module_imports_itself_round_a_circle(package: str) -> None:
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / package).rglob("*.py")
+    }
+    # (a module's own packages are initialised before it: importing from them closes no circle)
+    graph = {
+        name: {t for t in _imports_within(path, package) & set(modules) if not (name + ".").startswith(t + ".")}
+        for name, path in modules.items()
+    }
+    circles = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                circles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cloud_server._strategy import GeneratorKind, GenflConfig
+from cloud_server._genfl_config import GeneratorKind, GenflConfig
 from protocol import SyntheticNorm, SyntheticRestyle
 
 __all__ = [

@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from cloud_server._genfl_config import GeneratorKind
 from cloud_server._robust import Aggregation
-from cloud_server._strategy import GeneratorKind, StrategyConfig, StrategyName
+from cloud_server._strategy import StrategyConfig, StrategyName
 from protocol import DEFAULT_CHUNK_SIZE, DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error, parse_classes
 
 from ._genfl_options import (

@@ -7,7 +7,7 @@ import pytest
 
 from cloud_server import StrategyConfig, make_strategy
 from cloud_server._genfl import AigcOnly, GenFL, HarmCheck, KeptUpdates, synthetic_weight
-from cloud_server._strategy import GenflConfig
+from cloud_server._genfl_config import GenflConfig
 from protocol import ConfigError, TrainConfig, decode_synthetic
 from simulation._simulation import SimulationConfig, run_simulation
 

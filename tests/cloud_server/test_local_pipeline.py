@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cloud_server import StrategyConfig, make_strategy
-from cloud_server._strategy import GenflConfig
+from cloud_server._genfl_config import GenflConfig
 from protocol import ConfigError, TrainConfig, decode_synthetic
 
 pytestmark = [

@@ -12,7 +12,7 @@ from PIL import Image
 import models
 from cloud_server import StrategyConfig, make_strategy
 from cloud_server._genfl import GenFL
-from cloud_server._strategy import GenflConfig
+from cloud_server._genfl_config import GenflConfig
 from protocol import ConfigError, TrainConfig, decode_synthetic
 
 DIGITS = tuple(str(d) for d in range(10))
