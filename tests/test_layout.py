@@ -81,7 +81,7 @@ def test_no_module_imports_itself_round_a_circle(package: str) -> None:
         state[name] = 1
         for target in sorted(graph[name]):
             if state.get(target) == 1:
-                circles.append(path[path.index(target):] + [target])
+                circles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = 2
