@@ -14,7 +14,7 @@ from rich.table import Table
 from cloud_server._coordinator import RoundResult
 from cloud_server._genfl_config import GeneratorKind
 from cloud_server._robust import Aggregation
-from cloud_server._strategy import StrategyConfig, StrategyName
+from cloud_server._strategy import StrategyName
 from cloud_server.cli._genfl_options import (
     D,
     DistillSteps,
@@ -36,6 +36,20 @@ from cloud_server.cli._genfl_options import (
     WarmupRounds,
     genfl_config,
 )
+from cloud_server.cli._training_options import (
+    AggregateOption,
+    BatchSize,
+    CodecOption,
+    Fraction,
+    LearningRate,
+    LocalEpochs,
+    Mu,
+    Qat,
+    RoundTimeout,
+    S,
+    StrategyOption,
+    Trim,
+)
 from protocol import DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error
 
 from ._attacks import Attack
@@ -52,12 +66,12 @@ def simulate(
     classes_per_device: Annotated[int, typer.Option(help="Classes per device for --partition shards.")] = 2,
     min_samples: Annotated[int, typer.Option(help="Least samples any device gets.")] = 10,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
-    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
-    strategy: Annotated[StrategyName, typer.Option(help="How rounds train and combine.")] = StrategyName.FEDAVG,
-    mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
-    fraction: Annotated[float, typer.Option(help="Share of devices picked each round.")] = 1.0,
+    local_epochs: LocalEpochs = S.local_epochs,
+    batch_size: BatchSize = S.batch_size,
+    lr: LearningRate = S.learning_rate,
+    strategy: StrategyOption = StrategyName.FEDAVG,
+    mu: Mu = S.prox_mu,
+    fraction: Fraction = S.fraction,
     seed: Annotated[int, typer.Option(help="Seed for partitions, initial model and training.")] = 0,
     model: Annotated[Optional[str], typer.Option(help="Model from the registry (default: by data set).")] = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Train on a stratified subset of this size.")] = None,
@@ -77,20 +91,14 @@ def simulate(
     worker_slots: Annotated[
         Optional[int], typer.Option(help="At most this many train at once (pool: default the cores).")
     ] = None,
-    round_timeout: Annotated[
-        float, typer.Option(help="Seconds before a round leaves stragglers out.")
-    ] = DEFAULT_ROUND_TIMEOUT_S,
+    round_timeout: RoundTimeout = DEFAULT_ROUND_TIMEOUT_S,
     agents_per_process: Annotated[
         int, typer.Option(help="--transport mqtt: simulated agents per process (a thousand fit in one machine).")
     ] = 1,
-    codec: Annotated[Codec, typer.Option(help="How devices send updates.")] = Codec.FP32,
-    qat: Annotated[
-        bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware (default) or in float.")
-    ] = True,
-    aggregate: Annotated[
-        Aggregation, typer.Option(help="FedAvg's weighted mean or a rule robust to faulty devices.")
-    ] = Aggregation.FEDAVG,
-    trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
+    codec: CodecOption = Codec(S.codec),
+    qat: Qat = S.qat,
+    aggregate: AggregateOption = Aggregation(S.aggregate),
+    trim: Trim = S.trim,
     malicious: Annotated[int, typer.Option(help="Devices that send corrupted updates (in-memory).")] = 0,
     attack: Annotated[Attack, typer.Option(help="What --malicious devices do (sign-flip: x-10).")] = Attack.SIGN_FLIP,
     generator: Generator = GeneratorKind(D.generator),

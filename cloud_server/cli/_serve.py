@@ -11,7 +11,7 @@ import typer
 
 from cloud_server._genfl_config import GeneratorKind
 from cloud_server._robust import Aggregation
-from cloud_server._strategy import StrategyConfig, StrategyName
+from cloud_server._strategy import StrategyName
 from protocol import DEFAULT_CHUNK_SIZE, DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error, parse_classes
 
 from ._genfl_options import (
@@ -35,6 +35,20 @@ from ._genfl_options import (
     WarmupRounds,
     genfl_config,
 )
+from ._training_options import (
+    AggregateOption,
+    BatchSize,
+    CodecOption,
+    Fraction,
+    LearningRate,
+    LocalEpochs,
+    Mu,
+    Qat,
+    RoundTimeout,
+    S,
+    StrategyOption,
+    Trim,
+)
 
 
 def serve(
@@ -50,10 +64,8 @@ def serve(
     ] = None,
     rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 100,
     min_devices: Annotated[int, typer.Option(help="Devices needed to open and to close a round.")] = 1,
-    fraction: Annotated[float, typer.Option(help="Share of online devices picked each round.")] = 1.0,
-    round_timeout: Annotated[
-        float, typer.Option(help="Seconds before stragglers are left out of a round.")
-    ] = DEFAULT_ROUND_TIMEOUT_S,
+    fraction: Fraction = S.fraction,
+    round_timeout: RoundTimeout = DEFAULT_ROUND_TIMEOUT_S,
     max_failed_rounds: Annotated[
         int, typer.Option(help="Stop after this many rounds in a row that every answering board failed (0: never).")
     ] = 3,
@@ -61,11 +73,11 @@ def serve(
         bool,
         typer.Option(help="Go on from a state older than the fleet (a restored backup), numbering rounds after it."),
     ] = False,
-    strategy: Annotated[StrategyName, typer.Option(help="How rounds train and combine.")] = StrategyName.FEDAVG,
-    mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = StrategyConfig.local_epochs,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = StrategyConfig.batch_size,
-    lr: Annotated[float, typer.Option(help="Local SGD learning rate.")] = StrategyConfig.learning_rate,
+    strategy: StrategyOption = StrategyName.FEDAVG,
+    mu: Mu = S.prox_mu,
+    local_epochs: LocalEpochs = S.local_epochs,
+    batch_size: BatchSize = S.batch_size,
+    lr: LearningRate = S.learning_rate,
     seed: Annotated[int, typer.Option(help="Seed of the initial model and the device sampling.")] = 0,
     chunk_size: Annotated[
         int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")
@@ -76,14 +88,10 @@ def serve(
     ] = None,
     broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port (default: free).")] = None,
     embedded_broker: Annotated[str, typer.Option(help="Without --broker: auto, mosquitto or amqtt.")] = "auto",
-    codec: Annotated[Codec, typer.Option(help="How devices send updates.")] = Codec.FP32,
-    qat: Annotated[
-        bool, typer.Option("--qat/--no-qat", help="Devices train int8 quantization-aware (default) or in float.")
-    ] = True,
-    aggregate: Annotated[
-        Aggregation, typer.Option(help="FedAvg's weighted mean or a rule robust to faulty devices.")
-    ] = Aggregation.FEDAVG,
-    trim: Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")] = 0.2,
+    codec: CodecOption = Codec(S.codec),
+    qat: Qat = S.qat,
+    aggregate: AggregateOption = Aggregation(S.aggregate),
+    trim: Trim = S.trim,
     max_norm: Annotated[Optional[float], typer.Option(help="Reject updates with a larger L2 norm.")] = None,
     generator: Generator = GeneratorKind(D.generator),
     pipeline_path: PipelinePath = None,
