@@ -1,5 +1,5 @@
 """The packages' layering, read from their imports: each production package imports only those below it, and none
-imports the simulation or the tests."""
+imports the simulation, the testing helpers or the tests."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ LAYERS = {
     "edge_agent": {"protocol", "models"},
     "cloud_server": {"protocol", "models", "edge_agent"},
     "simulation": {"protocol", "models", "edge_agent", "cloud_server"},
+    "testing": {"protocol", "models", "edge_agent", "cloud_server"},
 }
 PROJECT = {*LAYERS, "tests", "tools"}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud_server._cluster import LocalCluster, free_loopback_spec
+from testing import LocalCluster, free_loopback_spec
 from tools._bench_common import machine, write_json
 from tools.bench_sim import simulate
 

@@ -30,7 +30,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cloud_server._broker import free_port
 from cloud_server._broker_files import BrokerFiles
 from protocol import GenflError
 
@@ -117,7 +117,7 @@ def _strip_comment(line: str) -> str:
 class Walkthrough:
     def __init__(self, work: Path, boards: int) -> None:
         self.work = work
-        self.port = _free_port()
+        self.port = free_port()
         self.fleet = f"trial-{uuid.uuid4().hex[:8]}"
         self.server = Machine("server", work / "server")
         self.boards = [Machine(f"board-{i}", work / "boards" / f"press-{7 + i:02d}", f"press-{7 + i:02d}")
@@ -320,12 +320,6 @@ def _chown_tree(folder: Path, uid: int, gid: int) -> None:
         os.chown(parent, uid, gid)
         for name in files:
             os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def make_board_data(folder: Path, seed: int, per_class: int = 24) -> None:

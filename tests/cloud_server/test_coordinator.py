@@ -21,6 +21,7 @@ from protocol import (
     decode_message,
     encode_message,
 )
+from testing import raw_frame
 
 FLEET = "unit"
 TOPICS = Topics(FLEET)
@@ -129,10 +130,7 @@ def test_a_restarted_coordinator_resumes_the_open_round_from_its_journal(tmp_pat
     assert (tmp_path / "checkpoints" / "round-0001.safetensors").is_file()
 
 
-def _frame(header: str) -> bytes:
-    """A frame with a hand-written JSON header (what a hostile client can send)."""
-    data = header.encode()
-    return b"GFL\x02" + len(data).to_bytes(4, "big") + data
+_frame = raw_frame  # a hand-written JSON header (what a hostile client can send)
 
 
 def test_hostile_numbers_are_rejected_and_an_unexpected_error_drops_one_message_only() -> None:

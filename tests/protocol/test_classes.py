@@ -25,14 +25,13 @@ from protocol import (
     parse_classes,
     validate_classes,
 )
+from testing import raw_frame
 
 CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHA = "a" * 64
 
 
-def _frame(header: dict[str, object]) -> bytes:
-    raw = json.dumps(header).encode()
-    return b"GFL\x02" + len(raw).to_bytes(4, "big") + raw
+_frame = raw_frame
 
 
 def _task_header(classes: object) -> dict[str, object]:

@@ -45,6 +45,7 @@ from protocol import (
     encode_tensors,
     iter_chunks,
 )
+from testing import raw_frame
 
 CLASSES = tuple("0123456789")  # the fleet's class names every task carries
 
@@ -92,8 +93,7 @@ FIELDS = ["round", "device_id", "state", "num_samples", "label_counts", "model_n
           "index", "count", "total_size", "chunk_sha256", "phase", "seconds"]  # fmt: skip
 
 
-def _frame(header: bytes, body: bytes = b"") -> bytes:
-    return b"GFL\x02" + struct.pack(">I", len(header)) + header + body
+_frame = raw_frame
 
 
 def _decodes_or_rejects(payload: bytes) -> None:

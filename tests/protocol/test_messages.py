@@ -13,14 +13,14 @@ from protocol import (
     decode_message,
     encode_message,
 )
+from testing import raw_frame
 
 CLASSES = tuple("0123456789")  # the fleet's class names every task carries
 
 SHA = "a" * 64
 
 
-def _frame(header: bytes, body: bytes = b"") -> bytes:
-    return b"GFL\x02" + len(header).to_bytes(4, "big") + header + body
+_frame = raw_frame
 
 
 def _update() -> Update:

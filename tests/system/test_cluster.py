@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server._cluster import LocalCluster, free_loopback_spec
 from protocol import encode_tensors
 from simulation import SimulationConfig, SimulationHooks, run_simulation
+from testing import LocalCluster, free_loopback_spec
 from tests.system._helpers import artifacts_dir, skip_unless_ci
 
 pytestmark = pytest.mark.nats

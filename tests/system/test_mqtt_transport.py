@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig
+from cloud_server._broker import free_port
 from protocol import (
     BlobChunk,
     BrokerAddress,
@@ -48,12 +48,6 @@ def test_agent_processes_over_mqtt_give_the_in_memory_model_bit_for_bit(mosquitt
     assert [r.bytes_up for r in mqtt.rounds] == [r.bytes_up for r in local.rounds]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_first_connection_is_retried_with_a_growing_wait_until_it_works_or_attempts_run_out(
     mosquitto_url: str,
 ) -> None:
@@ -61,7 +55,7 @@ def test_the_first_connection_is_retried_with_a_growing_wait_until_it_works_or_a
 
     # Prepare: one transport to a port nobody listens on, one to the broker
     heard: list[tuple[float, bool]] = []
-    nowhere = MqttTransport(BrokerAddress("127.0.0.1", _free_port()), "nobody", backoff_cap_s=30)
+    nowhere = MqttTransport(BrokerAddress("127.0.0.1", free_port()), "nobody", backoff_cap_s=30)
     there = MqttTransport(parse_brokers(mosquitto_url), f"genfl-patient-{time.monotonic_ns()}", session_expiry_s=0)
 
     # Execute
@@ -79,7 +73,7 @@ def test_the_first_connection_is_retried_with_a_growing_wait_until_it_works_or_a
 
 
 def test_unreachable_broker_is_a_clear_transport_error() -> None:
-    transport = MqttTransport(BrokerAddress("127.0.0.1", _free_port()), "nobody")
+    transport = MqttTransport(BrokerAddress("127.0.0.1", free_port()), "nobody")
     with pytest.raises(TransportError, match="cannot reach the broker"):
         transport.connect(timeout_s=2)
     with pytest.raises(ConfigError, match="mqtt://HOST:PORT"):

@@ -24,15 +24,14 @@ from protocol import (
     load_signing_key,
     sign_frame,
 )
+from testing import raw_frame
 from tests.system._helpers import ENV, NOBODY, as_nobody, nobody_python_or_skip, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 
 KILLER_INT = "9" * 5000  # json.loads raises a plain ValueError on it (CPython's integer-digit limit)
 
 
-def _header_frame(header: str) -> bytes:
-    data = header.encode()
-    return b"GFL\x02" + len(data).to_bytes(4, "big") + data
+_header_frame = raw_frame
 
 
 def _rejected(secured: SecuredFleet) -> dict[str, int]:
