@@ -690,45 +690,34 @@ class Coordinator:
             )
             log.error("stopping: %s", self.halted)
 
-    def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
-        accepted = len(current.accepted)
+    def _aggregate(self, current: _OpenRound) -> None:
+        """The new global model from the round's updates: only with enough of them, and only if it is finite."""
         total, weights = current.evaluated
-        device_accuracy = total / weights if weights else None
         weight = current.updates.total_weight
-        teacher_accuracy = current.train_accuracy_sum / weight if weight else None
-        self.strategy.round_evaluated(current.number, device_accuracy, teacher_accuracy)
-        if accepted >= self.config.min_devices:
-            new_state = self.strategy.aggregate_round(self.global_state, current.updates)
-            if all(np.isfinite(value).all() for value in new_state.values() if value.dtype.kind == "f"):
-                self._set_global(new_state)
-            else:  # never send devices a model they cannot train from
-                log.error("round %d: the new global model is not finite; keeping the previous one", current.number)
-        else:
-            log.warning(
-                "round %d: %d updates < min devices %d; model unchanged",
-                current.number,
-                accepted,
-                self.config.min_devices,
-            )
-        if timed_out:
-            missing = sorted(set(current.configs) - current.answered)
-            log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
-        for blob, _ in current.synthetic.values():
-            self._store.discard(blob)  # a synthetic batch is for one round only
+        self.strategy.round_evaluated(
+            current.number,
+            total / weights if weights else None,
+            current.train_accuracy_sum / weight if weight else None,
+        )
+        accepted = len(current.accepted)
+        if accepted < self.config.min_devices:
+            log.warning("round %d: %d updates < min devices %d; model unchanged", current.number, accepted,
+                        self.config.min_devices)  # fmt: skip
+            return
+        new_state = self.strategy.aggregate_round(self.global_state, current.updates)
+        if all(np.isfinite(value).all() for value in new_state.values() if value.dtype.kind == "f"):
+            self._set_global(new_state)
+        else:  # never send devices a model they cannot train from
+            log.error("round %d: the new global model is not finite; keeping the previous one", current.number)
 
-        failures = dict(Counter(current.reasons.values()).most_common())
-        failures_elsewhere = len(current.failed) - len(
-            current.reasons
-        )  # failed before a restart: reason in the journal
-        if failures_elsewhere:
-            failures["(recorded before a restart)"] = failures_elsewhere
-        self._note_failures(current, accepted, failures)
+    def _round_result(self, current: _OpenRound, failures: dict[str, int]) -> RoundResult:
+        total, weights = current.evaluated
         generator_s, synthetic_bytes = self.strategy.round_stats()
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
-        result = RoundResult(
+        return RoundResult(
             round=current.number,
             selected=len(current.configs),
-            devices=accepted,
+            devices=len(current.accepted),
             accuracy=None if evaluation is None else evaluation[1],
             loss=None if evaluation is None else evaluation[0],
             train_loss=current.train_loss_sum / max(current.updates.total_weight, 1),
@@ -737,10 +726,24 @@ class Coordinator:
             bytes_down=self.transport.bytes_sent - current.bytes_down_at_start,
             generator_s=generator_s,
             synthetic_bytes=sum(synthetic_bytes.values()),
-            device_accuracy=device_accuracy,
+            device_accuracy=total / weights if weights else None,
             report=self.strategy.round_report(current.number),
             failures=failures,
         )
+
+    def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
+        """Aggregate the round (if enough answered), journal it, report it and open the next."""
+        self._aggregate(current)
+        if timed_out:
+            missing = sorted(set(current.configs) - current.answered)
+            log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
+        for blob, _ in current.synthetic.values():
+            self._store.discard(blob)  # a synthetic batch is for one round only
+        failures = dict(Counter(current.reasons.values()).most_common())
+        if len(current.failed) > len(current.reasons):  # failed before a restart: the reason is in the journal
+            failures["(recorded before a restart)"] = len(current.failed) - len(current.reasons)
+        self._note_failures(current, len(current.accepted), failures)
+        result = self._round_result(current, failures)
         self._journal.round_closed(
             current.number,
             self._global_blob,
@@ -759,7 +762,7 @@ class Coordinator:
         log.info(
             "round %d closed: %d/%d updates, accuracy %s",
             current.number,
-            accepted,
+            result.devices,
             len(current.configs),
             "-" if result.accuracy is None else f"{result.accuracy:.4f}",
         )

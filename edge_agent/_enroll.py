@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import (
+    BrokerAddress,
     BrokerRefused,
     ConfigError,
     EnrollmentToken,
@@ -151,53 +152,7 @@ def enroll(
     if ca_file is not None and not ca_file.is_file():
         raise ConfigError(f"CA file {ca_file} not found")
     key = generate_signing_key()
-    client_id = token.enroll_user  # the broker binds client ids to user names: this token's login is its id
-    topics = Topics(token.fleet)
-    transport = MqttTransport(
-        addresses, client_id, username=token.enroll_user, password=token.enroll_password, ca_file=ca_file,
-        session_expiry_s=0,
-    )  # fmt: skip
-    replies: list[bytes] = []
-    transport.set_handler(lambda topic, payload: replies.append(payload))
-    try:
-        transport.connect(timeout_s=min(timeout_s, 15.0))
-    except BrokerRefused as exc:
-        raise EnrollmentFailed(
-            f"the broker refused this token's login: the token was already used, has expired, or is not from "
-            f"this fleet; ask for a new one ({exc})"
-        ) from exc
-    try:
-        # One connection: the broker takes the SUBSCRIBE before the PUBLISH, so the reply cannot be missed.
-        reply_topic = enroll_topic(topics, client_id, "reply")
-        transport.subscribe(reply_topic)
-        request = EnrollRequest(secret=token.secret, public_key=public_key_text(key))
-        request_topic = enroll_topic(topics, client_id, "request")
-        transport.publish(request_topic, request.encode())
-        deadline = time.monotonic() + timeout_s
-        reply: EnrollReply | None = None
-        while reply is None and time.monotonic() < deadline:
-            transport.poll(0.2)
-            refused = transport.refused_filters.get(reply_topic) or transport.refused_topics.get(request_topic)
-            if refused:  # the login is good, the fleet's topics are not its own
-                raise EnrollmentFailed(
-                    f"the broker {transport.node} takes this token's login but not fleet {token.fleet!r}'s "
-                    f"enrollment topics ({refused}): the token is for another fleet than this broker's; ask this "
-                    "fleet's server for one"
-                )
-            while replies and reply is None:
-                try:
-                    candidate = EnrollReply.decode(replies.pop(0))
-                    candidate.verify(token.secret, client_id)
-                    reply = candidate
-                except (ProtocolError, ConfigError) as exc:
-                    log.warning("ignoring a bad enrollment reply: %s", exc)
-    finally:
-        transport.close()
-    if reply is None:
-        raise EnrollmentFailed(
-            f"no enrollment reply from {transport.node} within {timeout_s:.0f} s: is `genfl-server serve` of "
-            f"fleet {token.fleet!r} running on this broker?"
-        )
+    reply = _exchange(addresses, token, public_key_text(key), ca_file, timeout_s)
     if not reply.ok:
         raise EnrollmentFailed(f"the server refused the token: {reply.reason}")
     public_key_from_text(reply.server_public_key)
@@ -225,6 +180,64 @@ def enroll(
     lines.append(f"password = {_toml_value(reply.password)}")
     write_secret(home.config, ("\n".join(lines) + "\n").encode())
     return settings
+
+
+def _exchange(
+    addresses: tuple[BrokerAddress, ...],
+    token: EnrollmentToken,
+    public_key: str,
+    ca_file: Path | None,
+    timeout_s: float,
+) -> EnrollReply:
+    """On the token's own login: send the request, wait for the server's reply (verified with the token's secret)."""
+    client_id = token.enroll_user  # the broker binds client ids to user names: this token's login is its id
+    topics = Topics(token.fleet)
+    transport = MqttTransport(
+        addresses, client_id, username=token.enroll_user, password=token.enroll_password, ca_file=ca_file,
+        session_expiry_s=0,
+    )  # fmt: skip
+    replies: list[bytes] = []
+    transport.set_handler(lambda topic, payload: replies.append(payload))
+    try:
+        transport.connect(timeout_s=min(timeout_s, 15.0))
+    except BrokerRefused as exc:
+        raise EnrollmentFailed(
+            f"the broker refused this token's login: the token was already used, has expired, or is not from "
+            f"this fleet; ask for a new one ({exc})"
+        ) from exc
+    try:
+        # One connection: the broker takes the SUBSCRIBE before the PUBLISH, so the reply cannot be missed.
+        reply_topic = enroll_topic(topics, client_id, "reply")
+        transport.subscribe(reply_topic)
+        request = EnrollRequest(secret=token.secret, public_key=public_key)
+        request_topic = enroll_topic(topics, client_id, "request")
+        transport.publish(request_topic, request.encode())
+        deadline = time.monotonic() + timeout_s
+        reply: EnrollReply | None = None
+        while reply is None and time.monotonic() < deadline:
+            transport.poll(0.2)
+            refused = transport.refused_filters.get(reply_topic) or transport.refused_topics.get(request_topic)
+            if refused:  # the login is good, the fleet's topics are not its own
+                raise EnrollmentFailed(
+                    f"the broker {transport.node} takes this token's login but not fleet {token.fleet!r}'s "
+                    f"enrollment topics ({refused}): the token is for another fleet than this broker's; ask this "
+                    "fleet's server for one"
+                )
+            while replies and reply is None:
+                try:
+                    candidate = EnrollReply.decode(replies.pop(0))
+                    candidate.verify(token.secret, client_id)
+                    reply = candidate
+                except (ProtocolError, ConfigError) as exc:
+                    log.warning("ignoring a bad enrollment reply: %s", exc)
+    finally:
+        transport.close()
+    if reply is None:
+        raise EnrollmentFailed(
+            f"no enrollment reply from {transport.node} within {timeout_s:.0f} s: is `genfl-server serve` of "
+            f"fleet {token.fleet!r} running on this broker?"
+        )
+    return reply
 
 
 def check_broker(
