@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import models
 from protocol import (
@@ -38,6 +39,9 @@ from ._security import Enroller, FleetSecurity
 from ._state_lock import holding_state
 from ._strategies import make_strategy
 from ._strategy import StrategyConfig, strategy_config_of
+
+if TYPE_CHECKING:
+    from ._metrics import FleetMetrics
 
 __all__ = ["ServeConfig", "fleet_classes", "run_server"]
 
@@ -114,10 +118,7 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
 
 
 def _serve(config: ServeConfig, stop: threading.Event) -> int:
-    strategy = make_strategy(
-        config.strategy,
-        config.strategy_config(),
-    )
+    strategy = make_strategy(config.strategy, config.strategy_config())
     journal = SqliteJournal(config.state_dir)
     classes = fleet_classes(config, journal.classes())
     security = FleetSecurity.load(config.state_dir)
@@ -127,54 +128,16 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
             raise ConfigError(f"{config.state_dir} is set up for fleet {security.fleet!r}, not {config.fleet!r}")
         fleet = security.fleet
     with contextlib.ExitStack() as stack:
-        url = config.broker
         if security is not None:
             stack.callback(security.close)
-            url = url or security.url
-            _check_fits_broker(config, security.max_packet_size)
-            transport = MqttTransport(
-                parse_brokers(url),
-                SERVER_USER,  # the broker makes every client id its user name: this one is the server's alone
-                username=SERVER_USER,
-                password=security.server_password,
-                ca_file=security.ca_file,
-                session_expiry_s=24 * 3600,
-            )
-        else:
-            if url is None:
-                broker = stack.enter_context(EmbeddedBroker(port=config.broker_port, kind=config.embedded_broker))
-                url = broker.url
-                print(f"embedded {broker.kind} broker at {url}", flush=True)
-            transport = MqttTransport(parse_brokers(url), f"genfl-{fleet}-server", session_expiry_s=24 * 3600)
-        transport.connect()
-        stack.callback(transport.close)
-        metrics = None
-        if config.metrics_port is not None:
-            from ._dashboard import OperatorServer
-            from ._metrics import FleetMetrics
-
-            metrics = FleetMetrics(fleet)
-            metrics.seed_from_journal(config.state_dir)
-            operator = OperatorServer(metrics, config.state_dir, fleet, host=config.metrics_host,
-                                      port=config.metrics_port, dashboard=config.dashboard)  # fmt: skip
-            operator.start()
-            stack.callback(operator.close)
-            print(f"metrics at http://{config.metrics_host}:{operator.port}/metrics"
-                  + (f", dashboard at http://{config.metrics_host}:{operator.port}/" if config.dashboard else ""),
-                  flush=True)  # fmt: skip
+        transport, url = _connect(config, fleet, security, stack)
+        metrics = _operator_endpoint(config, fleet, stack)
         coordinator = Coordinator(
             CoordinatorConfig(
-                fleet=fleet,
-                model_name=config.model,
-                rounds=config.rounds,
-                min_devices=config.min_devices,
-                round_timeout_s=config.round_timeout_s,
-                max_failed_rounds=config.max_failed_rounds,
-                settle_s=SETTLE_S,
-                accept_older_state=config.accept_older_state,
-                chunk_size=config.chunk_size,
-                max_update_norm=config.max_update_norm,
-                classes=classes,
+                fleet=fleet, model_name=config.model, rounds=config.rounds, min_devices=config.min_devices,
+                round_timeout_s=config.round_timeout_s, max_failed_rounds=config.max_failed_rounds,
+                settle_s=SETTLE_S, accept_older_state=config.accept_older_state, chunk_size=config.chunk_size,
+                max_update_norm=config.max_update_norm, classes=classes,
             ),
             strategy,
             transport,
@@ -188,7 +151,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
             on_round_opened=None if metrics is None else metrics.round_opened,
             on_update_accepted=None if metrics is None else metrics.update_accepted,
             on_round_closed=None if metrics is None else metrics.round_closed,
-        )
+        )  # fmt: skip
         enroller = None
         if security is not None:
             enroller = Enroller(security, transport.publish, transport.flush, classes=classes)
@@ -196,7 +159,6 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         coordinator.start()
         if metrics is not None:
             metrics.start_counting(coordinator)
-        observed = 0.0
         log.info(
             "serving fleet %s on %s (state in %s, %s); classes %s",
             fleet, url, config.state_dir, "signed, enrolled devices only" if security else "open fleet",
@@ -204,31 +166,91 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         )  # fmt: skip
         notifier = Notifier()
         stack.callback(notifier.close)
-        notifier.ready(_state_text(coordinator, transport))
-        while not stop.is_set() and not coordinator.finished:
-            if transport.taken_over >= TAKEOVERS_BEFORE_STOP:
-                raise SessionTaken(
-                    f"another process took this server's broker session {transport.taken_over} times (client id "
-                    f"{transport.client_id}): a second serve on this fleet, on another machine or a copy of the "
-                    "state? This one stops; run one server per fleet"
-                )
-            transport.poll(0.1)
-            coordinator.tick()
-            if enroller is not None:
-                enroller.tick()
-            notifier.status(_state_text(coordinator, transport))
-            notifier.watchdog()
-            if metrics is not None and time.monotonic() - observed >= 0.5:
-                observed = time.monotonic()
-                metrics.observe(coordinator, bytes_received=transport.bytes_received, bytes_sent=transport.bytes_sent,
-                                node=transport.node, failovers=transport.failovers)  # fmt: skip
-        notifier.stopping()
+        _loop(coordinator, transport, enroller, metrics, notifier, stop)
         journal.close()  # every accepted update is already committed; an open round resumes next start
         if coordinator.halted is not None:
             raise CoordinatorHalted(coordinator.halted)
         if coordinator.finished:
             log.info("all %d rounds done; model %s", config.rounds, coordinator.global_id[:12])
     return 0
+
+
+def _connect(
+    config: ServeConfig, fleet: str, security: FleetSecurity | None, stack: contextlib.ExitStack
+) -> tuple[MqttTransport, str]:
+    """The coordinator's connection (and the embedded broker, for an open fleet without --broker), closed with
+    ``stack``; and the broker's URL."""
+    url = config.broker
+    if security is not None:
+        url = url or security.url
+        _check_fits_broker(config, security.max_packet_size)
+        transport = MqttTransport(
+            parse_brokers(url),
+            SERVER_USER,  # the broker makes every client id its user name: this one is the server's alone
+            username=SERVER_USER,
+            password=security.server_password,
+            ca_file=security.ca_file,
+            session_expiry_s=24 * 3600,
+        )
+    else:
+        if url is None:
+            broker = stack.enter_context(EmbeddedBroker(port=config.broker_port, kind=config.embedded_broker))
+            url = broker.url
+            print(f"embedded {broker.kind} broker at {url}", flush=True)
+        transport = MqttTransport(parse_brokers(url), f"genfl-{fleet}-server", session_expiry_s=24 * 3600)
+    transport.connect()
+    stack.callback(transport.close)
+    return transport, url
+
+
+def _operator_endpoint(config: ServeConfig, fleet: str, stack: contextlib.ExitStack) -> FleetMetrics | None:
+    """With --metrics-port: the metrics (seeded from the journal) and the dashboard, served until ``stack`` ends."""
+    if config.metrics_port is None:
+        return None
+    from ._dashboard import OperatorServer
+    from ._metrics import FleetMetrics
+
+    metrics = FleetMetrics(fleet)
+    metrics.seed_from_journal(config.state_dir)
+    operator = OperatorServer(metrics, config.state_dir, fleet, host=config.metrics_host, port=config.metrics_port,
+                              dashboard=config.dashboard)  # fmt: skip
+    operator.start()
+    stack.callback(operator.close)
+    print(f"metrics at http://{config.metrics_host}:{operator.port}/metrics"
+          + (f", dashboard at http://{config.metrics_host}:{operator.port}/" if config.dashboard else ""),
+          flush=True)  # fmt: skip
+    return metrics
+
+
+def _loop(
+    coordinator: Coordinator,
+    transport: MqttTransport,
+    enroller: Enroller | None,
+    metrics: FleetMetrics | None,
+    notifier: Notifier,
+    stop: threading.Event,
+) -> None:
+    """Messages in, clocks ticked, systemd and the metrics told, until the rounds are done or we are stopped."""
+    observed = 0.0
+    notifier.ready(_state_text(coordinator, transport))
+    while not stop.is_set() and not coordinator.finished:
+        if transport.taken_over >= TAKEOVERS_BEFORE_STOP:
+            raise SessionTaken(
+                f"another process took this server's broker session {transport.taken_over} times (client id "
+                f"{transport.client_id}): a second serve on this fleet, on another machine or a copy of the "
+                "state? This one stops; run one server per fleet"
+            )
+        transport.poll(0.1)
+        coordinator.tick()
+        if enroller is not None:
+            enroller.tick()
+        notifier.status(_state_text(coordinator, transport))
+        notifier.watchdog()
+        if metrics is not None and time.monotonic() - observed >= 0.5:
+            observed = time.monotonic()
+            metrics.observe(coordinator, bytes_received=transport.bytes_received, bytes_sent=transport.bytes_sent,
+                            node=transport.node, failovers=transport.failovers)  # fmt: skip
+    notifier.stopping()
 
 
 SETTLE_S = 1.0  # seconds for the boards' retained states to arrive before a task goes out
