@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from cloud_server import FedAvg, FedProx, StrategyConfig, derive_seed, make_strategy
@@ -31,3 +32,24 @@ def test_unknown_strategy_and_bad_fraction_fail_clearly() -> None:
         make_strategy("fedmagic", StrategyConfig())
     with pytest.raises(ConfigError, match="fraction"):
         StrategyConfig(fraction=0.0)
+
+
+def test_fedprox_mu_holds_the_local_model_near_the_global_one() -> None:
+    # Prepare: one device's data, the same start and steps, with and without the proximal term
+    import models
+    from edge_agent import load_dataset
+    from edge_agent._training import train_local
+    from protocol import TrainConfig
+
+    data = load_dataset("digits").train
+    start = models.model_state(models.build_model("cnn-digits", seed=0))
+    settings = {"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1, "seed": 1, "qat": False}
+
+    def moved(mu: float) -> float:
+        delta = train_local("cnn-digits", start, data, TrainConfig(**settings, prox_mu=mu)).delta
+        return float(np.sqrt(sum(np.sum(np.square(v)) for v in delta.values() if v.dtype.kind == "f")))
+
+    # Execute
+    plain, held = moved(0.0), moved(1.0)
+    # Assert: mu pulls every step back towards the global model, so the update is smaller
+    assert held < 0.9 * plain
