@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,14 +20,44 @@ from protocol import BrokerAddress
 ENV = {**os.environ, "GENFL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+# The folders of the process groups now running: their logs growing is the system making progress.
+_WATCHED: list[Path] = []
+PATIENCE = 5  # a wait that sees progress goes on up to this many times its timeout (at most 5 minutes more)
+
+
+def _progress() -> int:
+    total = 0
+    for folder in list(_WATCHED):
+        for log in folder.glob("*.log"):
+            with suppress(OSError):
+                total += log.stat().st_size
+    return total
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.1,
+    progress: Callable[[], object] | None = None,
+) -> Any:
+    """``predicate()``'s first true value; AssertionError after ``timeout_s`` without progress. Progress (a running
+    process's log growing, or ``progress()`` changing: a round closing, a message arriving) restarts the wait, up to
+    PATIENCE times ``timeout_s`` in all, so that a loaded machine makes a test slower, not red."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    seen = (_progress(), progress() if progress else None)
+    limit = started + min(PATIENCE * timeout_s, timeout_s + 300)
+    while time.monotonic() < min(deadline, limit):
         value = predicate()
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        now = (_progress(), progress() if progress else None)
+        if now != seen:
+            seen, deadline = now, time.monotonic() + timeout_s
+    waited = time.monotonic() - started
+    raise AssertionError(f"timed out after {waited:.0f} s waiting for {what} ({timeout_s:.0f} s without progress)")
 
 
 class Processes:
@@ -36,6 +66,7 @@ class Processes:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.running: dict[str, subprocess.Popen[bytes]] = {}
+        _WATCHED.append(folder)
         self.cleanup: list[Callable[[], object]] = []  # run after every process is stopped
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
@@ -72,6 +103,8 @@ class Processes:
                 process.wait()
         for action in self.cleanup:
             action()
+        if self.folder in _WATCHED:
+            _WATCHED.remove(self.folder)
 
 
 @contextmanager
