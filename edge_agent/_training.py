@@ -35,6 +35,33 @@ def _torch_seed(seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"torch|{seed}".encode()).digest()[:8], "little") >> 1
 
 
+def _restyle(config: TrainConfig, data: LabeledArrays, synthetic: SyntheticBatch | None) -> str:
+    """How this round bridges a style gap between the device's images and its synthetic batch ("auto" decided)."""
+    restyle = config.synthetic_restyle or "none"
+    if restyle == "auto":
+        assert synthetic is not None
+        restyle = "real" if models.colour_gap(data.images, synthetic.images) > models.STYLE_GAP_NATS else "none"
+    return restyle
+
+
+def _own_images(
+    data: LabeledArrays, synthetic: SyntheticBatch | None, restyle: str, seed: int, device: str
+) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+    """The device's images and labels to train on: with ``restyle`` "real", half of the images (a fresh half each
+    round) take the synthetic images' colours, so that colour says nothing of real or synthetic, nor of which
+    classes a device lacks; on an accelerator, kept there as uint8 (one copy per round)."""
+    images: np.ndarray | torch.Tensor = data.images
+    labels: np.ndarray | torch.Tensor = data.labels
+    if restyle == "real":
+        assert synthetic is not None
+        half = np.random.default_rng([seed, 1]).random(len(data)) < 0.5
+        images = models.colours_like(data.images, synthetic.images, only=half)
+    if device != "cpu":
+        images = torch.from_numpy(np.asarray(images)).to(device)
+        labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
+    return images, labels
+
+
 def train_local(
     model_name: str,
     global_state: TensorDict,
@@ -55,22 +82,9 @@ def train_local(
     models.load_state(model, global_state)
     model.to(device)
     before = models.evaluate(model, data.images, data.labels).accuracy if len(data) else None
-    images: np.ndarray | torch.Tensor = data.images
-    labels: np.ndarray | torch.Tensor = data.labels
     mixing = synthetic is not None and len(synthetic) > 0 and config.synthetic_weight > 0
-    restyle = config.synthetic_restyle
-    if mixing and restyle == "auto":  # a style gap between this device's images and its batch: bridge it
-        assert synthetic is not None
-        restyle = "real" if models.colour_gap(data.images, synthetic.images) > models.STYLE_GAP_NATS else "none"
-    if mixing and restyle == "real":
-        # Half of the device's own images (a fresh half each round) take the synthetic images' colours: colour
-        # then says nothing of real or synthetic, nor of which classes a device lacks.
-        assert synthetic is not None
-        half = np.random.default_rng([config.seed, 1]).random(len(data)) < 0.5
-        images = models.colours_like(data.images, synthetic.images, only=half)
-    if device != "cpu":  # keep the shard on the accelerator as uint8: one copy per round
-        images = torch.from_numpy(np.asarray(images)).to(device)
-        labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
+    restyle = _restyle(config, data, synthetic) if mixing else "none"
+    images, labels = _own_images(data, synthetic, restyle, config.seed, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
     )
