@@ -55,7 +55,7 @@ from ._broker_files import (
     write_owned,
 )
 from ._limits import DEFAULT_MAX_PACKET_SIZE
-from ._pki import issue_server_certificate, load_ca, new_ca
+from ._pki import CertificateAuthority, issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
 
 __all__ = [
@@ -90,6 +90,26 @@ def _read_secret(path: Path) -> str:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
+def _fleet_keys(security: Path, fleet: str, ca_cert: Path | None, ca_key: Path | None) -> CertificateAuthority:
+    """The fleet's CA (the operator's, the one made before, or a new one), signing key and server password, made
+    once and kept in ``security``."""
+    if (ca_cert is None) != (ca_key is None):
+        raise ConfigError("give both --ca-cert and --ca-key, or neither")
+    if ca_cert is not None and ca_key is not None:
+        ca = load_ca(ca_cert, ca_key)
+    elif (security / "ca.key").exists():
+        ca = load_ca(security / "ca.crt", security / "ca.key")
+    else:
+        ca = new_ca(fleet)
+    write_secret(security / "ca.key", ca.key_pem())
+    (security / "ca.crt").write_bytes(ca.certificate_pem())
+    if not (security / "signing.key").exists():
+        save_signing_key(security / "signing.key", generate_signing_key())
+    if not (security / "server.password").exists():
+        write_secret(security / "server.password", secrets.token_urlsafe(24).encode())
+    return ca
+
+
 def write_broker_config(
     state_dir: Path,
     out: Path,
@@ -121,20 +141,7 @@ def write_broker_config(
             raise ConfigError(f"{existing}: unreadable ({exc}); move it away to start the fleet's setup again") from exc
         if known != fleet:
             raise ConfigError(f"{state_dir} is set up for fleet {known!r}, not {fleet!r}")
-    if (ca_cert is None) != (ca_key is None):
-        raise ConfigError("give both --ca-cert and --ca-key, or neither")
-    if ca_cert is not None and ca_key is not None:
-        ca = load_ca(ca_cert, ca_key)
-    elif (security / "ca.key").exists():
-        ca = load_ca(security / "ca.crt", security / "ca.key")
-    else:
-        ca = new_ca(fleet)
-    write_secret(security / "ca.key", ca.key_pem())
-    (security / "ca.crt").write_bytes(ca.certificate_pem())
-    if not (security / "signing.key").exists():
-        save_signing_key(security / "signing.key", generate_signing_key())
-    if not (security / "server.password").exists():
-        write_secret(security / "server.password", secrets.token_urlsafe(24).encode())
+    ca = _fleet_keys(security, fleet, ca_cert, ca_key)
     server = issue_server_certificate(ca, host)
     user = broker_user or pwd.getpwuid(os.geteuid()).pw_name
     try:
