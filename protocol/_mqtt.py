@@ -132,6 +132,38 @@ class Will:
     retain: bool = True
 
 
+def _paho_client(
+    address: BrokerAddress,
+    client_id: str,
+    max_inflight: int,
+    username: str | None,
+    password: str | None,
+    ca_file: Path | None,
+    will: Will | None,
+) -> paho.Client:
+    """A paho client for ``address``'s kind: MQTT 5 (or 3.1.1 with a persistent session), its login, its TLS
+    (pinned to ``ca_file``) and its will."""
+    if address.v5:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                             clean_session=False)  # fmt: skip
+    client.max_inflight_messages_set(max_inflight)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if address.tls:
+        # The broker's certificate must chain to ``ca_file`` (the fleet's pinned CA) or, without
+        # one, to the system's CAs; its name must match the host. Nothing weaker is offered.
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        client.tls_set_context(context)
+    elif ca_file is not None:
+        raise ConfigError("a CA file was given for a plain mqtt:// broker URL; use mqtts://")
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+    return client
+
+
 class MqttTransport(Transport):
     def __init__(
         self,
@@ -180,13 +212,7 @@ class MqttTransport(Transport):
         self.refused_filters: dict[str, str] = {}  # filter -> the broker's reason, for each SUBSCRIBE it refused
         self.refused_topics: dict[str, str] = {}  # topic -> the broker's reason, for each PUBLISH it refused (MQTT 5)
         self._last_publish: paho.MQTTMessageInfo | None = None
-        if address.v5:
-            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-        else:
-            self._client = paho.Client(
-                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
-            )
-        self._client.max_inflight_messages_set(max_inflight)
+        self._client = _paho_client(address, client_id, max_inflight, username, password, ca_file, will)
         # paho doubles the delay up to the cap; a random base per client is the jitter that keeps
         # a fleet from reconnecting in lockstep after a broker restart.
         # (paho takes whole seconds.)
@@ -200,18 +226,6 @@ class MqttTransport(Transport):
         self._quick_drops = 0  # drops in a row, each within QUICK_DROP_S of connecting
         self._connects = 0
         self._reconnected = threading.Event()
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if address.tls:
-            # The broker's certificate must chain to ``ca_file`` (the fleet's pinned CA) or, without
-            # one, to the system's CAs; its name must match the host. Nothing weaker is offered.
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            self._client.tls_set_context(context)
-        elif ca_file is not None:
-            raise ConfigError("a CA file was given for a plain mqtt:// broker URL; use mqtts://")
-        if will is not None:
-            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
