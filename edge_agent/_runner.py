@@ -27,6 +27,19 @@ from ._data import LabeledArrays, check_arrays_fit, in_fleet_order, with_channel
 __all__ = ["InProcessRunner"]
 
 
+def _encoded(delta: TensorDict, codec: str, residual: TensorDict | None) -> tuple[TensorDict, TensorDict | None]:
+    """The delta as ``codec`` sends it, last round's residual added first (error feedback), and what the codec lost
+    this time (None for fp32)."""
+    if codec == "fp32":
+        return delta, None
+    if residual is not None and all(name in residual and residual[name].shape == delta[name].shape for name in delta):
+        delta = {name: (value + residual[name]).astype(value.dtype) if value.dtype.kind == "f" else value
+                 for name, value in delta.items()}  # fmt: skip
+    encoded = encode_delta(delta, codec)
+    sent = decode_delta(encoded, codec, delta)
+    return encoded, {name: delta[name] - sent[name] for name in delta if delta[name].dtype.kind == "f"}
+
+
 def run_task(
     task: Task,
     model_blob: bytes,
@@ -63,19 +76,7 @@ def run_task(
     result = train_local(task.model_name, global_state, data, task.config, torch_device, synthetic)
     delta = tamper(result.delta) if tamper is not None else result.delta
     codec = task.config.codec
-    new_residual: TensorDict | None = None
-    if codec != "fp32":
-        fits = residual is not None and all(
-            name in residual and residual[name].shape == delta[name].shape for name in delta
-        )
-        if fits:
-            assert residual is not None
-            delta = {name: (value + residual[name]).astype(value.dtype) if value.dtype.kind == "f" else value
-                     for name, value in delta.items()}  # fmt: skip
-        encoded = encode_delta(delta, codec)
-        sent = decode_delta(encoded, codec, delta)
-        new_residual = {name: delta[name] - sent[name] for name in delta if delta[name].dtype.kind == "f"}
-        delta = encoded
+    delta, new_residual = _encoded(delta, codec, residual)
     update = Update(
         round=task.round,
         device_id=device_id,
