@@ -276,16 +276,7 @@ class _Agent:
             "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
         )
         self.summary, self.num_samples = summary, num_samples
-        classes = config.classes
-        if classes is None:  # the list the last task named, if it still fits this board's data
-            classes = _saved_classes(config.state_dir)
-            try:
-                label_counts = None if classes is None else self.label_counts_for(classes)
-            except DataError as exc:
-                log.warning("dropping the fleet's classes kept in %s: %s", config.state_dir / "fleet-classes.json", exc)
-                classes, label_counts = None, None
-        else:
-            label_counts = self.label_counts_for(classes)  # a folder the fleet does not know: stop here
+        classes, label_counts = self._fleet_classes()
         topics = Topics(config.fleet)
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
         guard = config.guard()
@@ -330,6 +321,19 @@ class _Agent:
             policy=config.policy(),
             will_payload=will_payload,
         )  # fmt: skip
+
+    def _fleet_classes(self) -> tuple[tuple[str, ...] | None, tuple[float, ...] | None]:
+        """The fleet's class list (the config's; else the one the last task named, if it still fits this board's
+        data) and this board's label counts in its order."""
+        config = self.config
+        if config.classes is not None:
+            return config.classes, self.label_counts_for(config.classes)  # a folder the fleet does not know: stop
+        classes = _saved_classes(config.state_dir)
+        try:
+            return classes, None if classes is None else self.label_counts_for(classes)
+        except DataError as exc:
+            log.warning("dropping the fleet's classes kept in %s: %s", config.state_dir / "fleet-classes.json", exc)
+            return None, None
 
     def label_counts_for(self, classes: tuple[str, ...]) -> tuple[float, ...] | None:
         """This board's label counts in the order of the fleet's ``classes`` (noised over all of them when it
