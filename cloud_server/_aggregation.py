@@ -83,6 +83,11 @@ def check_update_shapes(template: Mapping[str, np.ndarray], delta: Mapping[str, 
             raise ProtocolError("not-finite", f"{name} holds NaN or Inf")
 
 
+def _check_weight(weight: int) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
+        raise ProtocolError("bad-weight", f"weight must be a positive integer, got {weight!r}")
+
+
 class WeightedDeltaSum:
     """Running ``sum_i(n_i * delta_i)`` in exact fixed point; constant memory, order-independent."""
 
@@ -102,12 +107,18 @@ class WeightedDeltaSum:
             terms[name] = np.rint(scaled * _SCALE).astype(np.int64)
         return terms
 
+    @classmethod
+    def check_addable(cls, delta: Mapping[str, np.ndarray], weight: int) -> None:
+        """ProtocolError unless ``weight`` is a positive integer and ``weight * delta`` lies within what the
+        fixed-point sum can hold: what :meth:`add` would refuse, without adding."""
+        _check_weight(weight)
+        cls._terms(delta, int(weight))
+
     def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
         """Add ``weight * delta``; validates first, so a rejected update changes nothing.
 
         ``key`` (the device id) is not needed here: the sum does not depend on order."""
-        if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
-            raise ProtocolError("bad-weight", f"weight must be a positive integer, got {weight!r}")
+        _check_weight(weight)
         check_update_shapes({n: np.empty(s.shape, self._dtypes[n]) for n, s in self._sums.items()}, delta)
         terms = self._terms(delta, int(weight))
         for name, term in terms.items():

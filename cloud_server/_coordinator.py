@@ -508,8 +508,7 @@ class Coordinator:
             raise ProtocolError("wrong-codec", f"update in {update.codec}, the task asked for {codec}")
         delta = decode_delta(update.delta, update.codec, self.global_state)
         check_update_shapes(self.global_state, delta)
-        probe = WeightedDeltaSum(self.global_state)
-        probe.add(delta, weight)  # the fixed-point range check
+        WeightedDeltaSum.check_addable(delta, weight)  # what the round's sum would refuse, refused now
         norm = l2_norm(delta)
         if self.config.max_update_norm is not None and norm > self.config.max_update_norm:
             raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {self.config.max_update_norm:.3g}")
