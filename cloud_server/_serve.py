@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -33,12 +33,11 @@ from protocol import (
 from ._broker import EmbeddedBroker
 from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
-from ._genfl_config import GenflConfig
 from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
 from ._state_lock import holding_state
 from ._strategies import make_strategy
-from ._strategy import StrategyConfig, strategy_config_of
+from ._strategy import StrategyConfig
 
 if TYPE_CHECKING:
     from ._metrics import FleetMetrics
@@ -48,34 +47,22 @@ __all__ = ["ServeConfig", "fleet_classes", "run_server"]
 log = logging.getLogger("genfl.server")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig(StrategyConfig):
     state_dir: Path
     fleet: str = "default"
     model: str = "cnn-digits"
     rounds: int = 100
     min_devices: int = 1
-    fraction: float = StrategyConfig.fraction
     round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
     max_failed_rounds: int | None = CoordinatorConfig.max_failed_rounds
     accept_older_state: bool = False  # go on from a state older than the fleet (see CoordinatorConfig)
     strategy: str = "fedavg"
-    prox_mu: float = StrategyConfig.prox_mu
-    local_epochs: int = StrategyConfig.local_epochs
-    batch_size: int = StrategyConfig.batch_size
-    learning_rate: float = StrategyConfig.learning_rate
-    seed: int = StrategyConfig.seed
     chunk_size: int = DEFAULT_CHUNK_SIZE
     broker: str | None = None  # None: start an embedded broker
     broker_port: int | None = None
-    codec: str = StrategyConfig.codec  # fp32, int8 or int4 updates
-    qat: bool = StrategyConfig.qat  # quantization-aware training on the devices
-    aggregate: str = StrategyConfig.aggregate
-    trim: float = StrategyConfig.trim
-    bucket_size: int = StrategyConfig.bucket_size
     max_update_norm: float | None = None
     embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
-    genfl: GenflConfig = field(default_factory=GenflConfig)
     metrics_port: int | None = None  # Prometheus /metrics (and the dashboard) on this port; 0: a free one
     metrics_host: str = "127.0.0.1"
     dashboard: bool = False  # the read-only fleet page on the metrics port
@@ -86,6 +73,7 @@ class ServeConfig:
     classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the strategy's own checks
         spec = models.get_spec(self.model)
         if self.classes is not None:
             validate_classes(self.classes, spec.num_classes)
@@ -97,9 +85,6 @@ class ServeConfig:
             raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
         if self.dashboard and self.metrics_port is None:
             raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")
-
-    def strategy_config(self) -> StrategyConfig:
-        return strategy_config_of(self)
 
 
 def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:

@@ -11,9 +11,9 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Protocol, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -61,8 +61,8 @@ def derive_seed(*parts: object) -> int:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """The strategy and training settings: the one place their defaults live (the training ones come from the
-    task's TrainConfig); SimulationConfig, ServeConfig and both CLIs take theirs from here, a test checks it."""
+    """The strategy and training settings, declared here once (the training ones' defaults come from the task's
+    TrainConfig): SimulationConfig and ServeConfig inherit these fields, both CLIs take their defaults from here."""
 
     fraction: float = 1.0
     local_epochs: int = TrainConfig.local_epochs
@@ -94,55 +94,9 @@ class StrategyConfig:
         if self.prox_mu < 0:
             raise ConfigError(f"prox mu must be >= 0, got {self.prox_mu}")
 
-
-class StrategySettings(Protocol):
-    """What a run's config (SimulationConfig, ServeConfig) holds of the strategy's settings (read-only)."""
-
-    @property
-    def fraction(self) -> float: ...
-
-    @property
-    def local_epochs(self) -> int: ...
-
-    @property
-    def batch_size(self) -> int: ...
-
-    @property
-    def learning_rate(self) -> float: ...
-
-    @property
-    def prox_mu(self) -> float: ...
-
-    @property
-    def seed(self) -> int: ...
-
-    @property
-    def codec(self) -> str: ...
-
-    @property
-    def qat(self) -> bool: ...
-
-    @property
-    def aggregate(self) -> str: ...
-
-    @property
-    def trim(self) -> float: ...
-
-    @property
-    def bucket_size(self) -> int: ...
-
-    @property
-    def genfl(self) -> GenflConfig: ...
-
-
-def strategy_config_of(settings: StrategySettings) -> StrategyConfig:
-    """The StrategyConfig of a run, field by field."""
-    s = settings
-    return StrategyConfig(
-        fraction=s.fraction, local_epochs=s.local_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
-        prox_mu=s.prox_mu, seed=s.seed, codec=s.codec, qat=s.qat, aggregate=s.aggregate, trim=s.trim,
-        bucket_size=s.bucket_size, genfl=s.genfl,
-    )  # fmt: skip
+    def strategy_config(self) -> StrategyConfig:
+        """Just the strategy's settings (a run's config inherits these fields, and has more)."""
+        return StrategyConfig(**{item.name: getattr(self, item.name) for item in fields(StrategyConfig)})
 
 
 class Strategy(ABC):

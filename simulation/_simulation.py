@@ -24,10 +24,9 @@ import numpy as np
 import models
 from cloud_server._broker import EmbeddedBroker
 from cloud_server._coordinator import Coordinator, CoordinatorConfig, RoundResult
-from cloud_server._genfl_config import GenflConfig
 from cloud_server._robust import AGGREGATORS
 from cloud_server._strategies import make_strategy
-from cloud_server._strategy import StrategyConfig, derive_seed, strategy_config_of
+from cloud_server._strategy import StrategyConfig, derive_seed
 from edge_agent import (
     AgentCore,
     DeviceDataset,
@@ -70,8 +69,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SimulationConfig:
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig(StrategyConfig):
     dataset: str = "digits"
     data_dir: str = "data"
     devices: int = 10
@@ -80,13 +79,7 @@ class SimulationConfig:
     classes_per_device: int = 2
     min_samples: int = 10
     rounds: int = 10
-    local_epochs: int = StrategyConfig.local_epochs
-    batch_size: int = StrategyConfig.batch_size
-    learning_rate: float = StrategyConfig.learning_rate
     strategy: str = "fedavg"
-    prox_mu: float = StrategyConfig.prox_mu
-    fraction: float = StrategyConfig.fraction
-    seed: int = StrategyConfig.seed
     model: str | None = None
     train_subset: int | None = None  # use only this many training samples (CPU benchmarks)
     eval_subset: int | None = None  # evaluate on a fixed stratified subset of the test split (the same for every seed)
@@ -104,18 +97,13 @@ class SimulationConfig:
     worker_slots: int | None = None  # at most this many train at once (pool: default the cores; per-task: no limit)
     agents_per_process: int = 1  # simulated agents per process (--transport mqtt): 1,000 fit in one machine
     round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
-    codec: str = StrategyConfig.codec  # fp32, int8 or int4 updates
-    qat: bool = StrategyConfig.qat  # quantization-aware training on the devices
-    aggregate: str = StrategyConfig.aggregate  # fedavg or a robust rule
-    trim: float = StrategyConfig.trim
-    bucket_size: int = StrategyConfig.bucket_size  # robust rules: average random buckets of updates first
     malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)
     attack: str = "sign-flip"
     share_label_counts: bool = True  # devices send their label histograms (GenFL tailors batches by them)
     label_noise: float | None = None  # epsilon: the histograms get Laplace noise (epsilon-DP)
-    genfl: GenflConfig = field(default_factory=GenflConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the strategy's own checks
         if self.devices < 1:
             raise ConfigError(f"devices must be at least 1, got {self.devices}")
         if self.rounds < 1:
@@ -146,9 +134,6 @@ class SimulationConfig:
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
         if self.broker is not None:
             parse_brokers(self.broker)
-
-    def strategy_config(self) -> StrategyConfig:
-        return strategy_config_of(self)
 
 
 @dataclass(frozen=True)

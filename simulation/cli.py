@@ -38,17 +38,20 @@ from cloud_server.cli._genfl_options import (
 )
 from cloud_server.cli._training_options import (
     AggregateOption,
+    AugmentOption,
     BatchSize,
     CodecOption,
     Fraction,
     LearningRate,
     LocalEpochs,
+    Momentum,
     Mu,
     Qat,
     RoundTimeout,
     S,
     StrategyOption,
     Trim,
+    WeightDecay,
 )
 from protocol import DEFAULT_ROUND_TIMEOUT_S, Codec, SyntheticNorm, exit_on_error
 
@@ -69,6 +72,9 @@ def simulate(
     local_epochs: LocalEpochs = S.local_epochs,
     batch_size: BatchSize = S.batch_size,
     lr: LearningRate = S.learning_rate,
+    momentum: Momentum = S.momentum,
+    weight_decay: WeightDecay = S.weight_decay,
+    augment: AugmentOption = None,
     strategy: StrategyOption = StrategyName.FEDAVG,
     mu: Mu = S.prox_mu,
     fraction: Fraction = S.fraction,
@@ -149,6 +155,9 @@ def simulate(
             local_epochs=local_epochs,
             batch_size=batch_size,
             learning_rate=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            augment=None if augment is None else augment.value,
             strategy=strategy.value,
             prox_mu=mu,
             fraction=fraction,

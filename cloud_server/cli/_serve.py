@@ -37,17 +37,20 @@ from ._genfl_options import (
 )
 from ._training_options import (
     AggregateOption,
+    AugmentOption,
     BatchSize,
     CodecOption,
     Fraction,
     LearningRate,
     LocalEpochs,
+    Momentum,
     Mu,
     Qat,
     RoundTimeout,
     S,
     StrategyOption,
     Trim,
+    WeightDecay,
 )
 
 
@@ -78,6 +81,9 @@ def serve(
     local_epochs: LocalEpochs = S.local_epochs,
     batch_size: BatchSize = S.batch_size,
     lr: LearningRate = S.learning_rate,
+    momentum: Momentum = S.momentum,
+    weight_decay: WeightDecay = S.weight_decay,
+    augment: AugmentOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial model and the device sampling.")] = 0,
     chunk_size: Annotated[
         int, typer.Option(help="Blob chunk size in bytes (fit the broker's max packet).")
@@ -147,6 +153,9 @@ def serve(
             local_epochs=local_epochs,
             batch_size=batch_size,
             learning_rate=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            augment=None if augment is None else augment.value,
             seed=seed,
             chunk_size=chunk_size,
             broker=broker,

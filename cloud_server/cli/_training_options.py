@@ -3,27 +3,30 @@ defaults are StrategyConfig's."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from cloud_server._robust import Aggregation
 from cloud_server._strategy import StrategyConfig, StrategyName
-from protocol import Codec
+from protocol import Augmentation, Codec
 
 __all__ = [
     "S",
     "AggregateOption",
+    "AugmentOption",
     "BatchSize",
     "CodecOption",
     "Fraction",
     "LearningRate",
     "LocalEpochs",
+    "Momentum",
     "Mu",
     "Qat",
     "RoundTimeout",
     "StrategyOption",
     "Trim",
+    "WeightDecay",
 ]
 
 S = StrategyConfig()
@@ -44,3 +47,9 @@ AggregateOption = Annotated[
     Aggregation, typer.Option("--aggregate", help="FedAvg's weighted mean or a rule robust to faulty devices.")
 ]
 Trim = Annotated[float, typer.Option(help="Share trimmed from each end by trimmed-mean.")]
+Momentum = Annotated[float, typer.Option(help="Local SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option(help="Local SGD weight decay (L2).")]
+AugmentOption = Annotated[
+    Optional[Augmentation],
+    typer.Option("--augment", help="Local augmentation: none or crop-flip (default: the model's own choice)."),
+]

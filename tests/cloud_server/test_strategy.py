@@ -53,3 +53,9 @@ def test_fedprox_mu_holds_the_local_model_near_the_global_one() -> None:
     plain, held = moved(0.0), moved(1.0)
     # Assert: mu pulls every step back towards the global model, so the update is smaller
     assert held < 0.9 * plain
+
+
+def test_every_training_setting_reaches_the_task() -> None:
+    config = StrategyConfig(momentum=0.5, weight_decay=0.001, augment="crop-flip", learning_rate=0.02)
+    task = FedAvg(config).configure_round(1, ["a"])["a"]
+    assert (task.momentum, task.weight_decay, task.augment, task.learning_rate) == (0.5, 0.001, "crop-flip", 0.02)
