@@ -77,6 +77,7 @@ TeacherGate = Annotated[
 
 
 def genfl_config(
+    *,
     generator: str | GeneratorKind,
     pipeline_path: str | None,
     warmup_rounds: int | None,
@@ -91,7 +92,6 @@ def genfl_config(
     generator_device: str,
     teacher_gate: float = D.teacher_gate,
     synthetic_pool: str | None = None,
-    *,
     pool_probes: int = D.pool_probes,
     synthetic_norm: str | SyntheticNorm = D.synthetic_norm,
     synthetic_restyle: str | SyntheticRestyle | None = D.synthetic_restyle,
