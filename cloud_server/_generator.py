@@ -43,6 +43,8 @@ from torch import nn
 import models
 from protocol import ConfigError, TensorDict
 
+from ._genfl_config import GenflConfig
+
 log = logging.getLogger("genfl.server")
 
 __all__ = [
@@ -213,23 +215,29 @@ def _diversity(z: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(image_distance * noise_distance).mean())
 
 
+_G = GenflConfig()
+
+
 @dataclass(frozen=True)
 class DataFreeSettings:
+    """The data-free generator's settings; those GenFL exposes take GenflConfig's defaults, so that what the tests
+    run is what production runs."""
+
     z_dim: int = 64
     width: int = 32
-    steps: int = 40  # generator updates per round
-    batch_size: int = 128
+    steps: int = _G.generator_steps  # generator updates per round
+    batch_size: int = _G.generator_batch
     learning_rate: float = 1e-3
     bn_weight: float = 1.0
     diversity_weight: float = 1.0
     adversarial_weight: float = 0.5
-    distill_steps: int = 0  # server-side distillation of the global model per round (0: off)
+    distill_steps: int = _G.distill_steps  # server-side distillation of the global model per round (0: off)
     distill_learning_rate: float = 0.01
     temperature: float = 1.0  # of the adversarial term and of distillation
-    soft_temperature: float = 1.0  # of the soft labels sent to devices
-    bn_per_teacher: bool = True  # match each teacher's own BatchNorm statistics (else the global model's)
-    train_mode_sampling: bool = True  # sample as optimised: BatchNorm on batch statistics of mixed-class batches
-    replay: int = 0  # keep this many generated images across rounds for distillation (0: off)
+    soft_temperature: float = _G.soft_temperature  # of the soft labels sent to devices
+    bn_per_teacher: bool = _G.bn_per_teacher  # match each teacher's own BatchNorm statistics (else the global's)
+    train_mode_sampling: bool = _G.train_mode_sampling  # sample as optimised: BatchNorm on batch statistics
+    replay: int = _G.replay  # keep this many generated images across rounds for distillation (0: off)
 
 
 class DataFreeGenerator(Generator):
