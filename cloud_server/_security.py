@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import pwd
 import secrets
@@ -318,10 +319,24 @@ class Enroller:
         self._clock = clock
         self._expiry_checked = clock()
         self._warned_late = False
+        self._followed_up = -math.inf
 
     def tick(self) -> None:
-        """Follow a handed-off change up until genfl-broker-sync installed it; every few seconds, take the
-        logins of tokens that expired out of the broker."""
+        """Once a second, follow a handed-off change up until genfl-broker-sync installed it; every few seconds,
+        take the logins of tokens that expired out of the broker."""
+        if self._clock() - self._followed_up >= 1.0:  # (it reads the outbox and the receipt: not every loop)
+            self._followed_up = self._clock()
+            self._follow_up_sync()
+        if self._clock() - self._expiry_checked < 5.0:
+            return
+        self._expiry_checked = self._clock()
+        try:
+            if self.security.expire_logins():
+                log.info("removed the broker logins of expired enrollment tokens")
+        except GenflError as exc:
+            log.error("could not remove expired enrollment logins: %s", exc)
+
+    def _follow_up_sync(self) -> None:
         files = self.security.broker_files
         if files.follow_up() and files.lagging_s() > SYNC_LATE_WARN_S and not self._warned_late:
             self._warned_late = True
@@ -331,14 +346,6 @@ class Enroller:
         elif self._warned_late and files.synced():
             self._warned_late = False
             log.info("genfl-broker-sync has installed the broker files")
-        if self._clock() - self._expiry_checked < 5.0:
-            return
-        self._expiry_checked = self._clock()
-        try:
-            if self.security.expire_logins():
-                log.info("removed the broker logins of expired enrollment tokens")
-        except GenflError as exc:
-            log.error("could not remove expired enrollment logins: %s", exc)
 
     @property
     def subscription(self) -> str:
