@@ -43,7 +43,7 @@ from torch import nn
 import models
 from protocol import ConfigError, TensorDict
 
-from ._genfl_config import GenflConfig
+from ._genfl_config import GENERATOR_ADAM_BETAS, GenflConfig
 
 log = logging.getLogger("genfl.server")
 
@@ -215,35 +215,10 @@ def _diversity(z: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(image_distance * noise_distance).mean())
 
 
-_G = GenflConfig()
-
-
-@dataclass(frozen=True)
-class DataFreeSettings:
-    """The data-free generator's settings; those GenFL exposes take GenflConfig's defaults, so that what the tests
-    run is what production runs."""
-
-    z_dim: int = 64
-    width: int = 32
-    steps: int = _G.generator_steps  # generator updates per round
-    batch_size: int = _G.generator_batch
-    learning_rate: float = 1e-3
-    bn_weight: float = 1.0
-    diversity_weight: float = 1.0
-    adversarial_weight: float = 0.5
-    distill_steps: int = _G.distill_steps  # server-side distillation of the global model per round (0: off)
-    distill_learning_rate: float = 0.01
-    temperature: float = 1.0  # of the adversarial term and of distillation
-    soft_temperature: float = _G.soft_temperature  # of the soft labels sent to devices
-    bn_per_teacher: bool = _G.bn_per_teacher  # match each teacher's own BatchNorm statistics (else the global's)
-    train_mode_sampling: bool = _G.train_mode_sampling  # sample as optimised: BatchNorm on batch statistics
-    replay: int = _G.replay  # keep this many generated images across rounds for distillation (0: off)
-
-
 class DataFreeGenerator(Generator):
     name = "data-free"
 
-    def __init__(self, model_name: str, settings: DataFreeSettings = DataFreeSettings(), *, device: str = "cpu",
+    def __init__(self, model_name: str, settings: GenflConfig = GenflConfig(), *, device: str = "cpu",
                  seed: int = 0) -> None:  # fmt: skip
         spec = models.get_spec(model_name)
         self.model_name = model_name
@@ -252,9 +227,13 @@ class DataFreeGenerator(Generator):
         self.device = device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = ConditionalImageGenerator(spec.num_classes, spec.input_shape, settings.z_dim, settings.width)
+            self.net = ConditionalImageGenerator(
+                spec.num_classes, spec.input_shape, settings.generator_z_dim, settings.generator_width
+            )
         self.net.to(device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
+        self.optimizer = torch.optim.Adam(
+            self.net.parameters(), lr=settings.generator_learning_rate, betas=GENERATOR_ADAM_BETAS
+        )
         self._rng = torch.Generator(device="cpu").manual_seed(seed)
         self._teachers: list[nn.Module] = []
         self._weights: torch.Tensor | None = None
@@ -302,7 +281,7 @@ class DataFreeGenerator(Generator):
         return total / share.sum().clamp(min=1e-8)
 
     def _noise(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(count, self.settings.z_dim, generator=self._rng).to(self.device)
+        z = torch.randn(count, self.settings.generator_z_dim, generator=self._rng).to(self.device)
         labels = torch.randint(0, self.num_classes, (count,), generator=self._rng).to(self.device)
         return z, labels
 
@@ -321,8 +300,8 @@ class DataFreeGenerator(Generator):
             statistics = _BatchNormMatch(student)
             self.net.train()
             hits = 0.0
-            for _ in range(s.steps):
-                z, labels = self._noise(s.batch_size)
+            for _ in range(s.generator_steps):
+                z, labels = self._noise(s.generator_batch)
                 images = self.net(z, labels)
                 ensemble = self._ensemble_logits(images, labels)
                 student_logits = student(images)
@@ -330,16 +309,16 @@ class DataFreeGenerator(Generator):
                 if s.bn_per_teacher:
                     bn_loss = self._teacher_bn_loss(labels)
                 agree = (ensemble.argmax(1) == labels).float()
-                student_log_p = F.log_softmax(student_logits / s.temperature, 1)
+                student_log_p = F.log_softmax(student_logits / s.distill_temperature, 1)
                 # log-space target: with a softmax target, a probability that underflows to 0 has a NaN gradient
-                ensemble_log_p = F.log_softmax(ensemble / s.temperature, 1)
+                ensemble_log_p = F.log_softmax(ensemble / s.distill_temperature, 1)
                 divergence = F.kl_div(student_log_p, ensemble_log_p, reduction="none", log_target=True).sum(1)
                 disagreement = (divergence * agree).mean()
                 loss = (
                     F.cross_entropy(ensemble, labels)
-                    + s.bn_weight * bn_loss
-                    + s.diversity_weight * _diversity(z, images)
-                    - s.adversarial_weight * disagreement
+                    + s.generator_bn_weight * bn_loss
+                    + s.generator_diversity_weight * _diversity(z, images)
+                    - s.generator_adversarial_weight * disagreement
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):  # teachers from a diverged device: skip rather than poison the generator
@@ -359,7 +338,7 @@ class DataFreeGenerator(Generator):
             new_state, distill_loss = teachers.global_state, None
             if s.distill_steps > 0:
                 new_state, distill_loss = self._distill(teachers.global_state)
-        report = FitReport(time.perf_counter() - started, s.steps, hits, distill_loss)
+        report = FitReport(time.perf_counter() - started, s.generator_steps, hits, distill_loss)
         return new_state, report
 
     def _distill(self, global_state: TensorDict) -> tuple[TensorDict, float]:
@@ -368,15 +347,15 @@ class DataFreeGenerator(Generator):
         student = models.build_model(self.model_name)
         models.load_state(student, global_state)
         student.to(self.device).eval()  # eval: synthetic batches must not overwrite the running statistics
-        optimizer = torch.optim.SGD(student.parameters(), lr=s.distill_learning_rate, momentum=0.9)
+        optimizer = torch.optim.SGD(student.parameters(), lr=s.distill_learning_rate, momentum=s.server_momentum)
         loss_value = 0.0
         for _ in range(s.distill_steps):
             with torch.no_grad():
-                z, labels = self._noise(s.batch_size)
+                z, labels = self._noise(s.generator_batch)
                 images = self._generate(z, labels)
                 images, labels = self._with_replay(images, labels)
-                target = F.softmax(self._ensemble_logits(images, labels) / s.temperature, 1)
-            loss = F.kl_div(F.log_softmax(student(images) / s.temperature, 1), target, reduction="batchmean")
+                target = F.softmax(self._ensemble_logits(images, labels) / s.distill_temperature, 1)
+            loss = F.kl_div(F.log_softmax(student(images) / s.distill_temperature, 1), target, reduction="batchmean")
             if not torch.isfinite(loss):
                 log.warning("distillation diverged (loss %s); keeping the aggregated model", float(loss.detach()))
                 return global_state, float("nan")
@@ -428,8 +407,8 @@ class DataFreeGenerator(Generator):
             return np.zeros((0, *spec.input_shape), dtype=np.uint8)
         order = torch.randperm(len(labels), generator=rng)
         wanted = torch.from_numpy(labels.astype(np.int64))[order]
-        z = torch.randn(len(labels), self.settings.z_dim, generator=rng)
-        size = max(self.settings.batch_size, 2)
+        z = torch.randn(len(labels), self.settings.generator_z_dim, generator=rng)
+        size = max(self.settings.generator_batch, 2)
         out = torch.empty(len(labels), *models.get_spec(self.model_name).input_shape)
         for start in range(0, len(labels), size):
             stop = min(len(labels), start + size)
@@ -474,7 +453,7 @@ def train_on_synthetic(
     batch_size: int,
     seed: int,
     device: str = "cpu",
-    learning_rate: float = 0.05,
+    settings: GenflConfig = GenflConfig(),
 ) -> TensorDict:
     """aigc-only: ``steps`` SGD steps of the model on the generator's samples alone.
 
@@ -485,7 +464,10 @@ def train_on_synthetic(
     model = models.build_model(model_name)
     models.load_state(model, state)
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.server_learning_rate, momentum=settings.server_momentum,
+        weight_decay=settings.server_weight_decay,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
     with _threads(generator_threads()):
         for step in range(steps):

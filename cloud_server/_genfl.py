@@ -271,14 +271,9 @@ class _GenerativeStrategy(Strategy):
                 assert g.pipeline_path is not None
                 self.generator = LocalPipelineGenerator(spec.name, g.pipeline_path, self.classes, device=device)
             else:
-                from ._generator import DataFreeGenerator, DataFreeSettings
+                from ._generator import DataFreeGenerator
 
-                settings = DataFreeSettings(
-                    steps=g.generator_steps, batch_size=g.generator_batch, distill_steps=g.distill_steps,
-                    soft_temperature=g.soft_temperature, bn_per_teacher=g.bn_per_teacher,
-                    train_mode_sampling=g.train_mode_sampling, replay=g.replay,
-                )  # fmt: skip
-                self.generator = DataFreeGenerator(spec.name, settings, device=device, seed=self.config.seed)
+                self.generator = DataFreeGenerator(spec.name, g, device=device, seed=self.config.seed)
         return self.generator
 
     def _note_devices(self, devices: Mapping[str, tuple[int, Any]]) -> None:
@@ -625,7 +620,7 @@ class AigcOnly(_GenerativeStrategy):
         g = self.genfl
         trained = train_on_synthetic(
             self._spec().name, global_state, generator, steps=g.server_steps, batch_size=g.generator_batch, seed=seed,
-            device=_resolve_device(g.generator_device),
+            device=_resolve_device(g.generator_device), settings=g,
         )  # fmt: skip
         self.generator_seconds += time.perf_counter() - started
         return trained

@@ -6,9 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from protocol import MAX_PROBES, SYNTHETIC_NORMS, SYNTHETIC_RESTYLES, ConfigError, TrainConfig
+from protocol import (
+    MAX_PROBES,
+    SYNTHETIC_NORMS,
+    SYNTHETIC_RESTYLES,
+    ConfigError,
+    SyntheticNorm,
+    SyntheticRestyle,
+    TrainConfig,
+    setting,
+)
 
-__all__ = ["GENERATORS", "GeneratorKind", "GenflConfig"]
+__all__ = ["GENERATORS", "GENERATOR_ADAM_BETAS", "GeneratorKind", "GenflConfig"]
+
+GENERATOR_ADAM_BETAS = (0.5, 0.999)  # the data-free generator's Adam (DCGAN's choice: a short first-moment memory)
 
 
 class GeneratorKind(str, Enum):
@@ -24,18 +35,33 @@ GENERATORS = tuple(g.value for g in GeneratorKind)
 class GenflConfig:
     """Settings of the GenFL strategies (``--generator``, ``--synthetic-*`` ... on the command line)."""
 
-    generator: str = "data-free"  # data-free, local-pipeline or pool
-    pipeline_path: str | None = None  # local-pipeline: the folder a diffusers pipeline was saved to
-    synthetic_pool: str | None = None  # pool: a folder of class-named folders of images (generate-pool makes one)
-    # Rounds of plain FedAvg before the first synthetic batch. None: 1 for the data-free generator (it learns from
-    # a round's models first), 0 for a pool or a pipeline (their images are there from the start).
-    warmup_rounds: int | None = None
-    generator_steps: int = 40  # data-free generator updates per round
-    generator_batch: int = 128
-    distill_steps: int = 0  # genfl: server-side distillation steps per round (0: off)
-    server_steps: int = 100  # aigc-only: training steps of the global model on synthetic data per round
-    synthetic_share: float = 1.0  # fill lacking classes up to this share of a balanced set of the device's size
-    synthetic_budget_kb: int = 1024  # at most this many KiB of synthetic data per device and round
+    generator: str = setting("data-free", "GenFL: where synthetic images come from.", choices=GeneratorKind)
+    pipeline_path: str | None = setting(None, "local-pipeline: folder of a saved diffusers pipeline (read offline).")
+    synthetic_pool: str | None = setting(
+        None, "GenFL: draw synthetic images from this pool folder (POOL/<class>/<image>; generate-pool)."
+    )
+    warmup_rounds: int | None = setting(
+        None, "GenFL: rounds of plain FedAvg before synthetic data (default: 1 data-free, 0 pool/pipeline)."
+    )
+    generator_steps: int = setting(40, "GenFL: data-free generator updates per round.")
+    generator_batch: int = setting(128, "GenFL: images per data-free generator update (and aigc-only step).")
+    generator_learning_rate: float = setting(1e-3, "GenFL data-free: the generator's Adam learning rate.")
+    generator_z_dim: int = setting(64, "GenFL data-free: the generator's noise dimensions.")
+    generator_width: int = setting(32, "GenFL data-free: the generator's channels (its size).")
+    generator_bn_weight: float = setting(1.0, "GenFL data-free: weight of matching the teachers' BatchNorm.")
+    generator_diversity_weight: float = setting(1.0, "GenFL data-free: weight of the mode-seeking term.")
+    generator_adversarial_weight: float = setting(
+        0.5, "GenFL data-free: weight of seeking where the student and the teachers disagree."
+    )
+    distill_steps: int = setting(0, "genfl: server-side distillation steps per round (0: off).")
+    distill_learning_rate: float = setting(0.01, "genfl: the server's SGD learning rate of distillation.")
+    distill_temperature: float = setting(1.0, "GenFL data-free: temperature of the adversarial term and distillation.")
+    server_steps: int = setting(100, "aigc-only: server training steps on synthetic data per round.")
+    server_learning_rate: float = setting(0.05, "aigc-only: the server's SGD learning rate.")
+    server_momentum: float = setting(0.9, "aigc-only and distillation: the server's SGD momentum.")
+    server_weight_decay: float = setting(5e-4, "aigc-only: the server's SGD weight decay.")
+    synthetic_share: float = setting(1.0, "GenFL: fill lacking classes up to this share of balanced.")
+    synthetic_budget_kb: int = setting(1024, "GenFL: KiB per device and round.")
     # The weight of the synthetic loss on the devices: `synthetic_weight`, when the evidence allows it:
     # - the teachers gate: the generator learns its labels from the devices' models, so synthetic data is sent
     #   only after a round whose models fit their own real data to at least `teacher_gate` (weighted training
@@ -44,33 +70,54 @@ class GenflConfig:
     #   more than `harm_tolerance` halves the weight; one that did no harm restores it (doubling).
     # None: 0.3 for the data-free generator (its images carry the teachers' guesses), 1.0 for a pool or a pipeline
     # (images of real quality may earn as much as real data; the pool's quality moves it below that).
-    synthetic_weight: float | None = None
-    synthetic_decay: float = 1.0  # x this per round after the first synthetic one
-    teacher_gate: float = 0.9
-    harm_tolerance: float = 0.02
-    filter_disagreeing: bool = True  # drop images the ensemble does not label as asked
-    synthetic_ratio: float = 1.0  # synthetic samples per real sample in each local batch
-    synthetic_norm: str = TrainConfig.synthetic_norm  # how devices pass synthetic samples through BatchNorm
-    # How devices bridge a style gap (protocol.SyntheticRestyle). None: real for a pool or a pipeline (half of a
-    # device's images take its batch's colours each round), none data-free.
-    synthetic_restyle: str | None = None
+    synthetic_weight: float | None = setting(
+        None, "GenFL: the largest weight of the synthetic loss (default: 0.3 data-free, 1.0 pool/pipeline)."
+    )
+    synthetic_decay: float = setting(1.0, "GenFL: the weight is multiplied by this each round.")
+    teacher_gate: float = setting(
+        0.9, "GenFL: send synthetic data only after devices' models fit their data this well."
+    )
+    harm_tolerance: float = setting(
+        0.02, "GenFL: a synthetic round that cost the devices more accuracy than this halves the weight."
+    )
+    filter_disagreeing: bool = setting(True, "GenFL: drop generated images the ensemble does not label as asked.")
+    synthetic_ratio: float = setting(1.0, "GenFL: synthetic samples per real sample in each local batch.")
+    synthetic_norm: str = setting(
+        TrainConfig.synthetic_norm,
+        "GenFL: synthetic samples through BatchNorm with the real ones, or frozen.",
+        choices=SyntheticNorm,
+    )
+    # How devices bridge a style gap (protocol.SyntheticRestyle).
+    synthetic_restyle: str | None = setting(
+        None,
+        "GenFL: bridge a style gap on the devices: none, synthetic (to their colours), real (half of theirs to the "
+        "synthetic images' colours), auto (real where the colours differ). Default: real for a pool or pipeline, "
+        "none data-free.",
+        choices=SyntheticRestyle,
+    )
     # A pool is judged by the model the fleet trained on its own data: each round the current global model scores
     # every pool image (its probability of the class the image claims); images are drawn in proportion to that
     # score ** pool_sharpness (0: uniformly), and the synthetic weight follows the pool's quality, the share of
     # its images that model recognises over the share of the devices' own data it recognises (their reports).
-    pool_sharpness: float = 2.0
-    pool_evidence: bool = True
-    pool_scored_per_round: int = 2048  # images the global model scores per round (a pool larger than this: in turns)
-    pool_probes: int = 0  # pool: images of its own classes each device also judges per round (0: none)
-    synthetic_every_class: float = 0.0  # every class, held ones too, gets at least this share of the target
-    soft_labels: bool = False  # send the ensemble's probabilities instead of the hard labels
-    soft_temperature: float = 1.0  # temperature of those probabilities
-    bn_per_teacher: bool = False  # the data-free generator matches each teacher's BatchNorm statistics
-    train_mode_sampling: bool = True  # ... and samples as it was optimised (batch statistics)
-    replay: int = 0  # ... and keeps this many images of earlier rounds for distillation
-    generator_device: str = "auto"  # cuda when present
+    pool_sharpness: float = setting(2.0, "GenFL pool: draw images in proportion to their score to this power.")
+    pool_evidence: bool = setting(True, "GenFL pool: the synthetic weight follows the pool's measured quality.")
+    pool_scored_per_round: int = setting(2048, "GenFL pool: images the global model scores per round (in turns).")
+    pool_probes: int = setting(
+        0, "GenFL pool: images of its own classes each device judges per round (0: no curation)."
+    )
+    synthetic_every_class: float = setting(
+        0.0, "GenFL: every class, held ones too, gets at least this share of the target."
+    )
+    soft_labels: bool = setting(False, "GenFL: ensemble probabilities.", flag="--soft-labels/--hard-labels")
+    soft_temperature: float = setting(1.0, "GenFL: temperature of the soft labels.")
+    bn_per_teacher: bool = setting(False, "GenFL data-free: match each teacher's BatchNorm statistics.")
+    train_mode_sampling: bool = setting(True, "GenFL data-free: sample as optimised (batch statistics).")
+    replay: int = setting(0, "GenFL data-free: keep this many images of earlier rounds for distillation.")
+    generator_device: str = setting("auto", "GenFL generator device: auto, cpu or cuda.")
 
     def __post_init__(self) -> None:
+        if self.synthetic_pool is not None and self.generator == GeneratorKind.DATA_FREE.value:
+            object.__setattr__(self, "generator", GeneratorKind.POOL.value)  # --synthetic-pool alone names a pool
         if self.generator not in GENERATORS:
             raise ConfigError(f"unknown generator {self.generator!r}; use one of {', '.join(GENERATORS)}")
         if self.generator == "local-pipeline" and not self.pipeline_path:

@@ -8,15 +8,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import models
 from protocol import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_ROUND_TIMEOUT_S,
     ConfigError,
     GenflError,
     MqttTransport,
@@ -27,7 +23,6 @@ from protocol import (
     default_classes,
     describe_classes,
     parse_brokers,
-    validate_classes,
 )
 
 from ._broker import EmbeddedBroker
@@ -35,9 +30,9 @@ from ._broker_files import SERVER_USER
 from ._coordinator import Coordinator, CoordinatorConfig
 from ._journal import SqliteJournal
 from ._security import Enroller, FleetSecurity
+from ._serve_config import ServeConfig
 from ._state_lock import holding_state
 from ._strategies import make_strategy
-from ._strategy import StrategyConfig
 
 if TYPE_CHECKING:
     from ._metrics import FleetMetrics
@@ -45,46 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["ServeConfig", "fleet_classes", "run_server"]
 
 log = logging.getLogger("genfl.server")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeConfig(StrategyConfig):
-    state_dir: Path
-    fleet: str = "default"
-    model: str = "cnn-digits"
-    rounds: int = 100
-    min_devices: int = 1
-    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
-    max_failed_rounds: int | None = CoordinatorConfig.max_failed_rounds
-    accept_older_state: bool = False  # go on from a state older than the fleet (see CoordinatorConfig)
-    strategy: str = "fedavg"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    broker: str | None = None  # None: start an embedded broker
-    broker_port: int | None = None
-    max_update_norm: float | None = None
-    embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
-    metrics_port: int | None = None  # Prometheus /metrics (and the dashboard) on this port; 0: a free one
-    metrics_host: str = "127.0.0.1"
-    dashboard: bool = False  # the read-only fleet page on the metrics port
-    eval_dataset: str | None = None  # a test set the server scores each new global model on
-    eval_data_dir: Path = Path("data")
-    # The fleet's class names in the model's order. None: the list the state was started with, or for a new
-    # state the numbers 0..N-1 (the bundled digits' names).
-    classes: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # the strategy's own checks
-        spec = models.get_spec(self.model)
-        if self.classes is not None:
-            validate_classes(self.classes, spec.num_classes)
-        if self.broker is not None:
-            parse_brokers(self.broker)
-        if self.broker_port is not None and not 0 < self.broker_port < 65536:
-            raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
-        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
-            raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
-        if self.dashboard and self.metrics_port is None:
-            raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")
 
 
 def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
@@ -120,7 +75,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         coordinator = Coordinator(
             CoordinatorConfig(
                 fleet=fleet, model_name=config.model, rounds=config.rounds, min_devices=config.min_devices,
-                round_timeout_s=config.round_timeout_s, max_failed_rounds=config.max_failed_rounds,
+                round_timeout_s=config.round_timeout_s, max_failed_rounds=config.max_failed_rounds or None,
                 settle_s=SETTLE_S, accept_older_state=config.accept_older_state, chunk_size=config.chunk_size,
                 max_update_norm=config.max_update_norm, classes=classes,
             ),

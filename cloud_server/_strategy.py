@@ -20,15 +20,18 @@ import numpy as np
 from protocol import (
     AUGMENTATIONS,
     CODECS,
+    Augmentation,
+    Codec,
     ConfigError,
     TensorDict,
     TrainConfig,
     Update,
+    setting,
 )
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._genfl_config import GenflConfig
-from ._robust import AGGREGATORS, BufferedUpdates
+from ._robust import AGGREGATORS, Aggregation, BufferedUpdates
 
 Accumulator = Union[WeightedDeltaSum, BufferedUpdates]
 
@@ -62,22 +65,28 @@ def derive_seed(*parts: object) -> int:
 @dataclass(frozen=True)
 class StrategyConfig:
     """The strategy and training settings, declared here once (the training ones' defaults come from the task's
-    TrainConfig): SimulationConfig and ServeConfig inherit these fields, both CLIs take their defaults from here."""
+    TrainConfig that carries them): SimulationConfig and ServeConfig inherit these fields, and both commands'
+    options are made from them (``protocol.options_from``)."""
 
-    fraction: float = 1.0
-    local_epochs: int = TrainConfig.local_epochs
-    batch_size: int = TrainConfig.batch_size
-    learning_rate: float = TrainConfig.learning_rate
-    momentum: float = TrainConfig.momentum
-    weight_decay: float = TrainConfig.weight_decay
-    prox_mu: float = 0.01  # FedProx's mu (a task carries 0 for the other strategies)
-    seed: int = 0
-    codec: str = TrainConfig.codec  # how devices encode updates: fp32, int8 or int4 (announced in each task)
-    qat: bool = TrainConfig.qat  # devices train int8 quantization-aware (fake quant); --no-qat for float
-    aggregate: str = "fedavg"  # fedavg (streaming), median, trimmed-mean or clipped
-    trim: float = 0.2  # share cut from each end by trimmed-mean
-    bucket_size: int = 1  # robust rules: average random buckets of this many updates first (1: off)
-    augment: str | None = None  # local augmentation: none or crop-flip (None: the model's default)
+    strategy: str = setting("fedavg", "How rounds train and combine.", choices=StrategyName)
+    fraction: float = setting(1.0, "Share of online devices picked each round.")
+    local_epochs: int = setting(TrainConfig.local_epochs, "Local epochs per round.")
+    batch_size: int = setting(TrainConfig.batch_size, "Local batch size.")
+    learning_rate: float = setting(TrainConfig.learning_rate, "Local SGD learning rate.", flag="--lr")
+    momentum: float = setting(TrainConfig.momentum, "Local SGD momentum.")
+    weight_decay: float = setting(TrainConfig.weight_decay, "Local SGD weight decay (L2).")
+    prox_mu: float = setting(0.01, "FedProx proximal weight (a task carries 0 for the other strategies).", flag="--mu")
+    seed: int = setting(0, "Seed of the initial model, the device sampling and (simulate) the partitions.")
+    codec: str = setting(TrainConfig.codec, "How devices send updates (announced in each task).", choices=Codec)
+    qat: bool = setting(TrainConfig.qat, "Devices train int8 quantization-aware (default) or in float.")
+    aggregate: str = setting(
+        "fedavg", "FedAvg's weighted mean or a rule robust to faulty devices.", choices=Aggregation
+    )
+    trim: float = setting(0.2, "Share trimmed from each end by trimmed-mean.")
+    bucket_size: int = setting(1, "Robust rules: average random buckets of this many updates first (1: off).")
+    augment: str | None = setting(
+        None, "Local augmentation: none or crop-flip (default: the model's own choice).", choices=Augmentation
+    )
     genfl: GenflConfig = field(default_factory=GenflConfig)  # the genfl and aigc-only strategies' settings
 
     def __post_init__(self) -> None:

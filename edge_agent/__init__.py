@@ -13,6 +13,7 @@ from protocol._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ._agent import AgentCore, TrainingDone, TrainingRunner
+    from ._daemon import agent_config_text
     from ._data import (
         DeviceDataset,
         LabeledArrays,
@@ -31,6 +32,7 @@ _WHERE = {
     "AgentCore": "_agent",
     "TrainingDone": "_agent",
     "TrainingRunner": "_agent",
+    "agent_config_text": "_daemon",
     "DeviceDataset": "_data",
     "LabeledArrays": "_data",
     "check_arrays_fit": "_data",
@@ -56,6 +58,7 @@ __all__ = [
     "TaskPolicy",
     "TrainingDone",
     "TrainingRunner",
+    "agent_config_text",
     "check_arrays_fit",
     "check_fits_model",
     "in_fleet_order",

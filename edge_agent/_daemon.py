@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import FrameType
@@ -151,6 +152,23 @@ class AgentConfig:
             return OpenGuard()
         server_key = public_key_from_text(self.server_public_key)
         return SignedGuard(self.fleet, load_signing_key(self.device_key), lambda sender: server_key)
+
+
+def agent_config_text(settings: Mapping[str, object], comment: str = "") -> str:
+    """The TOML that :func:`load_agent_config` reads back: an ``[agent]`` table of strings, numbers, booleans
+    and lists of strings (a None is left out: the default)."""
+
+    def value_text(value: object) -> str:
+        if isinstance(value, (str, list, tuple)):
+            return json.dumps(value, ensure_ascii=False)  # a JSON string or list of strings is a TOML one too
+        if isinstance(value, Path):
+            return json.dumps(str(value), ensure_ascii=False)
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    lines = [f"# {comment}"] if comment else []
+    lines.append("[agent]")
+    lines += [f"{name} = {value_text(value)}" for name, value in settings.items() if value is not None]
+    return "\n".join(lines) + "\n"
 
 
 def load_agent_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:

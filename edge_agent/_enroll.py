@@ -17,7 +17,6 @@ files work where they are and as systemd credentials: the unit loads them with
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -47,6 +46,8 @@ from protocol import (
     save_signing_key,
     write_secret,
 )
+
+from ._daemon import agent_config_text
 
 __all__ = ["SYSTEM_CONFIG", "EdgeHome", "EnrollmentFailed", "enroll", "find_config"]
 
@@ -117,12 +118,6 @@ def find_config(home: Path | None = None, system: Path = SYSTEM_CONFIG) -> Path:
     raise ConfigError(f"no config at {chosen}: enroll first (genfl-edge enroll) or give --config")
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, (str, list)):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string or list of strings is a TOML one too
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _relative_to(path: Path, folder: Path) -> str:
     """``path`` relative to ``folder`` when it lies inside it (the config's folder), else absolute."""
     try:
@@ -175,10 +170,8 @@ def enroll(
         settings["classes"] = list(parse_classes(reply.classes))
     if ca_file is not None:
         settings["ca_file"] = _relative_to(home.ca, home.config.parent)
-    lines = ["# genfl-edge: written by `genfl-edge enroll`; holds the broker password (mode 0600).", "[agent]"]
-    lines += [f"{name} = {_toml_value(value)}" for name, value in settings.items()]
-    lines.append(f"password = {_toml_value(reply.password)}")
-    write_secret(home.config, ("\n".join(lines) + "\n").encode())
+    comment = "genfl-edge: written by `genfl-edge enroll`; holds the broker password (mode 0600)."
+    write_secret(home.config, agent_config_text({**settings, "password": reply.password}, comment).encode())
     return settings
 
 

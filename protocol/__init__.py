@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         encode_message,
     )
     from ._mqtt import REFUSED_RETRY_S, BrokerAddress, MqttTransport, Will, parse_brokers, rotated
+    from ._settings import options_from, setting, settings_leaves
     from ._signing import (
         FrameGuard,
         OpenGuard,
@@ -104,6 +105,9 @@ _WHERE = {
     "parse_classes": "_classes",
     "validate_classes": "_classes",
     "exit_on_error": "_cli",
+    "options_from": "_settings",
+    "setting": "_settings",
+    "settings_leaves": "_settings",
     "new_app": "_cli",
     "uninstall_command": "_cli",
     "CODECS": "_codec",
@@ -266,6 +270,9 @@ __all__ = [
     "encode_message",
     "encode_tensors",
     "exit_on_error",
+    "options_from",
+    "setting",
+    "settings_leaves",
     "new_app",
     "uninstall_command",
     "enroll_topic",

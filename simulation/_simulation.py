@@ -24,14 +24,14 @@ import numpy as np
 import models
 from cloud_server._broker import EmbeddedBroker
 from cloud_server._coordinator import Coordinator, CoordinatorConfig, RoundResult
-from cloud_server._robust import AGGREGATORS
 from cloud_server._strategies import make_strategy
-from cloud_server._strategy import StrategyConfig, derive_seed
+from cloud_server._strategy import derive_seed
 from edge_agent import (
     AgentCore,
     DeviceDataset,
     InProcessRunner,
     LabeledArrays,
+    agent_config_text,
     check_fits_model,
     laplace_label_counts,
     load_dataset,
@@ -39,7 +39,6 @@ from edge_agent import (
     scaled_to_total,
 )
 from protocol import (
-    DEFAULT_ROUND_TIMEOUT_S,
     BlobStore,
     ConfigError,
     GenflError,
@@ -54,7 +53,8 @@ from protocol import (
     rotated,
 )
 
-from ._attacks import ATTACKS, make_attack
+from ._attacks import make_attack
+from ._config import SimulationConfig
 from ._partition import label_histogram, partition_labels
 
 __all__ = [
@@ -67,73 +67,6 @@ __all__ = [
     "run_simulation",
     "write_outputs",
 ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SimulationConfig(StrategyConfig):
-    dataset: str = "digits"
-    data_dir: str = "data"
-    devices: int = 10
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    classes_per_device: int = 2
-    min_samples: int = 10
-    rounds: int = 10
-    strategy: str = "fedavg"
-    model: str | None = None
-    train_subset: int | None = None  # use only this many training samples (CPU benchmarks)
-    eval_subset: int | None = None  # evaluate on a fixed stratified subset of the test split (the same for every seed)
-    fleet: str = "sim"
-    torch_device: str = "cpu"  # where simulated devices train: cpu, cuda or auto
-    # Threads per simulated device. Fixed so that in-process and worker-process training give the
-    # same bits (CPU kernels split their sums by thread count); one thread, like a small board.
-    torch_threads: int = 1
-    transport: str = "local"  # local (in-memory) or mqtt
-    broker: str | None = None  # for mqtt: None starts an embedded broker
-    embedded_broker: str = "auto"  # auto (mosquitto if on PATH), mosquitto or amqtt
-    # The agents' worker mode: pool (one torch-preloaded training pool for the whole fleet, the fastest),
-    # persistent or per-task (a worker process per agent, as on boards).
-    worker: str = "pool"
-    worker_slots: int | None = None  # at most this many train at once (pool: default the cores; per-task: no limit)
-    agents_per_process: int = 1  # simulated agents per process (--transport mqtt): 1,000 fit in one machine
-    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
-    malicious: int = 0  # devices device-000.. send corrupted updates (in-memory transport)
-    attack: str = "sign-flip"
-    share_label_counts: bool = True  # devices send their label histograms (GenFL tailors batches by them)
-    label_noise: float | None = None  # epsilon: the histograms get Laplace noise (epsilon-DP)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # the strategy's own checks
-        if self.devices < 1:
-            raise ConfigError(f"devices must be at least 1, got {self.devices}")
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
-        if self.train_subset is not None and self.train_subset < self.devices:
-            raise ConfigError("train subset must hold at least one sample per device")
-        if self.eval_subset is not None and self.eval_subset < 1:
-            raise ConfigError("the evaluation subset must hold at least one sample")
-        if self.worker not in ("pool", "persistent", "per-task"):
-            raise ConfigError(f"worker must be pool, persistent or per-task, got {self.worker!r}")
-        if self.worker_slots is not None and (self.worker_slots < 1 or self.worker == "persistent"):
-            raise ConfigError("worker slots need --worker pool or per-task and a count of at least 1")
-        if self.agents_per_process < 1:
-            raise ConfigError("agents per process must be at least 1")
-        if self.aggregate not in AGGREGATORS:
-            raise ConfigError(f"unknown aggregation {self.aggregate!r}; use one of {', '.join(AGGREGATORS)}")
-        if self.attack not in ATTACKS:
-            raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}")
-        if not 0 <= self.malicious <= self.devices:
-            raise ConfigError(f"malicious devices must be 0..{self.devices}, got {self.malicious}")
-        if self.malicious and self.transport != "local":
-            raise ConfigError("--malicious is simulated in-process: use --transport local")
-        if self.torch_threads < 1:
-            raise ConfigError("torch threads must be at least 1")
-        if self.label_noise is not None and not self.label_noise > 0:
-            raise ConfigError(f"label noise epsilon must be positive, got {self.label_noise}")
-        if self.transport not in ("local", "mqtt"):
-            raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
-        if self.broker is not None:
-            parse_brokers(self.broker)
 
 
 @dataclass(frozen=True)
@@ -300,15 +233,13 @@ class _ProcessFederation:
             # A cluster's nodes: each process starts on the next node, so the fleet spreads over them all.
             for settings in group:
                 settings["broker"] = rotated(self.url, index // per_process)
-            name = group[0]["device_id"] if per_process == 1 else f"agents-{index:05d}"
+            name = str(group[0]["device_id"]) if per_process == 1 else f"agents-{index:05d}"
             log_file = self._stack.enter_context(open(self.run_dir / f"{name}.log", "wb"))  # noqa: SIM115
-            if per_process == 1:
-                command = [sys.executable, "-m", "edge_agent", "run", "--log-level", "warning"]
-                for key, value in group[0].items():
-                    if isinstance(value, bool):
-                        command.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
-                    elif value is not None:
-                        command += [f"--{key.replace('_', '-')}", str(value)]
+            if per_process == 1:  # as a board runs it: `genfl-edge run --config edge.toml`
+                config_file = self.run_dir / name / "edge.toml"
+                config_file.write_text(agent_config_text(group[0], "a simulated board's settings"))
+                command = [sys.executable, "-m", "edge_agent", "run", "--config", str(config_file)]
+                command += ["--log-level", "warning"]
             else:
                 spec = self.run_dir / f"{name}.json"
                 spec.write_text(json.dumps({"agents": group}))

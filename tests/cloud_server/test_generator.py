@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import models
-from cloud_server._generator import DataFreeGenerator, DataFreeSettings, Teachers, class_weights, train_on_synthetic
+from cloud_server._generator import DataFreeGenerator, Teachers, class_weights, train_on_synthetic
+from cloud_server._genfl_config import GenflConfig
 from edge_agent import load_dataset
 from edge_agent._training import train_local
 from protocol import TrainConfig
@@ -57,7 +58,7 @@ def _teacher_accuracy(teachers: Teachers, images: np.ndarray, labels: np.ndarray
 
 
 def test_the_generator_learns_images_the_teachers_label_as_asked(digit_teachers: Teachers) -> None:
-    generator = DataFreeGenerator("cnn-digits", DataFreeSettings(steps=60, batch_size=64), seed=1)
+    generator = DataFreeGenerator("cnn-digits", GenflConfig(generator_steps=60, generator_batch=64), seed=1)
     labels = np.repeat(np.arange(10), 20)
     assert not generator.ready
     before = _teacher_accuracy(digit_teachers, generator.sample(labels, seed=5), labels)
@@ -75,7 +76,9 @@ def test_the_generator_learns_images_the_teachers_label_as_asked(digit_teachers:
 
 
 def test_distillation_moves_the_global_model_and_keeps_its_batchnorm_statistics(digit_teachers: Teachers) -> None:
-    generator = DataFreeGenerator("cnn-digits", DataFreeSettings(steps=20, batch_size=32, distill_steps=5), seed=2)
+    generator = DataFreeGenerator(
+        "cnn-digits", GenflConfig(generator_steps=20, generator_batch=32, distill_steps=5), seed=2
+    )
     state, report = generator.fit(digit_teachers)
     assert report.distill_loss is not None and report.distill_loss >= 0
     moved = [n for n in state if "running" not in n and not np.array_equal(state[n], digit_teachers.global_state[n])]
@@ -86,7 +89,7 @@ def test_distillation_moves_the_global_model_and_keeps_its_batchnorm_statistics(
 
 
 def test_aigc_only_training_uses_only_the_generators_samples(digit_teachers: Teachers) -> None:
-    generator = DataFreeGenerator("cnn-digits", DataFreeSettings(steps=30, batch_size=64), seed=3)
+    generator = DataFreeGenerator("cnn-digits", GenflConfig(generator_steps=30, generator_batch=64), seed=3)
     generator.fit(digit_teachers)
     start = models.model_state(models.build_model("cnn-digits", seed=9))
     trained = train_on_synthetic("cnn-digits", start, generator, steps=10, batch_size=32, seed=4)

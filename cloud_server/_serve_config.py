@@ -1,0 +1,62 @@
+"""The settings of ``genfl-server serve``: the strategy's, the fleet run's and the service's own (its state,
+fleet, broker and metrics). Imports no torch, so the command starts fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol import DEFAULT_CHUNK_SIZE, ConfigError, parse_brokers, parse_classes, setting, validate_classes
+
+from ._coordinator import CoordinatorConfig
+from ._run_config import FleetRunConfig
+
+__all__ = ["ServeConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig(FleetRunConfig):
+    state_dir: Path = setting(help="SQLite state, blobs and per-round checkpoints.")
+    fleet: str = setting("default", "Fleet name (the topic prefix genfl/<fleet>/).")
+    model: str = setting("cnn-digits", "Model from the registry.")
+    # The fleet's class names in the model's order. None: the list the state was started with, or for a new
+    # state the numbers 0..N-1 (the bundled digits' names).
+    classes: tuple[str, ...] | None = setting(
+        None,
+        "The fleet's class names in the model's order, comma-separated (boards map their folders onto them by "
+        "name). Default: the list the state dir started with, else 0,1,...,N-1.",
+        parse=parse_classes,
+    )
+    rounds: int = setting(100, "Rounds to run.")
+    min_devices: int = setting(1, "Devices needed to open and to close a round.")
+    max_failed_rounds: int = setting(
+        CoordinatorConfig.max_failed_rounds or 0,
+        "Stop after this many rounds in a row that every answering board failed (0: never).",
+    )
+    accept_older_state: bool = setting(
+        False, "Go on from a state older than the fleet (a restored backup), numbering rounds after it."
+    )
+    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, "Blob chunk size in bytes (fit the broker's max packet).")
+    broker_port: int | None = setting(None, "Embedded broker port (default: free).")
+    max_update_norm: float | None = setting(None, "Reject updates with a larger L2 norm.", flag="--max-norm")
+    metrics_port: int | None = setting(None, "Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
+    metrics_host: str = setting("127.0.0.1", "Address the metrics (and dashboard) listen on.")
+    dashboard: bool = setting(False, "A read-only fleet page on the metrics port.")
+    eval_dataset: str | None = setting(None, "Score each new model on this data set's test split (e.g. digits).")
+    eval_data_dir: Path = setting(Path("data"), "Where --eval-dataset's files are.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the strategy's own checks
+        import models  # torch: only when a config is made
+
+        spec = models.get_spec(self.model)
+        if self.classes is not None:
+            validate_classes(self.classes, spec.num_classes)
+        if self.broker is not None:
+            parse_brokers(self.broker)
+        if self.broker_port is not None and not 0 < self.broker_port < 65536:
+            raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
+        if self.dashboard and self.metrics_port is None:
+            raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")
