@@ -50,6 +50,7 @@ from protocol import (
     parse_brokers,
     parse_classes,
     public_key_from_text,
+    setting,
     validate_classes,
     validate_name,
 )
@@ -69,41 +70,57 @@ KEPT_BLOBS = 3  # at start: the last round's model, the one before, a synthetic 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    device_id: str
-    data: str
-    state_dir: Path
-    fleet: str = "default"
-    broker: str = "mqtt://127.0.0.1:1883"
-    data_dir: Path = Path("data")
-    worker: str = "per-task"  # per-task (a board), persistent, or pool (many agents on one host)
-    pool_socket: Path | None = None  # --worker pool: the socket of `python -m simulation.pool`
-    torch_device: str = "cpu"
-    share_label_counts: bool = False
-    label_noise: float | None = None  # epsilon: share the label counts with Laplace noise (epsilon-DP)
-    backoff_cap: float = 60.0  # seconds: the longest wait between reconnects
-    status_interval: float = 5.0  # seconds between status.json rewrites
-    stop_grace: float = 30.0  # seconds a running training may finish on stop
-    train_window: str | None = None  # "22:00-06:00", local time
-    min_free_memory: float = 0.0  # MB that must be free to start a worker
-    resend_after: float = 60.0  # seconds: re-send an update nobody acknowledged
-    state_refresh: float = 60.0  # seconds between "online" state messages while connected (0: only on connect)
-    progress_every: float = PROGRESS_EVERY_S  # seconds between "still training" words to the server (0: none)
+    device_id: str = setting(help="This device's id.")
+    data: str = setting(help="digits, cifar10, folder:PATH, zip:PATH or npz:PATH.")
+    state_dir: Path = setting(help="Models, the pending update, status.json.")
+    fleet: str = setting("default", "Fleet name (topic prefix genfl/<fleet>/).")
+    broker: str = setting(
+        "mqtt://127.0.0.1:1883", "Broker URL, mqtt://HOST:PORT; a cluster: its nodes, comma-separated."
+    )
+    data_dir: Path = setting(Path("data"), "Where cifar10 is (or is downloaded to).")
+    worker: str = setting("per-task", "per-task (frees memory), persistent, or pool (a shared training pool).")
+    pool_socket: Path | None = setting(None, "With --worker pool: the socket of `python -m simulation.pool`.")
+    torch_device: str = setting("cpu", "Where the worker trains: cpu or cuda.")
+    share_label_counts: bool = setting(False, "Send the label histogram.")
+    label_noise: float | None = setting(
+        None, "Share the label counts with Laplace noise (epsilon-DP); implies sharing.", metavar="EPSILON"
+    )
+    backoff_cap: float = setting(60.0, "Longest wait between reconnects, seconds.")
+    status_interval: float = setting(5.0, "Seconds between status.json rewrites.")
+    stop_grace: float = setting(30.0, "Seconds a running training may finish on stop.")
+    train_window: str | None = setting(None, "Train only in this local window, e.g. 22:00-06:00.")
+    min_free_memory: float = setting(0.0, "MB that must be free to start a worker.")
+    resend_after: float = setting(60.0, "Re-send an unacknowledged update after N s.")
+    state_refresh: float = setting(60.0, "Say 'online' again every N s while connected (0: only on connect).")
+    progress_every: float = setting(PROGRESS_EVERY_S, "Seconds between 'still training' words to the server (0: none).")
     # What this device agrees to train (see edge_agent._policy): tasks outside it are refused.
-    min_batch_size: int = TaskPolicy.min_batch_size
-    min_local_steps: int = TaskPolicy.min_local_steps
-    allowed_codecs: tuple[str, ...] = TaskPolicy.allowed_codecs
-    require_qat: bool = TaskPolicy.require_qat
-    sample_count_noise: float | None = None  # epsilon: report the sample count with Laplace noise
+    min_batch_size: int = setting(TaskPolicy.min_batch_size, "Refuse tasks with smaller batches.")
+    min_local_steps: int = setting(
+        TaskPolicy.min_local_steps, "Refuse tasks with fewer optimizer steps over the local data."
+    )
+    allowed_codecs: tuple[str, ...] = setting(
+        TaskPolicy.allowed_codecs,
+        "Comma-separated update codecs this device accepts, e.g. int8,int4.",
+        parse=lambda text: tuple(text.split(",")),
+    )
+    require_qat: bool = setting(
+        TaskPolicy.require_qat, "Refuse tasks that train in float.", flag="--require-qat/--allow-float"
+    )
+    sample_count_noise: float | None = setting(None, "Report the sample count with Laplace noise.", metavar="EPSILON")
     # The fleet's class names in the model's order (enrollment writes them; every task carries them too): the
     # board numbers its folders by them and shares label counts in their order.
-    classes: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = setting(
+        None,
+        "The fleet's class names, comma-separated (enroll writes them; every task names them).",
+        parse=parse_classes,
+    )
     # A secured fleet (written by `genfl-edge enroll`): broker login, the CA the broker's certificate must
     # chain to, this board's signing key and the server's pinned public key.
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: Path | None = None
-    device_key: Path | None = None
-    server_public_key: str | None = None
+    username: str | None = setting(None, cli=False)
+    password: str | None = field(default=None, repr=False, metadata={"cli": False})  # never printed
+    ca_file: Path | None = setting(None, cli=False)
+    device_key: Path | None = setting(None, cli=False)
+    server_public_key: str | None = setting(None, cli=False)
 
     def __post_init__(self) -> None:
         validate_name("device id", self.device_id)

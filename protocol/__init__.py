@@ -56,7 +56,7 @@ if TYPE_CHECKING:
         encode_message,
     )
     from ._mqtt import REFUSED_RETRY_S, BrokerAddress, MqttTransport, Will, parse_brokers, rotated
-    from ._settings import options_from, setting, settings_leaves
+    from ._settings import options_from, overrides_from, setting, settings_leaves
     from ._signing import (
         FrameGuard,
         OpenGuard,
@@ -106,6 +106,7 @@ _WHERE = {
     "validate_classes": "_classes",
     "exit_on_error": "_cli",
     "options_from": "_settings",
+    "overrides_from": "_settings",
     "setting": "_settings",
     "settings_leaves": "_settings",
     "new_app": "_cli",
@@ -271,6 +272,7 @@ __all__ = [
     "encode_tensors",
     "exit_on_error",
     "options_from",
+    "overrides_from",
     "setting",
     "settings_leaves",
     "new_app",

@@ -3,7 +3,8 @@ from the fields.
 
 A settings class declares each value with :func:`setting`; :func:`options_from` turns a function that takes
 ``config: ThatClass`` into a Typer command with one option per field (nested settings classes are flattened,
-their fields' names must not clash). A new field is an option of every command built on its class, with the
+their fields' names must not clash); :func:`overrides_from` does the same for a command whose options override
+a settings file. A new field is an option of every command built on its class, with the
 same name, default and help, and there is no hand-kept copy to forget.
 """
 
@@ -21,7 +22,7 @@ from typing import Any, Optional, TypeVar
 
 from ._cli import exit_on_error
 
-__all__ = ["options_from", "setting", "settings_leaves"]
+__all__ = ["options_from", "overrides_from", "setting", "settings_leaves"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,7 +84,8 @@ def _optional_of(kind: Any) -> tuple[Any, bool]:
     return kind, False
 
 
-def _leaf(path: tuple[str, ...], item: Any, kind: Any) -> SettingLeaf:
+def _leaf(path: tuple[str, ...], item: Any, kind: Any, *, override: bool) -> SettingLeaf:
+    """The option of one field; ``override``: it defaults to None (not given), and the help names the default."""
     import typer
 
     meta = item.metadata
@@ -96,14 +98,23 @@ def _leaf(path: tuple[str, ...], item: Any, kind: Any) -> SettingLeaf:
         to_value = lambda value: None if value is None else value.value  # noqa: E731
     elif meta["parse"] is not None:
         parse = meta["parse"]
-        inner, default = str, None if default is None else default
+        inner = str
+        default = ",".join(default) if isinstance(default, tuple) else default
         to_value = lambda value: None if value is None else parse(value)  # noqa: E731
     elif typing.get_origin(inner) is not None:
         raise TypeError(f"setting {'.'.join(path)}: a {inner} on the command line needs parse=")
     flag = meta["flag"] or "--" + path[-1].replace("_", "-")
     if inner is bool and "/" not in flag:
         flag = f"{flag}/--no-{flag[2:]}"
-    option = typer.Option(flag, help=meta["help"], metavar=meta["metavar"], show_default=default is not None)
+    help_text = meta["help"]
+    if override:
+        shown = getattr(default, "value", default)
+        if inner is bool and shown is not MISSING:
+            shown = flag[2:].split("/--")[0 if shown else 1]  # the flag in force: require-qat or allow-float
+        if shown not in (None, MISSING, ""):
+            help_text += f" (default: {shown})"
+        default, nullable = None, True
+    option = typer.Option(flag, help=help_text, metavar=meta["metavar"], show_default=default is not None)
     annotation = typing.Annotated[Optional[inner] if nullable else inner, option]  # type: ignore[valid-type]
     return SettingLeaf(path, annotation, inspect.Parameter.empty if default is MISSING else default, to_value)
 
@@ -120,44 +131,57 @@ def _build(config_type: type, values: dict[tuple[str, ...], Any], prefix: tuple[
     return config_type(**kwargs)
 
 
+def _command(
+    func: Callable[..., Any], config_type: type, take: Callable[[dict[tuple[str, ...], Any]], Any], *, override: bool
+) -> Any:
+    """``func`` as a Typer command with one option per setting; ``take`` turns their values into its first
+    argument."""
+    missing = [".".join(path) for path, item, _ in settings_leaves(config_type) if not item.metadata]
+    if missing:
+        raise TypeError(f"{config_type.__name__}: declare these with setting(): {', '.join(missing)}")
+    leaves = [
+        _leaf(path, item, kind, override=override)
+        for path, item, kind in settings_leaves(config_type)
+        if item.metadata["cli"]
+    ]
+    hints = typing.get_type_hints(func, include_extras=True)  # the command's own options, resolved
+    own = list(inspect.signature(func).parameters.values())[1:]
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own]
+    names = [p.name for p in own] + [leaf.name for leaf in leaves]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise TypeError(f"{func.__name__}: options declared twice: {', '.join(clashes)}")
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        values = {leaf.path: leaf.to_value(kwargs.pop(leaf.name)) for leaf in leaves}
+        with exit_on_error():
+            first = take(values)
+        return func(first, **kwargs)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = own + [inspect.Parameter(leaf.name, keyword, default=leaf.default, annotation=leaf.annotation)
+                        for leaf in leaves]  # fmt: skip
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
 def options_from(config_type: type) -> Callable[[F], F]:
     """Make ``func(config, **own_options)`` a Typer command whose options are ``config_type``'s settings.
 
     The command's own parameters stay as declared; a bad combination of settings (the class's checks) ends the
     command with the error's one line, as every command does.
     """
+    return lambda func: _command(func, config_type, lambda values: _build(config_type, values), override=False)
 
-    def decorate(func: F) -> F:
-        missing = [".".join(path) for path, item, _ in settings_leaves(config_type) if not item.metadata]
-        if missing:
-            raise TypeError(f"{config_type.__name__}: declare these with setting(): {', '.join(missing)}")
-        leaves = [_leaf(path, item, kind) for path, item, kind in settings_leaves(config_type) if item.metadata["cli"]]
-        hints = typing.get_type_hints(func, include_extras=True)  # the command's own options, resolved
-        own = [
-            p.replace(annotation=hints.get(p.name, p.annotation))
-            for p in inspect.signature(func).parameters.values()
-            if p.name != "config"
-        ]
-        names = [p.name for p in own] + [leaf.name for leaf in leaves]
-        clashes = sorted({name for name in names if names.count(name) > 1})
-        if clashes:
-            raise TypeError(f"{func.__name__}: options declared twice: {', '.join(clashes)}")
 
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
-            values = {leaf.path: leaf.to_value(kwargs.pop(leaf.name)) for leaf in leaves}
-            with exit_on_error():
-                config = _build(config_type, values)
-            return func(config, **kwargs)
+def overrides_from(config_type: type) -> Callable[[F], F]:
+    """Make ``func(overrides, **own_options)`` a Typer command with an option per setting of ``config_type`` that
+    overrides a settings file: ``overrides`` maps each given option's field name to its value (the command reads
+    the file and lays them on top)."""
 
-        parameters = own + [
-            inspect.Parameter(
-                leaf.name, inspect.Parameter.KEYWORD_ONLY, default=leaf.default, annotation=leaf.annotation
-            )
-            for leaf in leaves
-        ]
-        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in parameters}
-        return command  # type: ignore[return-value]
+    def given(values: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+        return {path[-1]: value for path, value in values.items() if value is not None}
 
-    return decorate
+    return lambda func: _command(func, config_type, given, override=True)

@@ -104,3 +104,23 @@ def test_declaring_an_option_twice_or_without_help_is_refused() -> None:
 
     with pytest.raises(TypeError, match="needs its help"):
         setting(1)
+
+
+def test_overrides_hold_only_the_options_given() -> None:
+    from protocol import overrides_from
+
+    seen: list[dict[str, object]] = []
+
+    @overrides_from(Outer)
+    def run(overrides: dict[str, object]) -> None:
+        seen.append(overrides)
+
+    app = new_app("toy", "a toy", "0")
+    app.command("run")(run)
+    app.command("other")(lambda: None)
+    assert CliRunner().invoke(app, ["run"]).exit_code == 0  # nothing required: a settings file may hold it
+    assert seen[-1] == {}
+    assert CliRunner().invoke(app, ["run", "--speak", "--tags", "x", "--depth", "2"]).exit_code == 0
+    assert seen[-1] == {"quiet_mode": False, "tags": ("x",), "depth": 2}
+    text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert "A rate. (default: 0.1)" in text and "Whisper. (default: whisper)" in text
