@@ -92,13 +92,7 @@ def train_local(
     anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     if config.prox_mu > 0:
         anchor = [(p, p.detach().clone()) for p in model.parameters()]
-    mix: models.SyntheticMix | None = None
-    if mixing:
-        assert synthetic is not None
-        pictures = models.restyled(synthetic.images, data.images) if restyle == "synthetic" else synthetic.images
-        mix = models.SyntheticMix.on(device, pictures, synthetic.labels, synthetic.soft_labels,
-                                     config.synthetic_weight, config.synthetic_ratio,
-                                     config.synthetic_norm)  # fmt: skip
+    mix = _synthetic_mix(config, data, synthetic, restyle, device) if mixing else None
     rng = np.random.default_rng(config.seed)
     result = models.EpochResult(loss=0.0, accuracy=0.0, samples=0)
     quantization = models.fake_quantized(model) if config.qat else contextlib.nullcontext(model)
@@ -124,6 +118,16 @@ def train_local(
     delta = {name: trained[name] - global_state[name] for name in trained}
     return LocalResult(delta=delta, num_samples=len(data), loss=result.loss, accuracy=result.accuracy,
                        eval_accuracy=before, probe_scores=scores)  # fmt: skip
+
+
+def _synthetic_mix(
+    config: TrainConfig, data: LabeledArrays, synthetic: SyntheticBatch | None, restyle: str, device: str
+) -> models.SyntheticMix:
+    """The synthetic batch on ``device``, in the devices' colours where the task restyles it so."""
+    assert synthetic is not None
+    pictures = models.restyled(synthetic.images, data.images) if restyle == "synthetic" else synthetic.images
+    return models.SyntheticMix.on(device, pictures, synthetic.labels, synthetic.soft_labels,
+                                  config.synthetic_weight, config.synthetic_ratio, config.synthetic_norm)  # fmt: skip
 
 
 def probe_scores(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[int, ...]:

@@ -213,9 +213,18 @@ class MqttTransport(Transport):
         self.refused_topics: dict[str, str] = {}  # topic -> the broker's reason, for each PUBLISH it refused (MQTT 5)
         self._last_publish: paho.MQTTMessageInfo | None = None
         self._client = _paho_client(address, client_id, max_inflight, username, password, ca_file, will)
-        # paho doubles the delay up to the cap; a random base per client is the jitter that keeps
-        # a fleet from reconnecting in lockstep after a broker restart.
-        # (paho takes whole seconds.)
+        self._set_reconnect_policy(backoff_cap_s, refused_retry_s)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
+
+    def _set_reconnect_policy(self, backoff_cap_s: float, refused_retry_s: float) -> None:
+        """The one reconnect policy: paho's own loop, its delay doubling up to the cap from a random base per
+        client (the jitter that keeps a fleet from reconnecting in lockstep after a broker restart; paho takes
+        whole seconds), and the slower retry after a refused login or a session taken over."""
         self._backoff_cap_s = backoff_cap_s
         self._reconnect_delays = (random.randint(1, 3), max(3, round(backoff_cap_s)))
         self._client.reconnect_delay_set(*self._reconnect_delays)
@@ -226,12 +235,6 @@ class MqttTransport(Transport):
         self._quick_drops = 0  # drops in a row, each within QUICK_DROP_S of connecting
         self._connects = 0
         self._reconnected = threading.Event()
-        self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_publish = self._on_publish
 
     @property
     def address(self) -> BrokerAddress:

@@ -91,3 +91,15 @@ def test_no_module_imports_itself_round_a_circle(package: str) -> None:
         if name not in state:
             visit(name, [name])
     assert circles == []
+
+
+@pytest.mark.parametrize("package", ["protocol", "models", "edge_agent", "cloud_server"])
+def test_no_production_function_is_longer_than_sixty_lines(package: str) -> None:
+    long = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
