@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from protocol import ProtocolError, TensorDict
 
 __all__ = [
     "FIXED_POINT_BITS",
+    "Accumulator",
     "WeightedDeltaSum",
     "apply_delta",
     "check_update_shapes",
@@ -86,6 +88,22 @@ def check_update_shapes(template: Mapping[str, np.ndarray], delta: Mapping[str, 
 def _check_weight(weight: int) -> None:
     if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
         raise ProtocolError("bad-weight", f"weight must be a positive integer, got {weight!r}")
+
+
+class Accumulator(Protocol):
+    """Where a round's accepted deltas are folded as they arrive: what every strategy's accumulator offers."""
+
+    @property
+    def total_weight(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None: ...
+
+    def remove(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None: ...
+
+    def mean(self) -> TensorDict: ...
 
 
 class WeightedDeltaSum:

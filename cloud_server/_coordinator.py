@@ -61,7 +61,7 @@ from ._aggregation import WeightedDeltaSum, check_update_shapes, l2_norm
 from ._failures import failure_summary
 from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
 from ._limits import ByteBudget
-from ._strategy import Accumulator, Strategy
+from ._strategy import Accumulator, DeviceInfo, FitResult, RoundPlan, RoundResults, Strategy, weighted_mean
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundResult"]
 
@@ -142,11 +142,11 @@ class RoundResult:
     seconds: float
     bytes_up: int
     bytes_down: int
-    generator_s: float = 0.0  # GenFL: server seconds spent generating and learning the generator
-    synthetic_bytes: int = 0  # GenFL: synthetic data sent to devices this round, all devices together
     # The model the round started from, on the devices' own data (their reports before training, weighted)
     device_accuracy: float | None = None
-    report: dict[str, Any] | None = None  # what the strategy did beyond training (GenFL: its synthetic data)
+    # The strategy's own figures of the round (GenFL: what it sent of synthetic data, "bytes", and the server
+    # seconds it spent, "generator_s"); what the journal keeps as the round's report
+    metrics: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)  # the boards' failure reasons this round, counted
 
 
@@ -158,14 +158,12 @@ class _OpenRound:
     started: float
     bytes_up_at_start: int
     bytes_down_at_start: int
-    accepted: set[str] = field(default_factory=set)
+    fits: dict[str, FitResult] = field(default_factory=dict)  # per accepted device: what it reported
     failed: set[str] = field(default_factory=set)
     reasons: dict[str, str] = field(default_factory=dict)  # per failed device: its reason (first line)
-    train_loss_sum: float = 0.0
-    train_accuracy_sum: float = 0.0  # weighted: how well the devices' models fit their own data
     synthetic: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (blob id, size)
+    plan_metrics: dict[str, Any] = field(default_factory=dict)  # the strategy's figures of planning the round
     weight_cap: int | None = None  # no update counts more than this many samples
-    evaluated: tuple[float, int] = (0.0, 0)  # sum of weight x accuracy the devices reported, sum of weights
     budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
     heard: dict[str, float] = field(default_factory=dict)  # per device: last task sent to it or word from it
     resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send
@@ -174,27 +172,36 @@ class _OpenRound:
     def weight(self, claimed: int) -> int:
         return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
 
-    def fold(self, update: AcceptedUpdate, delta: TensorDict) -> None:
+    def fold(
+        self,
+        update: AcceptedUpdate,
+        delta: TensorDict,
+        label_counts: tuple[float, ...] | None = None,
+        probe_scores: tuple[int, ...] | None = None,
+    ) -> None:
         """Count an accepted update in the round: the one place that does (accept, resume after a restart)."""
-        self._fold(update, delta, +1)
-        self.accepted.add(update.device_id)
+        self.updates.add(delta, update.num_samples, key=update.device_id)
+        self.fits[update.device_id] = FitResult(
+            num_samples=update.num_samples,
+            train_loss=update.train_loss,
+            train_accuracy=update.train_accuracy,
+            eval_accuracy=update.eval_accuracy,
+            label_counts=label_counts,
+            probe_scores=probe_scores,
+        )
 
     def unfold(self, update: AcceptedUpdate, delta: TensorDict) -> None:
         """Take an update that :meth:`fold` counted back out of the round (a device revoked mid-round)."""
-        self._fold(update, delta, -1)
-        self.accepted.discard(update.device_id)
+        self.updates.remove(delta, update.num_samples, key=update.device_id)
+        del self.fits[update.device_id]
 
-    def _fold(self, update: AcceptedUpdate, delta: TensorDict, sign: int) -> None:
-        weight = update.num_samples
-        if sign > 0:
-            self.updates.add(delta, weight, key=update.device_id)
-        else:
-            self.updates.remove(delta, weight, key=update.device_id)
-        self.train_loss_sum += sign * update.train_loss * weight
-        self.train_accuracy_sum += sign * update.train_accuracy * weight
-        if update.eval_accuracy is not None:
-            total, weights = self.evaluated
-            self.evaluated = (total + sign * update.eval_accuracy * weight, weights + sign * weight)
+    def results(self) -> RoundResults:
+        """What the strategy aggregates: the folded deltas and, per accepted device, what it reported."""
+        return RoundResults(self.number, self.updates, dict(self.fits))
+
+    @property
+    def accepted(self) -> set[str]:
+        return set(self.fits)
 
     @property
     def answered(self) -> set[str]:
@@ -259,12 +266,13 @@ class Coordinator:
         self._revoked_checked = -math.inf
         # sha256 of every update frame accepted -> its round: a byte-identical frame in a later round is a replay
         self._accepted_frames: dict[str, int] = {}
-        strategy.bind(config.model_name, config.classes)
+        if strategy.model_name not in (None, config.model_name) or strategy.classes not in ((), config.classes):
+            raise ConfigError("the strategy was made for another model or class list than the fleet's")
         self._set_global(initial_state)
         resume = self._journal.resume()
         self._journal.start(config.model_name, config.fleet, self._global_blob, config.classes)  # or checks them
         if resume is not None:
-            strategy.resumed(self._journal.round_reports())
+            strategy.restore(self._journal.round_reports())
             self._set_global(decode_tensors(resume.global_blob))
             self.round_number = resume.round_number
             if resume.open_round is not None:
@@ -282,7 +290,7 @@ class Coordinator:
         current = self._new_round(record.number, record.configs, record.started)
         current.weight_cap = record.weight_cap
         for update in record.accepted:
-            current.fold(update, decode_tensors(update.delta))
+            current.fold(update, decode_tensors(update.delta), self._label_counts(update.device_id))
         current.failed = set(record.failed)
         self._open = current
         log.info(
@@ -487,9 +495,8 @@ class Coordinator:
         except GenflError as exc:
             log.error("could not persist %s's update for round %d, not acknowledged: %s", device_id, update.round, exc)
             return
-        current.fold(record, delta)
+        current.fold(record, delta, self._label_counts(device_id), update.probe_scores)
         self._accepted_frames[frame_digest] = update.round
-        self.strategy.update_accepted(update.round, device_id, update)
         if device_id in self.devices:
             self.devices[device_id].rounds += 1
         self._ack(device_id, update.round, True)
@@ -576,7 +583,6 @@ class Coordinator:
             else:
                 current.unfold(update, decode_tensors(update.delta))
                 self._journal.update_withdrawn(current.number, device_id)
-                self.strategy.update_withdrawn(current.number, device_id)
         if device_id not in current.failed:
             current.failed.add(device_id)
             self._journal.failure_recorded(current.number, device_id, "revoked")
@@ -618,15 +624,17 @@ class Coordinator:
         for device_id in configs:
             record = self.devices[device_id]
             weight = record.num_samples if cap is None else min(record.num_samples, cap)
-            picked[device_id] = (weight, _scaled_counts(record.label_counts, record.num_samples, weight))
+            picked[device_id] = DeviceInfo(weight, _scaled_counts(record.label_counts, record.num_samples, weight))
         try:
-            configs, batches = self.strategy.synthetic_batches(number, configs, picked)
+            plan = self.strategy.configure_synthetic(number, self.global_state, configs, picked)
         except Exception:  # a generator that fails (a broken pool, a torch error) must not take the fleet down
             log.exception("round %d: the strategy could not make synthetic data; the round trains without", number)
-            batches = {}
+            plan = RoundPlan(configs)
+        configs = plan.configs
         current = self._new_round(number, configs, self._clock())
         current.weight_cap = cap
-        current.synthetic = {d: (self._store.put(blob), len(blob)) for d, blob in batches.items()}
+        current.synthetic = {d: (self._store.put(blob), len(blob)) for d, blob in plan.synthetic.items()}
+        current.plan_metrics = dict(plan.metrics)
 
         self._journal.round_opened(number, current.started, self.global_id, configs, cap)
         self._open = current
@@ -689,50 +697,49 @@ class Coordinator:
             )
             log.error("stopping: %s", self.halted)
 
-    def _aggregate(self, current: _OpenRound) -> None:
-        """The new global model from the round's updates: only with enough of them, and only if it is finite."""
-        total, weights = current.evaluated
-        weight = current.updates.total_weight
-        self.strategy.round_evaluated(
-            current.number,
-            total / weights if weights else None,
-            current.train_accuracy_sum / weight if weight else None,
-        )
+    def _aggregate(self, current: _OpenRound) -> dict[str, Any]:
+        """The new global model from the round's updates (only with enough of them, and only if it is finite),
+        and the round's metrics: the plan's, the evaluation's and the aggregation's."""
+        results = current.results()
+        metrics = {**current.plan_metrics, **self.strategy.aggregate_evaluate(results)}
         accepted = len(current.accepted)
         if accepted < self.config.min_devices:
             log.warning("round %d: %d updates < min devices %d; model unchanged", current.number, accepted,
                         self.config.min_devices)  # fmt: skip
-            return
-        new_state = self.strategy.aggregate_round(self.global_state, current.updates)
+            return metrics
+        new_state, fit_metrics = self.strategy.aggregate_fit(self.global_state, results)
         if all(np.isfinite(value).all() for value in new_state.values() if value.dtype.kind == "f"):
             self._set_global(new_state)
         else:  # never send devices a model they cannot train from
             log.error("round %d: the new global model is not finite; keeping the previous one", current.number)
+        return {**metrics, **fit_metrics}
 
-    def _round_result(self, current: _OpenRound, failures: dict[str, int]) -> RoundResult:
-        total, weights = current.evaluated
-        generator_s, synthetic_bytes = self.strategy.round_stats()
+    def _label_counts(self, device_id: str) -> tuple[float, ...] | None:
+        record = self.devices.get(device_id)
+        return None if record is None else record.label_counts
+
+    def _round_result(self, current: _OpenRound, failures: dict[str, int], metrics: dict[str, Any]) -> RoundResult:
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
+        device_accuracy = metrics.pop("device_accuracy", None)
+        metrics.pop("teacher_accuracy", None)
         return RoundResult(
             round=current.number,
             selected=len(current.configs),
             devices=len(current.accepted),
             accuracy=None if evaluation is None else evaluation[1],
             loss=None if evaluation is None else evaluation[0],
-            train_loss=current.train_loss_sum / max(current.updates.total_weight, 1),
+            train_loss=weighted_mean(current.fits, "train_loss") or 0.0,
             seconds=self._clock() - current.started,
             bytes_up=self.transport.bytes_received - current.bytes_up_at_start,
             bytes_down=self.transport.bytes_sent - current.bytes_down_at_start,
-            generator_s=generator_s,
-            synthetic_bytes=sum(synthetic_bytes.values()),
-            device_accuracy=total / weights if weights else None,
-            report=self.strategy.round_report(current.number),
+            device_accuracy=device_accuracy,
+            metrics=metrics,
             failures=failures,
         )
 
     def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
         """Aggregate the round (if enough answered), journal it, report it and open the next."""
-        self._aggregate(current)
+        metrics = self._aggregate(current)
         if timed_out:
             missing = sorted(set(current.configs) - current.answered)
             log.warning("round %d timed out; left out: %s", current.number, ", ".join(missing))
@@ -742,7 +749,7 @@ class Coordinator:
         if len(current.failed) > len(current.reasons):  # failed before a restart: the reason is in the journal
             failures["(recorded before a restart)"] = len(current.failed) - len(current.reasons)
         self._note_failures(current, len(current.accepted), failures)
-        result = self._round_result(current, failures)
+        result = self._round_result(current, failures, metrics)
         self._journal.round_closed(
             current.number,
             self._global_blob,
@@ -752,7 +759,7 @@ class Coordinator:
             accuracy=result.accuracy,
             loss=result.loss,
             train_loss=result.train_loss,
-            report=result.report,
+            report=result.metrics or None,
             bytes_up=result.bytes_up,
             bytes_down=result.bytes_down,
         )

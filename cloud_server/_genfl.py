@@ -34,12 +34,21 @@ from typing import Any
 import numpy as np
 
 import models
-from protocol import ConfigError, GenflError, SyntheticBatch, TensorDict, TrainConfig, Update, encode_synthetic
+from protocol import ConfigError, GenflError, SyntheticBatch, TensorDict, TrainConfig, encode_synthetic
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
 from ._genfl_config import GenflConfig
-from ._strategy import Accumulator, Strategy, StrategyConfig, derive_seed
+from ._strategy import (
+    Accumulator,
+    DeviceInfo,
+    RoundPlan,
+    RoundResults,
+    Strategy,
+    StrategyConfig,
+    derive_seed,
+    weighted_mean,
+)
 from ._tailor import synthetic_counts
 
 __all__ = ["AigcOnly", "GenFL", "HarmCheck", "KeptUpdates", "SyntheticPool", "SyntheticReport", "synthetic_weight"]
@@ -68,6 +77,11 @@ class KeptUpdates:
     def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
         self._inner.add(delta, weight, key)
         self.deltas[key if key is not None else f"#{self._inner.count:09d}"] = delta
+
+    def remove(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
+        self._inner.remove(delta, weight, key)
+        if key is not None:
+            self.deltas.pop(key, None)
 
     def mean(self) -> TensorDict:
         return self._inner.mean()
@@ -200,39 +214,58 @@ class SyntheticPool:
 class _GenerativeStrategy(Strategy):
     """What both GenFL strategies share: the generator, its teachers and the round's figures."""
 
-    def __init__(self, config: StrategyConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: StrategyConfig, *, model_name: str | None = None, classes: tuple[str, ...] = ()) -> None:
+        super().__init__(config, model_name=model_name, classes=classes)
         self.generator: Any = None  # a _generator.Generator, built on first use (it imports torch)
         self.devices_seen: dict[str, tuple[int, np.ndarray | None]] = {}  # sample count, label counts
-        self.generator_seconds = 0.0
+        self.generator_seconds: dict[int, float] = {}  # round -> server seconds spent generating and learning
         self.synthetic_bytes: dict[str, int] = {}
         self.synthetic_images: dict[str, int] = {}  # device -> synthetic images sent this round
         self.last_pool: SyntheticPool | None = None
-        self.current_global: TensorDict | None = None  # the model the round's devices start from
+        self.current_global: TensorDict | None = None  # the model the round being planned starts from
         self.harm = HarmCheck(config.genfl.harm_tolerance)
         self.teacher_accuracy: dict[int, float] = {}  # round -> how well its devices' models fit their own data
         self.verdicts = PoolVerdicts()  # pool: what the fleet says of each image
-        # (round, device) -> the verdicts it gave in the open round, to take back if it is revoked
-        self._recorded: dict[tuple[int, str], tuple[list[str], list[int], tuple[int, ...]]] = {}
         self.reports: dict[int, SyntheticReport] = {}  # round -> what it sent of synthetic data
         self.pool_recognised: dict[int, float] = {}  # round -> share of the pool the model sent in it recognises
         self._restored_quality: float | None = None  # the pool quality a restarted server's state reported last
         self.pool_scores: dict[str, float] = {}  # pool image name -> the global model's last score of it
-        self.probes_sent: dict[str, tuple[list[str], np.ndarray]] = {}  # device -> the round's probes (names, labels)
-        self._closing_round = 0
+        # (round, device) -> the probes it was sent (names, labels)
+        self.probes_sent: dict[tuple[int, str], tuple[list[str], np.ndarray]] = {}
 
-    def round_evaluated(self, round_number: int, device_accuracy: float | None, teacher_accuracy: float | None) -> None:
-        self._closing_round = round_number  # the coordinator reports a round just before it aggregates it
-        self.harm.evaluated(round_number, device_accuracy)
-        if teacher_accuracy is not None:
-            self.teacher_accuracy[round_number] = teacher_accuracy
+    def aggregate_evaluate(self, results: RoundResults) -> dict[str, Any]:
+        """The round's evaluation, and what it tells the next rounds: the harm check learns from the devices'
+        accuracy of the model they received, the teachers gate from how well their models fit, the pool's
+        curation from their verdicts on the probes."""
+        metrics = super().aggregate_evaluate(results)
+        number = results.round_number
+        self.harm.evaluated(number, metrics["device_accuracy"])
+        if metrics["teacher_accuracy"] is not None:
+            self.teacher_accuracy[number] = metrics["teacher_accuracy"]
+        for device_id, fit in sorted(results.fits.items()):
+            self._record_verdicts(number, device_id, fit.probe_scores)
+        return metrics
+
+    def _record_verdicts(self, round_number: int, device_id: str, scores: tuple[int, ...] | None) -> None:
+        """A device's verdicts on the probes it was sent (ignored, with a warning, if they do not fit)."""
+        sent = self.probes_sent.get((round_number, device_id))
+        if scores is None or sent is None:
+            return
+        names, labels = sent
+        if len(scores) != len(names):
+            log.warning("round %d: %s returned %d probe scores for %d probes; ignored", round_number, device_id,
+                        len(scores), len(names))  # fmt: skip
+            return
+        self.verdicts.record(round_number, names, labels.tolist(), scores)
 
     def teachers_fit(self, round_number: int) -> bool:
         """Whether the models the generator learned from (the round before) fit their own data well enough."""
+        return self._gate_open(self.teacher_accuracy.get(round_number - 1))
+
+    def _gate_open(self, teacher_accuracy: float | None) -> bool:
         if self.genfl.teacher_gate == 0.0 or self.genfl.generator != "data-free":
             return True  # no gate, or a generator whose labels are its prompts, not the devices' models
-        accuracy = self.teacher_accuracy.get(round_number - 1)
-        return accuracy is not None and accuracy >= self.genfl.teacher_gate
+        return teacher_accuracy is not None and teacher_accuracy >= self.genfl.teacher_gate
 
     @property
     def genfl(self) -> GenflConfig:
@@ -241,11 +274,14 @@ class _GenerativeStrategy(Strategy):
     def proximal_mu(self) -> float:
         return 0.0
 
-    def new_accumulator(self, template: TensorDict) -> KeptUpdates:  # type: ignore[override]
+    def new_accumulator(self, template: TensorDict) -> KeptUpdates:
         return KeptUpdates(template, super().new_accumulator(template))
 
-    def round_stats(self) -> tuple[float, dict[str, int]]:
-        return self.generator_seconds, dict(self.synthetic_bytes)
+    def _spent(self, round_number: int, started: float) -> None:
+        """Count the server seconds since ``started`` to round ``round_number``."""
+        self.generator_seconds[round_number] = self.generator_seconds.get(round_number, 0.0) + (
+            time.perf_counter() - started
+        )
 
     def _spec(self) -> models.ModelSpec:
         if self.model_name is None:
@@ -276,26 +312,38 @@ class _GenerativeStrategy(Strategy):
                 self.generator = DataFreeGenerator(spec.name, g, device=device, seed=self.config.seed)
         return self.generator
 
-    def _note_devices(self, devices: Mapping[str, tuple[int, Any]]) -> None:
-        self.generator_seconds, self.synthetic_bytes, self.synthetic_images = 0.0, {}, {}
-        for device_id, (num_samples, counts) in devices.items():
-            self.devices_seen[device_id] = (num_samples, None if counts is None else np.asarray(counts, np.float64))
+    def _note_devices(self, round_number: int, global_state: TensorDict, devices: Mapping[str, DeviceInfo]) -> None:
+        """What planning round ``round_number`` starts from: the global model (from the second round: the first
+        starts from an untrained one, which says nothing of a pool) and the picked devices."""
+        self.current_global = global_state if round_number > 1 else None
+        self.synthetic_bytes, self.synthetic_images = {}, {}
+        for device_id, info in devices.items():
+            counts = None if info.label_counts is None else np.asarray(info.label_counts, np.float64)
+            self.devices_seen[device_id] = (info.num_samples, counts)
 
-    def _learn(self, global_state: TensorDict, new_state: TensorDict, updates: KeptUpdates) -> TensorDict:
+    def _learn(self, global_state: TensorDict, new_state: TensorDict, results: RoundResults) -> TensorDict:
         """Train the generator on this round's models; returns the (possibly distilled) new global model."""
         from ._generator import Teachers, class_weights
 
+        updates = results.updates
+        assert isinstance(updates, KeptUpdates)
         keys = sorted(updates.deltas)
         if not keys:
             return new_state
         generator = self._generator()
         states = [apply_delta(global_state, updates.deltas[k]) for k in keys]
-        counts = [self.devices_seen.get(k, (0, None))[1] for k in keys]
+        counts = [self._label_counts(results, k) for k in keys]
         weights = class_weights(counts, self._spec().num_classes)
         started = time.perf_counter()
         result, _ = generator.fit(Teachers(self._spec().name, states, weights, new_state))
-        self.generator_seconds += time.perf_counter() - started
+        self._spent(results.round_number, started)
         return result  # type: ignore[no-any-return]
+
+    def _label_counts(self, results: RoundResults, device_id: str) -> np.ndarray | None:
+        fit = results.fits.get(device_id)
+        if fit is not None and fit.label_counts is not None:
+            return np.asarray(fit.label_counts, np.float64)
+        return self.devices_seen.get(device_id, (0, None))[1]
 
     def _budget_samples(self) -> int:
         """Synthetic samples (images, labels, soft labels) one device's byte budget holds."""
@@ -383,7 +431,6 @@ class _GenerativeStrategy(Strategy):
                 weights = weights or {}
                 weights[label] = verdict * weights.get(label, 1.0)
         out: dict[str, bytes] = {}
-        self.probes_sent = {}
         sent_images, sent_labels = [], []
         for device_id, per_class in needs.items():
             seed = derive_seed("synthetic", self.config.seed, round_number, device_id)
@@ -396,7 +443,8 @@ class _GenerativeStrategy(Strategy):
             if probes:
                 probe_images = np.stack([generator.pool.images[c][i] for c, i in probes])
                 probe_labels = np.array([c for c, _ in probes], dtype=np.int64)
-                self.probes_sent[device_id] = ([generator.pool.names[c][i] for c, i in probes], probe_labels)
+                names = [generator.pool.names[c][i] for c, i in probes]
+                self.probes_sent[(round_number, device_id)] = (names, probe_labels)
             if len(labels) or probes:
                 out[device_id] = encode_synthetic(SyntheticBatch(images, labels, None, probe_images, probe_labels))
                 self.synthetic_bytes[device_id] = len(out[device_id])
@@ -457,34 +505,14 @@ class _GenerativeStrategy(Strategy):
             return float(np.clip((pool - chance) / max(fleet - chance, _INFORMATIVE), 0.0, 1.0))
         return self._restored_quality  # before a restarted server measured anything: what it had measured
 
-    def resumed(self, reports: Sequence[Mapping[str, Any]]) -> None:
+    def restore(self, history: Sequence[Mapping[str, Any]]) -> None:
         """A restarted server keeps the last pool quality its rounds reported until new evidence comes in (else
         a pool judged worthless would get the full weight again for a round)."""
-        for report in reversed(reports):
-            quality = report.get("pool_quality")
+        for metrics in reversed(history):
+            quality = metrics.get("pool_quality")
             if isinstance(quality, (int, float)) and not isinstance(quality, bool) and 0.0 <= quality <= 1.0:
                 self._restored_quality = float(quality)
                 return
-
-    def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:
-        """A device's verdicts on the probes it was sent (ignored, with a warning, if they do not fit)."""
-        sent = self.probes_sent.get(device_id)
-        if update.probe_scores is None or sent is None:
-            return
-        names, labels = sent
-        if len(update.probe_scores) != len(names):
-            log.warning("round %d: %s returned %d probe scores for %d probes; ignored", round_number, device_id,
-                        len(update.probe_scores), len(names))  # fmt: skip
-            return
-        self.verdicts.record(round_number, names, labels.tolist(), update.probe_scores)
-        self._recorded = {k: v for k, v in self._recorded.items() if k[0] == round_number}  # the open round's only
-        self._recorded[(round_number, device_id)] = (list(names), labels.tolist(), tuple(update.probe_scores))
-
-    def update_withdrawn(self, round_number: int, device_id: str) -> None:
-        """A revoked device's verdicts on the pool no longer count."""
-        recorded = self._recorded.pop((round_number, device_id), None)
-        if recorded is not None:
-            self.verdicts.record(round_number, *recorded, sign=-1)
 
 
 class GenFL(_GenerativeStrategy):
@@ -492,30 +520,33 @@ class GenFL(_GenerativeStrategy):
 
     name = "genfl"
 
-    def synthetic_batches(
-        self, round_number: int, configs: dict[str, TrainConfig], devices: Mapping[str, tuple[int, Any]]
-    ) -> tuple[dict[str, TrainConfig], dict[str, bytes]]:
-        self._note_devices(devices)
+    def configure_synthetic(
+        self,
+        round_number: int,
+        global_state: TensorDict,
+        configs: dict[str, TrainConfig],
+        devices: Mapping[str, DeviceInfo],
+    ) -> RoundPlan:
+        self._note_devices(round_number, global_state, devices)
         g = self.genfl
         why_not = self._why_no_synthetic(round_number)
         if why_not is not None:
-            self._report(round_number, why_not)
-            return configs, {}
+            return RoundPlan(configs, metrics=self._report(round_number, why_not))
         started = time.perf_counter()
         blobs = self._tailored(round_number, sorted(configs))
-        self.generator_seconds += time.perf_counter() - started
+        self._spent(round_number, started)
         weight = self._weight(round_number)
         if not blobs or weight == 0.0:
-            self._report(round_number, "no picked device lacks a class the generator can make" if not blobs
-                         else "the evidence leaves the synthetic weight at 0", weight=weight)  # fmt: skip
-            return configs, {}
+            why_not = ("no picked device lacks a class the generator can make" if not blobs
+                       else "the evidence leaves the synthetic weight at 0")  # fmt: skip
+            return RoundPlan(configs, metrics=self._report(round_number, why_not, weight=weight))
         self.harm.used(round_number)
-        self._report(round_number, None, weight=weight, blobs=blobs)
+        metrics = self._report(round_number, None, weight=weight, blobs=blobs)
         configured = {d: replace(c, synthetic_weight=weight, synthetic_ratio=g.synthetic_ratio,
                                  synthetic_norm=g.synthetic_norm, synthetic_restyle=g.restyle)
                       if d in blobs else c
                       for d, c in configs.items()}  # fmt: skip
-        return configured, blobs
+        return RoundPlan(configured, blobs, metrics)
 
     def _why_no_synthetic(self, round_number: int) -> str | None:
         """Why round ``round_number`` runs as plain FedAvg, or None if it gets synthetic data."""
@@ -541,8 +572,9 @@ class GenFL(_GenerativeStrategy):
         return weight
 
     def _report(self, round_number: int, why_not: str | None, *, weight: float = 0.0,
-                blobs: Mapping[str, bytes] | None = None) -> None:  # fmt: skip
-        """Keep (and log, one line) what this round sent of synthetic data, or why it sent none."""
+                blobs: Mapping[str, bytes] | None = None) -> dict[str, Any]:  # fmt: skip
+        """What this round sent of synthetic data, or why it sent none (kept, logged in one line, and returned
+        as the round's metrics with the server seconds it took)."""
         g = self.genfl
         pool = self.last_pool if why_not is None else None
         gated = g.generator == "data-free" and g.teacher_gate > 0.0
@@ -566,25 +598,21 @@ class GenFL(_GenerativeStrategy):
         )
         self.reports[round_number] = report
         log.info("%s", report.line())
+        return {**report.to_json(), "generator_s": self.generator_seconds.get(round_number, 0.0)}
 
     def _pool_held(self) -> dict[str, int] | None:
         if self.genfl.generator != "pool" or self.generator is None:
             return None
         return {self.classes[c]: n for c, n in sorted(self.generator.held.items())}
 
-    def round_report(self, round_number: int) -> dict[str, Any] | None:
-        report = self.reports.get(round_number)
-        return None if report is None else report.to_json()
-
-    def aggregate_round(self, global_state: TensorDict, updates: Any) -> TensorDict:
-        new_state = super().aggregate_round(global_state, updates)  # FedAvg, or the robust rule configured
+    def aggregate_fit(self, global_state: TensorDict, results: RoundResults) -> tuple[TensorDict, dict[str, Any]]:
+        new_state, _ = super().aggregate_fit(global_state, results)  # FedAvg, or the robust rule configured
         # The generator learns only from teachers that fit their own data: from the others it would learn
         # guesses (and the next round sends nothing anyway), so a closed gate also costs no generator time.
-        learn = self.teachers_fit(self._closing_round + 1)
+        learn = self._gate_open(weighted_mean(results.fits, "train_accuracy"))
         if self.genfl.generator == "data-free" and self.genfl.generator_steps > 0 and learn:
-            new_state = self._learn(global_state, new_state, updates)
-        self.current_global = new_state
-        return new_state
+            new_state = self._learn(global_state, new_state, results)
+        return new_state, {"generator_s": self.generator_seconds.get(results.round_number, 0.0)}
 
 
 class AigcOnly(_GenerativeStrategy):
@@ -595,25 +623,29 @@ class AigcOnly(_GenerativeStrategy):
 
     name = "aigc-only"
 
-    def __init__(self, config: StrategyConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: StrategyConfig, *, model_name: str | None = None, classes: tuple[str, ...] = ()) -> None:
+        super().__init__(config, model_name=model_name, classes=classes)
         self.server_rounds = 0
 
-    def synthetic_batches(
-        self, round_number: int, configs: dict[str, TrainConfig], devices: Mapping[str, tuple[int, Any]]
-    ) -> tuple[dict[str, TrainConfig], dict[str, bytes]]:
-        self._note_devices(devices)
-        return configs, {}
+    def configure_synthetic(
+        self,
+        round_number: int,
+        global_state: TensorDict,
+        configs: dict[str, TrainConfig],
+        devices: Mapping[str, DeviceInfo],
+    ) -> RoundPlan:
+        self._note_devices(round_number, global_state, devices)
+        return RoundPlan(configs)
 
-    def aggregate_round(self, global_state: TensorDict, updates: Any) -> TensorDict:
+    def aggregate_fit(self, global_state: TensorDict, results: RoundResults) -> tuple[TensorDict, dict[str, Any]]:
         from ._generator import train_on_synthetic
 
         generator = self._generator()
         if self.genfl.generator == "data-free":
             # The teachers are the devices' models; BatchNorm statistics come from their mean.
-            self._learn(global_state, apply_delta(global_state, updates.mean()), updates)
+            self._learn(global_state, apply_delta(global_state, results.updates.mean()), results)
         if not generator.ready:
-            return global_state
+            return global_state, {"generator_s": self.generator_seconds.get(results.round_number, 0.0)}
         started = time.perf_counter()
         self.server_rounds += 1
         seed = derive_seed("aigc-only", self.config.seed, self.server_rounds)
@@ -622,5 +654,5 @@ class AigcOnly(_GenerativeStrategy):
             self._spec().name, global_state, generator, steps=g.server_steps, batch_size=g.generator_batch, seed=seed,
             device=_resolve_device(g.generator_device), settings=g,
         )  # fmt: skip
-        self.generator_seconds += time.perf_counter() - started
-        return trained
+        self._spent(results.round_number, started)
+        return trained, {"generator_s": self.generator_seconds[results.round_number]}

@@ -142,12 +142,12 @@ class FleetMetrics:
             self._count_failure(reason, count)
         self.rounds.inc()
         self.round_seconds.observe(result.seconds)
-        self.generator_seconds.inc(result.generator_s)
+        self.generator_seconds.inc(_number(result.metrics.get("generator_s")))
         if result.accuracy is not None:
             self.accuracy.set(result.accuracy)
         if result.device_accuracy is not None:
             self.device_accuracy.set(result.device_accuracy)
-        report = result.report
+        report = result.metrics or None
         self._count_report(report)
         if report is not None and "sent" in report:
             self.synthetic_weight.set(_number(report.get("weight")))

@@ -58,9 +58,9 @@ def run_server(config: ServeConfig, stop: threading.Event | None = None) -> int:
 
 
 def _serve(config: ServeConfig, stop: threading.Event) -> int:
-    strategy = make_strategy(config.strategy, config.strategy_config())
     journal = SqliteJournal(config.state_dir)
     classes = fleet_classes(config, journal.classes())
+    strategy = make_strategy(config, model_name=config.model, classes=classes)
     security = FleetSecurity.load(config.state_dir)
     fleet = config.fleet
     if security is not None:

@@ -1,8 +1,18 @@
 """Strategies: which devices train, how, and how their updates combine.
 
-Each strategy pairs ``configure_round`` (before) with ``aggregate_round``
-(after), in the manner of Flower's server strategies; the arithmetic lives
-in ``_aggregation`` as pure functions.
+The contract has Flower's shape: what a call needs comes in its arguments, what it decides goes out in its
+return value, and no call relies on another having come first.
+
+- ``configure_round(round, available)``: the devices picked and the training config each gets;
+- ``configure_synthetic(round, global_state, configs, devices)``: a :class:`RoundPlan`, the configs with any
+  synthetic batches (GenFL) and the figures of making them;
+- ``new_accumulator(template)``: where the round's accepted deltas are folded as they arrive (streaming, so
+  that the server's memory does not grow with the fleet);
+- ``aggregate_fit(global_state, results)``: :class:`RoundResults` in, the new global model and metrics out;
+- ``aggregate_evaluate(results)``: the devices' own measurements in, the round's evaluation metrics out;
+- ``restore(history)``: a restarted server's closed rounds' metrics, oldest first.
+
+The arithmetic lives in ``_aggregation`` as pure functions.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -25,18 +35,19 @@ from protocol import (
     ConfigError,
     TensorDict,
     TrainConfig,
-    Update,
     setting,
 )
 
-from ._aggregation import WeightedDeltaSum, apply_delta
+from ._aggregation import Accumulator, WeightedDeltaSum, apply_delta
 from ._genfl_config import GenflConfig
 from ._robust import AGGREGATORS, Aggregation, BufferedUpdates
 
-Accumulator = Union[WeightedDeltaSum, BufferedUpdates]
-
 __all__ = [
     "STRATEGIES",
+    "DeviceInfo",
+    "FitResult",
+    "RoundPlan",
+    "RoundResults",
     "StrategyName",
     "FedAvg",
     "FedProx",
@@ -54,6 +65,52 @@ class StrategyName(str, Enum):
 
 
 STRATEGIES = tuple(s.value for s in StrategyName)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the fleet knows of a picked device: the weight it counts for and its label counts (None: unshared)."""
+
+    num_samples: int
+    label_counts: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """A round's training configs per device, the synthetic batches (encoded) some get, and the figures of
+    making them (metrics of the round)."""
+
+    configs: dict[str, TrainConfig]
+    synthetic: dict[str, bytes] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One accepted update as a strategy sees it besides its delta (which the accumulator holds)."""
+
+    num_samples: int  # the weight it counts for
+    train_loss: float
+    train_accuracy: float  # the trained model on the device's own data
+    eval_accuracy: float | None = None  # the model the round started from, on the device's own data
+    label_counts: tuple[float, ...] | None = None
+    probe_scores: tuple[int, ...] | None = None  # GenFL pool: the device's verdicts on the probes it was sent
+
+
+@dataclass(frozen=True)
+class RoundResults:
+    """A round's accepted updates: their deltas folded in ``updates``, the rest per device in ``fits``."""
+
+    round_number: int
+    updates: Accumulator
+    fits: Mapping[str, FitResult]
+
+
+def weighted_mean(fits: Mapping[str, FitResult], figure: str) -> float | None:
+    """The sample-weighted mean of one figure of the fits that report it (None if none does)."""
+    pairs = [(getattr(fit, figure), fit.num_samples) for fit in fits.values() if getattr(fit, figure) is not None]
+    weight = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / weight if weight else None
 
 
 def derive_seed(*parts: object) -> int:
@@ -90,6 +147,8 @@ class StrategyConfig:
     genfl: GenflConfig = field(default_factory=GenflConfig)  # the genfl and aigc-only strategies' settings
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec {self.codec!r}; use one of {', '.join(CODECS)}")
         if self.aggregate not in AGGREGATORS:
@@ -111,10 +170,10 @@ class StrategyConfig:
 class Strategy(ABC):
     name: str
 
-    def __init__(self, config: StrategyConfig) -> None:
+    def __init__(self, config: StrategyConfig, *, model_name: str | None = None, classes: tuple[str, ...] = ()) -> None:
         self.config = config
-        self.model_name: str | None = None
-        self.classes: tuple[str, ...] = ()
+        self.model_name = model_name  # the model the fleet trains (the generative strategies build on it)
+        self.classes = classes  # the fleet's class names: a pool's folders and a pipeline's prompts are these
 
     def select(self, round_number: int, available: Sequence[str]) -> list[str]:
         """A seeded sample of ``fraction`` of the available devices (at least one)."""
@@ -156,48 +215,16 @@ class Strategy(ABC):
         """Devices picked for the round and the training config each gets."""
         return {d: self.train_config(round_number, d) for d in self.select(round_number, available)}
 
-    def bind(self, model_name: str, classes: tuple[str, ...]) -> None:
-        """The coordinator tells the strategy which model it trains and the fleet's class names (the generative
-        ones need them: a pool's folders and a pipeline's prompts are class names)."""
-        self.model_name = model_name
-        self.classes = classes
-
-    def synthetic_batches(
-        self, round_number: int, configs: dict[str, TrainConfig], devices: Mapping[str, tuple[int, Any]]
-    ) -> tuple[dict[str, TrainConfig], dict[str, bytes]]:
-        """GenFL: synthetic batches (encoded) per picked device, and the configs that weigh them.
-
-        ``devices`` maps each picked device to (sample count, label counts or None). Plain
-        strategies send none."""
-        del round_number, devices
-        return configs, {}
-
-    def round_evaluated(self, round_number: int, device_accuracy: float | None, teacher_accuracy: float | None) -> None:
-        """What the round's devices measured on their own data (weighted means; None if none reported): the
-        model the round started from (``device_accuracy``) and their trained models (``teacher_accuracy``,
-        their training accuracy). Plain strategies need neither."""
-        del round_number, device_accuracy, teacher_accuracy
-
-    def update_accepted(self, round_number: int, device_id: str, update: Update) -> None:
-        """An update of the round was accepted (strategies that read more of it than its delta look here)."""
-        del round_number, device_id, update
-
-    def update_withdrawn(self, round_number: int, device_id: str) -> None:
-        """An accepted update was taken back out of the open round (its device was revoked)."""
-        del round_number, device_id
-
-    def resumed(self, reports: Sequence[Mapping[str, Any]]) -> None:
-        """The server restarted on a state whose closed rounds reported these (oldest first)."""
-        del reports
-
-    def round_report(self, round_number: int) -> dict[str, Any] | None:
-        """What the strategy did in a round beyond training, for the operator (GenFL: its synthetic data)."""
-        del round_number
-        return None
-
-    def round_stats(self) -> tuple[float, dict[str, int]]:
-        """Generator seconds spent for the round and synthetic bytes sent per device (none here)."""
-        return 0.0, {}
+    def configure_synthetic(
+        self,
+        round_number: int,
+        global_state: TensorDict,
+        configs: dict[str, TrainConfig],
+        devices: Mapping[str, DeviceInfo],
+    ) -> RoundPlan:
+        """The round's plan: GenFL adds synthetic batches for the picked ``devices``; plain strategies none."""
+        del round_number, global_state, devices
+        return RoundPlan(configs)
 
     def new_accumulator(self, template: TensorDict) -> Accumulator:
         """Where a round's updates go: the streaming sum for FedAvg, a buffer for the robust rules."""
@@ -205,9 +232,22 @@ class Strategy(ABC):
             return WeightedDeltaSum(template)
         return BufferedUpdates(template, self.config.aggregate, self.config.trim, self.config.bucket_size)
 
-    def aggregate_round(self, global_state: TensorDict, updates: Accumulator) -> TensorDict:
-        """New global model from the round's accumulated updates."""
-        return apply_delta(global_state, updates.mean())
+    def aggregate_fit(self, global_state: TensorDict, results: RoundResults) -> tuple[TensorDict, dict[str, Any]]:
+        """The new global model from the round's updates, and the strategy's metrics of making it."""
+        return apply_delta(global_state, results.updates.mean()), {}
+
+    def aggregate_evaluate(self, results: RoundResults) -> dict[str, Any]:
+        """The round's evaluation from what its devices measured on their own data (weighted means; None if
+        none reported): the model the round started from (``device_accuracy``) and their trained models
+        (``teacher_accuracy``, their training accuracy)."""
+        return {
+            "device_accuracy": weighted_mean(results.fits, "eval_accuracy"),
+            "teacher_accuracy": weighted_mean(results.fits, "train_accuracy"),
+        }
+
+    def restore(self, history: Sequence[Mapping[str, Any]]) -> None:
+        """A restarted server's closed rounds' metrics (oldest first): plain strategies keep nothing."""
+        del history
 
     @abstractmethod
     def proximal_mu(self) -> float: ...

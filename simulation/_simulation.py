@@ -334,10 +334,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
     prepared = device_shards(config)
     dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
     config = replace(config, model=model_name)
-    strategy = make_strategy(
-        config.strategy,
-        config.strategy_config(),
-    )
+    strategy = make_strategy(config, model_name=model_name, classes=dataset.classes)
     test = dataset.test
     if config.eval_subset is not None and config.eval_subset < len(test):
         test = test.subset(stratified_subset(test.labels, config.eval_subset, seed=0))  # fixed: the same for every seed

@@ -98,7 +98,10 @@ def _run_one(config: SimulationConfig):  # type: ignore[no-untyped-def]
                 f"{result.bytes_up / 1024:.0f}", f"{result.bytes_down / 1024:.0f}",
             ]  # fmt: skip
             if generative:
-                cells += [f"{result.generator_s:.1f}", f"{result.synthetic_bytes / 1024:.0f}"]
+                cells += [
+                    f"{result.metrics.get('generator_s', 0.0):.1f}",
+                    f"{result.metrics.get('bytes', 0) / 1024:.0f}",
+                ]
             rows.add_row(*cells)
             progress.console.print(f"{strategy} round {result.round}: accuracy {accuracy}, {result.seconds:.2f} s")
 

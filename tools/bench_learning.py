@@ -105,8 +105,9 @@ def _run(job: dict[str, Any]) -> str:
         payload = {"strategy": job.get("label", config.strategy), "seed": config.seed, "rounds": rounds,
                    "seconds": time.perf_counter() - started, "config": job}  # fmt: skip
         path.write_text(json.dumps(payload))
+        seconds = result.metrics.get("generator_s", 0.0)
         print(f"[{payload['strategy']} seed {config.seed}] round {result.round}: accuracy {result.accuracy:.4f}, "
-              f"generator {result.generator_s:.1f} s ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+              f"generator {seconds:.1f} s ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
 
     run_simulation(config, SimulationHooks(on_round_closed=closed))
     return str(path)
@@ -137,7 +138,7 @@ def summarize(runs: list[dict[str, Any]], devices: int, window: int) -> dict[str
         reach = {seed: rounds_to_reach(curve, fedavg_final[seed], window) for seed, curve in curves.items()
                  if seed in fedavg_final}  # fmt: skip
         rounds = [r for run in seeds.values() for r in run["rounds"][:length]]
-        synthetic = [r["synthetic_bytes"] / devices for r in rounds if r["synthetic_bytes"]]
+        synthetic = [r["metrics"]["bytes"] / devices for r in rounds if r["metrics"].get("bytes")]
         matrix = np.array(list(curves.values()))
         out[strategy] = {
             "seeds": sorted(seeds),
@@ -151,7 +152,7 @@ def summarize(runs: list[dict[str, Any]], devices: int, window: int) -> dict[str
             "rounds_to_fedavg_final_share": (
                 None if not reach or None in reach.values() else float(max(reach.values())) / length
             ),
-            "generator_s_per_round": float(np.mean([r["generator_s"] for r in rounds])),
+            "generator_s_per_round": float(np.mean([r["metrics"].get("generator_s", 0.0) for r in rounds])),
             "synthetic_bytes_per_device_round": float(np.mean(synthetic)) if synthetic else 0.0,
             "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])),
             "curve_mean": matrix.mean(0).tolist(),
@@ -208,7 +209,7 @@ def pool_targets(out: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]]
             targets[name]["within_3_points_of_clean"] = behind <= 3.0
     if "genfl-shift" in out:
         synthetic_rounds = [r["round"] for run in runs["genfl-shift"].values() for r in run["rounds"]
-                            if r.get("synthetic_bytes")]  # fmt: skip
+                            if r["metrics"].get("bytes")]  # fmt: skip
         first = min(synthetic_rounds, default=1)
         shifted = out["genfl-shift"]["curves"]
         worst = {
@@ -230,7 +231,7 @@ def results_table(summary: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     accuracy per seed, and the pool quality the server measured (mean over the synthetic rounds)."""
     quality: dict[str, list[float]] = {}
     for run in runs:
-        values = [r["report"]["pool_quality"] for r in run["rounds"] if (r.get("report") or {}).get("sent")]
+        values = [r["metrics"]["pool_quality"] for r in run["rounds"] if r["metrics"].get("sent")]
         quality.setdefault(run["strategy"], []).extend(v for v in values if v is not None)
     lines = ["| run | seeds | final accuracy, mean +- std | gain over FedAvg per seed (points) | "
              "rounds to FedAvg's final, per seed | pool quality |", "|---|---|---|---|---|---|"]  # fmt: skip

@@ -83,7 +83,7 @@ def test_an_operator_sees_what_genfl_sent_each_round_and_the_fleets_classes() ->
     for report in (skipped, sent):
         number = int(report["round"])  # type: ignore[call-overload]
         metrics.round_closed(RoundResult(round=number, selected=10, devices=10, accuracy=0.3, loss=1.0, train_loss=0.1,
-                                         seconds=5.0, bytes_up=1, bytes_down=1, report=report))  # fmt: skip
+                                         seconds=5.0, bytes_up=1, bytes_down=1, metrics=report))  # fmt: skip
     # Assert: the page's synthetic table, the classes, what a device holds; the counters
     assert '<p id="classes">classes: ant, cat, dog</p>' in page and '<td class="held">cat, dog</td>' in page
     assert '<tr data-round="2"><td>2</td><td>pool /srv/pool</td><td>2287 images, 6881 KiB to 10 devices</td>' in page

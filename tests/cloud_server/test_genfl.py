@@ -8,6 +8,7 @@ import pytest
 from cloud_server import StrategyConfig, make_strategy
 from cloud_server._genfl import AigcOnly, GenFL, HarmCheck, KeptUpdates, synthetic_weight
 from cloud_server._genfl_config import GenflConfig
+from cloud_server._strategy import Accumulator, DeviceInfo, FitResult, RoundResults
 from protocol import ConfigError, TrainConfig, decode_synthetic
 from simulation._simulation import SimulationConfig, run_simulation
 
@@ -28,9 +29,10 @@ def test_genfl_sends_synthetic_data_after_the_warm_up_within_each_devices_budget
     # the synthetic data came after the warm-up round, within each device's budget, and cost generator time;
     # every device reported how the model it got scores on its own data
     rounds = genfl.rounds
-    assert rounds[0].synthetic_bytes == 0 and all(r.synthetic_bytes > 0 for r in rounds[1:])
-    assert all(r.synthetic_bytes <= 4 * (1024 * 1024 + 4096) for r in rounds)
-    assert all(r.generator_s > 0 for r in rounds)
+    sent = [r.metrics["bytes"] for r in rounds]
+    assert sent[0] == 0 and not rounds[0].metrics["sent"] and all(b > 0 for b in sent[1:])
+    assert all(b <= 4 * (1024 * 1024 + 4096) for b in sent)
+    assert all(r.metrics["generator_s"] > 0 for r in rounds)
     assert all(r.device_accuracy is not None and 0 <= r.device_accuracy <= 1 for r in rounds)
 
 
@@ -53,17 +55,27 @@ def test_the_weight_halves_after_a_round_that_did_harm_and_recovers_after_one_th
 def test_synthetic_data_waits_for_teachers_that_fit_their_own_data() -> None:
     strategy = _bound("genfl", generator_steps=2, generator_batch=8, teacher_gate=0.9)
     assert isinstance(strategy, GenFL)
-    strategy.round_evaluated(1, 0.3, 0.57)  # CIFAR-10 after a round: the devices' models fit 57% of their data
+    # CIFAR-10 after a round: the devices' models fit 57% of their data
+    metrics = strategy.aggregate_evaluate(_results(1, {"a": _fit(0.3, 0.5), "b": _fit(0.3, 0.64)}))
+    assert metrics == {"device_accuracy": 0.3, "teacher_accuracy": pytest.approx(0.57)}
     assert not strategy.teachers_fit(2)
-    strategy.round_evaluated(2, 0.4, 0.98)  # digits, 2 classes each: 98%
+    strategy.aggregate_evaluate(_results(2, {"a": _fit(0.4, 0.98)}))  # digits, 2 classes each: 98%
     assert strategy.teachers_fit(3)
 
 
 def _bound(name: str, **genfl: object) -> GenFL | AigcOnly:
-    strategy = make_strategy(name, StrategyConfig(genfl=GenflConfig(**genfl)))  # type: ignore[arg-type]
-    strategy.bind("cnn-digits", tuple("0123456789"))
+    config = StrategyConfig(strategy=name, genfl=GenflConfig(**genfl))  # type: ignore[arg-type]
+    strategy = make_strategy(config, model_name="cnn-digits", classes=tuple("0123456789"))
     assert isinstance(strategy, (GenFL, AigcOnly))
     return strategy
+
+
+def _fit(eval_accuracy: float | None, train_accuracy: float, num_samples: int = 10) -> FitResult:
+    return FitResult(num_samples, 0.1, train_accuracy, eval_accuracy)
+
+
+def _results(number: int, fits: dict[str, FitResult], updates: Accumulator | None = None) -> RoundResults:
+    return RoundResults(number, updates if updates is not None else KeptUpdates({}), fits)
 
 
 def test_genfl_sends_nothing_before_its_generator_learned_then_tailored_batches() -> None:
@@ -71,22 +83,24 @@ def test_genfl_sends_nothing_before_its_generator_learned_then_tailored_batches(
 
     strategy = _bound("genfl", generator_steps=3, generator_batch=8, synthetic_budget_kb=4, teacher_gate=0.0)
     configs = {"a": TrainConfig(), "b": TrainConfig()}
-    devices = {"a": (100, (50.0, 50.0) + (0.0,) * 8), "b": (100, None)}
-    same, batches = strategy.synthetic_batches(1, configs, devices)
-    assert batches == {} and same == configs
+    devices = {"a": DeviceInfo(100, (50.0, 50.0) + (0.0,) * 8), "b": DeviceInfo(100, None)}
     state = models.model_state(models.build_model("cnn-digits", seed=0))
+    plan = strategy.configure_synthetic(1, state, configs, devices)
+    assert plan.synthetic == {} and plan.configs == configs and not plan.metrics["sent"]
     updates = KeptUpdates(state)
     for key in ("a", "b"):
         updates.add({n: np.zeros_like(v) for n, v in state.items()}, 10, key=key)
-    strategy.aggregate_round(state, updates)
-    configs, batches = strategy.synthetic_batches(2, configs, devices)
+    strategy.aggregate_fit(state, _results(1, {"a": _fit(0.1, 0.9), "b": _fit(0.1, 0.9)}, updates))
+    plan = strategy.configure_synthetic(2, state, configs, devices)
+    configs, batches = plan.configs, plan.synthetic
     a = decode_synthetic(batches["a"], (1, 8, 8), 10)
     b = decode_synthetic(batches["b"], (1, 8, 8), 10)
     assert set(np.unique(a.labels)) <= set(range(2, 10))  # only the classes device a lacks
     assert (strategy._needs(["b"])["b"] > 0).all()  # no counts shared: every class is asked for
     assert len(batches["b"]) <= 4 * 1024 + 1024
     assert configs["a"].synthetic_weight == 0.3 and configs["a"].synthetic_ratio == 1.0
-    assert strategy.round_stats()[1] == {"a": len(batches["a"]), "b": len(batches["b"])}
+    assert plan.metrics["sent"] and plan.metrics["bytes"] == len(batches["a"]) + len(batches["b"])
+    assert plan.metrics["devices"] == 2 and plan.metrics["generator_s"] > 0
     # every image sent is one the ensemble labels as asked, drawn from one pool for the round
     pool = strategy.last_pool
     assert pool is not None and len(pool.labels) <= pool.made
@@ -97,14 +111,14 @@ def test_genfl_sends_nothing_before_its_generator_learned_then_tailored_batches(
 def test_genfl_aggregates_with_the_robust_rule_it_is_given() -> None:
     import models
 
-    strategy = make_strategy("genfl", StrategyConfig(aggregate="median", genfl=GenflConfig(generator_steps=0)))
-    strategy.bind("cnn-digits", tuple("0123456789"))
+    config = StrategyConfig(strategy="genfl", aggregate="median", genfl=GenflConfig(generator_steps=0))
+    strategy = make_strategy(config, model_name="cnn-digits", classes=tuple("0123456789"))
     state = models.model_state(models.build_model("cnn-digits", seed=0))
     updates = strategy.new_accumulator(state)
     for key, value in (("a", 1.0), ("b", 2.0), ("c", 300.0)):
         updates.add({n: np.full_like(v, value) if v.dtype.kind == "f" else v * 0 for n, v in state.items()}, 10,
                     key=key)  # fmt: skip
-    new = strategy.aggregate_round(state, updates)
+    new, _ = strategy.aggregate_fit(state, _results(1, {k: _fit(None, 0.9) for k in "abc"}, updates))
     name = next(n for n, v in state.items() if v.dtype.kind == "f")
     np.testing.assert_allclose(new[name] - state[name], 2.0, rtol=1e-5)  # the median, not the mean (101)
 
@@ -117,11 +131,12 @@ def test_aigc_only_ignores_the_device_updates() -> None:
     updates = KeptUpdates(state)
     huge = {n: np.full_like(v, 100.0) if v.dtype.kind == "f" else v * 0 for n, v in state.items()}
     updates.add(huge, 10, key="a")
-    new = strategy.aggregate_round(state, updates)
+    new, metrics = strategy.aggregate_fit(state, _results(1, {"a": _fit(None, 0.9)}, updates))
+    assert metrics["generator_s"] > 0
     floats = [n for n in state if state[n].dtype.kind == "f"]
     assert all(np.abs(new[n] - state[n]).max() < 50 for n in floats)  # nothing of the devices' +100
     assert any(np.abs(new[n] - state[n]).max() > 0 for n in floats)  # the server trained on synthetic samples
-    assert strategy.synthetic_batches(2, {"a": TrainConfig()}, {"a": (10, None)})[1] == {}
+    assert strategy.configure_synthetic(2, state, {"a": TrainConfig()}, {"a": DeviceInfo(10)}).synthetic == {}
 
 
 def test_bad_genfl_settings_are_config_errors() -> None:
@@ -133,3 +148,13 @@ def test_bad_genfl_settings_are_config_errors() -> None:
         GenflConfig(synthetic_decay=0.0)
     with pytest.raises(ConfigError):
         GenflConfig(teacher_gate=1.5)
+
+
+def test_kept_updates_take_a_withdrawn_device_back_out() -> None:
+    template = {"w": np.zeros(3, np.float32)}
+    kept = KeptUpdates(template)
+    kept.add({"w": np.array([1.0, 2.0, 3.0], np.float32)}, 10, key="a")
+    kept.add({"w": np.array([9.0, 9.0, 9.0], np.float32)}, 30, key="b")
+    kept.remove({"w": np.array([9.0, 9.0, 9.0], np.float32)}, 30, key="b")
+    assert set(kept.deltas) == {"a"} and kept.total_weight == 10 and kept.count == 1
+    np.testing.assert_allclose(kept.mean()["w"], [1.0, 2.0, 3.0])

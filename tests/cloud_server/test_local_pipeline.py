@@ -9,6 +9,7 @@ import pytest
 
 from cloud_server import StrategyConfig, make_strategy
 from cloud_server._genfl_config import GenflConfig
+from cloud_server._strategy import DeviceInfo
 from protocol import ConfigError, TrainConfig, decode_synthetic
 
 pytestmark = [
@@ -73,10 +74,10 @@ def test_the_pipeline_makes_model_sized_uint8_images_offline(
 def test_genfl_with_a_local_pipeline_sends_batches_from_the_first_synthetic_round(pipeline_dir: Path) -> None:
     genfl = GenflConfig(generator="local-pipeline", pipeline_path=str(pipeline_dir),
                         synthetic_budget_kb=1)  # fmt: skip
-    strategy = make_strategy("genfl", StrategyConfig(genfl=genfl))
-    strategy.bind("cnn-digits", tuple("0123456789"))
+    strategy = make_strategy(StrategyConfig(strategy="genfl", genfl=genfl), model_name="cnn-digits",
+                             classes=tuple("0123456789"))  # fmt: skip
     counts = (10.0,) * 9 + (0.0,)
-    _, batches = strategy.synthetic_batches(2, {"d": TrainConfig()}, {"d": (90, counts)})
+    batches = strategy.configure_synthetic(2, _state(), {"d": TrainConfig()}, {"d": DeviceInfo(90, counts)}).synthetic
     batch = decode_synthetic(batches["d"], (1, 8, 8), 10)
     assert set(batch.labels.tolist()) == {9} and 0 < len(batch) <= 1024 // 72
 
@@ -113,9 +114,11 @@ def test_generate_pool_grows_a_content_addressed_pool_that_genfl_draws_from(pipe
     print(f"pool generation with the test's tiny pipeline: {manifest['images_per_second']:.1f} images/s")
     # Execute + Assert: GenFL draws each device's lacking classes from it, from the first synthetic round
     genfl = GenflConfig(generator="pool", synthetic_pool=str(pool), synthetic_budget_kb=1)
-    strategy = make_strategy("genfl", StrategyConfig(genfl=genfl))
-    strategy.bind("cnn-digits", tuple("0123456789"))
-    _, batches = strategy.synthetic_batches(2, {"d": TrainConfig()}, {"d": (90, (10.0,) * 9 + (0.0,))})
+    strategy = make_strategy(StrategyConfig(strategy="genfl", genfl=genfl), model_name="cnn-digits",
+                             classes=tuple("0123456789"))  # fmt: skip
+    batches = strategy.configure_synthetic(
+        2, _state(), {"d": TrainConfig()}, {"d": DeviceInfo(90, (10.0,) * 9 + (0.0,))}
+    ).synthetic
     batch = decode_synthetic(batches["d"], (1, 8, 8), 10)
     assert set(batch.labels.tolist()) == {9}
 
@@ -134,3 +137,9 @@ def test_an_operators_folder_of_class_named_images_is_a_pool(tmp_path: Path) -> 
     (tmp_path / "7" / "a.jpg").unlink()
     with pytest.raises(ConfigError, match="no images of class '7'"):
         generator.sample(np.array([7]), seed=1)  # re-read after the folder changed
+
+
+def _state() -> dict[str, object]:
+    import models
+
+    return models.model_state(models.build_model("cnn-digits", seed=0))  # type: ignore[return-value]

@@ -11,8 +11,10 @@ from PIL import Image
 
 import models
 from cloud_server import StrategyConfig, make_strategy
+from cloud_server._aggregation import WeightedDeltaSum
 from cloud_server._genfl import GenFL
 from cloud_server._genfl_config import GenflConfig
+from cloud_server._strategy import DeviceInfo, FitResult, RoundPlan, RoundResults
 from protocol import ConfigError, TrainConfig, decode_synthetic
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -30,17 +32,28 @@ def _pool(folder: Path, per_class: int = 30, classes: tuple[str, ...] = DIGITS) 
 
 def _strategy(pool: Path, **genfl: object) -> GenFL:
     config = GenflConfig(generator="pool", synthetic_pool=str(pool), synthetic_budget_kb=2, **genfl)  # type: ignore[arg-type]
-    strategy = make_strategy("genfl", StrategyConfig(genfl=config))
+    strategy = make_strategy(StrategyConfig(strategy="genfl", genfl=config), model_name="cnn-digits", classes=DIGITS)
     assert isinstance(strategy, GenFL)
-    strategy.bind("cnn-digits", DIGITS)
     return strategy
+
+
+STATE = models.model_state(models.build_model("cnn-digits", seed=0))
+
+
+def _plan(strategy: GenFL, number: int, devices: dict[str, DeviceInfo]) -> RoundPlan:
+    return strategy.configure_synthetic(number, STATE, {d: TrainConfig() for d in devices}, devices)
+
+
+def _evaluated(strategy: GenFL, number: int, device_accuracy: float) -> None:
+    fit = FitResult(num_samples=10, train_loss=0.1, train_accuracy=0.9, eval_accuracy=device_accuracy)
+    strategy.aggregate_evaluate(RoundResults(number, WeightedDeltaSum({}), {"a": fit}))
 
 
 def test_each_device_gets_distinct_images_of_the_classes_it_lacks_from_the_first_round(tmp_path: Path) -> None:
     strategy = _strategy(_pool(tmp_path))
     held = (30.0,) * 5 + (0.0,) * 5  # holds 0-4, lacks 5-9
-    configs, blobs = strategy.synthetic_batches(1, {"a": TrainConfig(), "b": TrainConfig()},
-                                                {"a": (150, held), "b": (150, held)})  # fmt: skip
+    plan = _plan(strategy, 1, {"a": DeviceInfo(150, held), "b": DeviceInfo(150, held)})
+    configs, blobs = plan.configs, plan.synthetic
     batches = {d: decode_synthetic(b, (1, 8, 8), 10) for d, b in blobs.items()}
     assert set(batches) == {"a", "b"} and configs["a"].synthetic_weight == 1.0  # a pool's largest weight
     assert configs["a"].synthetic_restyle == "real"  # a pool's images restyle half of each device's own
@@ -49,7 +62,7 @@ def test_each_device_gets_distinct_images_of_the_classes_it_lacks_from_the_first
         assert len({img.tobytes() for img in batch.images}) == len(batch)  # no image twice in one batch
         assert len(batch) * 72 <= 2 * 1024  # within the byte budget
     assert not np.array_equal(batches["a"].images, batches["b"].images)  # each device its own draw
-    assert strategy.reports[1].sent and strategy.reports[1].images == sum(len(b) for b in batches.values())
+    assert plan.metrics["sent"] and plan.metrics["images"] == sum(len(b) for b in batches.values())
 
 
 def test_the_fleets_model_draws_the_images_it_recognises_more_and_the_weight_follows_the_pools_quality(
@@ -64,15 +77,15 @@ def test_the_fleets_model_draws_the_images_it_recognises_more_and_the_weight_fol
     assert strategy.pool_quality(3) is None and strategy._weight(3) == 1.0
     # The model recognised 28% of the pool and 55% of the devices' own data: (0.28 - 0.1) / (0.55 - 0.1) = 0.4
     strategy.pool_recognised[2] = 0.28
-    strategy.round_evaluated(2, 0.55, None)
+    _evaluated(strategy, 2, 0.55)
     assert strategy.pool_quality(3) == pytest.approx(0.4)
     assert strategy._weight(3) == pytest.approx(0.4)
     # A model no better than chance on the devices' data or the pool says nothing about the pool
-    strategy.round_evaluated(3, 0.12, None)
+    _evaluated(strategy, 3, 0.12)
     strategy.pool_recognised[3] = 0.11
     assert strategy.pool_quality(4) is None
     # One that knows the devices' data but not the pool's images: they earn nothing
-    strategy.round_evaluated(4, 0.40, None)
+    _evaluated(strategy, 4, 0.40)
     strategy.pool_recognised[4] = 0.10
     assert strategy.pool_quality(5) == 0.0 and strategy._weight(5) == 0.0
 
@@ -83,30 +96,30 @@ def test_a_pool_may_lack_classes_but_a_folder_the_fleet_does_not_know_is_refused
     lacking = _pool(tmp_path / "some", classes=DIGITS[:8])
     strategy = _strategy(lacking)
     with caplog.at_level(logging.WARNING, logger="genfl.server"):
-        _, blobs = strategy.synthetic_batches(1, {"a": TrainConfig()}, {"a": (100, (50.0, 50.0) + (0.0,) * 8)})
+        blobs = _plan(strategy, 1, {"a": DeviceInfo(100, (50.0, 50.0) + (0.0,) * 8)}).synthetic
     assert "holds no images of 8, 9" in caplog.text
     assert set(decode_synthetic(blobs["a"], (1, 8, 8), 10).labels.tolist()) == set(range(2, 8))
     foreign = _pool(tmp_path / "foreign", classes=(*DIGITS, "ten"))
     with pytest.raises(ConfigError, match="'ten', which is not one of the fleet's 10 classes"):
-        _strategy(foreign).synthetic_batches(1, {"a": TrainConfig()}, {"a": (100, None)})
+        _plan(_strategy(foreign), 1, {"a": DeviceInfo(100)})
 
 
 def test_every_round_says_what_it_sent_or_why_it_ran_as_fedavg(caplog: pytest.LogCaptureFixture) -> None:
-    strategy = make_strategy("genfl", StrategyConfig(genfl=GenflConfig(generator_steps=1, generator_batch=4)))
-    strategy.bind("cnn-digits", DIGITS)
+    config = StrategyConfig(strategy="genfl", genfl=GenflConfig(generator_steps=1, generator_batch=4))
+    strategy = make_strategy(config, model_name="cnn-digits", classes=DIGITS)
+    assert isinstance(strategy, GenFL)
     with caplog.at_level(logging.INFO, logger="genfl.server"):
-        strategy.synthetic_batches(1, {"a": TrainConfig()}, {"a": (10, None)})
-        strategy.synthetic_batches(2, {"a": TrainConfig()}, {"a": (10, None)})
+        _plan(strategy, 1, {"a": DeviceInfo(10)})
+        report = _plan(strategy, 2, {"a": DeviceInfo(10)}).metrics
     assert "round 1: plain FedAvg, no synthetic data: warm-up round" in caplog.text
     assert "round 2: plain FedAvg, no synthetic data: the data-free generator has not learned" in caplog.text
-    report = strategy.round_report(2)
-    assert report is not None and report["sent"] is False and report["source"] == "data-free"
+    assert report["sent"] is False and report["source"] == "data-free"
 
 
 def test_a_restarted_server_keeps_the_pool_quality_its_rounds_reported(tmp_path: Path) -> None:
     strategy = _strategy(_pool(tmp_path), synthetic_weight=1.0)
-    strategy.resumed([{"round": 3, "pool_quality": 0.2}, {"round": 4, "pool_quality": None}, {"round": 5}])
+    strategy.restore([{"round": 3, "pool_quality": 0.2}, {"round": 4, "pool_quality": None}, {"round": 5}])
     assert strategy.pool_quality(6) == 0.2 and strategy._weight(6) == pytest.approx(0.2)
     strategy.pool_recognised[6] = 0.46  # then what the new server measures counts
-    strategy.round_evaluated(6, 0.46, None)
-    assert strategy.pool_quality(7) == 1.0
+    _evaluated(strategy, 6, 0.46)
+    assert strategy.pool_quality(7) == pytest.approx(1.0)

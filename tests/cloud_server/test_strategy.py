@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cloud_server import FedAvg, FedProx, StrategyConfig, derive_seed, make_strategy
+from cloud_server import FedAvg, FedProx, StrategyConfig, derive_seed
 from protocol import ConfigError
 
 
@@ -29,7 +29,7 @@ def test_fedprox_sends_mu() -> None:
 
 def test_unknown_strategy_and_bad_fraction_fail_clearly() -> None:
     with pytest.raises(ConfigError, match="unknown strategy"):
-        make_strategy("fedmagic", StrategyConfig())
+        StrategyConfig(strategy="fedmagic")
     with pytest.raises(ConfigError, match="fraction"):
         StrategyConfig(fraction=0.0)
 
