@@ -11,34 +11,35 @@ from typing import TYPE_CHECKING
 from protocol._lazy import lazy_names
 
 if TYPE_CHECKING:
-    from ._aggregation import WeightedDeltaSum, apply_delta, check_update_shapes, weighted_average
-    from ._broker import EmbeddedBroker
-    from ._coordinator import Coordinator, CoordinatorConfig, DeviceRecord, RoundResult
-    from ._journal import SqliteJournal
-    from ._serve import ServeConfig, run_server
-    from ._strategies import make_strategy
-    from ._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed
+    from .broker._broker import EmbeddedBroker
+    from .learning._aggregation import WeightedDeltaSum, apply_delta, check_update_shapes, weighted_average
+    from .learning._strategies import make_strategy
+    from .learning._strategy import STRATEGIES, FedAvg, FedProx, Strategy, StrategyConfig, derive_seed
+    from .ops._serve import run_server
+    from .ops._serve_config import ServeConfig
+    from .rounds._coordinator import Coordinator, CoordinatorConfig, DeviceRecord, RoundResult
+    from .rounds._journal import SqliteJournal
 
 _WHERE = {
-    "WeightedDeltaSum": "_aggregation",
-    "apply_delta": "_aggregation",
-    "check_update_shapes": "_aggregation",
-    "weighted_average": "_aggregation",
-    "EmbeddedBroker": "_broker",
-    "Coordinator": "_coordinator",
-    "CoordinatorConfig": "_coordinator",
-    "DeviceRecord": "_coordinator",
-    "RoundResult": "_coordinator",
-    "SqliteJournal": "_journal",
-    "ServeConfig": "_serve",
-    "run_server": "_serve",
-    "STRATEGIES": "_strategy",
-    "FedAvg": "_strategy",
-    "FedProx": "_strategy",
-    "Strategy": "_strategy",
-    "StrategyConfig": "_strategy",
-    "derive_seed": "_strategy",
-    "make_strategy": "_strategies",
+    "WeightedDeltaSum": "learning._aggregation",
+    "apply_delta": "learning._aggregation",
+    "check_update_shapes": "learning._aggregation",
+    "weighted_average": "learning._aggregation",
+    "EmbeddedBroker": "broker._broker",
+    "Coordinator": "rounds._coordinator",
+    "CoordinatorConfig": "rounds._coordinator",
+    "DeviceRecord": "rounds._coordinator",
+    "RoundResult": "rounds._coordinator",
+    "SqliteJournal": "rounds._journal",
+    "ServeConfig": "ops._serve_config",
+    "run_server": "ops._serve",
+    "STRATEGIES": "learning._strategy",
+    "FedAvg": "learning._strategy",
+    "FedProx": "learning._strategy",
+    "Strategy": "learning._strategy",
+    "StrategyConfig": "learning._strategy",
+    "derive_seed": "learning._strategy",
+    "make_strategy": "learning._strategies",
 }
 
 __all__ = [

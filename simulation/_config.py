@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cloud_server._robust import AGGREGATORS
-from cloud_server._run_config import FleetRunConfig
+from cloud_server.learning._robust import AGGREGATORS
+from cloud_server.ops._run_config import FleetRunConfig
 from protocol import ConfigError, parse_brokers, setting
 
 from ._attacks import ATTACKS, Attack

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 import models
-from cloud_server._broker import EmbeddedBroker
-from cloud_server._coordinator import Coordinator, CoordinatorConfig, RoundResult
-from cloud_server._strategies import make_strategy
-from cloud_server._strategy import derive_seed
+from cloud_server.broker._broker import EmbeddedBroker
+from cloud_server.learning._strategies import make_strategy
+from cloud_server.learning._strategy import derive_seed
+from cloud_server.rounds._coordinator import Coordinator, CoordinatorConfig, RoundResult
 from edge_agent import (
     AgentCore,
     DeviceDataset,

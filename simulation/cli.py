@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cloud_server._coordinator import RoundResult
-from cloud_server._strategy import StrategyName
+from cloud_server.learning._strategy import StrategyName
+from cloud_server.rounds._coordinator import RoundResult
 from protocol import exit_on_error, options_from
 
 from ._config import SimulationConfig

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cloud_server._cluster import ClusterSpec, NodeAddress, write_cluster_config
+from cloud_server.broker._cluster import ClusterSpec, NodeAddress, write_cluster_config
 from protocol import DEFAULT_CHUNK_SIZE, TransportError
 
 __all__ = ["LocalCluster", "free_loopback_spec"]

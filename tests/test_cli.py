@@ -149,3 +149,14 @@ def test_edge_toml_keys_are_the_run_flag_names(tmp_path: Path) -> None:
                     'resend_after = 20\nallowed_codecs = ["int8"]\nmin_local_steps = 4\n')  # fmt: skip
     settings = load_agent_config(path, {})
     assert (settings.backoff_cap, settings.resend_after, settings.allowed_codecs) == (30, 20, ("int8",))
+
+
+def test_the_command_lines_load_without_torch() -> None:
+    """Building both apps (every command's options, the settings classes they are made from) must not import
+    torch: the administrative commands and --help start in well under a second."""
+    import subprocess
+    import sys
+
+    code = "import sys, cloud_server.cli, edge_agent.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"

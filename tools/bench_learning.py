@@ -92,7 +92,7 @@ def _run(job: dict[str, Any]) -> str:
     """One (strategy, seed) simulation; its rounds go to ``job['path']`` as they close."""
     if job.get("one_thread"):
         os.environ["GENFL_GENERATOR_THREADS"] = "1"
-    from cloud_server._genfl_config import GenflConfig
+    from cloud_server.learning._genfl_config import GenflConfig
     from simulation import SimulationConfig, SimulationHooks, run_simulation
 
     path = Path(job["path"])

@@ -34,7 +34,7 @@ def _run(job: tuple[str, str | None, int]) -> tuple[str, str | None, int, float]
 
 
 def main() -> None:
-    from cloud_server._robust import AGGREGATORS
+    from cloud_server.learning._robust import AGGREGATORS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attacks", nargs="+", default=["sign-flip"])

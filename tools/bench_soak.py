@@ -32,7 +32,7 @@ import paho.mqtt.client as paho
 import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_server._journal_reader import JournalReader
+from cloud_server.rounds._journal_reader import JournalReader
 from edge_agent import AgentCore, InProcessRunner
 from protocol import BlobStore, BrokerAddress, DeviceState, MqttTransport, Topics, Will, encode_message
 from simulation import SimulationConfig, device_shards

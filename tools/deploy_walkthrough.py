@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cloud_server._broker import free_port
-from cloud_server._broker_files import BrokerFiles
+from cloud_server.broker._broker import free_port
+from cloud_server.broker._broker_files import BrokerFiles
 from protocol import GenflError
 
 ROOT = Path(__file__).resolve().parents[1]

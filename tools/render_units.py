@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud_server._unit import render_broker_sync_units, render_server_unit  # noqa: E402
+from cloud_server.ops._unit import render_broker_sync_units, render_server_unit  # noqa: E402
 from edge_agent._unit import CREDENTIALS, EdgeUnit, render_edge_unit  # noqa: E402
 
 # A secured fleet's pair (install-service --broker-dir /etc/genfl/broker)

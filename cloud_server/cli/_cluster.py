@@ -30,7 +30,7 @@ def cluster_config(
     name: Annotated[str, typer.Option(help="Cluster name.")] = "genfl",
 ) -> None:
     """Write a NATS cluster's configs: MQTT on every node, sessions and retained states replicated in JetStream."""
-    from cloud_server._cluster import ClusterSpec, write_cluster_config
+    from cloud_server.broker._cluster import ClusterSpec, write_cluster_config
 
     with exit_on_error():
         spec = ClusterSpec(

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cloud_server._fleet_view import fleet_classes, fleet_rows
-from cloud_server._limits import DEFAULT_MAX_PACKET_SIZE
+from cloud_server.ops._fleet_view import fleet_classes, fleet_rows
+from cloud_server.rounds._limits import DEFAULT_MAX_PACKET_SIZE
 from protocol import ConfigError, exit_on_error, write_secret
 
 if TYPE_CHECKING:
-    from cloud_server._security import FleetSecurity
+    from cloud_server.fleet._security import FleetSecurity
 
 devices_app = typer.Typer(help="Enroll, list and revoke the fleet's devices.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def parse_duration(text: str) -> float:
 
 
 def _security(state_dir: Path) -> FleetSecurity:
-    from cloud_server._security import FleetSecurity  # cryptography and the registry: only when a command runs
+    from cloud_server.fleet._security import FleetSecurity  # cryptography and the registry: only when a command runs
 
     security = FleetSecurity.load(state_dir)
     if security is None:
@@ -86,7 +86,7 @@ def list_devices(
     """The fleet's classes, then every device: online/offline (from its last will), last seen, rounds, last
     update, revoked, the classes it holds (when it shares its label counts). An open fleet lists those that spoke."""
     with exit_on_error():
-        from cloud_server._security import FleetSecurity
+        from cloud_server.fleet._security import FleetSecurity
 
         if not (state_dir / "state.sqlite3").exists() and FleetSecurity.load(state_dir) is None:
             raise ConfigError(f"{state_dir} holds no fleet state yet: serve writes it (or broker-config, secured)")
@@ -157,7 +157,7 @@ def broker_config(
     ] = DEFAULT_MAX_PACKET_SIZE,
 ) -> None:
     """Write a Mosquitto setup for a secured fleet: TLS listener, password file, per-device ACL."""
-    from cloud_server._security import write_broker_config
+    from cloud_server.fleet._security import write_broker_config
 
     with exit_on_error():
         setup = write_broker_config(
@@ -179,7 +179,7 @@ def broker_sync(
     """Install the broker files the server left in its outbox into the broker's folder, and reload the broker
     (what genfl-broker-sync.service runs, as root, each time the server writes them; it reads nothing else of the
     server's state)."""
-    from cloud_server._broker_files import install_outbox
+    from cloud_server.broker._broker_files import install_outbox
 
     with exit_on_error():
         reloaded = install_outbox(outbox, broker_dir, fleet)

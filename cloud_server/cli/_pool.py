@@ -24,7 +24,7 @@ def generate_pool(
 ) -> None:
     """Make --per-class images of every class offline and add them to a pool `serve --synthetic-pool` uses."""
     with exit_on_error():
-        from cloud_server._pool import generate_pool as make
+        from cloud_server.learning._pool import generate_pool as make
 
         names = parse_classes(classes)  # they become folder names: no '/', no leading '.'
         report = make(pipeline_path, model, names, per_class, out, device=device, seed=seed,

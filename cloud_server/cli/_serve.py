@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cloud_server._serve import ServeConfig
+from cloud_server.ops._serve_config import ServeConfig
 from protocol import exit_on_error, options_from
 
 
@@ -23,7 +23,7 @@ def serve(
     )
     # torch and the model take seconds to load: say what is happening before it
     logging.getLogger("genfl.server").info("starting: loading torch, the model and the state in %s", config.state_dir)
-    from cloud_server._serve import run_server
+    from cloud_server.ops._serve import run_server
 
     with exit_on_error():
         code = run_server(config)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cloud_server._unit import (
+from cloud_server.ops._unit import (
     SYNC_NAME,
     UNIT_NAME,
     default_executable,
@@ -38,7 +38,7 @@ def install_service(
 ) -> None:
     """Write genfl-server.service (and, with --broker-dir, genfl-broker-sync) and print (or, with --now, run)
     the systemctl commands."""
-    from cloud_server._security import use_outbox
+    from cloud_server.fleet._security import use_outbox
 
     with exit_on_error():
         if now:

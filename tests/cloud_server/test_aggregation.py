@@ -71,7 +71,7 @@ def test_state_round_trips_for_resume() -> None:
 
 @pytest.mark.parametrize("aggregate", ["fedavg", "median"])
 def test_an_update_taken_back_leaves_exactly_the_aggregate_of_the_others(aggregate: str) -> None:
-    from cloud_server._robust import BufferedUpdates
+    from cloud_server.learning._robust import BufferedUpdates
 
     template = {"w": np.zeros(4, dtype=np.float32)}
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server._broker_files import BrokerFiles, mosquitto_password_hash
+from cloud_server.broker._broker_files import BrokerFiles, mosquitto_password_hash
 from protocol import GenflError
 from tests.system._helpers import ENV, as_nobody, nobody_python_or_skip, skip_unless_ci
 
@@ -108,7 +108,7 @@ def test_the_broker_is_signalled_only_if_its_pid_file_names_a_mosquitto(tmp_path
 LATE_SYNC = """
 import sys
 from pathlib import Path
-from cloud_server._broker_files import BrokerFiles, BrokerSyncLate, mosquitto_password_hash
+from cloud_server.broker._broker_files import BrokerFiles, BrokerSyncLate, mosquitto_password_hash
 files = BrokerFiles(Path(sys.argv[1]), "plant-3", outbox=Path(sys.argv[2]))
 files.write_users(mosquitto_password_hash("x"), [], [])
 try:
@@ -157,7 +157,7 @@ def outbox_fleet() -> Iterator[tuple[Path, Path, Path, str, dict[str, str]]]:
     """A secured fleet whose server runs as its own user (nobody stands in for the unit's dynamic user: systemd
     hands it the state folder) and whose broker folder belongs to another (root here): (service folder, state,
     broker folder, nobody's python, its environment)."""
-    from cloud_server._security import use_outbox
+    from cloud_server.fleet._security import use_outbox
 
     python, env = nobody_python_or_skip("a server user that may not write the broker's folder")
     service = Path(tempfile.mkdtemp(prefix="genfl-outbox-"))  # where uid nobody can reach

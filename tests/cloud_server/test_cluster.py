@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server._cluster import ClusterSpec, write_cluster_config
+from cloud_server.broker._cluster import ClusterSpec, write_cluster_config
 from protocol import ConfigError, parse_brokers
 
 BIN = Path(sys.executable).parent

@@ -306,7 +306,7 @@ def test_a_round_reports_the_same_figures_whether_or_not_the_server_restarted_in
 @pytest.mark.parametrize("persistent", [False, True])
 def test_a_device_revoked_mid_round_takes_its_update_and_only_its_update_out(tmp_path: Path, persistent: bool) -> None:
     # Prepare: three devices; a's and b's updates accepted, then a is revoked, then c answers
-    from cloud_server._journal import Journal
+    from cloud_server.rounds._journal import Journal
 
     bus = InMemoryBus()
     revoked: set[str] = set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cloud_server._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
+from cloud_server.learning._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
 
 
 def test_a_device_judges_only_classes_it_holds_enough_of() -> None:
@@ -37,7 +37,7 @@ def test_images_the_fleet_rejects_are_drawn_less_and_clear_rejects_never() -> No
 
 
 def test_verdicts_taken_back_leave_what_the_other_devices_said() -> None:
-    from cloud_server._curation import PoolVerdicts
+    from cloud_server.learning._curation import PoolVerdicts
 
     verdicts, only_b = PoolVerdicts(), PoolVerdicts()
     verdicts.record(3, ["x", "y"], [0, 1], [200, 10])  # a (revoked later)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_server._dashboard import render_page
-from cloud_server._fleet_view import fleet_rows, round_rows
-from cloud_server._metrics import FleetMetrics
+from cloud_server.ops._dashboard import render_page
+from cloud_server.ops._fleet_view import fleet_rows, round_rows
+from cloud_server.ops._metrics import FleetMetrics
 
 
 def _device(device_id: str, **extra: object) -> dict[str, object]:
@@ -67,7 +67,7 @@ def test_metrics_count_only_what_is_new_since_the_last_look() -> None:
 
 def test_an_operator_sees_what_genfl_sent_each_round_and_the_fleets_classes() -> None:
     # Prepare: two rounds' reports as the journal keeps them, one that sent synthetic data and one that did not
-    from cloud_server._coordinator import RoundResult
+    from cloud_server.rounds._coordinator import RoundResult
 
     sent = {"round": 2, "source": "pool /srv/pool", "sent": True, "why_not": "", "devices": 10, "images": 2287,
             "bytes": 7045880, "weight": 0.78, "harm_check": 1.0, "pool_quality": 0.78, "fleet_agreement": None,
@@ -162,7 +162,7 @@ def test_the_page_shows_whom_the_open_round_waits_for_and_why_rounds_fell_short(
     journal.failure_recorded(1, "cam-3", "Traceback ...\nDataError: cam-3's data: images are 3x32x32")
     journal.round_closed(1, blob, "m", total_weight=0, timed_out=True, accuracy=None, loss=None, train_loss=0.0)
     journal.round_opened(2, time.time() - 42, "m", {d: TrainConfig() for d in ("cam-1", "cam-2")}, None)
-    from cloud_server._journal import AcceptedUpdate
+    from cloud_server.rounds._journal import AcceptedUpdate
 
     journal.update_accepted(2, AcceptedUpdate("cam-1", 10, 0.5, 0.5, 1.0, blob))
     journal.close()

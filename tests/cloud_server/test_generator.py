@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import models
-from cloud_server._generator import DataFreeGenerator, Teachers, class_weights, train_on_synthetic
-from cloud_server._genfl_config import GenflConfig
+from cloud_server.learning._generator import DataFreeGenerator, Teachers, class_weights, train_on_synthetic
+from cloud_server.learning._genfl_config import GenflConfig
 from edge_agent import load_dataset
 from edge_agent._training import train_local
 from protocol import TrainConfig
@@ -100,7 +100,7 @@ def test_aigc_only_training_uses_only_the_generators_samples(digit_teachers: Tea
 
 
 def test_the_generator_thread_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cloud_server._generator import generator_threads
+    from cloud_server.learning._generator import generator_threads
     from protocol import ConfigError
 
     monkeypatch.setenv("GENFL_GENERATOR_THREADS", "3")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cloud_server import StrategyConfig, make_strategy
-from cloud_server._genfl import AigcOnly, GenFL, HarmCheck, KeptUpdates, synthetic_weight
-from cloud_server._genfl_config import GenflConfig
-from cloud_server._strategy import Accumulator, DeviceInfo, FitResult, RoundResults
+from cloud_server.learning._genfl import AigcOnly, GenFL, HarmCheck, KeptUpdates, synthetic_weight
+from cloud_server.learning._genfl_config import GenflConfig
+from cloud_server.learning._strategy import Accumulator, DeviceInfo, FitResult, RoundResults
 from protocol import ConfigError, TrainConfig, decode_synthetic
 from simulation._simulation import SimulationConfig, run_simulation
 

@@ -40,7 +40,7 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_blob_store_or_is_a_model_e
 
 def test_a_retained_state_a_restarted_server_gets_does_not_move_last_seen(tmp_path: Path) -> None:
     from cloud_server import SqliteJournal
-    from cloud_server._fleet_view import fleet_rows
+    from cloud_server.ops._fleet_view import fleet_rows
 
     journal = SqliteJournal(tmp_path)
     journal.device_seen("cam-1", True, 40, None)
@@ -58,8 +58,8 @@ def test_a_retained_state_a_restarted_server_gets_does_not_move_last_seen(tmp_pa
 def test_the_reader_sees_what_the_journal_wrote_and_an_absent_or_broken_state_as_empty(tmp_path: Path) -> None:
     # Prepare: round 1 closed with two updates and a failure, round 2 open; a refusal counted
     from cloud_server import SqliteJournal
-    from cloud_server._journal import AcceptedUpdate
-    from cloud_server._journal_reader import JournalReader
+    from cloud_server.rounds._journal import AcceptedUpdate
+    from cloud_server.rounds._journal_reader import JournalReader
     from protocol import TrainConfig, encode_tensors
 
     journal = SqliteJournal(tmp_path / "state")

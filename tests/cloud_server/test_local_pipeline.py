@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cloud_server import StrategyConfig, make_strategy
-from cloud_server._genfl_config import GenflConfig
-from cloud_server._strategy import DeviceInfo
+from cloud_server.learning._genfl_config import GenflConfig
+from cloud_server.learning._strategy import DeviceInfo
 from protocol import ConfigError, TrainConfig, decode_synthetic
 
 pytestmark = [
@@ -58,7 +58,7 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_pipeline_makes_model_sized_uint8_images_offline(
     pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloud_server._local_pipeline import LocalPipelineGenerator
+    from cloud_server.learning._local_pipeline import LocalPipelineGenerator
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # loading must not reach for the network
     generator = LocalPipelineGenerator("cnn-digits", pipeline_dir, DIGITS, inference_steps=2)
@@ -83,7 +83,7 @@ def test_genfl_with_a_local_pipeline_sends_batches_from_the_first_synthetic_roun
 
 
 def test_a_folder_without_a_saved_pipeline_is_a_config_error(tmp_path: Path) -> None:
-    from cloud_server._local_pipeline import LocalPipelineGenerator
+    from cloud_server.learning._local_pipeline import LocalPipelineGenerator
 
     with pytest.raises(ConfigError, match="no saved diffusers pipeline"):
         LocalPipelineGenerator("cnn-digits", tmp_path, DIGITS)
@@ -126,7 +126,7 @@ def test_generate_pool_grows_a_content_addressed_pool_that_genfl_draws_from(pipe
 def test_an_operators_folder_of_class_named_images_is_a_pool(tmp_path: Path) -> None:
     from PIL import Image
 
-    from cloud_server._pool import PoolGenerator
+    from cloud_server.learning._pool import PoolGenerator
 
     for name in DIGITS:
         (tmp_path / name).mkdir()

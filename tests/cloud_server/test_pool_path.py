@@ -11,10 +11,10 @@ from PIL import Image
 
 import models
 from cloud_server import StrategyConfig, make_strategy
-from cloud_server._aggregation import WeightedDeltaSum
-from cloud_server._genfl import GenFL
-from cloud_server._genfl_config import GenflConfig
-from cloud_server._strategy import DeviceInfo, FitResult, RoundPlan, RoundResults
+from cloud_server.learning._aggregation import WeightedDeltaSum
+from cloud_server.learning._genfl import GenFL
+from cloud_server.learning._genfl_config import GenflConfig
+from cloud_server.learning._strategy import DeviceInfo, FitResult, RoundPlan, RoundResults
 from protocol import ConfigError, TrainConfig, decode_synthetic
 
 DIGITS = tuple(str(d) for d in range(10))

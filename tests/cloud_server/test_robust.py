@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cloud_server._robust import BufferedUpdates, robust_aggregate
+from cloud_server.learning._robust import BufferedUpdates, robust_aggregate
 from protocol import ConfigError
 from simulation import SimulationConfig, run_simulation
 from simulation._attacks import make_attack

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, SqliteJournal, StrategyConfig
-from cloud_server._broker_files import mosquitto_password_hash, render_acl
-from cloud_server._pki import issue_server_certificate, new_ca
-from cloud_server._registry import DeviceRegistry, EnrollmentRefused
-from cloud_server._security import write_broker_config
+from cloud_server.broker._broker_files import mosquitto_password_hash, render_acl
+from cloud_server.fleet._pki import issue_server_certificate, new_ca
+from cloud_server.fleet._registry import DeviceRegistry, EnrollmentRefused
+from cloud_server.fleet._security import write_broker_config
 from protocol import (
     ConfigError,
     DeviceState,
@@ -249,7 +249,7 @@ def test_an_enrolling_board_keeps_its_token_login_until_the_reply_is_out_and_its
     tmp_path: Path,
 ) -> None:
     # Prepare: a secured fleet with a pending token (no broker runs: the files are the broker's view)
-    from cloud_server._security import Enroller, FleetSecurity
+    from cloud_server.fleet._security import Enroller, FleetSecurity
     from protocol import EnrollmentToken, EnrollRequest
 
     write_broker_config(tmp_path / "state", tmp_path / "broker", fleet=FLEET, host="localhost", port=8883)

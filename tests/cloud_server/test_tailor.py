@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud_server._tailor import synthetic_counts
+from cloud_server.learning._tailor import synthetic_counts
 from protocol import ConfigError
 
 

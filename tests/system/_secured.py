@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud_server._broker_files import mosquitto_password_hash
+from cloud_server.broker._broker_files import mosquitto_password_hash
 from edge_agent._daemon import load_agent_config
 from protocol import BrokerAddress, MqttTransport
 from tests.system._helpers import ENV, Processes, wait_for

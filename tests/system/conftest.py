@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server._broker import free_port
+from cloud_server.broker._broker import free_port
 from tests.system._helpers import processes, skip_unless_ci, wait_for
 from tests.system._secured import SecuredFleet
 

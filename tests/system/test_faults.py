@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cloud_server import EmbeddedBroker
-from cloud_server._journal_reader import JournalReader
+from cloud_server.rounds._journal_reader import JournalReader
 from models import build_model, model_state
 from protocol import DeviceState, Task, Update, decode_message, decode_tensors, encode_message
 from simulation import SimulationConfig

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cloud_server._genfl_config import GenflConfig
-from cloud_server._journal_reader import JournalReader
+from cloud_server.learning._genfl_config import GenflConfig
+from cloud_server.rounds._journal_reader import JournalReader
 from edge_agent import DeviceDataset, load_dataset, save_npz
 from models import checkpoint_classes, read_checkpoint
 from protocol import encode_tensors

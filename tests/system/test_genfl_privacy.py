@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from cloud_server._genfl_config import GenflConfig
+from cloud_server.learning._genfl_config import GenflConfig
 from protocol import (
     BlobRequest,
     BrokerAddress,

@@ -11,7 +11,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig
-from cloud_server._broker import free_port
+from cloud_server.broker._broker import free_port
 from protocol import (
     BlobChunk,
     BrokerAddress,

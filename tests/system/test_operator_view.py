@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_server._broker import free_port
-from cloud_server._journal_reader import JournalReader
+from cloud_server.broker._broker import free_port
+from cloud_server.rounds._journal_reader import JournalReader
 from simulation import SimulationConfig
 from tests.system._helpers import artifacts_dir, clear_retained, mqtt_client, processes, skip_unless_ci, wait_for
 from tests.system.test_serve_resume import _write_shards

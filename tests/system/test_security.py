@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server._journal_reader import JournalReader
-from cloud_server._pki import new_ca
+from cloud_server.fleet._pki import new_ca
+from cloud_server.rounds._journal_reader import JournalReader
 from protocol import (
     BrokerAddress,
     BrokerRefused,

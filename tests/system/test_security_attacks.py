@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server._journal_reader import JournalReader
+from cloud_server.rounds._journal_reader import JournalReader
 from edge_agent._daemon import load_agent_config
 from protocol import (
     Ack,

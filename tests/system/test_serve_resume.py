@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from cloud_server._journal_reader import JournalReader
+from cloud_server.rounds._journal_reader import JournalReader
 from edge_agent import DeviceDataset, save_npz
 from protocol import encode_tensors
 from simulation import SimulationConfig, device_shards, run_simulation

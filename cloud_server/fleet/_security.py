@@ -47,7 +47,7 @@ from protocol import (
     write_secret,
 )
 
-from ._broker_files import (
+from ..broker._broker_files import (
     SYNC_WAIT_S,
     BrokerFiles,
     BrokerSyncLate,
@@ -55,7 +55,7 @@ from ._broker_files import (
     render_mosquitto_conf,
     write_owned,
 )
-from ._limits import DEFAULT_MAX_PACKET_SIZE
+from ..rounds._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import CertificateAuthority, issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
 

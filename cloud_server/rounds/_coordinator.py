@@ -6,7 +6,7 @@ blobs chunk by chunk, validates and accumulates updates as they arrive, and
 closes the round when every picked device answered (an update or a reported
 failure) or the deadline passed with at least ``min_devices`` updates.
 
-Every change is written to a :class:`~cloud_server._journal.Journal` before
+Every change is written to a :class:`~cloud_server.rounds._journal.Journal` before
 it is acknowledged, and a coordinator built on a journal that holds an open
 round resumes it. Time comes from an injected clock, so tests and
 simulations drive it without sleeping.
@@ -14,14 +14,13 @@ simulations drive it without sleeping.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,21 +46,20 @@ from protocol import (
     TrainConfig,
     Transport,
     Update,
-    decode_delta,
-    decode_message,
     decode_tensors,
     default_classes,
     encode_message,
     encode_tensors,
-    iter_chunks,
     validate_classes,
 )
 
-from ._aggregation import WeightedDeltaSum, check_update_shapes, l2_norm
+from ..learning._strategy import DeviceInfo, RoundPlan, Strategy, weighted_mean
+from ._blob_serving import blob_chunks
+from ._dispatch import Handlers, dispatch
 from ._failures import failure_summary
 from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
-from ._limits import ByteBudget
-from ._strategy import Accumulator, DeviceInfo, FitResult, RoundPlan, RoundResults, Strategy, weighted_mean
+from ._round import OpenRound, RoundResult, scaled_counts, weight_cap
+from ._validation import check_round, check_state, validated_delta
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundResult"]
 
@@ -131,97 +129,6 @@ class DeviceRecord:
     last_round: int | None = None  # the latest round the device says it took a task for
 
 
-@dataclass(frozen=True)
-class RoundResult:
-    round: int
-    selected: int
-    devices: int  # updates accepted into the model
-    accuracy: float | None
-    loss: float | None
-    train_loss: float
-    seconds: float
-    bytes_up: int
-    bytes_down: int
-    # The model the round started from, on the devices' own data (their reports before training, weighted)
-    device_accuracy: float | None = None
-    # The strategy's own figures of the round (GenFL: what it sent of synthetic data, "bytes", and the server
-    # seconds it spent, "generator_s"); what the journal keeps as the round's report
-    metrics: dict[str, Any] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)  # the boards' failure reasons this round, counted
-
-
-@dataclass
-class _OpenRound:
-    number: int
-    configs: dict[str, TrainConfig]
-    updates: Accumulator
-    started: float
-    bytes_up_at_start: int
-    bytes_down_at_start: int
-    fits: dict[str, FitResult] = field(default_factory=dict)  # per accepted device: what it reported
-    failed: set[str] = field(default_factory=set)
-    reasons: dict[str, str] = field(default_factory=dict)  # per failed device: its reason (first line)
-    synthetic: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (blob id, size)
-    plan_metrics: dict[str, Any] = field(default_factory=dict)  # the strategy's figures of planning the round
-    weight_cap: int | None = None  # no update counts more than this many samples
-    budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
-    heard: dict[str, float] = field(default_factory=dict)  # per device: last task sent to it or word from it
-    resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send
-    working: dict[str, float] = field(default_factory=dict)  # per device: seconds its job has run, as it said
-
-    def weight(self, claimed: int) -> int:
-        return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
-
-    def fold(
-        self,
-        update: AcceptedUpdate,
-        delta: TensorDict,
-        label_counts: tuple[float, ...] | None = None,
-        probe_scores: tuple[int, ...] | None = None,
-    ) -> None:
-        """Count an accepted update in the round: the one place that does (accept, resume after a restart)."""
-        self.updates.add(delta, update.num_samples, key=update.device_id)
-        self.fits[update.device_id] = FitResult(
-            num_samples=update.num_samples,
-            train_loss=update.train_loss,
-            train_accuracy=update.train_accuracy,
-            eval_accuracy=update.eval_accuracy,
-            label_counts=label_counts,
-            probe_scores=probe_scores,
-        )
-
-    def unfold(self, update: AcceptedUpdate, delta: TensorDict) -> None:
-        """Take an update that :meth:`fold` counted back out of the round (a device revoked mid-round)."""
-        self.updates.remove(delta, update.num_samples, key=update.device_id)
-        del self.fits[update.device_id]
-
-    def results(self) -> RoundResults:
-        """What the strategy aggregates: the folded deltas and, per accepted device, what it reported."""
-        return RoundResults(self.number, self.updates, dict(self.fits))
-
-    @property
-    def accepted(self) -> set[str]:
-        return set(self.fits)
-
-    @property
-    def answered(self) -> set[str]:
-        return self.accepted | self.failed
-
-
-def weight_cap(claims: list[int], ratio: float | None) -> int | None:
-    """``ratio`` times the median claimed sample count (at least 1); None without a ratio or claims."""
-    if ratio is None or not claims:
-        return None
-    return max(1, math.ceil(ratio * float(np.median(claims))))
-
-
-def _scaled_counts(counts: tuple[float, ...] | None, claimed: int, weight: int) -> tuple[float, ...] | None:
-    """Label counts scaled with a capped weight, so that they keep adding up to what the device counts for."""
-    if counts is None or weight == claimed or claimed == 0:
-        return counts
-    return tuple(c * weight / claimed for c in counts)
-
-
 class Coordinator:
     def __init__(
         self,
@@ -259,7 +166,7 @@ class Coordinator:
         self._on_round_opened = on_round_opened
         self._on_update_accepted = on_update_accepted
         self._clock = clock
-        self._open: _OpenRound | None = None
+        self._open: OpenRound | None = None
         self._guard = guard or OpenGuard()
         self._revoked_source = revoked
         self.revoked: set[str] = set()
@@ -278,6 +185,14 @@ class Coordinator:
             if resume.open_round is not None:
                 self._restore(resume.open_round)
         transport.set_handler(self.on_message)
+
+    def _handlers(self) -> Handlers:
+        return Handlers(self._on_state, self._on_update, self._on_progress, self._on_failure,
+                        self._on_blob_request, self._heard)  # fmt: skip
+
+    def _heard(self, device_id: str) -> None:
+        if self._open is not None:
+            self._open.heard[device_id] = self._clock()  # it has its task: no re-send needed
 
     def _set_global(self, state: TensorDict) -> None:
         self.global_state = state
@@ -351,29 +266,7 @@ class Coordinator:
     def on_message(self, topic: str, payload: bytes) -> None:
         """Handle one message; a bad one is logged and counted, never raised."""
         try:
-            parsed = self.topics.parse(topic)
-            if parsed.channel in ("task", "ack", "blob/chunk"):
-                pass  # the server's own traffic to devices, seen through the wide subscription
-            elif parsed.channel == "state" and not payload:
-                pass  # an empty retained payload clears a state; nothing to register
-            else:
-                frame = self._guard.open(parsed.device_id, payload)  # signature, known and unrevoked device
-                if parsed.channel in ("update", "blob/req") and self._open is not None:
-                    self._open.heard[parsed.device_id] = self._clock()  # it has its task: no re-send needed
-                if parsed.channel == "state":
-                    self._on_state(parsed.device_id, decode_message(frame, DeviceState))
-                elif parsed.channel == "update":
-                    message: Update | Failure | Progress = decode_message(frame, (Update, Failure, Progress))
-                    if isinstance(message, Update):
-                        self._on_update(parsed.device_id, message, hashlib.sha256(payload).hexdigest())
-                    elif isinstance(message, Progress):
-                        self._on_progress(parsed.device_id, message)
-                    else:
-                        self._on_failure(parsed.device_id, message)
-                elif parsed.channel == "blob/req":
-                    self._on_blob_request(parsed.device_id, decode_message(frame, BlobRequest))
-                else:
-                    raise ProtocolError("unexpected-channel", parsed.channel)
+            dispatch(self.topics, self._guard, topic, payload, self._handlers())
         except ProtocolError as exc:
             self.count_rejected(exc.reason)
             log.warning("rejected a message on %s: %s", topic[:120], exc)
@@ -387,16 +280,7 @@ class Coordinator:
         self._journal.rejected(reason)
 
     def _on_state(self, device_id: str, state: DeviceState) -> None:
-        if state.device_id != device_id:
-            raise ProtocolError("wrong-device", f"state for {state.device_id} on {device_id}'s topic")
-        if state.label_counts is not None:
-            if len(state.label_counts) != len(self.config.classes):
-                raise ProtocolError("bad-label-counts", f"{device_id} counts {len(state.label_counts)} classes, "
-                                    f"the fleet has {len(self.config.classes)}")  # fmt: skip
-            total = math.fsum(state.label_counts)
-            if min(state.label_counts) < 0 or abs(total - state.num_samples) > 0.01 * state.num_samples + 1:
-                raise ProtocolError("bad-label-counts", f"{device_id}'s counts add up to {total:.0f}, "
-                                    f"not its {state.num_samples} samples")  # fmt: skip
+        check_state(device_id, state, len(self.config.classes))
         record = self.devices.get(device_id)
         first = record is None  # since this coordinator started: maybe the broker's retained copy
         if record is None:
@@ -419,38 +303,14 @@ class Coordinator:
             self._publish_tasks(current, [device_id])
 
     def _on_blob_request(self, device_id: str, request: BlobRequest) -> None:
-        """Send the chunks asked for, of a blob the device's task names only, within its byte budget."""
-        current = self._open
-        if current is None or device_id not in current.configs or device_id in current.answered:
-            raise ProtocolError("unwanted-blob", f"{device_id} has no task that needs blobs")
         named = {self.global_id: len(self._global_blob)}
-        if device_id in current.synthetic:
-            synthetic_id, synthetic_size = current.synthetic[device_id]
-            named[synthetic_id] = synthetic_size
-        if request.blob_id not in named:
-            raise ProtocolError("unwanted-blob", f"{request.blob_id[:12]} is not named in {device_id}'s task")
-        if not self._store.has(request.blob_id):
-            raise ProtocolError("unknown-blob", request.blob_id[:12])
-        budget = current.budgets.get(device_id)
-        if budget is None:
-            budget = current.budgets[device_id] = ByteBudget.for_task(sum(named.values()), self._clock())
-        data = self._store.get(request.blob_id)
-        chunks = list(iter_chunks(data, self.config.chunk_size, request.chunks))
-        if not budget.take(sum(len(c.data) for c in chunks), self._clock()):
-            raise ProtocolError("rate-limited", f"{device_id} asked for {request.blob_id[:12]} too often")
+        chunks = blob_chunks(self._open, device_id, request, named, self._store, self.config.chunk_size, self._clock())
         topic = self.topics.device(device_id, "blob/chunk")
         for chunk in chunks:
             self.transport.publish(topic, self._guard.seal(encode_message(chunk)))
 
-    def _check_round(self, device_id: str, claimed_device: str, round_number: int) -> _OpenRound:
-        current = self._open
-        if claimed_device != device_id:
-            raise ProtocolError("wrong-device", f"message for {claimed_device} on {device_id}'s topic")
-        if current is None or round_number != current.number:
-            raise ProtocolError("closed-round", f"round {round_number}")
-        if device_id not in current.configs:
-            raise ProtocolError("not-selected", f"{device_id} was not picked for round {round_number}")
-        return current
+    def _check_round(self, device_id: str, claimed_device: str, round_number: int) -> OpenRound:
+        return check_round(self._open, device_id, claimed_device, round_number)
 
     def _on_update(self, device_id: str, update: Update, frame_digest: str) -> None:
         seen_in = self._accepted_frames.get(frame_digest)
@@ -473,7 +333,9 @@ class Coordinator:
             return
         weight = current.weight(update.num_samples)
         try:
-            delta, norm = self._validate(update, current.configs[device_id].codec, weight)
+            codec = current.configs[device_id].codec
+            delta, norm = validated_delta(update, codec, weight, self.global_id, self.global_state,
+                                          self.config.max_update_norm)  # fmt: skip
         except ProtocolError as exc:
             # The device answered, with something unusable: the round need not wait for it.
             if device_id not in current.failed:
@@ -506,20 +368,6 @@ class Coordinator:
             "round %d: update from %s accepted (weight %d, norm %.3g, %d/%d)",
             update.round, device_id, weight, record.norm, len(current.accepted), len(current.configs),
         )  # fmt: skip
-
-    def _validate(self, update: Update, codec: str, weight: int) -> tuple[TensorDict, float]:
-        """Decode and check an update against the global model: its delta and L2 norm, or ProtocolError."""
-        if update.base_model_id != self.global_id:
-            raise ProtocolError("stale-base", f"update built on {update.base_model_id[:12]}")
-        if update.codec != codec:
-            raise ProtocolError("wrong-codec", f"update in {update.codec}, the task asked for {codec}")
-        delta = decode_delta(update.delta, update.codec, self.global_state)
-        check_update_shapes(self.global_state, delta)
-        WeightedDeltaSum.check_addable(delta, weight)  # what the round's sum would refuse, refused now
-        norm = l2_norm(delta)
-        if self.config.max_update_norm is not None and norm > self.config.max_update_norm:
-            raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {self.config.max_update_norm:.3g}")
-        return delta, norm
 
     def _on_progress(self, device_id: str, progress: Progress) -> None:
         """A picked device at work on the open round has its task: no re-send (it was "heard" above)."""
@@ -573,7 +421,7 @@ class Coordinator:
                 self._withdraw(current, device_id)
             log.warning("device %s is revoked: no longer picked, its updates are refused", device_id)
 
-    def _withdraw(self, current: _OpenRound, device_id: str) -> None:
+    def _withdraw(self, current: OpenRound, device_id: str) -> None:
         """Take a revoked device out of the open round, its already-accepted update included."""
         if device_id in current.accepted:
             update = self._journal.accepted_update(current.number, device_id)
@@ -607,8 +455,8 @@ class Coordinator:
         if wanted and len(self.online_devices()) >= self.config.min_devices and self._check_not_behind_fleet():
             self._open_round(self.round_number + 1)
 
-    def _new_round(self, number: int, configs: dict[str, TrainConfig], started: float) -> _OpenRound:
-        return _OpenRound(
+    def _new_round(self, number: int, configs: dict[str, TrainConfig], started: float) -> OpenRound:
+        return OpenRound(
             number=number,
             configs=configs,
             updates=self.strategy.new_accumulator(self.global_state),
@@ -624,7 +472,7 @@ class Coordinator:
         for device_id in configs:
             record = self.devices[device_id]
             weight = record.num_samples if cap is None else min(record.num_samples, cap)
-            picked[device_id] = DeviceInfo(weight, _scaled_counts(record.label_counts, record.num_samples, weight))
+            picked[device_id] = DeviceInfo(weight, scaled_counts(record.label_counts, record.num_samples, weight))
         try:
             plan = self.strategy.configure_synthetic(number, self.global_state, configs, picked)
         except Exception:  # a generator that fails (a broken pool, a torch error) must not take the fleet down
@@ -644,7 +492,7 @@ class Coordinator:
             self._on_round_opened(number, len(configs))
         self._publish_tasks(current, sorted(configs))
 
-    def _resend_silent_tasks(self, current: _OpenRound) -> None:
+    def _resend_silent_tasks(self, current: OpenRound) -> None:
         first_wait = self.config.task_resend_s
         if first_wait is None:
             return
@@ -661,7 +509,7 @@ class Coordinator:
         if silent:
             self._publish_tasks(current, silent)
 
-    def _publish_tasks(self, current: _OpenRound, device_ids: list[str]) -> None:
+    def _publish_tasks(self, current: OpenRound, device_ids: list[str]) -> None:
         for device_id in device_ids:
             current.heard[device_id] = self._clock()
             synthetic_id, synthetic_size = current.synthetic.get(device_id, (None, 0))
@@ -679,7 +527,7 @@ class Coordinator:
             )
             self.transport.publish(self.topics.device(device_id, "task"), self._guard.seal(encode_message(task)))
 
-    def _note_failures(self, current: _OpenRound, accepted: int, failures: dict[str, int]) -> None:
+    def _note_failures(self, current: OpenRound, accepted: int, failures: dict[str, int]) -> None:
         """Say by reason why boards failed; stop opening rounds after ``max_failed_rounds`` that all failed."""
         if failures:
             reasons = "; ".join(f"{count} x {reason}" for reason, count in failures.items())
@@ -697,7 +545,7 @@ class Coordinator:
             )
             log.error("stopping: %s", self.halted)
 
-    def _aggregate(self, current: _OpenRound) -> dict[str, Any]:
+    def _aggregate(self, current: OpenRound) -> dict[str, Any]:
         """The new global model from the round's updates (only with enough of them, and only if it is finite),
         and the round's metrics: the plan's, the evaluation's and the aggregation's."""
         results = current.results()
@@ -718,7 +566,7 @@ class Coordinator:
         record = self.devices.get(device_id)
         return None if record is None else record.label_counts
 
-    def _round_result(self, current: _OpenRound, failures: dict[str, int], metrics: dict[str, Any]) -> RoundResult:
+    def _round_result(self, current: OpenRound, failures: dict[str, int], metrics: dict[str, Any]) -> RoundResult:
         evaluation = self._evaluator(self.global_state) if self._evaluator else None
         device_accuracy = metrics.pop("device_accuracy", None)
         metrics.pop("teacher_accuracy", None)
@@ -737,7 +585,7 @@ class Coordinator:
             failures=failures,
         )
 
-    def _close_round(self, current: _OpenRound, *, timed_out: bool) -> None:
+    def _close_round(self, current: OpenRound, *, timed_out: bool) -> None:
         """Aggregate the round (if enough answered), journal it, report it and open the next."""
         metrics = self._aggregate(current)
         if timed_out:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from protocol import DEFAULT_CHUNK_SIZE, ConfigError, atomic_write
 
-from ._limits import DEFAULT_MAX_PACKET_SIZE
+from ..rounds._limits import DEFAULT_MAX_PACKET_SIZE
 
 __all__ = [
     "ClusterSpec",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from protocol import DEFAULT_ROUND_TIMEOUT_S, setting
 
-from ._strategy import StrategyConfig
+from ..learning._strategy import StrategyConfig
 
 __all__ = ["FleetRunConfig"]
 

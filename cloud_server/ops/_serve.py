@@ -25,14 +25,14 @@ from protocol import (
     parse_brokers,
 )
 
-from ._broker import EmbeddedBroker
-from ._broker_files import SERVER_USER
-from ._coordinator import Coordinator, CoordinatorConfig
-from ._journal import SqliteJournal
-from ._security import Enroller, FleetSecurity
+from ..broker._broker import EmbeddedBroker
+from ..broker._broker_files import SERVER_USER
+from ..fleet._security import Enroller, FleetSecurity
+from ..learning._strategies import make_strategy
+from ..rounds._coordinator import Coordinator, CoordinatorConfig
+from ..rounds._journal import SqliteJournal
+from ..rounds._state_lock import holding_state
 from ._serve_config import ServeConfig
-from ._state_lock import holding_state
-from ._strategies import make_strategy
 
 if TYPE_CHECKING:
     from ._metrics import FleetMetrics

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol import ConfigError, GenflError, ProtocolError, public_key_from_text, validate_name
 
-from ._broker_files import mosquitto_password_hash
+from ..broker._broker_files import mosquitto_password_hash
 
 __all__ = [
     "ENROLL_USER_PREFIX",

@@ -22,7 +22,7 @@ they were optimised (BatchNorm in train mode, on mixed-class batches). The
 generator is kept across rounds and runs on ``cuda`` when present.
 
 ``local-pipeline`` wraps a text-to-image pipeline the operator already has on
-disk (see :mod:`cloud_server._local_pipeline`).
+disk (see :mod:`cloud_server.learning._local_pipeline`).
 """
 
 from __future__ import annotations

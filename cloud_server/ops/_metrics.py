@@ -13,9 +13,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ._coordinator import Coordinator, RoundResult
-from ._failures import failure_summary
-from ._journal_reader import JournalReader
+from ..rounds._coordinator import Coordinator, RoundResult
+from ..rounds._failures import failure_summary
+from ..rounds._journal_reader import JournalReader
 
 __all__ = ["FleetMetrics"]
 

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._failures import failure_summary
-from ._journal_reader import JournalReader, report_of
+from ..rounds._failures import failure_summary
+from ..rounds._journal_reader import JournalReader, report_of
 
 __all__ = ["fleet_classes", "fleet_rows", "held_names", "report_of", "round_rows"]
 
@@ -24,7 +24,7 @@ def fleet_classes(state_dir: Path) -> tuple[str, ...] | None:
 
 def _enrollments(state_dir: Path) -> list[tuple[str, float, float | None]] | None:
     """(device, enrolled, revoked) from a secured fleet's registry; None for an open fleet."""
-    from ._registry import read_enrollments
+    from ..fleet._registry import read_enrollments
 
     return read_enrollments(state_dir / "security" / "registry.sqlite3")
 
