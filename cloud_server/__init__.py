@@ -42,27 +42,7 @@ _WHERE = {
     "make_strategy": "learning._strategies",
 }
 
-__all__ = [
-    "WeightedDeltaSum",
-    "apply_delta",
-    "check_update_shapes",
-    "weighted_average",
-    "EmbeddedBroker",
-    "Coordinator",
-    "CoordinatorConfig",
-    "DeviceRecord",
-    "RoundResult",
-    "SqliteJournal",
-    "ServeConfig",
-    "run_server",
-    "STRATEGIES",
-    "FedAvg",
-    "FedProx",
-    "Strategy",
-    "StrategyConfig",
-    "derive_seed",
-    "make_strategy",
-]
+__all__ = list(_WHERE)  # every name the package offers, imported on first use
 __version__ = "0.1.0"
 
 

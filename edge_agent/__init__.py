@@ -50,27 +50,7 @@ _WHERE = {
     "run_task": "_runner",
 }
 
-__all__ = [
-    "AgentCore",
-    "DeviceDataset",
-    "InProcessRunner",
-    "LabeledArrays",
-    "TaskPolicy",
-    "TrainingDone",
-    "TrainingRunner",
-    "agent_config_text",
-    "check_arrays_fit",
-    "check_fits_model",
-    "in_fleet_order",
-    "laplace_label_counts",
-    "released_label_counts",
-    "load_dataset",
-    "local_steps",
-    "run_task",
-    "save_npz",
-    "scaled_to_total",
-    "with_channels",
-]
+__all__ = list(_WHERE)  # every name the package offers, imported on first use
 __version__ = "0.1.0"
 
 

@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 
 import models
-from protocol import ConfigError, GenflError, SyntheticBatch, TensorDict, TrainConfig, encode_synthetic
+from protocol import ConfigError, GenflError, SyntheticBatch, TensorDict, encode_synthetic
 
 from ._aggregation import WeightedDeltaSum, apply_delta
 from ._curation import CurationConfig, PoolVerdicts, held_classes, pick_probes
 from ._genfl_config import GenflConfig
 from ._strategy import (
     Accumulator,
-    DeviceInfo,
+    Configs,
+    Devices,
     RoundPlan,
     RoundResults,
     Strategy,
@@ -312,7 +313,18 @@ class _GenerativeStrategy(Strategy):
                 self.generator = DataFreeGenerator(spec.name, g, device=device, seed=self.config.seed)
         return self.generator
 
-    def _note_devices(self, round_number: int, global_state: TensorDict, devices: Mapping[str, DeviceInfo]) -> None:
+    def configure_synthetic(
+        self, round_number: int, global_state: TensorDict, configs: Configs, devices: Devices
+    ) -> RoundPlan:
+        self._note_devices(round_number, global_state, devices)
+        return self._plan(round_number, configs)
+
+    def _plan(self, round_number: int, configs: Configs) -> RoundPlan:
+        """The round's synthetic batches for the picked devices (aigc-only sends none: it trains on the server)."""
+        del round_number
+        return RoundPlan(configs)
+
+    def _note_devices(self, round_number: int, global_state: TensorDict, devices: Devices) -> None:
         """What planning round ``round_number`` starts from: the global model (from the second round: the first
         starts from an untrained one, which says nothing of a pool) and the picked devices."""
         self.current_global = global_state if round_number > 1 else None
@@ -520,14 +532,7 @@ class GenFL(_GenerativeStrategy):
 
     name = "genfl"
 
-    def configure_synthetic(
-        self,
-        round_number: int,
-        global_state: TensorDict,
-        configs: dict[str, TrainConfig],
-        devices: Mapping[str, DeviceInfo],
-    ) -> RoundPlan:
-        self._note_devices(round_number, global_state, devices)
+    def _plan(self, round_number: int, configs: Configs) -> RoundPlan:
         g = self.genfl
         why_not = self._why_no_synthetic(round_number)
         if why_not is not None:
@@ -626,16 +631,6 @@ class AigcOnly(_GenerativeStrategy):
     def __init__(self, config: StrategyConfig, *, model_name: str | None = None, classes: tuple[str, ...] = ()) -> None:
         super().__init__(config, model_name=model_name, classes=classes)
         self.server_rounds = 0
-
-    def configure_synthetic(
-        self,
-        round_number: int,
-        global_state: TensorDict,
-        configs: dict[str, TrainConfig],
-        devices: Mapping[str, DeviceInfo],
-    ) -> RoundPlan:
-        self._note_devices(round_number, global_state, devices)
-        return RoundPlan(configs)
 
     def aggregate_fit(self, global_state: TensorDict, results: RoundResults) -> tuple[TensorDict, dict[str, Any]]:
         from ._generator import train_on_synthetic

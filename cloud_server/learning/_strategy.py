@@ -44,7 +44,9 @@ from ._robust import AGGREGATORS, Aggregation, BufferedUpdates
 
 __all__ = [
     "STRATEGIES",
+    "Configs",
     "DeviceInfo",
+    "Devices",
     "FitResult",
     "RoundPlan",
     "RoundResults",
@@ -104,6 +106,10 @@ class RoundResults:
     round_number: int
     updates: Accumulator
     fits: Mapping[str, FitResult]
+
+
+Configs = dict[str, TrainConfig]  # device -> the training config of its task
+Devices = Mapping[str, DeviceInfo]  # picked device -> what the fleet knows of it
 
 
 def weighted_mean(fits: Mapping[str, FitResult], figure: str) -> float | None:
@@ -216,11 +222,7 @@ class Strategy(ABC):
         return {d: self.train_config(round_number, d) for d in self.select(round_number, available)}
 
     def configure_synthetic(
-        self,
-        round_number: int,
-        global_state: TensorDict,
-        configs: dict[str, TrainConfig],
-        devices: Mapping[str, DeviceInfo],
+        self, round_number: int, global_state: TensorDict, configs: Configs, devices: Devices
     ) -> RoundPlan:
         """The round's plan: GenFL adds synthetic batches for the picked ``devices``; plain strategies none."""
         del round_number, global_state, devices

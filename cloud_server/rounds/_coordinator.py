@@ -57,7 +57,7 @@ from ..learning._strategy import DeviceInfo, RoundPlan, Strategy, weighted_mean
 from ._blob_serving import blob_chunks
 from ._dispatch import Handlers, dispatch
 from ._failures import failure_summary
-from ._journal import AcceptedUpdate, Journal, OpenRoundRecord
+from ._journal import AcceptedUpdate, ClosedRound, Journal, OpenRoundRecord
 from ._round import OpenRound, RoundResult, scaled_counts, weight_cap
 from ._validation import check_round, check_state, validated_delta
 
@@ -256,8 +256,7 @@ class Coordinator:
         current = self._open
         if current is not None:
             self._open = None  # the rounds it held are the fleet's past: their tasks are not sent again
-            self._journal.round_closed(current.number, self._global_blob, self.global_id, total_weight=0,
-                                       timed_out=True, accuracy=None, loss=None, train_loss=0.0)  # fmt: skip
+            self._journal.round_closed(current.number, ClosedRound(self._global_blob, self.global_id, timed_out=True))
         self.round_number = max(self.round_number, ahead)
         return True
 
@@ -598,11 +597,9 @@ class Coordinator:
             failures["(recorded before a restart)"] = len(current.failed) - len(current.reasons)
         self._note_failures(current, len(current.accepted), failures)
         result = self._round_result(current, failures, metrics)
-        self._journal.round_closed(
-            current.number,
+        self._journal.round_closed(current.number, ClosedRound(
             self._global_blob,
             self.global_id,
-            total_weight=current.updates.total_weight,
             timed_out=timed_out,
             accuracy=result.accuracy,
             loss=result.loss,
@@ -610,7 +607,7 @@ class Coordinator:
             report=result.metrics or None,
             bytes_up=result.bytes_up,
             bytes_down=result.bytes_down,
-        )
+        ))  # fmt: skip
         self._open = None
         self.results.append(result)
         log.info(

@@ -42,6 +42,7 @@ from protocol import (
 log = logging.getLogger("genfl.server")
 
 __all__ = [
+    "ClosedRound",
     "AcceptedUpdate",
     "Journal",
     "NullJournal",
@@ -121,6 +122,21 @@ class OpenRoundRecord:
 
 
 @dataclass(frozen=True)
+class ClosedRound:
+    """What a round ended with: its new global model (``global_blob``, whose id is ``new_model``) and figures."""
+
+    global_blob: bytes
+    new_model: str
+    timed_out: bool
+    accuracy: float | None = None
+    loss: float | None = None
+    train_loss: float = 0.0
+    report: dict[str, object] | None = None  # the strategy's metrics of the round
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass(frozen=True)
 class ResumePoint:
     global_blob: bytes
     round_number: int  # the last round opened (0 = none yet)
@@ -161,21 +177,7 @@ class Journal:
     def update_withdrawn(self, round_number: int, device_id: str) -> None:
         self._open_updates.pop((round_number, device_id), None)
 
-    def round_closed(
-        self,
-        number: int,
-        global_blob: bytes,
-        new_model: str,
-        *,
-        total_weight: int,
-        timed_out: bool,
-        accuracy: float | None,
-        loss: float | None,
-        train_loss: float,
-        report: dict[str, object] | None = None,
-        bytes_up: int = 0,
-        bytes_down: int = 0,
-    ) -> None:
+    def round_closed(self, number: int, closed: ClosedRound) -> None:
         self._open_updates.clear()
 
     def rejected(self, reason: str) -> None: ...
@@ -413,24 +415,10 @@ class SqliteJournal(Journal):
         except sqlite3.Error as exc:
             raise GenflError(f"state dir {self.state_dir}: cannot withdraw an update ({exc})") from exc
 
-    def round_closed(
-        self,
-        number: int,
-        global_blob: bytes,
-        new_model: str,
-        *,
-        total_weight: int,
-        timed_out: bool,
-        accuracy: float | None,
-        loss: float | None,
-        train_loss: float,
-        report: dict[str, object] | None = None,
-        bytes_up: int = 0,
-        bytes_down: int = 0,
-    ) -> None:
+    def round_closed(self, number: int, closed: ClosedRound) -> None:
         try:
-            self.blobs.put(global_blob)
-            atomic_write(self.checkpoint_path(number), global_blob)
+            self.blobs.put(closed.global_blob)
+            atomic_write(self.checkpoint_path(number), closed.global_blob)
         except OSError as exc:
             raise GenflError(f"state dir {self.state_dir}: cannot write the round {number} checkpoint ({exc})") from exc
         try:
@@ -441,18 +429,18 @@ class SqliteJournal(Journal):
                     " train_loss = ?, report = ?, bytes_up = ?, bytes_down = ? WHERE round = ?",
                     (
                         time.time(),
-                        new_model,
-                        int(timed_out),
-                        accuracy,
-                        loss,
-                        train_loss,
-                        _json_or_none(report),
-                        bytes_up,
-                        bytes_down,
+                        closed.new_model,
+                        int(closed.timed_out),
+                        closed.accuracy,
+                        closed.loss,
+                        closed.train_loss,
+                        _json_or_none(closed.report),
+                        closed.bytes_up,
+                        closed.bytes_down,
                         number,
                     ),
                 )
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (new_model,))
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (closed.new_model,))
         except sqlite3.Error as exc:
             raise GenflError(f"state dir {self.state_dir}: cannot close round {number} ({exc})") from exc
         # The deltas are folded into the checkpoint now; their blobs are no longer needed.

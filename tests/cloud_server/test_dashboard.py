@@ -10,6 +10,7 @@ import numpy as np
 from cloud_server.ops._dashboard import render_page
 from cloud_server.ops._fleet_view import fleet_rows, round_rows
 from cloud_server.ops._metrics import FleetMetrics
+from cloud_server.rounds._journal import ClosedRound
 
 
 def _device(device_id: str, **extra: object) -> dict[str, object]:
@@ -107,8 +108,8 @@ def test_the_synthetic_counters_start_from_the_rounds_the_journal_kept(tmp_path:
                {"sent": True, "images": "many", "bytes": -5}]  # fmt: skip
     for number, report in enumerate(reports, start=1):
         journal.round_opened(number, 0.0, "m", {"d": TrainConfig()}, None)
-        journal.round_closed(number, blob, "m", total_weight=1, timed_out=False, accuracy=None, loss=None,
-                             train_loss=0.0, report=report)  # fmt: skip
+        journal.round_closed(number, ClosedRound(blob, "m", timed_out=False, accuracy=None, loss=None,
+                             train_loss=0.0, report=report))  # fmt: skip
     journal.close()
     # Execute
     metrics = FleetMetrics("f")
@@ -133,8 +134,8 @@ def test_after_a_restart_round_durations_and_failures_start_from_the_journal(tmp
         if number == 5:
             for device in ("cam-1", "cam-2"):
                 journal.failure_recorded(5, device, f"DataError: {device}'s data: images are 3x32x32")
-        journal.round_closed(number, blob, "m", total_weight=1, timed_out=False, accuracy=None, loss=None,
-                             train_loss=0.0, report=None, bytes_up=1000, bytes_down=3000)  # fmt: skip
+        journal.round_closed(number, ClosedRound(blob, "m", timed_out=False, accuracy=None, loss=None,
+                             train_loss=0.0, report=None, bytes_up=1000, bytes_down=3000))  # fmt: skip
     journal.close()
     # Execute
     metrics = FleetMetrics("f")
@@ -160,7 +161,7 @@ def test_the_page_shows_whom_the_open_round_waits_for_and_why_rounds_fell_short(
     picked = {d: TrainConfig() for d in ("cam-1", "cam-2", "cam-3")}
     journal.round_opened(1, time.time() - 700, "m", picked, None)
     journal.failure_recorded(1, "cam-3", "Traceback ...\nDataError: cam-3's data: images are 3x32x32")
-    journal.round_closed(1, blob, "m", total_weight=0, timed_out=True, accuracy=None, loss=None, train_loss=0.0)
+    journal.round_closed(1, ClosedRound(blob, "m", timed_out=True, accuracy=None, loss=None, train_loss=0.0))
     journal.round_opened(2, time.time() - 42, "m", {d: TrainConfig() for d in ("cam-1", "cam-2")}, None)
     from cloud_server.rounds._journal import AcceptedUpdate
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud_server.rounds._journal import ClosedRound
 from protocol import blob_id
 
 
@@ -21,8 +22,8 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_blob_store_or_is_a_model_e
     closed = encode_tensors({"w": np.ones(2, np.float32)})
     journal.start("toy", "f", start, ("a", "b"))
     journal.round_opened(1, time.time(), "m", {"d": TrainConfig()}, None)
-    journal.round_closed(1, closed, blob_id(closed), total_weight=1, timed_out=False, accuracy=None, loss=None,
-                         train_loss=0.0)  # fmt: skip
+    journal.round_closed(1, ClosedRound(closed, blob_id(closed), timed_out=False, accuracy=None, loss=None,
+                         train_loss=0.0))  # fmt: skip
     checkpoint = journal.checkpoint_path(1)
     journal.close()
     checkpoint.write_bytes(closed[:-100])  # truncated
@@ -70,8 +71,8 @@ def test_the_reader_sees_what_the_journal_wrote_and_an_absent_or_broken_state_as
     for device, evaluated in (("d1", 0.5), ("d2", None)):
         journal.update_accepted(1, AcceptedUpdate(device, 10, 0.3, 0.7, 1.5, start, evaluated))
     journal.failure_recorded(1, "d3", "out of memory")
-    journal.round_closed(1, start, blob_id(start), total_weight=20, timed_out=True, accuracy=0.6, loss=1.1,
-                         train_loss=0.3, report={"sent": True}, bytes_up=5, bytes_down=7)  # fmt: skip
+    journal.round_closed(1, ClosedRound(start, blob_id(start), timed_out=True, accuracy=0.6, loss=1.1,
+                         train_loss=0.3, report={"sent": True}, bytes_up=5, bytes_down=7))  # fmt: skip
     journal.round_opened(2, 200.0, "m", {"d1": TrainConfig()}, None)
     journal.rejected("replay")
     journal.close()
