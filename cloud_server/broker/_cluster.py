@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import DEFAULT_CHUNK_SIZE, ConfigError, atomic_write
+from protocol import DEFAULT_CHUNK_SIZE, ConfigError, atomic_write, setting
 
 from ..rounds._limits import DEFAULT_MAX_PACKET_SIZE
 
@@ -49,20 +49,26 @@ class NodeAddress:
         return f"mqtt://{self.host}:{self.mqtt_port}?version=3.1.1"  # NATS speaks MQTT 3.1.1
 
 
+def _host_list(text: str) -> tuple[str, ...]:
+    return tuple(host.strip() for host in text.split(",") if host.strip())
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """What ``genfl-server cluster-config`` writes. Nodes on one host get consecutive ports."""
 
-    nodes: int = 3
-    hosts: tuple[str, ...] = ()  # one per node, or one for all; empty: 127.0.0.1
-    client_port: int = 4222
-    cluster_port: int = 6222
-    mqtt_port: int = 1883
-    monitor_port: int = 8222
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_payload: int | None = None  # bytes; None: the project's default packet, or the chunk size if larger
-    store_dir: str = "/var/lib/genfl-nats"
-    name: str = "genfl"
+    nodes: int = setting(3, "Nodes in the cluster (3 survives losing one).")
+    hosts: tuple[str, ...] = setting(
+        (), "Comma-separated host of each node, or one for all (default: all on 127.0.0.1).", parse=_host_list
+    )
+    client_port: int = setting(4222, "NATS client port.")
+    cluster_port: int = setting(6222, "Port of the routes between the nodes.")
+    mqtt_port: int = setting(1883, "MQTT port (nodes sharing a host count up from it).")
+    monitor_port: int = setting(8222, "HTTP monitoring port (/healthz, /varz).")
+    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, "The fleet's blob chunk size (serve --chunk-size), bytes.")
+    max_payload: int | None = setting(None, "Largest message, bytes (default: 4 MiB, or a chunk's frame if larger).")
+    store_dir: str = setting("/var/lib/genfl-nats", "JetStream store root on each node.")
+    name: str = setting("genfl", "Cluster name.")
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 32:
