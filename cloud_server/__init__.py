@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from protocol._lazy import lazy_names
+from protocol._lazy import lazy_package
 
 if TYPE_CHECKING:
     from .broker._broker import EmbeddedBroker
@@ -42,12 +42,5 @@ _WHERE = {
     "make_strategy": "learning._strategies",
 }
 
-__all__ = list(_WHERE)  # every name the package offers, imported on first use
+__all__, __getattr__, __dir__ = lazy_package(__name__, _WHERE)  # every name it offers, imported on first use
 __version__ = "0.1.0"
-
-
-__getattr__ = lazy_names(__name__, _WHERE)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

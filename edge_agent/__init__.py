@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from protocol._lazy import lazy_names
+from protocol._lazy import lazy_package
 
 if TYPE_CHECKING:
     from ._agent import AgentCore, TrainingDone, TrainingRunner
@@ -50,12 +50,5 @@ _WHERE = {
     "run_task": "_runner",
 }
 
-__all__ = list(_WHERE)  # every name the package offers, imported on first use
+__all__, __getattr__, __dir__ = lazy_package(__name__, _WHERE)  # every name it offers, imported on first use
 __version__ = "0.1.0"
-
-
-__getattr__ = lazy_names(__name__, _WHERE)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

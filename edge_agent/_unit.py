@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import HARDENING, ConfigError, check_executable_reachable, check_reachable, find_executable, unit_head
+from protocol import (
+    HARDENING,
+    ConfigError,
+    check_executable_reachable,
+    check_reachable,
+    find_executable,
+    service_lifecycle,
+    unit_head,
+)
 
 __all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "render_edge_unit"]
 
@@ -15,22 +23,12 @@ CONFIG_DIR = Path("/etc/genfl")
 # credentials (LoadCredential=), in a folder only that user can read; the config names the others relative to it.
 CREDENTIALS = ("edge.toml", "device.key", "ca.crt")
 
+_STOP_NOTE = "# SIGTERM lets a running training finish (the agent's --stop-grace); then everything is stopped.\n"
 _TEMPLATE = """\
 # genfl-edge agent: trains on this board's data, talks to the server over MQTT.
 # Written by `genfl-edge install-service`; `genfl-edge uninstall-service` removes it.
 {head}ExecStart={exec_start}
-WatchdogSec=60
-Restart=on-failure
-RestartSec=10
-# SIGTERM lets a running training finish (the agent's --stop-grace); then everything is stopped.
-TimeoutStopSec=45
-KillMode=mixed
-
-{user}
-StateDirectory=genfl-edge
-StateDirectoryMode=0700
-WorkingDirectory=/var/lib/genfl-edge
-# The config, the board's key and the fleet CA stay root-only in /etc/genfl; the service reads copies in %d.
+{lifecycle}# The config, the board's key and the fleet CA stay root-only in /etc/genfl; the service reads copies in %d.
 {credentials}
 {data}
 # A board: bounded memory and CPU; the training worker lowers its own priority further.
@@ -82,12 +80,8 @@ def render_edge_unit(unit: EdgeUnit) -> str:
                 raise ConfigError(f"--data must name an absolute path for a service, got {path!r}")
             check_reachable(Path(path), "the data")
             data_lines = f"# The device's data, read-only.\nReadOnlyPaths={path}\n"
-    if unit.user is None:
-        user = "DynamicUser=yes"
-    else:
-        if not unit.user.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"invalid user name {unit.user!r}")
-        user = f"User={unit.user}\nGroup={unit.user}"
+    if unit.user is not None and not unit.user.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"invalid user name {unit.user!r}")
     unknown = sorted(set(unit.credentials) - set(CREDENTIALS))
     if unknown or "edge.toml" not in unit.credentials:
         raise ConfigError(f"credentials must include edge.toml and be among {CREDENTIALS}, got {unit.credentials}")
@@ -95,7 +89,7 @@ def render_edge_unit(unit: EdgeUnit) -> str:
     return _TEMPLATE.format(
         head=unit_head("genfl-edge federated learning agent"),
         exec_start=exec_start,
-        user=user,
+        lifecycle=service_lifecycle("genfl-edge", 45, unit.user, _STOP_NOTE),
         data=data_lines,
         credentials=credentials,
         hardening=HARDENING,

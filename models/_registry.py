@@ -28,22 +28,13 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "cnn-digits": ModelSpec(
-        name="cnn-digits",
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        build=lambda: CnnDigits(CnnDigitsConfig()),
-        summary="3 conv-bn-relu blocks for 1x8x8 digits",
-    ),
-    "cnn-small": ModelSpec(
-        name="cnn-small",
-        input_shape=(3, 32, 32),
-        num_classes=10,
-        build=lambda: CnnSmall(CnnSmallConfig()),
-        summary="6 conv-bn-relu blocks for 3x32x32 images",
-        augment="crop-flip",
-    ),
-}
+    spec.name: spec
+    for spec in (
+        ModelSpec("cnn-digits", (1, 8, 8), 10, lambda: CnnDigits(CnnDigitsConfig()), "3 conv-bn-relu blocks for 1x8x8 digits"),
+        ModelSpec("cnn-small", (3, 32, 32), 10, lambda: CnnSmall(CnnSmallConfig()),
+                  "6 conv-bn-relu blocks for 3x32x32 images", augment="crop-flip"),
+    )
+}  # fmt: skip
 
 
 def get_spec(name: str) -> ModelSpec:

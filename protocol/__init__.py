@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_names
+from ._lazy import lazy_package
 
 if TYPE_CHECKING:
     from ._blobs import (
@@ -81,6 +81,7 @@ if TYPE_CHECKING:
         find_executable,
         install_unit,
         run_systemctl,
+        service_lifecycle,
         systemd_is_running,
         uninstall_unit,
         unit_head,
@@ -176,6 +177,7 @@ _WHERE = {
     "check_can_run": "_systemd",
     "check_executable_reachable": "_systemd",
     "run_systemctl": "_systemd",
+    "service_lifecycle": "_systemd",
     "systemd_is_running": "_systemd",
     "uninstall_unit": "_systemd",
     "unit_head": "_systemd",
@@ -194,11 +196,4 @@ _WHERE = {
     "topic_matches": "_transport",
 }
 
-__all__ = list(_WHERE)  # every name the package offers, imported on first use
-
-
-__getattr__ = lazy_names(__name__, _WHERE)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_package(__name__, _WHERE)  # every name it offers, imported on first use

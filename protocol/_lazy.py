@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["lazy_names"]
+__all__ = ["lazy_names", "lazy_package"]
 
 
 def lazy_names(package: str, where: dict[str, str]) -> Callable[[str], Any]:
@@ -22,3 +22,11 @@ def lazy_names(package: str, where: dict[str, str]) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+def lazy_package(
+    package: str, where: dict[str, str]
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+    """A lazy package's ``__all__`` (every name in ``where``), ``__getattr__`` and ``__dir__``."""
+    names = list(where)
+    return names, lazy_names(package, where), lambda: sorted(names)

@@ -51,8 +51,21 @@ SystemCallErrorNumber=EPERM
 UMask=0077
 """
 
+
+def service_lifecycle(state_name: str, stop_timeout_s: int, user: str | None, stop_note: str = "") -> str:
+    """The [Service] lines both units share: the watchdog, restarts, how a stop ends, who runs it (a dynamic
+    user without ``user``) and its state folder, /var/lib/``state_name``."""
+    runs_as = "DynamicUser=yes" if user is None else f"User={user}\nGroup={user}"
+    return (
+        f"WatchdogSec=60\nRestart=on-failure\nRestartSec=10\n{stop_note}TimeoutStopSec={stop_timeout_s}\n"
+        f"KillMode=mixed\n\n{runs_as}\nStateDirectory={state_name}\nStateDirectoryMode=0700\n"
+        f"WorkingDirectory=/var/lib/{state_name}\n"
+    )
+
+
 __all__ = [
     "HARDENING",
+    "service_lifecycle",
     "Notifier",
     "UnitInstall",
     "check_can_run",

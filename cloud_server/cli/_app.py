@@ -17,15 +17,10 @@ app = new_app("genfl-server", "genfl-edge cloud server: federated rounds, aggreg
               __version__)  # fmt: skip
 for _entry in sorted(entry_points(group="genfl_server.commands"), key=lambda e: e.name):
     app.command(_entry.name)(_entry.load())
-app.command("serve")(_serve.serve)
-app.command("export")(_export.export)
-app.command("generate-pool")(_pool.generate_pool)
+for _command in (_serve.serve, _export.export, _pool.generate_pool, _devices.broker_config, _devices.broker_sync,
+                 _cluster.cluster_config, _unit.install_service, _unit.uninstall_service):  # fmt: skip
+    app.command()(_command)  # named after the function: generate_pool is `generate-pool`
 app.add_typer(_devices.devices_app, name="devices")
-app.command("broker-config")(_devices.broker_config)
-app.command("broker-sync")(_devices.broker_sync)
-app.command("cluster-config")(_cluster.cluster_config)
-app.command("install-service")(_unit.install_service)
-app.command("uninstall-service")(_unit.uninstall_service)
 
 
 def main() -> None:

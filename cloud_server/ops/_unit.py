@@ -11,6 +11,7 @@ from protocol import (
     check_executable_reachable,
     check_reachable,
     find_executable,
+    service_lifecycle,
     unit_head,
     validate_name,
 )
@@ -33,17 +34,7 @@ _TEMPLATE = """\
 #   GENFL_SERVER_ARGS=--fleet plant-3 --broker mqtt://broker.local:1883 --rounds 1000
 {head}EnvironmentFile=-/etc/genfl/server.env
 ExecStart={executable} serve --state-dir /var/lib/genfl-server $GENFL_SERVER_ARGS
-WatchdogSec=60
-Restart=on-failure
-RestartSec=10
-TimeoutStopSec=30
-KillMode=mixed
-
-{user}
-StateDirectory=genfl-server
-StateDirectoryMode=0700
-WorkingDirectory=/var/lib/genfl-server
-{broker}MemoryMax=16G
+{lifecycle}{broker}MemoryMax=16G
 TasksMax=1024
 
 {hardening}{gpu}\
@@ -154,7 +145,7 @@ def render_server_unit(
         executable=executable,
         hardening=HARDENING,
         gpu=_GPU if gpu else "",
-        user="DynamicUser=yes" if user is None else f"User={user}\nGroup={user}",
+        lifecycle=service_lifecycle("genfl-server", 30, user),
         broker="" if broker_dir is None else _BROKER.format(directory=broker_dir),
     )
 

@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -217,13 +218,20 @@ class SqliteJournal(Journal):
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot use state dir {state_dir}: {exc}") from exc
 
-    def _write(self, sql: str, *params: object) -> None:
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once: no other writer in between); a failed one changes nothing and
+        is a GenflError that says what could not be done."""
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, params)
+                yield self._db
         except sqlite3.Error as exc:
-            raise GenflError(f"state dir {self.state_dir}: cannot write ({exc})") from exc
+            raise GenflError(f"state dir {self.state_dir}: cannot {what} ({exc})") from exc
+
+    def _write(self, sql: str, *params: object) -> None:
+        with self._transaction("write") as db:
+            db.execute(sql, params)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -317,10 +325,9 @@ class SqliteJournal(Journal):
             ident = self.blobs.put(global_blob)
             self.checkpoint_path(0).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.checkpoint_path(0), global_blob)
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction("start the state") as db:
                 for key, value in (("model_name", model_name), ("fleet", fleet), ("global_model", ident)):
-                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def device_seen(
         self, device_id: str, online: bool, num_samples: int, label_counts: tuple[float, ...] | None,
@@ -364,26 +371,22 @@ class SqliteJournal(Journal):
             blob = self.blobs.put(update.delta)
         except OSError as exc:
             raise GenflError(f"state dir {self.state_dir}: cannot store an update ({exc})") from exc
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO updates (round, device_id, num_samples, train_loss, train_accuracy, norm, delta_blob,"
-                    " received, eval_accuracy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (round_number, update.device_id, update.num_samples, update.train_loss,
-                     update.train_accuracy, update.norm, blob, time.time(), update.eval_accuracy),
-                )  # fmt: skip
-                self._db.execute(
-                    "UPDATE rounds SET accepted = accepted + 1, total_weight = total_weight + ? WHERE round = ?",
-                    (update.num_samples, round_number),
-                )
-                self._db.execute(
-                    "UPDATE devices SET rounds = rounds + 1, last_norm = ?, last_accuracy = ?, last_seen = ?"
-                    " WHERE device_id = ?",
-                    (update.norm, update.train_accuracy, time.time(), update.device_id),
-                )
-        except sqlite3.Error as exc:
-            raise GenflError(f"state dir {self.state_dir}: cannot record an update ({exc})") from exc
+        with self._transaction("record an update") as db:
+            db.execute(
+                "INSERT INTO updates (round, device_id, num_samples, train_loss, train_accuracy, norm, delta_blob,"
+                " received, eval_accuracy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (round_number, update.device_id, update.num_samples, update.train_loss,
+                 update.train_accuracy, update.norm, blob, time.time(), update.eval_accuracy),
+            )  # fmt: skip
+            db.execute(
+                "UPDATE rounds SET accepted = accepted + 1, total_weight = total_weight + ? WHERE round = ?",
+                (update.num_samples, round_number),
+            )
+            db.execute(
+                "UPDATE devices SET rounds = rounds + 1, last_norm = ?, last_accuracy = ?, last_seen = ?"
+                " WHERE device_id = ?",
+                (update.norm, update.train_accuracy, time.time(), update.device_id),
+            )
 
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None:
         self._write("INSERT OR IGNORE INTO failures VALUES (?, ?, ?)", round_number, device_id, reason[:2000])
@@ -400,20 +403,16 @@ class SqliteJournal(Journal):
 
     def update_withdrawn(self, round_number: int, device_id: str) -> None:
         """A revoked device's accepted update leaves the open round (it is not aggregated, not resumed)."""
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute(
-                    "DELETE FROM updates WHERE round = ? AND device_id = ? RETURNING num_samples",
-                    (round_number, device_id),
-                ).fetchone()
-                if row is not None:
-                    self._db.execute(
-                        "UPDATE rounds SET accepted = accepted - 1, total_weight = total_weight - ? WHERE round = ?",
-                        (row[0], round_number),
-                    )
-        except sqlite3.Error as exc:
-            raise GenflError(f"state dir {self.state_dir}: cannot withdraw an update ({exc})") from exc
+        with self._transaction("withdraw an update") as db:
+            row = db.execute(
+                "DELETE FROM updates WHERE round = ? AND device_id = ? RETURNING num_samples",
+                (round_number, device_id),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE rounds SET accepted = accepted - 1, total_weight = total_weight - ? WHERE round = ?",
+                    (row[0], round_number),
+                )
 
     def round_closed(self, number: int, closed: ClosedRound) -> None:
         try:
@@ -421,28 +420,24 @@ class SqliteJournal(Journal):
             atomic_write(self.checkpoint_path(number), closed.global_blob)
         except OSError as exc:
             raise GenflError(f"state dir {self.state_dir}: cannot write the round {number} checkpoint ({exc})") from exc
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "UPDATE rounds SET closed = ?, new_model = ?, timed_out = ?, accuracy = ?, loss = ?,"
-                    " train_loss = ?, report = ?, bytes_up = ?, bytes_down = ? WHERE round = ?",
-                    (
-                        time.time(),
-                        closed.new_model,
-                        int(closed.timed_out),
-                        closed.accuracy,
-                        closed.loss,
-                        closed.train_loss,
-                        _json_or_none(closed.report),
-                        closed.bytes_up,
-                        closed.bytes_down,
-                        number,
-                    ),
-                )
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (closed.new_model,))
-        except sqlite3.Error as exc:
-            raise GenflError(f"state dir {self.state_dir}: cannot close round {number} ({exc})") from exc
+        with self._transaction(f"close round {number}") as db:
+            db.execute(
+                "UPDATE rounds SET closed = ?, new_model = ?, timed_out = ?, accuracy = ?, loss = ?,"
+                " train_loss = ?, report = ?, bytes_up = ?, bytes_down = ? WHERE round = ?",
+                (
+                    time.time(),
+                    closed.new_model,
+                    int(closed.timed_out),
+                    closed.accuracy,
+                    closed.loss,
+                    closed.train_loss,
+                    _json_or_none(closed.report),
+                    closed.bytes_up,
+                    closed.bytes_down,
+                    number,
+                ),
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('global_model', ?)", (closed.new_model,))
         # The deltas are folded into the checkpoint now; their blobs are no longer needed.
         for (blob,) in self._db.execute("SELECT delta_blob FROM updates WHERE round = ?", (number,)).fetchall():
             path = self.state_dir / "blobs" / blob

@@ -9,14 +9,9 @@ from . import _data, _enroll, _predict, _run, _unit
 
 app = new_app("genfl-edge", "genfl-edge device agent: trains on the data this board holds; the data never leaves it.",
               __version__)  # fmt: skip
-app.command("enroll")(_enroll.enroll)
-app.command("status")(_enroll.status)
-app.command("data")(_data.data)
-app.command("run")(_run.run)
-app.command("predict")(_predict.predict)
-app.command("export")(_predict.export)
-app.command("install-service")(_unit.install_service)
-app.command("uninstall-service")(_unit.uninstall_service)
+for _command in (_enroll.enroll, _enroll.status, _data.data, _run.run, _predict.predict, _predict.export,
+                 _unit.install_service, _unit.uninstall_service):  # fmt: skip
+    app.command()(_command)  # named after the function: install_service is `install-service`
 
 
 def main() -> None:
