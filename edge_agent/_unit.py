@@ -5,15 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import (
-    HARDENING,
-    ConfigError,
-    check_executable_reachable,
-    check_reachable,
-    find_executable,
-    service_lifecycle,
-    unit_head,
-)
+from protocol import ConfigError, check_reachable, find_executable, render_unit, service_lifecycle
 
 __all__ = ["CREDENTIALS", "EdgeUnit", "UNIT_NAME", "present_credentials", "render_edge_unit"]
 
@@ -69,7 +61,6 @@ def present_credentials(root: Path) -> tuple[str, ...]:
 
 
 def render_edge_unit(unit: EdgeUnit) -> str:
-    check_executable_reachable(unit.executable)
     exec_start = f"{unit.executable} run --config %d/edge.toml --state-dir /var/lib/genfl-edge"
     data_lines = ""
     if unit.data is not None:
@@ -80,17 +71,10 @@ def render_edge_unit(unit: EdgeUnit) -> str:
                 raise ConfigError(f"--data must name an absolute path for a service, got {path!r}")
             check_reachable(Path(path), "the data")
             data_lines = f"# The device's data, read-only.\nReadOnlyPaths={path}\n"
-    if unit.user is not None and not unit.user.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"invalid user name {unit.user!r}")
+    lifecycle = service_lifecycle("genfl-edge", 45, unit.user, _STOP_NOTE)
     unknown = sorted(set(unit.credentials) - set(CREDENTIALS))
     if unknown or "edge.toml" not in unit.credentials:
         raise ConfigError(f"credentials must include edge.toml and be among {CREDENTIALS}, got {unit.credentials}")
     credentials = "\n".join(f"LoadCredential={name}:{CONFIG_DIR / name}" for name in unit.credentials)
-    return _TEMPLATE.format(
-        head=unit_head("genfl-edge federated learning agent"),
-        exec_start=exec_start,
-        lifecycle=service_lifecycle("genfl-edge", 45, unit.user, _STOP_NOTE),
-        data=data_lines,
-        credentials=credentials,
-        hardening=HARDENING,
-    )
+    return render_unit(_TEMPLATE, "genfl-edge federated learning agent", lifecycle, unit.executable,
+                       exec_start=exec_start, data=data_lines, credentials=credentials)  # fmt: skip

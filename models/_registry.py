@@ -30,7 +30,8 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("cnn-digits", (1, 8, 8), 10, lambda: CnnDigits(CnnDigitsConfig()), "3 conv-bn-relu blocks for 1x8x8 digits"),
+        ModelSpec("cnn-digits", (1, 8, 8), 10, lambda: CnnDigits(CnnDigitsConfig()),
+                  "3 conv-bn-relu blocks for 1x8x8 digits"),
         ModelSpec("cnn-small", (3, 32, 32), 10, lambda: CnnSmall(CnnSmallConfig()),
                   "6 conv-bn-relu blocks for 3x32x32 images", augment="crop-flip"),
     )

@@ -55,6 +55,8 @@ UMask=0077
 def service_lifecycle(state_name: str, stop_timeout_s: int, user: str | None, stop_note: str = "") -> str:
     """The [Service] lines both units share: the watchdog, restarts, how a stop ends, who runs it (a dynamic
     user without ``user``) and its state folder, /var/lib/``state_name``."""
+    if user is not None and not user.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"invalid user name {user!r}")
     runs_as = "DynamicUser=yes" if user is None else f"User={user}\nGroup={user}"
     return (
         f"WatchdogSec=60\nRestart=on-failure\nRestartSec=10\n{stop_note}TimeoutStopSec={stop_timeout_s}\n"
@@ -63,8 +65,18 @@ def service_lifecycle(state_name: str, stop_timeout_s: int, user: str | None, st
     )
 
 
+def render_unit(template: str, description: str, lifecycle: str, executable: Path, **fields: object) -> str:
+    """A unit from its template: the [Unit] head, the shared [Service] lines and the hardening filled in, for an
+    ``executable`` the hardened service can reach (ConfigError if it cannot)."""
+    check_executable_reachable(executable)
+    return template.format(
+        head=unit_head(description), lifecycle=lifecycle, hardening=HARDENING, executable=executable, **fields
+    )
+
+
 __all__ = [
     "HARDENING",
+    "render_unit",
     "service_lifecycle",
     "Notifier",
     "UnitInstall",

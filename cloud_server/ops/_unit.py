@@ -6,13 +6,12 @@ import pwd
 from pathlib import Path
 
 from protocol import (
-    HARDENING,
     ConfigError,
     check_executable_reachable,
     check_reachable,
     find_executable,
+    render_unit,
     service_lifecycle,
-    unit_head,
     validate_name,
 )
 
@@ -132,22 +131,17 @@ def render_server_unit(
         raise ConfigError(f"--broker-dir must be an absolute path, got {broker_dir}")
     if broker_dir is not None:
         check_reachable(broker_dir, "the broker folder")
-    if user is not None and not user.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"invalid user name {user!r}")
+    lifecycle = service_lifecycle("genfl-server", 30, user)
     if user is not None and user == broker_owner:
         raise ConfigError(
             f"{user} owns the broker folder {broker_dir}: run as that user, the server would hand the broker's "
             "user its CA and signing keys. Leave --user out: the server runs as its own user and "
             f"{SYNC_NAME}.service installs the broker's files"
         )
-    return _TEMPLATE.format(
-        head=unit_head("genfl-edge federated learning server"),
-        executable=executable,
-        hardening=HARDENING,
-        gpu=_GPU if gpu else "",
-        lifecycle=service_lifecycle("genfl-server", 30, user),
-        broker="" if broker_dir is None else _BROKER.format(directory=broker_dir),
-    )
+    return render_unit(
+        _TEMPLATE, "genfl-edge federated learning server", lifecycle, executable,
+        gpu=_GPU if gpu else "", broker="" if broker_dir is None else _BROKER.format(directory=broker_dir),
+    )  # fmt: skip
 
 
 def render_broker_sync_units(executable: Path, broker_dir: Path, watched: Path, fleet: str) -> dict[str, str]:
