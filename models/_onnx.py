@@ -40,6 +40,13 @@ class ExportReport:
     top1_agreement: float
     check_samples: int
 
+    def summary(self, source: str = "") -> str:
+        """One line for the operator: what was written, from what, and how it agrees with PyTorch."""
+        origin = f" from {source}" if source else ""
+        return (f"wrote {self.path} ({self.size_bytes} bytes, {'int8' if self.int8 else 'fp32'}){origin}; "
+                f"vs PyTorch on {self.check_samples} images: max |diff| {self.max_abs_diff:.2e}, "
+                f"top-1 agreement {self.top1_agreement:.2%}")  # fmt: skip
+
 
 class _Batches:
     """onnxruntime's CalibrationDataReader protocol over uint8 images."""

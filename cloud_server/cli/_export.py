@@ -61,8 +61,4 @@ def export(
         typer.echo(f"exporting {model_name} from {checkpoint} ({'int8' if int8 else 'fp32'}) ...", err=True)
         report = export_onnx(model_name, state, out, int8=int8, check_images=check,
                              calibration_images=calibration_images, classes=names)  # fmt: skip
-        typer.echo(
-            f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}) from {checkpoint}; "
-            f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "
-            f"top-1 agreement {report.top1_agreement:.2%}"
-        )
+        typer.echo(report.summary(str(checkpoint)))

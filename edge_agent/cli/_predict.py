@@ -73,8 +73,4 @@ def export(
         report = export_onnx(model_name, state, out, int8=int8, check_images=images[:1000],
                              calibration_images=images[:512],
                              classes=classes or dataset.classes)  # fmt: skip
-        typer.echo(
-            f"wrote {report.path} ({report.size_bytes} bytes, {'int8' if int8 else 'fp32'}); "
-            f"vs PyTorch on {report.check_samples} images: max |diff| {report.max_abs_diff:.2e}, "
-            f"top-1 agreement {report.top1_agreement:.2%}"
-        )
+        typer.echo(report.summary())
