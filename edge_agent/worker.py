@@ -79,28 +79,6 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
-def _take_slot(setting: str) -> object:
-    """``DIR:K``: hold one of K lock files in DIR for this process's life.
-
-    For simulating many boards on one machine: K bounds how many workers hold
-    torch in memory at once (each is several hundred MB). Real boards need none.
-    """
-    import fcntl
-    import time
-
-    folder, _, count = setting.rpartition(":")
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    while True:
-        for index in range(int(count)):
-            handle = open(Path(folder) / f"slot-{index}", "w")  # noqa: SIM115 - held until exit
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return handle
-            except BlockingIOError:
-                handle.close()
-        time.sleep(0.05)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.worker")
     parser.add_argument("--describe", metavar="SPEC")
@@ -113,7 +91,6 @@ def main() -> int:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
         return 0
-    slot = _take_slot(os.environ["GENFL_WORKER_SLOTS"]) if os.environ.get("GENFL_WORKER_SLOTS") else None
     threads = os.environ.get("GENFL_TORCH_THREADS")
     if threads:  # many workers on few cores: one thread each avoids OpenMP oversubscription
         import torch
@@ -127,7 +104,6 @@ def main() -> int:
             print(json.dumps({"ok": False, "error": f"worker: not a job ({exc})"}), flush=True)
             continue
         print(json.dumps(answer(job, cache)), flush=True)
-    del slot  # released when the process exits
     return 0
 
 

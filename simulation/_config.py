@@ -38,7 +38,7 @@ class SimulationConfig(FleetRunConfig):
     # The agents' worker mode: pool (one torch-preloaded training pool for the whole fleet, the fastest),
     # persistent or per-task (a worker process per agent, as on boards).
     worker: str = setting("pool", "--transport mqtt: pool (one torch-preloaded training pool), persistent or per-task.")
-    worker_slots: int | None = setting(None, "At most this many train at once (pool: default the cores).")
+    worker_slots: int | None = setting(None, "--worker pool: at most this many train at once (default: the cores).")
     agents_per_process: int = setting(
         1, "--transport mqtt: simulated agents per process (a thousand fit in one machine)."
     )
@@ -59,8 +59,8 @@ class SimulationConfig(FleetRunConfig):
             raise ConfigError("the evaluation subset must hold at least one sample")
         if self.worker not in ("pool", "persistent", "per-task"):
             raise ConfigError(f"worker must be pool, persistent or per-task, got {self.worker!r}")
-        if self.worker_slots is not None and (self.worker_slots < 1 or self.worker == "persistent"):
-            raise ConfigError("worker slots need --worker pool or per-task and a count of at least 1")
+        if self.worker_slots is not None and (self.worker_slots < 1 or self.worker != "pool"):
+            raise ConfigError("worker slots need --worker pool and a count of at least 1")
         if self.agents_per_process < 1:
             raise ConfigError("agents per process must be at least 1")
         if self.aggregate not in AGGREGATORS:

@@ -209,8 +209,6 @@ class _ProcessFederation:
                 if pool.poll() is not None or time.monotonic() > deadline:
                     raise GenflError(f"the training pool did not start: {(self.run_dir / 'pool.log').read_text()}")
                 time.sleep(0.05)
-        elif self.config.worker_slots is not None:
-            env["GENFL_WORKER_SLOTS"] = f"{self.run_dir / 'slots'}:{self.config.worker_slots}"
         agents = []
         for device_id, shard in self.shards:
             folder = self.run_dir / device_id
