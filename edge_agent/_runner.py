@@ -7,6 +7,7 @@ It imports torch only when it first trains, so importing it stays cheap.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from protocol import (
     DataError,
@@ -48,8 +49,8 @@ def run_task(
     classes: tuple[str, ...],
     torch_device: str = "cpu",
     residual: TensorDict | None = None,
-    tamper: Callable[[TensorDict], TensorDict] | None = None,
     synthetic_blob: bytes | None = None,
+    train: Callable[..., Any] | None = None,
 ) -> tuple[Update, TensorDict | None]:
     """Decode the global model, train on ``data`` (plus the task's synthetic batch), encode the delta.
 
@@ -57,7 +58,8 @@ def run_task(
     numbered by the task's fleet class list before training.
 
     Returns the update and the new residual: what the codec lost, to be added to
-    the next round's delta (error feedback); None for fp32.
+    the next round's delta (error feedback); None for fp32. ``train`` stands in for local training
+    (``train_local``'s arguments, a ``LocalResult`` back).
     """
     import models
 
@@ -73,10 +75,9 @@ def run_task(
     synthetic = None
     if synthetic_blob is not None:
         synthetic = decode_synthetic(synthetic_blob, spec.input_shape, spec.num_classes)
-    result = train_local(task.model_name, global_state, data, task.config, torch_device, synthetic)
-    delta = tamper(result.delta) if tamper is not None else result.delta
+    result = (train or train_local)(task.model_name, global_state, data, task.config, torch_device, synthetic)
     codec = task.config.codec
-    delta, new_residual = _encoded(delta, codec, residual)
+    delta, new_residual = _encoded(result.delta, codec, residual)
     update = Update(
         round=task.round,
         device_id=device_id,
@@ -99,20 +100,20 @@ class InProcessRunner:
         data: LabeledArrays,
         classes: tuple[str, ...],
         torch_device: str = "cpu",
-        tamper: Callable[[TensorDict], TensorDict] | None = None,
+        train: Callable[..., Any] | None = None,
     ) -> None:
         self.device_id = device_id
         self.data = data
         self.classes = classes  # the names of data's labels
         self.torch_device = torch_device
-        self.tamper = tamper  # simulations of faulty or malicious devices only
+        self.train = train  # local training (None: train_local)
         self.residual: TensorDict | None = None  # error feedback for the low-bit codecs
 
     def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
         try:
             update, self.residual = run_task(
                 task, model_blob, self.device_id, self.data, self.classes, self.torch_device, self.residual,
-                self.tamper, synthetic_blob,
+                synthetic_blob, self.train,
             )  # fmt: skip
         except (DataError, ModelError, ProtocolError, RuntimeError) as exc:  # RuntimeError: torch refused
             done(task, f"{type(exc).__name__}: {exc}")

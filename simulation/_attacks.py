@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
 from protocol import ConfigError, TensorDict
 
-__all__ = ["ATTACKS", "Attack", "make_attack"]
+__all__ = ["ATTACKS", "Attack", "attacked_training", "make_attack"]
 
 
 class Attack(str, Enum):
@@ -47,3 +48,19 @@ def make_attack(name: str, seed: int) -> Callable[[TensorDict], TensorDict]:
         return out
 
     return attack
+
+
+def attacked_training(name: str, seed: int) -> Callable[..., Any]:
+    """Local training whose delta the attack ``name`` corrupts before the board encodes it (a runner's
+    ``train``)."""
+    attack = make_attack(name, seed)
+
+    def train(*args: Any) -> Any:
+        from dataclasses import replace
+
+        from edge_agent._training import train_local
+
+        result = train_local(*args)
+        return replace(result, delta=attack(result.delta))
+
+    return train

@@ -53,7 +53,7 @@ from protocol import (
     rotated,
 )
 
-from ._attacks import make_attack
+from ._attacks import attacked_training
 from ._config import SimulationConfig
 from ._partition import label_histogram, partition_labels
 
@@ -132,7 +132,7 @@ class _InMemoryFederation:
                     shard,
                     classes,
                     torch_device=torch_device,
-                    tamper=make_attack(config.attack, config.seed + index) if index < config.malicious else None,
+                    train=attacked_training(config.attack, config.seed + index) if index < config.malicious else None,
                 ),
                 num_samples=len(shard),
                 label_counts=shared_label_counts(config, device_id, shard, len(classes)),
