@@ -25,7 +25,7 @@ import models
 from cloud_server.broker._broker import EmbeddedBroker
 from cloud_server.learning._strategies import make_strategy
 from cloud_server.learning._strategy import derive_seed
-from cloud_server.rounds._coordinator import Coordinator, CoordinatorConfig, RoundResult
+from cloud_server.rounds._coordinator import Coordinator, CoordinatorConfig, RoundHooks, RoundResult
 from edge_agent import (
     AgentCore,
     DeviceDataset,
@@ -370,9 +370,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
             federation.coordinator_transport,
             models.model_state(models.build_model(model_name, seed=config.seed)),
             evaluator=evaluate,
-            on_round_closed=round_closed,
-            on_round_opened=hooks.on_round_start,
-            on_update_accepted=hooks.on_update_accepted,
+            hooks=RoundHooks(hooks.on_round_start, hooks.on_update_accepted, round_closed),
         )
         coordinator.start()
         federation.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..rounds._coordinator import Coordinator, RoundResult
+from ..rounds._coordinator import Coordinator, RoundHooks, RoundResult
 from ..rounds._failures import failure_summary
 from ..rounds._journal_reader import JournalReader
 
@@ -136,6 +136,10 @@ class FleetMetrics:
                 label = "other"
             self._failure_labels.add(label)
         self.failures.labels(reason=label).inc(count)
+
+    def hooks(self) -> RoundHooks:
+        """What the coordinator tells these metrics as rounds go."""
+        return RoundHooks(self.round_opened, self.update_accepted, self.round_closed)
 
     def round_closed(self, result: RoundResult) -> None:
         for reason, count in result.failures.items():

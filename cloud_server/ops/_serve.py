@@ -29,7 +29,7 @@ from ..broker._broker import EmbeddedBroker
 from ..broker._broker_files import SERVER_USER
 from ..fleet._security import Enroller, FleetSecurity
 from ..learning._strategies import make_strategy
-from ..rounds._coordinator import Coordinator, CoordinatorConfig
+from ..rounds._coordinator import Coordinator, CoordinatorConfig, RoundHooks
 from ..rounds._journal import SqliteJournal
 from ..rounds._state_lock import holding_state
 from ._serve_config import ServeConfig
@@ -88,9 +88,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
             guard=None if security is None else security.guard(),
             revoked=None if security is None else security.registry.revoked_ids,
             evaluator=_evaluator(config, classes),
-            on_round_opened=None if metrics is None else metrics.round_opened,
-            on_update_accepted=None if metrics is None else metrics.update_accepted,
-            on_round_closed=None if metrics is None else metrics.round_closed,
+            hooks=RoundHooks() if metrics is None else metrics.hooks(),
         )  # fmt: skip
         enroller = None
         if security is not None:

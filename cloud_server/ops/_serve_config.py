@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protocol import DEFAULT_CHUNK_SIZE, ConfigError, parse_brokers, parse_classes, setting, validate_classes
 
-from ..rounds._coordinator import CoordinatorConfig
+from ..rounds._config import CoordinatorConfig
 from ._run_config import FleetRunConfig
 
 __all__ = ["ServeConfig"]

@@ -4,6 +4,7 @@ resume after a restart) and its unfold (a device revoked mid-round); and the rou
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from ..learning._strategy import FitResult, RoundResults
 from ._journal import AcceptedUpdate
 from ._limits import ByteBudget
 
-__all__ = ["OpenRound", "RoundResult", "scaled_counts", "weight_cap"]
+__all__ = ["OpenRound", "RoundHooks", "RoundResult", "scaled_counts", "weight_cap"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class RoundResult:
     # seconds it spent, "generator_s"); what the journal keeps as the round's report
     metrics: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)  # the boards' failure reasons this round, counted
+
+
+@dataclass(frozen=True)
+class RoundHooks:
+    """Who is told as rounds go (the metrics, a progress bar); every one optional."""
+
+    on_round_opened: Callable[[int, int], None] | None = None  # (round, devices picked)
+    on_update_accepted: Callable[[str], None] | None = None  # (device id)
+    on_round_closed: Callable[[RoundResult], None] | None = None
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""The coordinator's settings and what it keeps of each device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ROUND_TIMEOUT_S,
+    MIN_CHUNK_SIZE,
+    ConfigError,
+    default_classes,
+    validate_classes,
+)
+
+__all__ = ["CoordinatorConfig", "DeviceRecord"]
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    fleet: str
+    model_name: str
+    rounds: int
+    min_devices: int = 1
+    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_update_norm: float | None = None  # reject updates whose L2 norm is larger
+    # A device's weight (its claimed sample count) is capped at this many times the median claim of the
+    # round's picked devices, so that no device decides the average by what it claims. None: no cap.
+    max_weight_ratio: float | None = 5.0
+    # A picked device that neither asked for a blob nor answered for this long gets its task again (then
+    # after twice as long, and so on): a task or a chunk a broker lost (a cluster losing a node) costs a
+    # wait, not the device's round. A device that has its task treats a copy as a repeat. None: never.
+    task_resend_s: float | None = 30.0
+    # Stop opening rounds after this many in a row in which no update came and every board that answered
+    # reported a failure (a model that does not fit the boards' data, say): they cannot succeed. None: never.
+    max_failed_rounds: int | None = 3
+    # Seconds after start before any task goes out: the devices' retained states arrive first, and with them
+    # the latest round each has taken (serve waits; a simulation, whose states come at once, need not).
+    settle_s: float = 0.0
+    # A state older than the fleet (a device has taken a later round than it knows: a restored backup, a copy)
+    # stops the coordinator unless this is set; then it goes on from its model, numbering rounds after the fleet's.
+    accept_older_state: bool = False
+    # The fleet's class names in the model's order: every task carries them, and boards number their data by
+    # them (serve and simulate set them; the default is the bundled digits' numbers).
+    classes: tuple[str, ...] = default_classes(10)
+
+    def __post_init__(self) -> None:
+        validate_classes(self.classes)
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise ConfigError("the update norm bound must be positive")
+        if self.max_weight_ratio is not None and not self.max_weight_ratio >= 1.0:
+            raise ConfigError(f"the weight cap ratio must be at least 1, got {self.max_weight_ratio}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        if self.min_devices < 1:
+            raise ConfigError(f"min devices must be at least 1, got {self.min_devices}")
+        if self.round_timeout_s <= 0:
+            raise ConfigError("round timeout must be positive")
+        if not self.settle_s >= 0:
+            raise ConfigError(f"the settle time must be 0 or more seconds, got {self.settle_s}")
+        if self.task_resend_s is not None and not self.task_resend_s > 0:
+            raise ConfigError("the task re-send interval must be positive")
+        if self.max_failed_rounds is not None and self.max_failed_rounds < 1:
+            raise ConfigError(f"max failed rounds must be at least 1, got {self.max_failed_rounds}")
+        if not MIN_CHUNK_SIZE <= self.chunk_size <= 256 * 1024 * 1024:
+            raise ConfigError(f"chunk size must be 1 KiB..256 MiB, got {self.chunk_size}")
+
+
+@dataclass
+class DeviceRecord:
+    device_id: str
+    online: bool
+    num_samples: int
+    label_counts: tuple[float, ...] | None
+    rounds: int = 0
+    last_round: int | None = None  # the latest round the device says it took a task for
