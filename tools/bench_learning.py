@@ -285,6 +285,8 @@ def _pools(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cloud_server.learning._strategy import StrategyConfig  # the training settings' defaults
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--dataset", default=f"zip:{DEFAULT_DATA}")
@@ -294,9 +296,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--classes-per-device", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--local-epochs", type=int, default=StrategyConfig.local_epochs)
+    parser.add_argument("--batch-size", type=int, default=StrategyConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=StrategyConfig.learning_rate)
     parser.add_argument("--strategies", nargs="+", default=["fedavg", "genfl"], help=f"of {STRATEGIES}")
     parser.add_argument("--variants", default=None, help="pool: FedAvg and GenFL from each benchmark pool")
     parser.add_argument("--only", nargs="+", default=None, help=f"with --variants pool: these of {list(POOL_VARIANTS)}")
