@@ -212,12 +212,22 @@ class DeviceState:
 
 
 @dataclass(frozen=True)
-class Task:
+class _RoundMessage:
+    """What every message of a round carries first: the round and the device it is for (or from)."""
+
+    round: int
+    device_id: str
+
+    def __post_init__(self) -> None:
+        _check_int("round", self.round, 1)
+        _check_device(self.device_id)
+
+
+@dataclass(frozen=True)
+class Task(_RoundMessage):
     """Server -> device: train round ``round`` starting from blob ``model_id``."""
 
     TYPE: ClassVar[str] = "task"
-    round: int
-    device_id: str
     model_name: str
     model_id: str
     model_size: int
@@ -227,8 +237,7 @@ class Task:
     synthetic_size: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("round", self.round, 1)
-        _check_device(self.device_id)
+        super().__post_init__()
         if not isinstance(self.model_name, str) or not 0 < len(self.model_name) <= 64:
             raise _fail("model_name must be a short string")
         try:
@@ -248,12 +257,10 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Update:
+class Update(_RoundMessage):
     """Device -> server: the trained delta against ``base_model_id``."""
 
     TYPE: ClassVar[str] = "update"
-    round: int
-    device_id: str
     base_model_id: str
     num_samples: int
     train_loss: float
@@ -268,8 +275,7 @@ class Update:
     probe_scores: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check_int("round", self.round, 1)
-        _check_device(self.device_id)
+        super().__post_init__()
         if self.probe_scores is not None:
             if not isinstance(self.probe_scores, tuple) or len(self.probe_scores) > MAX_PROBES:
                 raise _fail(f"probe_scores must be a list of at most {MAX_PROBES} scores")
@@ -286,17 +292,14 @@ class Update:
 
 
 @dataclass(frozen=True)
-class Failure:
+class Failure(_RoundMessage):
     """Device -> server (on the update topic): training for ``round`` failed; do not wait for it."""
 
     TYPE: ClassVar[str] = "failure"
-    round: int
-    device_id: str
     reason: str
 
     def __post_init__(self) -> None:
-        _check_int("round", self.round, 1)
-        _check_device(self.device_id)
+        super().__post_init__()
         if not isinstance(self.reason, str) or len(self.reason) > 2000:
             raise _fail("reason must be a string of at most 2000 characters")
 
@@ -306,37 +309,31 @@ DEFAULT_ROUND_TIMEOUT_S = 600.0  # a round leaves its stragglers out after this 
 
 
 @dataclass(frozen=True)
-class Progress:
+class Progress(_RoundMessage):
     """Device -> server (on the update topic): still at work on ``round`` (``phase``: training); sent every
     few seconds while a job runs, so that a long round is not mistaken for a lost task."""
 
     TYPE: ClassVar[str] = "progress"
-    round: int
-    device_id: str
     phase: Literal["training"] = "training"
     seconds: float = 0.0  # how long the job has run
 
     def __post_init__(self) -> None:
-        _check_int("round", self.round, 1)
-        _check_device(self.device_id)
+        super().__post_init__()
         if self.phase != "training":
             raise _fail(f"phase must be training, got {self.phase!r}"[:120])
         _check_float("seconds", self.seconds, 0.0, 1e9)
 
 
 @dataclass(frozen=True)
-class Ack:
+class Ack(_RoundMessage):
     """Server -> device: the update of ``round`` was accepted (or why not)."""
 
     TYPE: ClassVar[str] = "ack"
-    round: int
-    device_id: str
     accepted: bool
     reason: str = ""
 
     def __post_init__(self) -> None:
-        _check_int("round", self.round, 1)
-        _check_device(self.device_id)
+        super().__post_init__()
         if not isinstance(self.accepted, bool) or not isinstance(self.reason, str) or len(self.reason) > 500:
             raise _fail("accepted must be a bool and reason a short string")
 
