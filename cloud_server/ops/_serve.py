@@ -78,6 +78,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
                 round_timeout_s=config.round_timeout_s, max_failed_rounds=config.max_failed_rounds or None,
                 settle_s=SETTLE_S, accept_older_state=config.accept_older_state, chunk_size=config.chunk_size,
                 max_update_norm=config.max_update_norm, classes=classes,
+                max_weight_ratio=config.max_weight_ratio or None, task_resend_s=config.task_resend_s or None,
             ),
             strategy,
             transport,

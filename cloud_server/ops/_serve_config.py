@@ -39,6 +39,15 @@ class ServeConfig(FleetRunConfig):
     chunk_size: int = setting(DEFAULT_CHUNK_SIZE, "Blob chunk size in bytes (fit the broker's max packet).")
     broker_port: int | None = setting(None, "Embedded broker port (default: free).")
     max_update_norm: float | None = setting(None, "Reject updates with a larger L2 norm.", flag="--max-norm")
+    max_weight_ratio: float = setting(
+        CoordinatorConfig.max_weight_ratio or 0.0,
+        "No device counts for more than this many times the median sample count of the round's picked (0: no cap).",
+    )
+    task_resend_s: float = setting(
+        CoordinatorConfig.task_resend_s or 0.0,
+        "Send a picked device that is silent this long its task again, then after twice as long (0: never).",
+        flag="--task-resend",
+    )
     metrics_port: int | None = setting(None, "Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
     metrics_host: str = setting("127.0.0.1", "Address the metrics (and dashboard) listen on.")
     dashboard: bool = setting(False, "A read-only fleet page on the metrics port.")
@@ -58,5 +67,9 @@ class ServeConfig(FleetRunConfig):
             raise ConfigError(f"broker port must be 1..65535, got {self.broker_port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
+        if self.max_weight_ratio != 0 and not self.max_weight_ratio >= 1.0:
+            raise ConfigError(f"the weight cap ratio must be 0 (no cap) or at least 1, got {self.max_weight_ratio}")
+        if not self.task_resend_s >= 0:
+            raise ConfigError(f"the task re-send time must be 0 (never) or more seconds, got {self.task_resend_s}")
         if self.dashboard and self.metrics_port is None:
             raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")
