@@ -154,8 +154,8 @@ def _command(
 
     @functools.wraps(func)
     def command(**kwargs: Any) -> Any:
-        values = {leaf.path: leaf.to_value(kwargs.pop(leaf.name)) for leaf in leaves}
-        with exit_on_error():
+        with exit_on_error():  # an option's text that does not parse is one line too
+            values = {leaf.path: leaf.to_value(kwargs.pop(leaf.name)) for leaf in leaves}
             first = take(values)
         return func(first, **kwargs)
 

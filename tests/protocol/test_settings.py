@@ -18,6 +18,12 @@ class Colour(str, Enum):
     BLUE = "blue"
 
 
+def _tags(text: str) -> tuple[str, ...]:
+    if text == "bad":
+        raise ConfigError("tags must not say bad")
+    return tuple(text.split(","))
+
+
 @dataclass(frozen=True)
 class Inner:
     depth: int = setting(3, "How deep.")
@@ -30,7 +36,7 @@ class Outer:
     rate: float = setting(0.1, "A rate.", flag="--lr")
     loud: bool = setting(False, "Shout.")
     quiet_mode: bool = setting(True, "Whisper.", flag="--whisper/--speak")
-    tags: tuple[str, ...] | None = setting(None, "Comma-separated tags.", parse=lambda text: tuple(text.split(",")))
+    tags: tuple[str, ...] | None = setting(None, "Comma-separated tags.", parse=lambda text: _tags(text))
     limit: int | None = setting(None, "A limit.")
     hidden: str = setting("kept", cli=False)
     inner: Inner = field(default_factory=Inner)
@@ -77,6 +83,8 @@ def test_bad_values_end_in_one_line() -> None:
     assert CliRunner().invoke(app, ["run"]).exit_code == 2  # --name is required
     assert CliRunner().invoke(app, ["run", "--name", "n", "--colour", "green"]).exit_code == 2
     assert CliRunner().invoke(app, ["run", "--name", "n", "--hidden", "x"]).exit_code == 2
+    unparsable = CliRunner().invoke(app, ["run", "--name", "n", "--tags", "bad"])
+    assert unparsable.exit_code == 2 and "error: tags must not say bad" in unparsable.output
     assert seen == []
 
 
