@@ -329,6 +329,9 @@ class _GenerativeStrategy(Strategy):
         starts from an untrained one, which says nothing of a pool) and the picked devices."""
         self.current_global = global_state if round_number > 1 else None
         self.synthetic_bytes, self.synthetic_images = {}, {}
+        # earlier rounds are closed (their fit and evaluation ran): a server that runs for months keeps one round
+        self.probes_sent = {key: sent for key, sent in self.probes_sent.items() if key[0] >= round_number}
+        self.generator_seconds = {r: s for r, s in self.generator_seconds.items() if r >= round_number}
         for device_id, info in devices.items():
             counts = None if info.label_counts is None else np.asarray(info.label_counts, np.float64)
             self.devices_seen[device_id] = (info.num_samples, counts)

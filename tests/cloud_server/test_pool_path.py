@@ -123,3 +123,12 @@ def test_a_restarted_server_keeps_the_pool_quality_its_rounds_reported(tmp_path:
     strategy.pool_recognised[6] = 0.46  # then what the new server measures counts
     _evaluated(strategy, 6, 0.46)
     assert strategy.pool_quality(7) == pytest.approx(1.0)
+
+
+def test_a_long_running_server_keeps_the_probes_and_timings_of_the_open_round_only(tmp_path: Path) -> None:
+    strategy = _strategy(_pool(tmp_path), pool_probes=2)
+    held = (30.0,) * 5 + (0.0,) * 5
+    for number in range(1, 6):
+        _plan(strategy, number, {"a": DeviceInfo(150, held)})
+    assert {key[0] for key in strategy.probes_sent} == {5}
+    assert set(strategy.generator_seconds) == {5}
