@@ -15,8 +15,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, fields, is_dataclass
-from dataclasses import field as dataclass_field
+from dataclasses import MISSING, dataclass, field as dataclass_field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Optional, TypeVar
 

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load as _st_load
-from safetensors.numpy import save as _st_save
+from safetensors.numpy import load as _st_load, save as _st_save
 
 from ._errors import ProtocolError
 

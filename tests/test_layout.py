@@ -103,3 +103,20 @@ def test_no_production_function_is_longer_than_sixty_lines(package: str) -> None
                 if lines > 60:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+@pytest.mark.parametrize("package", ["protocol", "edge_agent", "cloud_server", "simulation"])
+def test_every_name_a_lazy_package_offers_imports(package: str) -> None:
+    """A lazy package's names are its stub's imports: a name the stub offers that its submodule lacks would pass
+    the type checker and fail at first use."""
+    import importlib
+
+    module = importlib.import_module(package)
+    assert module.__all__, f"{package} offers nothing"
+    missing = []
+    for name in module.__all__:
+        try:
+            getattr(module, name)
+        except (AttributeError, ImportError):
+            missing.append(name)
+    assert missing == []

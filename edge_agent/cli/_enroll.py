@@ -14,8 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from edge_agent._daemon import load_agent_config
-from edge_agent._enroll import EdgeHome, check_broker, find_config
-from edge_agent._enroll import enroll as enroll_board
+from edge_agent._enroll import EdgeHome, check_broker, enroll as enroll_board, find_config
 from protocol import ConfigError, exit_on_error
 
 HomeOption = Annotated[
