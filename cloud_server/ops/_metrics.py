@@ -9,7 +9,9 @@ server only reads (prometheus-client's metrics are thread-safe).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -25,62 +27,50 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0
 
 
+_Metric = TypeVar("_Metric", Counter, Gauge)
 _ROUND_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class FleetMetrics:
     def __init__(self, fleet: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.rounds = Counter("genfl_rounds", "Rounds closed (the fleet's life).", registry=r)
-        self.round_number = Gauge("genfl_round", "The open round, or the last one closed.", registry=r)
-        self.round_seconds = Histogram(
-            "genfl_round_duration_seconds", "Seconds from a round's tasks to its new model.", buckets=_ROUND_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.online = Gauge("genfl_devices_online", "Devices online now (their retained state).", registry=r)
-        self.picked = Gauge("genfl_devices_picked", "Devices given a task in the open (or last) round.", registry=r)
-        self.answered = Gauge("genfl_devices_answered", "Devices whose update the open (or last) round took.",
-                              registry=r)  # fmt: skip
-        self.accepted = Counter("genfl_updates_accepted", "Updates accepted into a round (the fleet's life).",
-                                registry=r)  # fmt: skip
-        self.rejected = Counter(
-            "genfl_messages_rejected", "Messages refused, by reason (the fleet's life).", ["reason"], registry=r
-        )
-        self.failures = Counter(
-            "genfl_device_failures", "Rounds a board reported as failed, by reason (the fleet's life).", ["reason"],
-            registry=r,
-        )  # fmt: skip
-        self.bytes = Counter("genfl_bytes", "Payload bytes through the broker, by direction (up: from devices).",
-                             ["direction"], registry=r)  # fmt: skip
-        self.generator_seconds = Counter("genfl_generator_seconds", "Server seconds spent on GenFL's generator.",
-                                         registry=r)  # fmt: skip
-        self.accuracy = Gauge("genfl_accuracy", "Test accuracy of the global model (when the server evaluates).",
-                              registry=r)  # fmt: skip
-        self.device_accuracy = Gauge(
-            "genfl_device_accuracy", "The round's starting model on the devices' own data (their reports, weighted).",
-            registry=r,
-        )  # fmt: skip
+        counter, gauge = self._declaring(Counter), self._declaring(Gauge)
+        self.rounds = counter("genfl_rounds", "Rounds closed (the fleet's life).")
+        self.round_number = gauge("genfl_round", "The open round, or the last one closed.")
+        self.round_seconds = Histogram("genfl_round_duration_seconds", "Seconds from a round's tasks to its new model.",
+                                       buckets=_ROUND_BUCKETS, registry=self.registry)  # fmt: skip
+        self.online = gauge("genfl_devices_online", "Devices online now (their retained state).")
+        self.picked = gauge("genfl_devices_picked", "Devices given a task in the open (or last) round.")
+        self.answered = gauge("genfl_devices_answered", "Devices whose update the open (or last) round took.")
+        self.accepted = counter("genfl_updates_accepted", "Updates accepted into a round (the fleet's life).")
+        self.rejected = counter("genfl_messages_rejected", "Messages refused, by reason (the fleet's life).", "reason")
+        self.failures = counter("genfl_device_failures", "Rounds boards reported failed, by reason.", "reason")
+        self.bytes = counter("genfl_bytes", "Payload bytes through the broker (up: from devices).", "direction")
+        self.generator_seconds = counter("genfl_generator_seconds", "Server seconds spent on GenFL's generator.")
+        self.accuracy = gauge("genfl_accuracy", "Test accuracy of the global model (when the server evaluates).")
+        self.device_accuracy = gauge("genfl_device_accuracy", "The round's model on the devices' data (weighted).")
         # GenFL: what each round sent of synthetic data (from the strategy's round report)
-        self.synthetic_rounds = Counter("genfl_synthetic_rounds", "Rounds by whether they sent synthetic data.",
-                                        ["sent"], registry=r)  # fmt: skip
-        self.synthetic_images = Counter("genfl_synthetic_images", "Synthetic images sent to devices.", registry=r)
-        self.synthetic_bytes = Counter("genfl_synthetic_bytes", "Synthetic data bytes sent to devices.", registry=r)
-        self.synthetic_weight = Gauge("genfl_synthetic_weight", "The synthetic loss weight of the last round.",
-                                      registry=r)  # fmt: skip
-        self.pool_quality = Gauge(
-            "genfl_pool_quality", "A pool's recognised share over the devices' own, by the fleet's model (0..1).",
-            registry=r,
-        )  # fmt: skip
-        self.broker = Gauge("genfl_broker_node", "1 for the broker node the server is connected to.", ["node"],
-                            registry=r)  # fmt: skip
-        self.failovers = Gauge("genfl_broker_failovers", "Times the server moved to another broker node.", registry=r)
-        self.info = Gauge("genfl_fleet_info", "The fleet this server serves.", ["fleet"], registry=r)
+        self.synthetic_rounds = counter("genfl_synthetic_rounds", "Rounds by whether they sent synthetic data.", "sent")
+        self.synthetic_images = counter("genfl_synthetic_images", "Synthetic images sent to devices.")
+        self.synthetic_bytes = counter("genfl_synthetic_bytes", "Synthetic data bytes sent to devices.")
+        self.synthetic_weight = gauge("genfl_synthetic_weight", "The synthetic loss weight of the last round.")
+        self.pool_quality = gauge("genfl_pool_quality", "A pool's recognised share over the devices' own (0..1).")
+        self.broker = gauge("genfl_broker_node", "1 for the broker node the server is connected to.", "node")
+        self.failovers = gauge("genfl_broker_failovers", "Times the server moved to another broker node.")
+        self.info = gauge("genfl_fleet_info", "The fleet this server serves.", "fleet")
         self.info.labels(fleet=fleet).set(1)
         self._rejected_seen: dict[str, int] = {}
         self._failure_labels: set[str] = set()
         self._bytes_seen = [0, 0]  # received (up), sent (down)
         self._node: str | None = None
+
+    def _declaring(self, kind: type[_Metric]) -> Callable[..., _Metric]:
+        """A maker of ``kind`` metrics in this registry: ``make(name, help, *label_names)``."""
+
+        def make(name: str, text: str, *labels: str) -> _Metric:
+            return kind(name, text, labels, registry=self.registry)
+
+        return make
 
     def seed_from_journal(self, state_dir: Path) -> None:
         """Start the lifetime counters at the journal's totals (a resumed fleet)."""
