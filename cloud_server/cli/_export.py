@@ -9,13 +9,14 @@ import numpy as np
 import typer
 
 from edge_agent import load_dataset, with_channels
+from edge_agent.cli._options import ExportFormat, FormatOption, Int8Option, OnnxOut
 from protocol import ConfigError, ModelError, exit_on_error
 
 
 def export(
-    out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
-    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
-    int8: Annotated[bool, typer.Option("--int8/--fp32", help="Quantize to int8 (static QDQ).")] = False,
+    out: OnnxOut,
+    format: FormatOption = ExportFormat.ONNX,
+    int8: Int8Option = False,
     state_dir: Annotated[Optional[Path], typer.Option(help="Export the latest checkpoint of this state dir.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint (e.g. simulate's model).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name, if the checkpoint does not say.")] = None,
@@ -25,8 +26,6 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX; the file is written only if onnxruntime agrees with PyTorch."""
     with exit_on_error():
-        if format != "onnx":
-            raise ConfigError(f"unknown format {format!r}; only onnx")
         if (state_dir is None) == (checkpoint is None):
             raise ConfigError("give exactly one of --state-dir and --checkpoint")
         if checkpoint is None:

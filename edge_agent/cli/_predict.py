@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._data import load_dataset
-from protocol import ConfigError, DataError, ModelError, exit_on_error
+from edge_agent.cli._options import ExportFormat, FormatOption, Int8Option, OnnxOut
+from protocol import DataError, ModelError, exit_on_error
 
 
 def predict(
@@ -40,20 +41,17 @@ def predict(
 
 
 def export(
-    out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
+    out: OnnxOut,
     state_dir: Annotated[Path, typer.Option(help="The agent's state folder (holds the current global model).")],
-    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
-    int8: Annotated[
-        bool, typer.Option("--int8/--fp32", help="Quantize to int8 (QDQ), calibrated on local data.")
-    ] = False,
+    format: FormatOption = ExportFormat.ONNX,
+    int8: Int8Option = False,
     data: Annotated[
         Optional[str], typer.Option(help="Local data for the check/calibration (default: the agent's).")
     ] = None,
 ) -> None:
-    """Export the device's current global model to ONNX, checked against PyTorch first."""
+    """Export the device's current global model to ONNX, checked against PyTorch first (int8: calibrated on the
+    board's own data)."""
     with exit_on_error():
-        if format != "onnx":
-            raise ConfigError(f"unknown format {format!r}; only onnx")
         try:
             status = json.loads((state_dir / "status.json").read_text())
             model_id = status["model_id"]
