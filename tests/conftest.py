@@ -22,6 +22,9 @@ MOSQUITTO = ("127.0.0.1", 1883)
 # oversubscribe and spin (the digits GenFL test: 171 s instead of 31 s). One thread also makes its
 # results the same on any machine.
 os.environ.setdefault("GENFL_GENERATOR_THREADS", "1")
+# The same for every test's torch (and the agents the tests start): two workers with two threads each on two
+# cores measured contention (the FedProx test: 18 s next to another worker's training, 3 s alone).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _answers(address: tuple[str, int]) -> bool:
