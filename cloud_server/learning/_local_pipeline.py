@@ -29,6 +29,39 @@ __all__ = ["LocalPipelineGenerator"]
 PROMPT = "a photo of a {name}"
 
 
+_LIBRARIES = ("diffusers", "transformers")  # where a saved pipeline's components may come from
+
+
+def check_pipeline_folder(folder: Path, diffusers: Any) -> None:
+    """Refuse a pipeline folder that would run code of its own when loaded: any ``.py`` file in it (diffusers
+    imports a custom pipeline or component from the folder), a pipeline class diffusers does not ship, or a
+    component from a library other than diffusers and transformers."""
+    import json
+
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ConfigError(f"{folder} holds no saved diffusers pipeline (no model_index.json)")
+    code = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
+    if code:
+        raise ConfigError(f"{folder} holds Python files ({', '.join(code[:3])}); a pipeline folder must hold none")
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{index_path} is not readable JSON ({exc})") from exc
+    if not isinstance(index, dict):
+        raise ConfigError(f"{index_path} is not a JSON object")
+    name = index.get("_class_name")
+    if not isinstance(name, str) or not isinstance(getattr(diffusers, name, None), type):
+        raise ConfigError(f"{index_path}: pipeline class {name!r} is not one diffusers ships (custom code refused)")
+    for component, value in index.items():
+        if component.startswith("_") or not isinstance(value, list) or value == [None, None]:
+            continue  # a setting, or a component saved as absent (safety_checker=None)
+        if len(value) != 2 or value[0] not in _LIBRARIES:
+            raise ConfigError(
+                f"{index_path}: component {component} comes from {value!r}, not {' or '.join(_LIBRARIES)}"
+            )
+
+
 class LocalPipelineGenerator(Generator):
     name = "local-pipeline"
 
@@ -49,18 +82,19 @@ class LocalPipelineGenerator(Generator):
                 f"the local pipeline needs one name per class ({spec.num_classes}), got {len(class_names)}"
             )
         folder = Path(path)
-        if not (folder / "model_index.json").is_file():
-            raise ConfigError(f"{folder} holds no saved diffusers pipeline (no model_index.json)")
         try:
-            from diffusers import DiffusionPipeline
+            import diffusers
         except ImportError as exc:
             raise ConfigError(
                 "the local-pipeline generator needs diffusers: pip install 'genfl-edge[diffusion]'"
             ) from exc
-        try:
-            self.pipeline: Any = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cannot load the pipeline in {folder}: {exc}") from exc
+        check_pipeline_folder(folder, diffusers)
+        try:  # weights from safetensors only (no pickle), nothing downloaded, no code from the folder
+            self.pipeline: Any = diffusers.DiffusionPipeline.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+            )
+        except Exception as exc:  # a loader raises anything (UnpicklingError, safetensors', torch's): one line
+            raise ConfigError(f"cannot load the pipeline in {folder}: {type(exc).__name__}: {exc}") from exc
         self.pipeline.to(device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.input_shape = spec.input_shape

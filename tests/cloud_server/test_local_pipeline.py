@@ -143,3 +143,61 @@ def _state() -> dict[str, object]:
     import models
 
     return models.model_state(models.build_model("cnn-digits", seed=0))  # type: ignore[return-value]
+
+
+def _copy(pipeline_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(pipeline_dir, tmp_path / "pipeline"))
+
+
+def test_a_pipeline_folder_that_holds_code_is_refused_before_anything_is_loaded(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    from cloud_server.learning._local_pipeline import LocalPipelineGenerator
+
+    folder = _copy(pipeline_dir, tmp_path)
+    ran = tmp_path / "ran"
+    (folder / "unet" / "my_unet.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    with pytest.raises(ConfigError, match=r"Python files \(unet/my_unet.py\)"):
+        LocalPipelineGenerator("cnn-digits", folder, DIGITS)
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("_class_name", "MyPipeline", "pipeline class 'MyPipeline' is not one diffusers ships"),
+        ("_class_name", ["pipeline", "MyPipeline"], "is not one diffusers ships"),
+        ("unet", ["my_unet", "MyUNet"], "component unet comes from"),
+    ],
+)
+def test_a_custom_pipeline_or_component_is_refused(
+    pipeline_dir: Path, tmp_path: Path, key: str, value: object, message: str
+) -> None:
+    import json
+
+    from cloud_server.learning._local_pipeline import LocalPipelineGenerator
+
+    folder = _copy(pipeline_dir, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    index[key] = value
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match=message):
+        LocalPipelineGenerator("cnn-digits", folder, DIGITS)
+
+
+def test_weights_that_are_corrupt_or_pickled_end_in_one_config_error(pipeline_dir: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from cloud_server.learning._local_pipeline import LocalPipelineGenerator
+
+    folder = _copy(pipeline_dir, tmp_path)
+    (weights,) = (folder / "unet").glob("*.safetensors")
+    weights.write_bytes(b"\xff" * 64)  # a header length far past the file
+    with pytest.raises(ConfigError, match="cannot load the pipeline"):
+        LocalPipelineGenerator("cnn-digits", folder, DIGITS)
+    weights.unlink()  # only a pickle left: refused (use_safetensors), never unpickled
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ConfigError, match="cannot load the pipeline"):
+        LocalPipelineGenerator("cnn-digits", folder, DIGITS)
