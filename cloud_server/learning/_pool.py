@@ -14,12 +14,14 @@ when its folders change (grown or refreshed on a schedule).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
+import logging
+import os
+import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from protocol import ConfigError, DataError, TensorDict, atomic_write, class_map
 from ._generator import FitReport, Generator, Teachers
 
 __all__ = ["PoolGenerator", "PoolImages", "PoolReport", "generate_pool", "load_pool"]
+
+log = logging.getLogger("genfl.server")
 
 _SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -87,25 +91,89 @@ def generate_pool(pipeline_path: str | Path, model_name: str, classes: tuple[str
     return PoolReport(out, made, held, seconds)
 
 
+MAX_POOL_IMAGE_PIXELS = 2048 * 2048  # a pool image's width x height, read from its header before decoding
+MAX_POOL_FILE_BYTES = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class PoolImages:
-    """A pool's images at the model's input, per class index, and their names (``<class>/<file>``)."""
+    """A pool's images at the model's input, per class index, their names (``<class>/<file>``), and the files
+    left out with the reason (``<class>/<file>`` -> why)."""
 
     images: dict[int, np.ndarray]  # uint8 (N, C, H, W) per class
     names: dict[int, tuple[str, ...]]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most MAX_POOL_FILE_BYTES: never through a symlink
+    (which could point out of the pool), never blocking on a FIFO or a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Skip("not a regular file")
+        if info.st_size > MAX_POOL_FILE_BYTES:
+            raise _Skip(f"{info.st_size} bytes, over {MAX_POOL_FILE_BYTES}")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read(MAX_POOL_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
+class _Skip(Exception):
+    """A pool file left out, and why."""
+
+
+def _pool_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One pool file as uint8 (C, H, W) at ``size`` (width, height); _Skip for anything that is not a small
+    regular image file."""
+    from PIL import Image
+
+    if path.is_symlink():
+        raise _Skip("a symlink (pools hold files only)")
+    try:
+        data = _read_regular_file(path)
+    except OSError as exc:
+        raise _Skip(f"unreadable ({exc.strerror or exc})") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # from the header: nothing decoded yet
+            if width * height > MAX_POOL_IMAGE_PIXELS:
+                raise _Skip(f"{width}x{height} pixels, over {MAX_POOL_IMAGE_PIXELS}")
+            converted = image.convert("L" if channels == 1 else "RGB").resize(size)
+    except _Skip:
+        raise
+    except Exception as exc:  # PIL raises many kinds on hostile bytes (bombs, truncation, bad chunks)
+        raise _Skip(f"not a readable image ({type(exc).__name__})") from exc
+    array = np.asarray(converted, dtype=np.uint8)
+    return array[None] if channels == 1 else np.transpose(array, (2, 0, 1))
+
+
+def _class_folders(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """The class folders of a pool (real folders, not symlinks, not hidden), and the entries left out."""
+    names, skipped = [], {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            skipped[entry.name] = "a symlink (pools hold folders and files only)"
+        elif entry.is_dir():
+            names.append(entry.name)
+    return names, skipped
 
 
 def load_pool(folder: Path, model_name: str, classes: tuple[str, ...]) -> PoolImages:
     """Per class index of the fleet's list ``classes``, the pool's images at the model's input (uint8
     N x C x H x W, resized if need be). A pool may lack classes; a folder of a class the fleet does not know is
-    a ConfigError (its images would be numbered wrongly)."""
-    from PIL import Image, UnidentifiedImageError
-
+    a ConfigError (its images would be numbered wrongly). A pool is data from outside: only regular image files
+    inside it are read, each checked for its size before it is decoded; anything else is left out, counted in
+    ``skipped`` and logged in one line."""
     spec = models.get_spec(model_name)
     channels, height, width = spec.input_shape
     if not folder.is_dir():
         raise ConfigError(f"synthetic pool {folder} is not a folder")
-    folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders, skipped = _class_folders(folder)
     try:
         numbers = class_mapping(folders, classes, f"synthetic pool {folder}")
     except DataError as exc:
@@ -113,22 +181,22 @@ def load_pool(folder: Path, model_name: str, classes: tuple[str, ...]) -> PoolIm
     images: dict[int, np.ndarray] = {}
     names: dict[int, tuple[str, ...]] = {}
     for name, index in zip(folders, numbers):
-        paths = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in _SUFFIXES)
-        arrays = []
-        for path in paths:
+        arrays, kept = [], []
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in _SUFFIXES):
             try:
-                with Image.open(path) as image:
-                    converted = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise ConfigError(f"synthetic pool: {path} is not a readable image ({exc})") from exc
-            array = np.asarray(converted, dtype=np.uint8)
-            arrays.append(array[None] if channels == 1 else np.transpose(array, (2, 0, 1)))
+                arrays.append(_pool_image(path, channels, (width, height)))
+                kept.append(f"{name}/{path.name}")
+            except _Skip as why:
+                skipped[f"{name}/{path.name}"] = str(why)
         if arrays:
-            images[index] = np.stack(arrays)
-            names[index] = tuple(f"{name}/{p.name}" for p in paths)
+            images[index], names[index] = np.stack(arrays), tuple(kept)
+    if skipped:
+        shown = "; ".join(f"{n}: {why}" for n, why in list(skipped.items())[:3])
+        log.warning("synthetic pool %s: %d entries left out (%s%s)", folder, len(skipped), shown,
+                    "; ..." if len(skipped) > 3 else "")  # fmt: skip
     if not images:
-        raise ConfigError(f"synthetic pool {folder} holds no images (expected POOL/<class>/<image>)")
-    return PoolImages(images, names)
+        raise ConfigError(f"synthetic pool {folder} holds no readable images (expected POOL/<class>/<image>)")
+    return PoolImages(images, names, skipped)
 
 
 class PoolGenerator(Generator):
@@ -179,8 +247,11 @@ class PoolGenerator(Generator):
 
     def refresh_or_keep(self) -> None:
         """``refresh``, but never fail: a folder that cannot be read now keeps the images read last."""
-        with contextlib.suppress(ConfigError):
+        try:
             self.refresh()
+        except (ConfigError, OSError) as exc:
+            log.warning("synthetic pool %s: cannot read it again (%s); keeping the %d images read before",
+                        self.folder, exc, sum(self.held.values()))  # fmt: skip
 
     def draw(self, per_class: np.ndarray, seed: int,
              weights: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
