@@ -195,12 +195,26 @@ class DeviceState:
     state: Literal["online", "offline"]
     num_samples: int = 0
     label_counts: tuple[float, ...] | None = None
-    last_round: int | None = None  # the latest round this board took a task for (None: none yet)
+    last_round: int | None = None  # the latest round whose update from this board counted (None: none yet)
+    # A replayed state is told apart by these: ``session`` names one run of the agent (random), ``sequence``
+    # numbers its states (1, 2, ...; its last will, made when it connects, is 0).
+    session: str | None = None
+    sequence: int | None = None
 
     def __post_init__(self) -> None:
         _check_device(self.device_id)
         if self.last_round is not None:
             _check_int("last_round", self.last_round, 1, 2**31)
+        if (self.session is None) != (self.sequence is None):
+            raise _fail("session and sequence come together")
+        if self.session is not None:
+            if (
+                not isinstance(self.session, str)
+                or not 8 <= len(self.session) <= 32
+                or not set(self.session) <= _SHA256_HEX
+            ):
+                raise _fail("session must be 8..32 lowercase hex digits")
+            _check_int("sequence", self.sequence, 0, 2**53)
         if self.state not in ("online", "offline"):
             raise _fail(f"state must be online or offline, got {self.state!r}")
         _check_int("num_samples", self.num_samples, 0, 2**40)
@@ -424,8 +438,10 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
         header["chunks"] = list(message.chunks)
     if isinstance(message, DeviceState) and message.label_counts is not None:
         header["label_counts"] = list(message.label_counts)
-    if isinstance(message, DeviceState) and message.last_round is None:
-        del header["last_round"]
+    if isinstance(message, DeviceState):
+        for name in ("last_round", "session", "sequence"):
+            if header[name] is None:
+                del header[name]
     return header, b""
 
 

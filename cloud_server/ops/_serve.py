@@ -79,6 +79,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
                 settle_s=SETTLE_S, accept_older_state=config.accept_older_state, chunk_size=config.chunk_size,
                 max_update_norm=config.max_update_norm, classes=classes,
                 max_weight_ratio=config.max_weight_ratio or None, task_resend_s=config.task_resend_s or None,
+                max_states_per_minute=config.max_states_per_minute,
             ),
             strategy,
             transport,

@@ -48,6 +48,9 @@ class ServeConfig(FleetRunConfig):
         "Send a picked device that is silent this long its task again, then after twice as long (0: never).",
         flag="--task-resend",
     )
+    max_states_per_minute: int = setting(
+        CoordinatorConfig.max_states_per_minute, "State messages a device may send a minute; more are refused."
+    )
     metrics_port: int | None = setting(None, "Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
     metrics_host: str = setting("127.0.0.1", "Address the metrics (and dashboard) listen on.")
     dashboard: bool = setting(False, "A read-only fleet page on the metrics port.")

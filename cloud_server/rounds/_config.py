@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -32,6 +32,9 @@ class CoordinatorConfig:
     # after twice as long, and so on): a task or a chunk a broker lost (a cluster losing a node) costs a
     # wait, not the device's round. A device that has its task treats a copy as a repeat. None: never.
     task_resend_s: float | None = 30.0
+    # A device's state messages (online, offline, new counts) beyond this many in a minute are refused: each
+    # one costs a journal write and may re-send a task, so a flood from one device must not steer the server.
+    max_states_per_minute: int = 30
     # Stop opening rounds after this many in a row in which no update came and every board that answered
     # reported a failure (a model that does not fit the boards' data, say): they cannot succeed. None: never.
     max_failed_rounds: int | None = 3
@@ -61,6 +64,8 @@ class CoordinatorConfig:
             raise ConfigError(f"the settle time must be 0 or more seconds, got {self.settle_s}")
         if self.task_resend_s is not None and not self.task_resend_s > 0:
             raise ConfigError("the task re-send interval must be positive")
+        if self.max_states_per_minute < 1:
+            raise ConfigError(f"max states per minute must be at least 1, got {self.max_states_per_minute}")
         if self.max_failed_rounds is not None and self.max_failed_rounds < 1:
             raise ConfigError(f"max failed rounds must be at least 1, got {self.max_failed_rounds}")
         if not MIN_CHUNK_SIZE <= self.chunk_size <= 256 * 1024 * 1024:
@@ -74,4 +79,9 @@ class DeviceRecord:
     num_samples: int
     label_counts: tuple[float, ...] | None
     rounds: int = 0
-    last_round: int | None = None  # the latest round the device says it took a task for
+    last_round: int | None = None  # the latest round the device says its update counted in
+    # What tells a replayed state apart (see check_fresh_state): the highest state number taken of each of the
+    # device's recent runs (sessions), the run its last "online" came from, and whether its will came last.
+    sessions: dict[str, int] = field(default_factory=dict)
+    session: str | None = None
+    will_taken: bool = False

@@ -54,7 +54,7 @@ from ._dispatch import Handlers, dispatch
 from ._failures import failure_summary
 from ._journal import AcceptedUpdate, ClosedRound, Journal, OpenRoundRecord
 from ._round import OpenRound, RoundHooks, RoundResult, scaled_counts, weight_cap
-from ._validation import check_round, check_state, validated_delta
+from ._validation import RateLimit, check_fresh_state, check_round, check_state, validated_delta
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundHooks", "RoundResult"]
 
@@ -103,6 +103,7 @@ class Coordinator:
         self._revoked_checked = -math.inf
         # sha256 of every update frame accepted -> its round: a byte-identical frame in a later round is a replay
         self._accepted_frames: dict[str, int] = {}
+        self._state_limit = RateLimit(config.max_states_per_minute, 60.0)
         if strategy.model_name not in (None, config.model_name) or strategy.classes not in ((), config.classes):
             raise ConfigError("the strategy was made for another model or class list than the fleet's")
         self._set_global(initial_state)
@@ -210,11 +211,18 @@ class Coordinator:
 
     def _on_state(self, device_id: str, state: DeviceState) -> None:
         check_state(device_id, state, len(self.config.classes))
+        now = self._clock()
+        if not self._state_limit.allow(device_id, now):
+            raise ProtocolError(
+                "rate-limited", f"{device_id} sent over {self.config.max_states_per_minute} states a minute"
+            )
         record = self.devices.get(device_id)
         first = record is None  # since this coordinator started: maybe the broker's retained copy
         if record is None:
             record = self.devices[device_id] = DeviceRecord(device_id, False, 0, None)
             log.info("device %s registered (%d samples)", device_id, state.num_samples)
+        check_fresh_state(record, state)
+        before = (record.online, record.num_samples, record.label_counts, record.last_round)
         # Back from offline (a restart, a lost connection): its task may be gone. An "online" it repeats while
         # online (a periodic refresh, new label counts) says nothing of that.
         came_back = state.state == "online" and not record.online
@@ -223,13 +231,18 @@ class Coordinator:
         record.label_counts = state.label_counts
         if state.last_round is not None:
             record.last_round = max(record.last_round or 0, state.last_round)
-        self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts, retained=first)
+        if first or before != (record.online, record.num_samples, record.label_counts, record.last_round):
+            self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts, retained=first)
         current = self._open
         if came_back and current is not None and device_id in set(current.configs) - current.answered:
-            # It restarted, or the broker did: the task it had may be gone. A device that still
-            # holds it treats the copy as a repeat (re-sends its update or resumes its download).
-            log.info("round %d: %s is back; sending its task again", current.number, device_id)
-            self._publish_tasks(current, [device_id])
+            # It restarted, or the broker did: the task it had may be gone. A device that still holds it
+            # treats the copy as a repeat (re-sends its update or resumes its download). At most once per
+            # re-send interval: a device flapping online/offline does not get a task per flap.
+            last = current.resent_on_return.get(device_id)
+            if last is None or now - last >= (self.config.task_resend_s or self.config.round_timeout_s):
+                current.resent_on_return[device_id] = now
+                log.info("round %d: %s is back; sending its task again", current.number, device_id)
+                self._publish_tasks(current, [device_id])
 
     def _on_blob_request(self, device_id: str, request: BlobRequest) -> None:
         named = {self.global_id: len(self._global_blob)}
@@ -404,9 +417,9 @@ class Coordinator:
             picked[device_id] = DeviceInfo(weight, scaled_counts(record.label_counts, record.num_samples, weight))
         try:
             plan = self.strategy.configure_synthetic(number, self.global_state, configs, picked)
-        except Exception:  # a generator that fails (a broken pool, a torch error) must not take the fleet down
+        except Exception as exc:  # a generator that fails (a broken pool, a torch error) must not take the fleet down
             log.exception("round %d: the strategy could not make synthetic data; the round trains without", number)
-            plan = RoundPlan(configs)
+            plan = RoundPlan(configs, metrics={"sent": False, "why_not": f"the strategy failed ({type(exc).__name__})"})
         configs = plan.configs
         current = self._new_round(number, configs, self._clock())
         current.weight_cap = cap

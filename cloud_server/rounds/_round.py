@@ -65,6 +65,7 @@ class OpenRound:
     budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
     heard: dict[str, float] = field(default_factory=dict)  # per device: last task sent to it or word from it
     resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send
+    resent_on_return: dict[str, float] = field(default_factory=dict)  # per device: when it came back, got its task
     working: dict[str, float] = field(default_factory=dict)  # per device: seconds its job has run, as it said
 
     def weight(self, claimed: int) -> int:

@@ -3,14 +3,16 @@ passed or raise ProtocolError (whose reason the coordinator counts and, for an u
 
 from __future__ import annotations
 
+import collections
 import math
 
 from protocol import DeviceState, ProtocolError, TensorDict, Update, decode_delta
 
 from ..learning._aggregation import WeightedDeltaSum, check_update_shapes, l2_norm
+from ._config import DeviceRecord
 from ._round import OpenRound
 
-__all__ = ["check_round", "check_state", "validated_delta"]
+__all__ = ["RateLimit", "check_fresh_state", "check_round", "check_state", "validated_delta"]
 
 
 def check_round(current: OpenRound | None, device_id: str, claimed_device: str, round_number: int) -> OpenRound:
@@ -39,6 +41,29 @@ def check_state(device_id: str, state: DeviceState, num_classes: int) -> None:
                             f"not its {state.num_samples} samples")  # fmt: skip
 
 
+_SESSIONS_KEPT = 8  # runs of a device whose state numbers are remembered
+
+
+def check_fresh_state(record: DeviceRecord, state: DeviceState) -> None:
+    """Refuse a replayed state, then note this one as seen. A state numbered no higher than one taken of the
+    same run is a replay; a will (number 0) is taken only from the run the device's latest "online" came from,
+    once. States without numbers (older agents) are taken as they come."""
+    if state.session is None or state.sequence is None:
+        return
+    if state.sequence > 0:
+        if state.sequence <= record.sessions.get(state.session, 0):
+            raise ProtocolError("replayed-state", f"{record.device_id}'s state {state.sequence} again")
+        record.sessions.pop(state.session, None)  # to the end: the most recent run
+        record.sessions[state.session] = state.sequence
+        while len(record.sessions) > _SESSIONS_KEPT:
+            del record.sessions[next(iter(record.sessions))]
+        record.session, record.will_taken = state.session, False
+        return
+    if record.session not in (None, state.session) or (record.will_taken and record.session == state.session):
+        raise ProtocolError("replayed-state", f"{record.device_id}'s will of another run, or again")
+    record.session, record.will_taken = state.session, True
+
+
 def validated_delta(
     update: Update,
     codec: str,
@@ -59,3 +84,24 @@ def validated_delta(
     if max_norm is not None and norm > max_norm:
         raise ProtocolError("norm-too-large", f"norm {norm:.3g} > {max_norm:.3g}")
     return delta, norm
+
+
+class RateLimit:
+    """At most ``count`` messages per sender in any ``window_s`` seconds (a sliding window): what one device
+    may make the coordinator do for it."""
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count = count
+        self.window_s = window_s
+        self._times: dict[str, collections.deque[float]] = {}
+
+    def allow(self, sender: str, now: float) -> bool:
+        if len(self._times) > 4096:  # senders come and go: keep only those heard from within the window
+            self._times = {s: t for s, t in self._times.items() if t and now - t[-1] < self.window_s}
+        times = self._times.setdefault(sender, collections.deque())
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) >= self.count:
+            return False
+        times.append(now)
+        return True

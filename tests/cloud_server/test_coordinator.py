@@ -339,3 +339,109 @@ def test_a_device_revoked_mid_round_takes_its_update_and_only_its_update_out(tmp
     np.testing.assert_allclose(coordinator.global_state["w"], np.full(3, 3.8, dtype=np.float32), rtol=1e-6)
     assert result.devices == 2
     assert result.device_accuracy == pytest.approx(0.68)
+
+
+def test_a_strategy_that_fails_to_plan_a_round_leaves_it_to_train_without_synthetic_data(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Prepare: a strategy whose synthetic data fails every round (a broken pool, a torch error)
+    class Broken(FedAvg):
+        def configure_synthetic(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise RuntimeError("the pool folder vanished")
+
+    bus = InMemoryBus()
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=2, min_devices=2, round_timeout_s=60)
+    coordinator = Coordinator(config, Broken(StrategyConfig()), bus.connect(), START)
+    coordinator.start()
+    a, b = Device(bus, "a"), Device(bus, "b")
+    # Execute: two rounds
+    a.hello(10)
+    b.hello(30)
+    bus.drain()
+    for round_number in (1, 2):
+        for device, value, samples in ((a, 1.0, 10), (b, 5.0, 30)):
+            task = device.tasks()[-1]
+            assert task.round == round_number
+            device.send("update", device.update(task, value, samples))
+        bus.drain()
+    # Assert: both rounds ran, each saying why it sent nothing
+    assert coordinator.finished and [r.round for r in coordinator.results] == [1, 2]
+    assert all(
+        r.metrics == {"sent": False, "why_not": "the strategy failed (RuntimeError)"} for r in coordinator.results
+    )
+    assert sum("could not make synthetic data" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_device_flooding_states_gets_its_task_once_per_interval_and_is_refused_past_its_rate() -> None:
+    # Prepare: a journal that counts its device writes, and a clock the test moves
+    from cloud_server.rounds._journal import Journal
+
+    class CountingJournal(Journal):
+        writes = 0
+
+        def device_seen(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            CountingJournal.writes += 1
+
+    now = [1000.0]
+    bus = InMemoryBus()
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=2, round_timeout_s=600,
+                               task_resend_s=30.0, max_states_per_minute=30)  # fmt: skip
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, journal=CountingJournal(),
+                              clock=lambda: now[0])  # fmt: skip
+    coordinator.start()
+    a, b = Device(bus, "a"), Device(bus, "b")
+    a.hello(10)
+    b.hello(30)
+    bus.drain()
+    assert len(a.tasks()) == 1 and CountingJournal.writes == 2
+    # Execute: a flaps offline/online 200 times within a few seconds, then the same "online" 20 times later on
+    for i in range(200):
+        now[0] += 0.01
+        a.send("state", DeviceState(device_id="a", state="offline" if i % 2 == 0 else "online", num_samples=10))
+    bus.drain()
+    flood_tasks, flood_writes = len(a.tasks()), CountingJournal.writes
+    now[0] += 61
+    for _ in range(20):
+        now[0] += 1
+        a.hello(10)
+    bus.drain()
+    # Assert: past 30 states a minute (its hello was one) they are refused and counted; the 29 taken re-sent
+    # the task once (not once per return) and each wrote the journal (each changed the state); repeats write nothing
+    assert coordinator.rejected["rate-limited"] == 171
+    assert flood_tasks == 2  # the first task and one re-send
+    assert flood_writes == 2 + 29
+    assert CountingJournal.writes == flood_writes + 1  # a was left offline by the flood: back online, once
+    assert len(a.tasks()) == 3  # 61 s later it came back: its task once more
+    # and the round still closes
+    for device, value, samples in ((a, 1.0, 10), (b, 5.0, 30)):
+        device.send("update", device.update(device.tasks()[-1], value, samples))
+    bus.drain()
+    assert coordinator.finished
+
+
+def test_a_replayed_state_or_will_is_told_apart_and_refused() -> None:
+    # Prepare
+    bus = InMemoryBus()
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=5, round_timeout_s=60)
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START)
+    coordinator.start()
+    a = Device(bus, "a")
+
+    def state(kind: str, session: str, sequence: int) -> tuple[bool, int]:
+        a.send("state", DeviceState(device_id="a", state=kind, num_samples=10, session=session, sequence=sequence))  # type: ignore[arg-type]
+        bus.drain()
+        return coordinator.devices["a"].online, coordinator.rejected["replayed-state"]
+
+    run, later_run, other = "aa" * 8, "bb" * 8, "cc" * 8
+    # Execute and assert, step by step: (online?, replays refused so far)
+    assert state("online", run, 1) == (True, 0)
+    assert state("online", run, 2) == (True, 0)
+    assert state("online", run, 1) == (True, 1)  # an old "online" of this run: a replay
+    assert state("offline", run, 0) == (False, 1)  # its will, when it drops
+    assert state("offline", run, 0) == (False, 2)  # the same will again
+    assert state("online", run, 3) == (True, 2)  # back (a reconnect within the run)
+    assert state("offline", other, 0) == (True, 3)  # the will of a run that is not the current one
+    assert state("online", later_run, 1) == (True, 3)  # a restart: a new run
+    assert state("online", run, 3) == (True, 4)  # the old run's states stay refused
+    assert state("offline", run, 0) == (True, 5)
+    assert state("offline", later_run, 0) == (False, 5)  # the current run's will counts

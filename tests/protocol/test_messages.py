@@ -39,6 +39,7 @@ def _update() -> Update:
     "message",
     [
         DeviceState(device_id="dev-1", state="online", num_samples=5, label_counts=(1.0, 2.5)),
+        DeviceState(device_id="dev-1", state="offline", session="0123456789abcdef", sequence=0),
         Task(
             round=1,
             device_id="dev-1",
@@ -103,6 +104,16 @@ def test_field_values_are_validated() -> None:
         decode_message(_frame(b'{"type":"state","device_id":"dev/#","state":"online"}'))
     with pytest.raises(ProtocolError, match="accepted"):
         decode_message(_frame(b'{"type":"ack","round":1,"device_id":"d","accepted":"yes"}'))
+    for bad, reason in [
+        (b'"session":"0123456789abcdef"', "come together"),
+        (b'"session":"XYZ0123456789abc","sequence":1', "hex digits"),
+        (b'"session":["a"],"sequence":1', "hex digits"),
+        (b'"session":"0123456789abcdef","sequence":-1', "sequence"),
+        (b'"session":"0123456789abcdef","sequence":1e400', "out of range"),
+        (b'"session":"0123456789abcdef","sequence":' + b"9" * 400, "400 characters"),
+    ]:
+        with pytest.raises(ProtocolError, match=reason):
+            decode_message(_frame(b'{"type":"state","device_id":"d","state":"online",' + bad + b"}"))
 
 
 def test_expect_rejects_the_wrong_message_type() -> None:
