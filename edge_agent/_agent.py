@@ -17,7 +17,9 @@ in the daemon.
 
 from __future__ import annotations
 
+import collections
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -61,6 +63,7 @@ TrainingDone = Callable[[Task, "Update | str"], None]
 
 # A repeated task does not ask again for chunks while they are still arriving (seconds since the last one).
 DOWNLOAD_PROGRESS_S = 10.0
+WILL_ANSWER_S = 10.0  # our own will, seen while we are here, is answered at most this often
 
 
 class TrainingRunner(Protocol):
@@ -98,16 +101,24 @@ class AgentCore:
         guard: FrameGuard | None = None,
         policy: TaskPolicy | None = None,
         will_payload: bytes | None = None,
+        session: str | None = None,
     ) -> None:
         self.device_id = device_id
-        # The latest round this board took a task for, kept on disk: a server started from an older copy of
-        # its state learns from the board's state message that the fleet is past it.
+        # The latest round whose update from this board the server counted (its ack), kept on disk: a server
+        # started from an older copy of its state learns from the board's state message that the fleet is past
+        # it. Only an ack moves it: a task, even a forged or replayed one, does not.
         self._round_path = round_path
         self.last_round = _read_round(round_path)
         # The "offline" state the broker publishes for us if we vanish. On a cluster it can arrive after the
         # "online" we sent on reconnecting (two nodes, no order between them): seen while we are here, it is
         # answered with "online" again, or the server would wait for a device it believes gone.
         self._will_payload = will_payload
+        self._will_answered_at = float("-inf")  # monotonic time we last answered our will: once per WILL_ANSWER_S
+        self._will_answer_due = False  # a will came too soon after the last answer: answer when the time comes
+        # This run's states are numbered (its will, made before, is 0), so that the server tells a replay apart.
+        self.session = session or secrets.token_hex(8)
+        self._sequence = 0
+        self._stale_answered: collections.deque[int] = collections.deque(maxlen=16)  # rounds refused as passed
         self._leaving = False
         self._state_sent_at = float("-inf")  # monotonic time of our last state message
         self._chunk_at = float("-inf")  # monotonic time of the last chunk that arrived
@@ -161,7 +172,11 @@ class AgentCore:
     def refresh_state(self, now: float, every_s: float) -> None:
         """Say "online" again every ``every_s`` seconds: a state message a broker lost (a cluster losing a
         node) would otherwise leave the server thinking this device is gone until it reconnects."""
-        if not self._leaving and every_s > 0 and now - self._state_sent_at >= every_s:
+        if self._leaving:
+            return
+        if self._will_answer_due and now - self._will_answered_at >= WILL_ANSWER_S:
+            self._answer_will(now)
+        elif every_s > 0 and now - self._state_sent_at >= every_s:
             self.publish_state("online")
 
     def publish_state(self, state: str) -> None:
@@ -173,10 +188,16 @@ class AgentCore:
             num_samples=self.num_samples,
             label_counts=self.label_counts,
             last_round=self.last_round,
+            session=self.session,
+            sequence=self._next_sequence(),
         )
         self.transport.publish(
             self.topics.device(self.device_id, "state"), self.guard.seal(encode_message(message)), retain=True
         )
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Handle one message; a bad one is logged and counted, never raised."""
@@ -206,8 +227,17 @@ class AgentCore:
     def _on_own_state(self, payload: bytes) -> None:
         if payload != self._will_payload or self._leaving:
             return  # what we published ourselves (MQTT 3.1.1 has no "no local"), or a cleared state
-        # Every copy is answered: the last word on the topic must be ours. An answer is not the will, so
-        # answers cannot answer each other.
+        # The last word on the topic must be ours. An answer is not the will, so answers cannot answer each
+        # other; and a will replayed again and again gets one answer per WILL_ANSWER_S (the periodic state
+        # refresh says "online" in any case).
+        now = time.monotonic()
+        if now - self._will_answered_at < WILL_ANSWER_S:
+            self._will_answer_due = True  # answered once the interval is over (refresh_state)
+            raise ProtocolError("will-flood", f"our will again within {WILL_ANSWER_S:.0f} s; answering later")
+        self._answer_will(now)
+
+    def _answer_will(self, now: float) -> None:
+        self._will_answered_at, self._will_answer_due = now, False
         log.info("device %s: the broker says we are offline, but we are here: saying so again", self.device_id)
         self.publish_state("online")
 
@@ -271,8 +301,12 @@ class AgentCore:
         if task.device_id != self.device_id:
             raise ProtocolError("wrong-device", f"task for {task.device_id}")
         current = self.current_task
-        if current is not None and task.round < current.round:
-            raise ProtocolError("stale-task", f"round {task.round}, already on {current.round}")
+        # the first round this board may still take: the one it is on, or (after a restart) the one after the
+        # last it was counted in
+        passed = current.round if current is not None else (self.last_round or 0) + 1
+        if task.round < passed:
+            self._refuse_passed_round(task.round, passed)
+            return
         if current is not None and task.round == current.round:
             self._on_repeated_task(task)
             return
@@ -299,12 +333,21 @@ class AgentCore:
             self._send_failure(self._refused)
             return
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
-        if self.last_round is None or task.round > self.last_round:
-            self._note_round(task.round)
         self._fetch_or_train(task)
 
+    def _refuse_passed_round(self, round_number: int, passed: int) -> None:
+        """A task for a round this board is past (a server behind the fleet, a replay): say so once per round,
+        so that the server stops waiting for it, and a flood of old tasks costs one answer each at most."""
+        reason = f"stale-task: round {round_number}, this board is on round {passed}"
+        if round_number in self._stale_answered:
+            raise ProtocolError("stale-task", f"round {round_number} again (answered already)")
+        self._stale_answered.append(round_number)
+        log.warning("device %s: refusing the task of round %d: this board is on round %d", self.device_id,
+                    round_number, passed)  # fmt: skip
+        self._send_failure(Failure(round=round_number, device_id=self.device_id, reason=reason))
+
     def _note_round(self, number: int) -> None:
-        """Remember (on disk too) that this board has taken round ``number``, and say so in its state."""
+        """Remember (on disk too) that this board's update of round ``number`` counted, and say so in its state."""
         self.last_round = number
         if self._round_path is not None:
             try:
@@ -436,6 +479,8 @@ class AgentCore:
         if ack.accepted:
             log.info("device %s: the server accepted the update of round %d", self.device_id, ack.round)
             self.last_outcome = (ack.round, "accepted")
+            if self.last_round is None or ack.round > self.last_round:
+                self._note_round(ack.round)
         else:
             log.warning("device %s: server refused the round %d update: %s", self.device_id, ack.round, ack.reason)
             self.last_outcome = (ack.round, f"rejected: {ack.reason}")

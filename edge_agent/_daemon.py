@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -313,7 +314,9 @@ class _Agent:
         self.summary, self.num_samples = summary, num_samples
         classes, label_counts = self._fleet_classes()
         topics = Topics(config.fleet)
-        offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples)
+        session = secrets.token_hex(8)  # this run: its will is state 0 of it, its states 1, 2, ...
+        offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples, session=session,
+                              sequence=0)  # fmt: skip
         guard = config.guard()
         will_payload = guard.seal(encode_message(offline))
         self.transport = MqttTransport(
@@ -355,6 +358,7 @@ class _Agent:
             guard=guard,
             policy=config.policy(),
             will_payload=will_payload,
+            session=session,
         )  # fmt: skip
 
     def _fleet_classes(self) -> tuple[tuple[str, ...] | None, tuple[float, ...] | None]:

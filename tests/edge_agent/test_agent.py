@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_agent import AgentCore, TrainingDone
+from edge_agent._agent import WILL_ANSWER_S
 from protocol import (
     Ack,
     BlobStore,
@@ -189,7 +191,7 @@ def test_the_task_policy_bounds_batch_steps_codec_and_qat() -> None:
         TaskPolicy(allowed_codecs=("zip",))
 
 
-def test_a_late_will_while_the_agent_is_here_is_answered_with_online_again(tmp_path: Path) -> None:
+def test_a_late_will_while_the_agent_is_here_is_answered_with_online_again_at_a_bounded_pace(tmp_path: Path) -> None:
     # Prepare: the server watches the device's state; the broker (the test) holds the device's will
     from protocol import DeviceState
 
@@ -210,9 +212,17 @@ def test_a_late_will_while_the_agent_is_here_is_answered_with_online_again(tmp_p
     other = encode_message(DeviceState(device_id="dev", state="offline", num_samples=5))
     broker.publish(TOPICS.device("dev", "state"), other, retain=True)
     bus.drain()
-    # Assert: each copy of the will is answered, so the last word is "online"; the other frame is not ours
+    # Assert: the first copy of the will is answered at once; the second, within WILL_ANSWER_S of that answer,
+    # once the interval is over (so a replayed will cannot make the agent publish at its pace), and the last
+    # word is "online"; the other frame is not ours
+    assert states == ["online", "offline", "offline", "offline", "online"]
+    assert agent.rejected == {"will-flood": 1}
+    agent.refresh_state(time.monotonic(), every_s=0)  # too soon yet
+    bus.drain()
+    assert len(states) == 5
+    agent.refresh_state(time.monotonic() + WILL_ANSWER_S, every_s=0)
+    bus.drain()
     assert states == ["online", "offline", "offline", "offline", "online", "online"]
-    assert not agent.rejected
     # an agent that is leaving does not contradict its own goodbye
     agent.publish_state("offline")
     broker.publish(TOPICS.device("dev", "state"), will, retain=True)
@@ -452,3 +462,44 @@ def test_at_start_a_blob_store_keeps_its_newest_blobs() -> None:
         assert sorted(removed) == sorted(ids[:2]) and all(store.has(i) for i in ids[2:])
         assert (Path(folder) / "partial").is_dir()
         assert BlobStore().keep_newest(0) == []
+
+
+def test_a_task_for_a_passed_round_is_refused_once_and_only_an_ack_moves_the_round_counter(tmp_path: Path) -> None:
+    # Prepare: a board that holds the model, and the server's side of its topics
+    from protocol import Failure
+
+    bus = InMemoryBus()
+    store = BlobStore(tmp_path / "blobs")
+    model_id = store.put(b"model")
+    got, server = _server(bus)
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, InstantRunner(), num_samples=4,
+                      pending_path=tmp_path / "pending", round_path=tmp_path / "last-round")  # fmt: skip
+    agent.start()
+
+    def task(number: int) -> None:
+        message = Task(round=number, device_id="dev", model_name="toy", model_id=model_id, model_size=5,
+                       config=TrainConfig(), classes=CLASSES)  # fmt: skip
+        server.publish(TOPICS.device("dev", "task"), encode_message(message))  # type: ignore[attr-defined]
+        bus.drain()
+
+    # Execute 1: round 3 trains; only the server's ack makes it the board's round
+    task(3)
+    assert [type(m).__name__ for m in got] == ["Update"] and agent.last_round is None
+    server.publish(TOPICS.device("dev", "ack"), encode_message(Ack(round=3, device_id="dev", accepted=True)))  # type: ignore[attr-defined]
+    bus.drain()
+    assert agent.last_round == 3 and (tmp_path / "last-round").read_text() == "3"
+    # Execute 2: an old task (a replay, a server behind the fleet), three times
+    for _ in range(3):
+        task(2)
+    # Assert 2: refused once with the reason, then dropped and counted
+    failures = [m for m in got if isinstance(m, Failure)]
+    assert [(f.round, f.reason) for f in failures] == [(2, "stale-task: round 2, this board is on round 3")]
+    assert agent.rejected["stale-task"] == 2
+    # Execute 3: a task far ahead (forged on an unsigned fleet, say) trains, but moves no counter
+    task(2**30)
+    assert got[-1].round == 2**30 and agent.last_round == 3
+    # after a restart, a task for the round it was counted in is passed too
+    again = AgentCore("dev", TOPICS, bus.connect(), store, InstantRunner(), num_samples=4,
+                      round_path=tmp_path / "last-round")  # fmt: skip
+    again.start()
+    assert again.last_round == 3
