@@ -23,7 +23,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -83,6 +83,25 @@ def _read_round(path: Path | None) -> int | None:
     return number if 1 <= number <= 2**31 else None
 
 
+@dataclass
+class _OwnState:
+    """What this run of the agent says of itself. Its will is the "offline" state the broker publishes for it
+    if it vanishes; on a cluster that can arrive after the "online" it sent on reconnecting (two nodes, no order
+    between them): seen while it is here, it is answered with "online" again (at most once per WILL_ANSWER_S),
+    or the server would wait for a device it believes gone. Its states are numbered in ``session`` (its will,
+    made first, is 0), so that the server tells a replay apart."""
+
+    will_payload: bytes | None
+    session: str
+    sequence: int = 0
+    will_answered_at: float = float("-inf")  # monotonic time the will was last answered
+    will_answer_due: bool = False  # a will came too soon after the last answer: answer when the time comes
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+
 class AgentCore:
     def __init__(
         self,
@@ -109,15 +128,7 @@ class AgentCore:
         # it. Only an ack moves it: a task, even a forged or replayed one, does not.
         self._round_path = round_path
         self.last_round = _read_round(round_path)
-        # The "offline" state the broker publishes for us if we vanish. On a cluster it can arrive after the
-        # "online" we sent on reconnecting (two nodes, no order between them): seen while we are here, it is
-        # answered with "online" again, or the server would wait for a device it believes gone.
-        self._will_payload = will_payload
-        self._will_answered_at = float("-inf")  # monotonic time we last answered our will: once per WILL_ANSWER_S
-        self._will_answer_due = False  # a will came too soon after the last answer: answer when the time comes
-        # This run's states are numbered (its will, made before, is 0), so that the server tells a replay apart.
-        self.session = session or secrets.token_hex(8)
-        self._sequence = 0
+        self._own = _OwnState(will_payload, session or secrets.token_hex(8))
         self._stale_answered: collections.deque[int] = collections.deque(maxlen=16)  # rounds refused as passed
         self._leaving = False
         self._state_sent_at = float("-inf")  # monotonic time of our last state message
@@ -154,7 +165,7 @@ class AgentCore:
     def start(self) -> None:
         for channel in ("task", "ack", "blob/chunk"):
             self.transport.subscribe(self.topics.device(self.device_id, channel))  # type: ignore[arg-type]
-        if self._will_payload is not None:
+        if self._own.will_payload is not None:
             self.transport.subscribe(self.topics.device(self.device_id, "state"))
         self.publish_state("online")
         self._load_pending()
@@ -174,7 +185,7 @@ class AgentCore:
         node) would otherwise leave the server thinking this device is gone until it reconnects."""
         if self._leaving:
             return
-        if self._will_answer_due and now - self._will_answered_at >= WILL_ANSWER_S:
+        if self._own.will_answer_due and now - self._own.will_answered_at >= WILL_ANSWER_S:
             self._answer_will(now)
         elif every_s > 0 and now - self._state_sent_at >= every_s:
             self.publish_state("online")
@@ -188,16 +199,12 @@ class AgentCore:
             num_samples=self.num_samples,
             label_counts=self.label_counts,
             last_round=self.last_round,
-            session=self.session,
-            sequence=self._next_sequence(),
+            session=self._own.session,
+            sequence=self._own.next_sequence(),
         )
         self.transport.publish(
             self.topics.device(self.device_id, "state"), self.guard.seal(encode_message(message)), retain=True
         )
-
-    def _next_sequence(self) -> int:
-        self._sequence += 1
-        return self._sequence
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Handle one message; a bad one is logged and counted, never raised."""
@@ -225,19 +232,19 @@ class AgentCore:
             log.exception("device %s dropped a message on %s after an unexpected error", self.device_id, topic[:120])
 
     def _on_own_state(self, payload: bytes) -> None:
-        if payload != self._will_payload or self._leaving:
+        if payload != self._own.will_payload or self._leaving:
             return  # what we published ourselves (MQTT 3.1.1 has no "no local"), or a cleared state
         # The last word on the topic must be ours. An answer is not the will, so answers cannot answer each
         # other; and a will replayed again and again gets one answer per WILL_ANSWER_S (the periodic state
         # refresh says "online" in any case).
         now = time.monotonic()
-        if now - self._will_answered_at < WILL_ANSWER_S:
-            self._will_answer_due = True  # answered once the interval is over (refresh_state)
+        if now - self._own.will_answered_at < WILL_ANSWER_S:
+            self._own.will_answer_due = True  # answered once the interval is over (refresh_state)
             raise ProtocolError("will-flood", f"our will again within {WILL_ANSWER_S:.0f} s; answering later")
         self._answer_will(now)
 
     def _answer_will(self, now: float) -> None:
-        self._will_answered_at, self._will_answer_due = now, False
+        self._own.will_answered_at, self._own.will_answer_due = now, False
         log.info("device %s: the broker says we are offline, but we are here: saying so again", self.device_id)
         self.publish_state("online")
 
@@ -347,14 +354,13 @@ class AgentCore:
         self._send_failure(Failure(round=round_number, device_id=self.device_id, reason=reason))
 
     def _note_round(self, number: int) -> None:
-        """Remember (on disk too) that this board's update of round ``number`` counted, and say so in its state."""
+        """Remember (on disk too) that this board's update of round ``number`` counted: its next state says so."""
         self.last_round = number
         if self._round_path is not None:
             try:
                 atomic_write(self._round_path, str(number).encode())
             except OSError as exc:  # a cache of what the state message says: training goes on
                 log.warning("cannot keep the latest round in %s: %s", self._round_path, exc)
-        self.publish_state("online")
 
     def _adopt_classes(self, classes: tuple[str, ...]) -> str | None:
         """Take the fleet's class list of a task: the label counts in its order, announced again if they
