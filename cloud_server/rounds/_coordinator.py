@@ -60,6 +60,8 @@ __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundHooks", "Ro
 
 log = logging.getLogger("genfl.server")
 
+CHECKPOINT_RETRY_S = 10.0  # a closed round whose journal write failed is written again this often
+
 Evaluator = Callable[[TensorDict], "tuple[float, float] | None"]
 
 
@@ -103,6 +105,9 @@ class Coordinator:
         self._revoked_checked = -math.inf
         # sha256 of every update frame accepted -> its round: a byte-identical frame in a later round is a replay
         self._accepted_frames: dict[str, int] = {}
+        # a round aggregated whose journal write failed: (its result, what to write, when last tried)
+        self._closing: tuple[RoundResult, ClosedRound, float] | None = None
+        self.checkpoint_failures = 0  # journal writes of a closed round that failed (and were tried again)
         self._state_limit = RateLimit(config.max_states_per_minute, 60.0)
         if strategy.model_name not in (None, config.model_name) or strategy.classes not in ((), config.classes):
             raise ConfigError("the strategy was made for another model or class list than the fleet's")
@@ -384,6 +389,9 @@ class Coordinator:
             return
         if self._republish:
             self._after_settling()
+        if self._closing is not None:
+            self._keep_closing_round()  # a round aggregated but not yet kept on disk: nothing opens before it is
+            return
         current = self._open
         if current is not None:
             everyone = current.answered >= set(current.configs)
@@ -540,7 +548,7 @@ class Coordinator:
             failures["(recorded before a restart)"] = len(current.failed) - len(current.reasons)
         self._note_failures(current, len(current.accepted), failures)
         result = self._round_result(current, failures, metrics)
-        self._journal.round_closed(current.number, ClosedRound(
+        closed = ClosedRound(
             self._global_blob,
             self.global_id,
             timed_out=timed_out,
@@ -550,14 +558,37 @@ class Coordinator:
             report=result.metrics or None,
             bytes_up=result.bytes_up,
             bytes_down=result.bytes_down,
-        ))  # fmt: skip
-        self._open = None
+        )
+        self._open = None  # aggregated: updates that come now are for a closed round
+        self._closing = (result, closed, -math.inf)
+        self._keep_closing_round()
+
+    def _keep_closing_round(self) -> None:
+        """Write the aggregated round to the journal (its checkpoint first); a write that fails (a full disk, no
+        file descriptors left) is reported and tried again every CHECKPOINT_RETRY_S, never fatal. The next
+        round opens only once this one is kept."""
+        assert self._closing is not None
+        result, closed, tried_at = self._closing
+        now = self._clock()
+        if now - tried_at < CHECKPOINT_RETRY_S:
+            return
+        try:
+            self._journal.round_closed(result.round, closed)
+        except GenflError as exc:
+            self._closing = (result, closed, now)
+            self.checkpoint_failures += 1
+            log.error("round %d: %s; trying again in %.0f s", result.round, exc, CHECKPOINT_RETRY_S)
+            return
+        self._closing = None
+        self._round_kept(result)
+
+    def _round_kept(self, result: RoundResult) -> None:
         self.results.append(result)
         log.info(
             "round %d closed: %d/%d updates, accuracy %s",
-            current.number,
+            result.round,
             result.devices,
-            len(current.configs),
+            result.selected,
             "-" if result.accuracy is None else f"{result.accuracy:.4f}",
         )
         if self._hooks.on_round_closed is not None:

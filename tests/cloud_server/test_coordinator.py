@@ -445,3 +445,51 @@ def test_a_replayed_state_or_will_is_told_apart_and_refused() -> None:
     assert state("online", run, 3) == (True, 4)  # the old run's states stay refused
     assert state("offline", run, 0) == (True, 5)
     assert state("offline", later_run, 0) == (False, 5)  # the current run's will counts
+
+
+def test_a_round_whose_checkpoint_cannot_be_written_is_kept_later_and_nothing_opens_before(tmp_path: Path) -> None:
+    # Prepare: a journal whose disk fails twice when a round closes (full, or out of file descriptors)
+    from protocol import GenflError
+
+    class FailingJournal(SqliteJournal):
+        failures_left = 2
+
+        def round_closed(self, number: int, closed: object) -> None:  # type: ignore[override]
+            if FailingJournal.failures_left:
+                FailingJournal.failures_left -= 1
+                raise GenflError("cannot write the round checkpoint ([Errno 24] Too many open files)")
+            super().round_closed(number, closed)  # type: ignore[arg-type]
+
+    now = [0.0]
+    bus = InMemoryBus()
+    config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=2, min_devices=2, round_timeout_s=600)
+    journal = FailingJournal(tmp_path)
+    coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, journal=journal,
+                              clock=lambda: now[0])  # fmt: skip
+    coordinator.start()
+    a, b = Device(bus, "a"), Device(bus, "b")
+    a.hello(10)
+    b.hello(30)
+    bus.drain()
+    # Execute: round 1 completes; its write fails; time passes in steps
+    for device, value, samples in ((a, 1.0, 10), (b, 5.0, 30)):
+        device.send("update", device.update(device.tasks()[-1], value, samples))
+    bus.drain()
+    assert coordinator.results == [] and coordinator.checkpoint_failures == 1 and not coordinator.finished
+    now[0] += 5
+    coordinator.tick()
+    assert coordinator.checkpoint_failures == 1  # not yet: once per retry interval
+    late = a.update(a.tasks()[-1], 9.0, 10)
+    a.send("update", late)  # an update for the aggregated round: refused, it changes nothing
+    bus.drain()
+    now[0] += 6
+    coordinator.tick()  # the second failure
+    bus.drain()
+    assert coordinator.checkpoint_failures == 2 and [t.round for t in a.tasks()] == [1]
+    now[0] += 10
+    coordinator.tick()  # written: round 1 is kept, round 2 opens
+    bus.drain()
+    # Assert
+    assert [r.round for r in coordinator.results] == [1] and [t.round for t in a.tasks()] == [1, 2]
+    assert journal.checkpoint_path(1).is_file()
+    np.testing.assert_array_equal(coordinator.global_state["w"], np.full(3, 4.0, dtype=np.float32))
