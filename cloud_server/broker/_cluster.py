@@ -49,7 +49,7 @@ class NodeAddress:
         return f"mqtt://{self.host}:{self.mqtt_port}?version=3.1.1"  # NATS speaks MQTT 3.1.1
 
 
-def _host_list(text: str) -> tuple[str, ...]:
+def host_list(text: str) -> tuple[str, ...]:
     return tuple(host.strip() for host in text.split(",") if host.strip())
 
 
@@ -59,7 +59,7 @@ class ClusterSpec:
 
     nodes: int = setting(3, "Nodes in the cluster (3 survives losing one).")
     hosts: tuple[str, ...] = setting(
-        (), "Comma-separated host of each node, or one for all (default: all on 127.0.0.1).", parse=_host_list
+        (), "Comma-separated host of each node, or one for all (default: all on 127.0.0.1).", parse=host_list
     )
     client_port: int = setting(4222, "NATS client port.")
     cluster_port: int = setting(6222, "Port of the routes between the nodes.")

@@ -11,9 +11,14 @@ the page changes the fleet.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import html
+import ipaddress
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -31,6 +36,98 @@ from ._metrics import FleetMetrics
 __all__ = ["OperatorServer", "render_page"]
 
 log = logging.getLogger("genfl.dashboard")
+
+# What one client may hold of the coordinator's process: the endpoint runs in it, so an idle or slow client
+# (a slowloris) must not keep threads and file descriptors.
+MAX_CONNECTIONS = 16  # connections answered at once; more are closed as they come
+REQUEST_DEADLINE_S = 10.0  # a connection is closed this long after it was accepted, answered or not
+ACCEPT_BACKOFF_S = 0.5  # out of file descriptors: wait this long before accepting again
+
+
+def allowed_host(header: str | None, names: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` header names this server: an IP address, ``localhost`` or one of ``names``
+    (a page of another site that resolves its own name to this address, DNS rebinding, names that site)."""
+    if not header:
+        return False
+    host = header.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in names or host == "localhost"
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on connections, a deadline on each, and a pause when the process is out
+    of file descriptors (accepting in a loop would spin and starve the coordinator)."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # the listen backlog: a burst of connections is accepted (and refused) at once
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open: dict[socket.socket, float] = {}  # connection -> monotonic time accepted
+        self._lock = threading.Lock()
+        self.refused = 0  # connections closed at once: all slots taken
+        super().__init__(address, handler)
+        self._reaper = threading.Thread(target=self._reap, name="genfl-operator-reaper", daemon=True)
+        self._reaper.start()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("operator endpoint: cannot accept (%s); pausing %.1f s", exc, ACCEPT_BACKOFF_S)
+                time.sleep(ACCEPT_BACKOFF_S)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self._open[request] = time.monotonic()
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # no thread could start: the slot is free again
+            self._forget(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or cut off mid-answer is routine here (the deadline does it); anything else is logged."""
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("operator endpoint: %s went away: %s", client_address, sys.exc_info()[1])
+        else:
+            log.exception("operator endpoint: answering %s failed", client_address)
+
+    def _forget(self, request: socket.socket) -> None:
+        with self._lock:
+            if self._open.pop(request, None) is not None:
+                self._slots.release()
+
+    def _reap(self) -> None:
+        """Close connections past their deadline: their handler's read or write ends, and its thread."""
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c, since in self._open.items() if now - since > REQUEST_DEADLINE_S]
+            for connection in late:
+                with contextlib.suppress(OSError):  # closed already
+                    connection.shutdown(socket.SHUT_RDWR)
 
 
 def _when(stamp: float | None) -> str:
@@ -197,17 +294,18 @@ class OperatorServer:
     """``/metrics`` always; ``/`` and ``/fleet.json`` when ``dashboard`` is on. Runs in a daemon thread."""
 
     def __init__(self, metrics: FleetMetrics, state_dir: Path, fleet: str, *, host: str = "127.0.0.1", port: int = 0,
-                 dashboard: bool = False) -> None:  # fmt: skip
+                 dashboard: bool = False, names: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.metrics = metrics
         self.state_dir = state_dir
         self.fleet = fleet
         self.dashboard = dashboard
+        # the names a request's Host may give besides IP addresses and localhost: this machine's, and ``names``
+        self.names = frozenset(n.lower() for n in (*names, host, socket.gethostname(), socket.getfqdn()) if n)
         handler = self._handler_class()
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _BoundedServer((host, port), handler)
         except OSError as exc:
             raise TransportError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="genfl-operator-http", daemon=True)
 
     @property
@@ -229,6 +327,7 @@ class OperatorServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "genfl-server"
             sys_version = ""
+            timeout = REQUEST_DEADLINE_S  # each read and write; the server closes the connection at the deadline
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("%s %s", self.address_string(), format % args)
@@ -241,6 +340,9 @@ class OperatorServer:
 
             def _answer(self, *, body: bool) -> None:
                 path = self.path.split("?", 1)[0]
+                if not allowed_host(self.headers.get("Host"), owner.names):
+                    self.send_error(HTTPStatus.MISDIRECTED_REQUEST, "unknown Host (give serve --metrics-name NAME)")
+                    return
                 try:
                     if path == "/metrics":
                         payload, kind = generate_latest(owner.metrics.registry), CONTENT_TYPE_LATEST

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from protocol import DEFAULT_CHUNK_SIZE, ConfigError, parse_brokers, parse_classes, setting, validate_classes
 
+from ..broker._cluster import host_list
 from ..rounds._config import CoordinatorConfig
 from ._run_config import FleetRunConfig
 
@@ -53,6 +54,14 @@ class ServeConfig(FleetRunConfig):
     )
     metrics_port: int | None = setting(None, "Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
     metrics_host: str = setting("127.0.0.1", "Address the metrics (and dashboard) listen on.")
+    metrics_names: tuple[str, ...] = setting(
+        (),
+        "Host names the metrics and dashboard answer to besides IP addresses, localhost and this machine's name "
+        "(comma-separated): a request naming another is refused (DNS rebinding).",
+        flag="--metrics-name",
+        parse=host_list,
+        metavar="NAMES",
+    )
     dashboard: bool = setting(False, "A read-only fleet page on the metrics port.")
     eval_dataset: str | None = setting(None, "Score each new model on this data set's test split (e.g. digits).")
     eval_data_dir: Path = setting(Path("data"), "Where --eval-dataset's files are.")
