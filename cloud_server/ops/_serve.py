@@ -153,7 +153,7 @@ def _operator_endpoint(config: ServeConfig, fleet: str, stack: contextlib.ExitSt
     metrics = FleetMetrics(fleet)
     metrics.seed_from_journal(config.state_dir)
     operator = OperatorServer(metrics, config.state_dir, fleet, host=config.metrics_host, port=config.metrics_port,
-                              dashboard=config.dashboard, names=config.metrics_names)  # fmt: skip
+                              dashboard=config.dashboard, names=config.metrics_names or ())  # fmt: skip
     operator.start()
     stack.callback(operator.close)
     print(f"metrics at http://{config.metrics_host}:{operator.port}/metrics"

@@ -54,8 +54,8 @@ class ServeConfig(FleetRunConfig):
     )
     metrics_port: int | None = setting(None, "Serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port).")
     metrics_host: str = setting("127.0.0.1", "Address the metrics (and dashboard) listen on.")
-    metrics_names: tuple[str, ...] = setting(
-        (),
+    metrics_names: tuple[str, ...] | None = setting(
+        None,
         "Host names the metrics and dashboard answer to besides IP addresses, localhost and this machine's name "
         "(comma-separated): a request naming another is refused (DNS rebinding).",
         flag="--metrics-name",
