@@ -354,13 +354,15 @@ class AgentCore:
         self._send_failure(Failure(round=round_number, device_id=self.device_id, reason=reason))
 
     def _note_round(self, number: int) -> None:
-        """Remember (on disk too) that this board's update of round ``number`` counted: its next state says so."""
+        """Remember (on disk too) that this board's update of round ``number`` counted, and say so in its state
+        (retained: a server started from an older copy of its state learns from it that the fleet is past it)."""
         self.last_round = number
         if self._round_path is not None:
             try:
                 atomic_write(self._round_path, str(number).encode())
             except OSError as exc:  # a cache of what the state message says: training goes on
                 log.warning("cannot keep the latest round in %s: %s", self._round_path, exc)
+        self.publish_state("online")
 
     def _adopt_classes(self, classes: tuple[str, ...]) -> str | None:
         """Take the fleet's class list of a task: the label counts in its order, announced again if they

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -27,6 +28,7 @@ from protocol import (
     parse_brokers,
 )
 from simulation import SimulationConfig, run_simulation
+from tests.system._helpers import wait_for
 
 
 def _model_hash(result) -> str:  # type: ignore[no-untyped-def]
@@ -45,7 +47,13 @@ def test_agent_processes_over_mqtt_give_the_in_memory_model_bit_for_bit(mosquitt
     # Assert
     assert _model_hash(mqtt) == _model_hash(local) == _model_hash(grouped)
     assert [r.accuracy for r in mqtt.rounds] == [r.accuracy for r in local.rounds]
-    assert [r.bytes_up for r in mqtt.rounds] == [r.bytes_up for r in local.rounds]
+    # The same traffic, but for when each board's state after its ack lands: in memory every one comes after the
+    # round closed, over MQTT most before (a state is about 200 bytes, an update about 99 KB)
+    state_bytes = base["devices"] * 256
+    assert all(abs(m.bytes_up - r.bytes_up) <= state_bytes for m, r in zip(mqtt.rounds, local.rounds)), (
+        [r.bytes_up for r in mqtt.rounds],
+        [r.bytes_up for r in local.rounds],
+    )
 
 
 def test_the_first_connection_is_retried_with_a_growing_wait_until_it_works_or_attempts_run_out(
@@ -101,15 +109,16 @@ def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosqu
         def send(topic: str, payload: bytes, retain: bool = False) -> None:
             attacker.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
-        def pump(seconds: float) -> None:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
+        def pump_until(done: Callable[[], bool], what: str) -> None:  # progress, not a fixed wall time
+            def polled() -> bool:
                 transport.poll(0.05)
+                return done()
+
+            wait_for(polled, 60, what, interval_s=0)
 
         hello = DeviceState(device_id="dev-a", state="online", num_samples=3)
         send(topics.device("dev-a", "state"), encode_message(hello))
-        pump(1.0)
-        assert coordinator.round_number == 1
+        pump_until(lambda: coordinator.round_number == 1, "round 1 to open")
         chunk = next(iter_chunks(b"x" * 5000, 1024))
         bad_chunk = BlobChunk(chunk.blob_id, chunk.index, chunk.count, chunk.total_size, "0" * 64, chunk.data)
         closed_round = Update(
@@ -122,7 +131,7 @@ def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosqu
         send(topics.device("dev-a", "update"), encode_message(closed_round))
         send(topics.device("dev-a", "blob/req"), encode_message(bad_chunk))
         send(f"genfl/{fleet}/devices/dev-a/firmware", b"?")
-        pump(1.5)
+        pump_until(lambda: sum(coordinator.rejected.values()) >= 5, "the five hostile messages counted")
         # Assert: each rejected and counted, the round still open and served
         assert coordinator.rejected["bad-frame"] == 1
         assert coordinator.rejected["bad-tensors"] == 1
@@ -134,7 +143,7 @@ def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosqu
             train_loss=0.1, train_accuracy=0.5, delta={"w": np.ones(4, dtype=np.float32)},
         )  # fmt: skip
         send(topics.device("dev-a", "update"), encode_message(good))
-        pump(1.0)
+        pump_until(lambda: coordinator.finished, "the round to close")
         assert coordinator.finished
         np.testing.assert_array_equal(coordinator.global_state["w"], np.ones(4, dtype=np.float32))
     finally:
