@@ -117,7 +117,8 @@ def test_coordinator_rejects_and_counts_hostile_messages_and_keeps_serving(mosqu
             wait_for(polled, 60, what, interval_s=0)
 
         hello = DeviceState(device_id="dev-a", state="online", num_samples=3)
-        send(topics.device("dev-a", "state"), encode_message(hello))
+        # retained, as a board's state is: the coordinator's subscription may not be in place yet
+        send(topics.device("dev-a", "state"), encode_message(hello), retain=True)
         pump_until(lambda: coordinator.round_number == 1, "round 1 to open")
         chunk = next(iter_chunks(b"x" * 5000, 1024))
         bad_chunk = BlobChunk(chunk.blob_id, chunk.index, chunk.count, chunk.total_size, "0" * 64, chunk.data)
