@@ -126,8 +126,10 @@ def render_node_config(spec: ClusterSpec, index: int, store_dir: str | None = No
     bind = node.host if len({n.host for n in nodes}) < len(nodes) else "0.0.0.0"
     return f"""# genfl-server cluster-config: node {node.name} of {spec.nodes} in NATS cluster {spec.name!r}.
 server_name: {node.name}
-listen: {bind}:{node.client_port}
-http: {node.host}:{node.monitor_port}
+# The fleet speaks MQTT; the NATS client port and the monitoring port (which lists every client) are for this
+# machine only.
+listen: 127.0.0.1:{node.client_port}
+http: 127.0.0.1:{node.monitor_port}
 # The largest message: a blob chunk ({spec.chunk_size} B) or a model update, in a signed frame.
 max_payload: {spec.payload_limit}
 

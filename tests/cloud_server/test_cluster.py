@@ -65,6 +65,9 @@ def test_every_written_node_config_is_valid_for_nats_server(tmp_path: Path) -> N
     assert "nats-route://10.0.0.1:6222" in n2 and "nats-route://10.0.0.3:6222" in n2
     assert "nats-route://10.0.0.2" not in n2  # no route to itself
     assert "ExecStart=/usr/sbin/nats-server -c /etc/genfl-nats/%i.conf" in files.unit.read_text()
+    # the fleet's listeners on every interface; the client port and the monitoring port on loopback only
+    assert "listen: 127.0.0.1:4222" in n2 and "http: 127.0.0.1:8222" in n2
+    assert "listen: 0.0.0.0:6222" in n2 and "listen: 0.0.0.0:1883" in n2
 
 
 def test_cluster_config_command_writes_the_files_and_explains_bad_input(tmp_path: Path) -> None:
