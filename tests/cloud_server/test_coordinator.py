@@ -63,14 +63,27 @@ def _coordinator(bus: InMemoryBus, journal: SqliteJournal | None = None, rounds:
     return coordinator
 
 
-def test_duplicates_count_once_and_a_replay_in_a_later_round_is_refused_and_counted() -> None:
-    # Prepare
-    bus = InMemoryBus()
-    coordinator = _coordinator(bus)
+def _pair(bus: InMemoryBus) -> tuple[Device, Device]:
+    """Devices a (10 samples) and b (30) on the bus, registered."""
     a, b = Device(bus, "a"), Device(bus, "b")
     a.hello(10)
     b.hello(30)
     bus.drain()
+    return a, b
+
+
+def _answer(bus: InMemoryBus, a: Device, b: Device) -> None:
+    """Both answer their latest task: a with a delta of ones (10 samples), b with fives (30)."""
+    for device, value, samples in ((a, 1.0, 10), (b, 5.0, 30)):
+        device.send("update", device.update(device.tasks()[-1], value, samples))
+    bus.drain()
+
+
+def test_duplicates_count_once_and_a_replay_in_a_later_round_is_refused_and_counted() -> None:
+    # Prepare
+    bus = InMemoryBus()
+    coordinator = _coordinator(bus)
+    a, b = _pair(bus)
     task_a, task_b = a.tasks()[0], b.tasks()[0]
     # Execute: a's update twice (a QoS 1 redelivery), then b's
     a.send("update", a.update(task_a, 1.0, 10))
@@ -110,10 +123,7 @@ def test_a_restarted_coordinator_resumes_the_open_round_from_its_journal(tmp_pat
     # Prepare: round 1 open, a's update accepted, then the coordinator "dies"
     bus = InMemoryBus()
     first = _coordinator(bus, SqliteJournal(tmp_path), rounds=1)
-    a, b = Device(bus, "a"), Device(bus, "b")
-    a.hello(10)
-    b.hello(30)
-    bus.drain()
+    a, b = _pair(bus)
     a.send("update", a.update(a.tasks()[0], 1.0, 10))
     bus.drain()
     first.transport.set_handler(lambda topic, payload: None)  # gone
@@ -282,10 +292,7 @@ def test_a_round_reports_the_same_figures_whether_or_not_the_server_restarted_in
     # Prepare: a reports how the round's model does on its data (0.2, 10 samples), b (0.8, 30 samples)
     bus = InMemoryBus()
     coordinator = _coordinator(bus, SqliteJournal(tmp_path), rounds=1)
-    a, b = Device(bus, "a"), Device(bus, "b")
-    a.hello(10)
-    b.hello(30)
-    bus.drain()
+    a, b = _pair(bus)
     a.send("update", _evaluated(a, a.tasks()[0], 1.0, 10, 0.2))
     bus.drain()
     # Execute: with `restart`, the server dies after a's update and a new one resumes the round
@@ -389,10 +396,7 @@ def test_a_device_flooding_states_gets_its_task_once_per_interval_and_is_refused
     coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, journal=CountingJournal(),
                               clock=lambda: now[0])  # fmt: skip
     coordinator.start()
-    a, b = Device(bus, "a"), Device(bus, "b")
-    a.hello(10)
-    b.hello(30)
-    bus.drain()
+    a, b = _pair(bus)
     assert len(a.tasks()) == 1 and CountingJournal.writes == 2
     # Execute: a flaps offline/online 200 times within a few seconds, then the same "online" 20 times later on
     for i in range(200):
@@ -413,9 +417,7 @@ def test_a_device_flooding_states_gets_its_task_once_per_interval_and_is_refused
     assert CountingJournal.writes == flood_writes + 1  # a was left offline by the flood: back online, once
     assert len(a.tasks()) == 3  # 61 s later it came back: its task once more
     # and the round still closes
-    for device, value, samples in ((a, 1.0, 10), (b, 5.0, 30)):
-        device.send("update", device.update(device.tasks()[-1], value, samples))
-    bus.drain()
+    _answer(bus, a, b)
     assert coordinator.finished
 
 
@@ -467,14 +469,9 @@ def test_a_round_whose_checkpoint_cannot_be_written_is_kept_later_and_nothing_op
     coordinator = Coordinator(config, FedAvg(StrategyConfig()), bus.connect(), START, journal=journal,
                               clock=lambda: now[0])  # fmt: skip
     coordinator.start()
-    a, b = Device(bus, "a"), Device(bus, "b")
-    a.hello(10)
-    b.hello(30)
-    bus.drain()
+    a, b = _pair(bus)
     # Execute: round 1 completes; its write fails; time passes in steps
-    for device, value, samples in ((a, 1.0, 10), (b, 5.0, 30)):
-        device.send("update", device.update(device.tasks()[-1], value, samples))
-    bus.drain()
+    _answer(bus, a, b)
     assert coordinator.results == [] and coordinator.checkpoint_failures == 1 and not coordinator.finished
     now[0] += 5
     coordinator.tick()
