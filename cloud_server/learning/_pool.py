@@ -173,16 +173,23 @@ def load_pool(folder: Path, model_name: str, classes: tuple[str, ...]) -> PoolIm
     channels, height, width = spec.input_shape
     if not folder.is_dir():
         raise ConfigError(f"synthetic pool {folder} is not a folder")
-    folders, skipped = _class_folders(folder)
     try:
+        folders, skipped = _class_folders(folder)
         numbers = class_mapping(folders, classes, f"synthetic pool {folder}")
     except DataError as exc:
         raise ConfigError(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigError(f"synthetic pool {folder} cannot be read ({exc.strerror or exc})") from exc
     images: dict[int, np.ndarray] = {}
     names: dict[int, tuple[str, ...]] = {}
     for name, index in zip(folders, numbers):
         arrays, kept = [], []
-        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in _SUFFIXES):
+        try:
+            paths = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in _SUFFIXES)
+        except OSError as exc:
+            skipped[name] = f"unreadable ({exc.strerror or exc})"
+            continue
+        for path in paths:
             try:
                 arrays.append(_pool_image(path, channels, (width, height)))
                 kept.append(f"{name}/{path.name}")
