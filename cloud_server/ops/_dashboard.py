@@ -74,6 +74,7 @@ class _BoundedServer(ThreadingHTTPServer):
         self._open: dict[socket.socket, float] = {}  # connection -> monotonic time accepted
         self._lock = threading.Lock()
         self.refused = 0  # connections closed at once: all slots taken
+        self._closed = threading.Event()
         super().__init__(address, handler)
         self._reaper = threading.Thread(target=self._reap, name="genfl-operator-reaper", daemon=True)
         self._reaper.start()
@@ -106,6 +107,10 @@ class _BoundedServer(ThreadingHTTPServer):
         finally:
             self._forget(request)
 
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client gone or cut off mid-answer is routine here (the deadline does it); anything else is logged."""
         if isinstance(sys.exc_info()[1], OSError):
@@ -120,8 +125,7 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def _reap(self) -> None:
         """Close connections past their deadline: their handler's read or write ends, and its thread."""
-        while True:
-            time.sleep(1.0)
+        while not self._closed.wait(1.0):
             now = time.monotonic()
             with self._lock:
                 late = [c for c, since in self._open.items() if now - since > REQUEST_DEADLINE_S]
