@@ -107,7 +107,7 @@ def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(cluster: 
     local = run_simulation(SimulationConfig(**BASE, rounds=rounds))
     clustered = run_simulation(
         SimulationConfig(**BASE, rounds=rounds, transport="mqtt", broker=cluster.brokers, fleet=fleet,
-                         round_timeout_s=120),
+                         round_timeout_s=300),  # a loaded machine makes the failover slower, not red
         hooks,
     )  # fmt: skip
     # Assert: every device's update of every round counted once, none twice, the model the in-memory one
