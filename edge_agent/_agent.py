@@ -63,7 +63,7 @@ TrainingDone = Callable[[Task, "Update | str"], None]
 
 # A repeated task does not ask again for chunks while they are still arriving (seconds since the last one).
 DOWNLOAD_PROGRESS_S = 10.0
-WILL_ANSWER_S = 10.0  # our own will, seen while we are here, is answered at most this often
+WILL_ANSWER_S = 10.0  # our own will seen while we are here, or a task of a passed round, is answered at most this often
 
 
 class TrainingRunner(Protocol):
@@ -130,6 +130,7 @@ class AgentCore:
         self.last_round = _read_round(round_path)
         self._own = _OwnState(will_payload, session or secrets.token_hex(8))
         self._stale_answered: collections.deque[int] = collections.deque(maxlen=16)  # rounds refused as passed
+        self._stale_answered_at = float("-inf")  # monotonic time of the last such refusal: one per WILL_ANSWER_S
         self._leaving = False
         self._state_sent_at = float("-inf")  # monotonic time of our last state message
         self._chunk_at = float("-inf")  # monotonic time of the last chunk that arrived
@@ -346,9 +347,12 @@ class AgentCore:
         """A task for a round this board is past (a server behind the fleet, a replay): say so once per round,
         so that the server stops waiting for it, and a flood of old tasks costs one answer each at most."""
         reason = f"stale-task: round {round_number}, this board is on round {passed}"
-        if round_number in self._stale_answered:
-            raise ProtocolError("stale-task", f"round {round_number} again (answered already)")
+        now = time.monotonic()
+        if round_number in self._stale_answered or now - self._stale_answered_at < WILL_ANSWER_S:
+            # answered already, or another passed round within the interval (replays of many old rounds)
+            raise ProtocolError("stale-task", f"round {round_number}: passed, not answered again so soon")
         self._stale_answered.append(round_number)
+        self._stale_answered_at = now
         log.warning("device %s: refusing the task of round %d: this board is on round %d", self.device_id,
                     round_number, passed)  # fmt: skip
         self._send_failure(Failure(round=round_number, device_id=self.device_id, reason=reason))
