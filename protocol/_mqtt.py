@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import random
 import ssl
@@ -58,6 +59,7 @@ log = logging.getLogger("genfl.mqtt")
 
 REFUSED_RETRY_S = 300.0  # seconds between tries while the broker refuses a login it took before
 TAKEN_OVER_WAIT_S = 60  # seconds before reconnecting after another client took our session
+RESUBSCRIBE_FIRST_S, RESUBSCRIBE_MAX_S = 5.0, 300.0  # asking again for a refused subscription
 QUICK_DROP_S = 5.0  # a connection the broker closes sooner than this after accepting it: a fight over the client id?
 
 # QoS 1, and never our own publishes back (MQTT v5 "no local"), as the in-memory bus does.
@@ -210,6 +212,7 @@ class MqttTransport(Transport):
         self._early_subacks: dict[int, str] = {}
         self._sub_lock = threading.Lock()
         self.refused_filters: dict[str, str] = {}  # filter -> the broker's reason, for each SUBSCRIBE it refused
+        self._resubscribe_at, self._resubscribe_every_s = math.inf, RESUBSCRIBE_FIRST_S
         self.refused_topics: dict[str, str] = {}  # topic -> the broker's reason, for each PUBLISH it refused (MQTT 5)
         self._last_publish: paho.MQTTMessageInfo | None = None
         self._client = _paho_client(address, client_id, max_inflight, username, password, ca_file, will)
@@ -340,13 +343,22 @@ class MqttTransport(Transport):
                 return
         if reason:
             self._subscription_refused(topic_filter, reason)
+        elif self.refused_filters.pop(topic_filter, None) is not None:
+            log.info("the broker %s took %s's subscription to %s at last", self.address.url(), self.client_id,
+                     topic_filter)  # fmt: skip
 
     def _subscription_refused(self, topic_filter: str, reason: str) -> None:
         # The broker's ACL does not let this login read the filter (0x87 Not authorized for MQTT 5, 0x80 for
-        # 3.1.1). Nothing will ever arrive on it: say so once instead of waiting in silence.
+        # 3.1.1): nothing will ever arrive on it, so say so once instead of waiting in silence. A cluster also
+        # refuses one it could not set up in time (NATS: its JetStream consumer, during a config reload), so a
+        # refused filter is asked for again, less and less often (poll).
+        if topic_filter not in self.refused_filters:
+            log.error("the broker %s refused %s's subscription to %s (%s)", self.address.url(), self.client_id,
+                      topic_filter, reason)  # fmt: skip
         self.refused_filters[topic_filter] = reason
-        log.error("the broker %s refused %s's subscription to %s (%s)", self.address.url(), self.client_id,
-                  topic_filter, reason)  # fmt: skip
+        with self._sub_lock:
+            self._resubscribe_at = min(self._resubscribe_at, time.monotonic() + self._resubscribe_every_s)
+            self._resubscribe_every_s = min(2 * self._resubscribe_every_s, RESUBSCRIBE_MAX_S)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if not reason_code.is_failure:
@@ -485,6 +497,13 @@ class MqttTransport(Transport):
         if self._connected.is_set():
             self._subscribe(topic_filter)
 
+    @property
+    def subscriptions_settled(self) -> bool:
+        """Whether the broker answered every subscription sent (a cluster may take seconds to make the first one
+        of a persistent session: it sets up replicated streams for it)."""
+        with self._sub_lock:
+            return not self._subscribing
+
     def _subscribe(self, topic_filter: str) -> None:
         if self.address.v5:
             _, mid = self._client.subscribe(topic_filter, options=_SUBSCRIBE)
@@ -506,6 +525,11 @@ class MqttTransport(Transport):
             self._reconnected.clear()
             if self._reconnect_handler is not None:
                 self._reconnect_handler()
+        if self.refused_filters and time.monotonic() >= self._resubscribe_at and self._connected.is_set():
+            with self._sub_lock:
+                self._resubscribe_at = math.inf
+            for topic_filter in list(self.refused_filters):
+                self._subscribe(topic_filter)
         try:
             topic, payload = self._inbox.get(timeout=timeout_s)
         except queue.Empty:
