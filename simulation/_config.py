@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloud_server.learning._robust import AGGREGATORS
 from cloud_server.ops._run_config import FleetRunConfig
@@ -44,6 +45,11 @@ class SimulationConfig(FleetRunConfig):
     )
     malicious: int = setting(0, "Devices that send corrupted updates (in-memory).")
     attack: str = setting("sign-flip", "What --malicious devices do (sign-flip: x-10).", choices=Attack)
+    state_dir: Path | None = setting(
+        None,
+        "--transport mqtt: run a signed fleet, the one broker-config or cluster-config set up in this server state "
+        "dir (simulate enrolls its devices there: give it a state dir of its own).",
+    )
     share_label_counts: bool = setting(True, "Devices send label histograms (GenFL tailors batches by them).")
     label_noise: float | None = setting(None, "Laplace noise on the histograms (epsilon-DP).", metavar="EPSILON")
 
@@ -79,3 +85,5 @@ class SimulationConfig(FleetRunConfig):
             raise ConfigError(f"transport must be local or mqtt, got {self.transport!r}")
         if self.broker is not None:
             parse_brokers(self.broker)
+        if self.state_dir is not None and self.transport != "mqtt":
+            raise ConfigError("--state-dir runs a signed fleet over a broker: use --transport mqtt")

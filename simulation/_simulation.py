@@ -23,6 +23,8 @@ import numpy as np
 
 import models
 from cloud_server.broker._broker import EmbeddedBroker
+from cloud_server.broker._broker_files import SERVER_USER
+from cloud_server.fleet._security import FleetSecurity
 from cloud_server.learning._strategies import make_strategy
 from cloud_server.learning._strategy import derive_seed
 from cloud_server.rounds._coordinator import Coordinator, CoordinatorConfig, RoundHooks, RoundResult
@@ -41,6 +43,7 @@ from edge_agent import (
 from protocol import (
     BlobStore,
     ConfigError,
+    FrameGuard,
     GenflError,
     InMemoryBus,
     MqttTransport,
@@ -49,8 +52,11 @@ from protocol import (
     Transport,
     atomic_write,
     encode_tensors,
+    generate_signing_key,
     parse_brokers,
+    public_key_text,
     rotated,
+    save_signing_key,
 )
 
 from ._attacks import attacked_training
@@ -115,6 +121,9 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 class _InMemoryFederation:
     """Coordinator and agents in this process, on one in-memory bus."""
+
+    guard: FrameGuard | None = None  # nothing to sign: no message leaves the process
+    revoked: Callable[[], set[str]] | None = None
 
     def __init__(self, shards: list[tuple[str, LabeledArrays]], config: SimulationConfig, classes: tuple[str, ...],
                  torch_device: str) -> None:  # fmt: skip
@@ -183,11 +192,22 @@ class _ProcessFederation:
         self.dataset = dataset
         self._stack = contextlib.ExitStack()
         self.run_dir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="genfl-sim-")))
-        url = config.broker
+        self.security = None
+        if config.state_dir is not None:  # a signed fleet: its broker, its CA, its server login
+            self.security = FleetSecurity.load(config.state_dir)
+            if self.security is None:
+                raise ConfigError(f"{config.state_dir} holds no secured fleet: run broker-config or cluster-config")
+            self._stack.callback(self.security.close)
+        url = config.broker or (self.security.url if self.security is not None else None)
         if url is None:
             url = self._stack.enter_context(EmbeddedBroker(kind=config.embedded_broker)).url
         self.url = url
-        transport = MqttTransport(parse_brokers(url), f"genfl-{config.fleet}-server", session_expiry_s=0)
+        if self.security is None:
+            transport = MqttTransport(parse_brokers(url), f"genfl-{config.fleet}-server", session_expiry_s=0)
+        else:
+            transport = MqttTransport(parse_brokers(url), SERVER_USER, username=SERVER_USER,
+                                      password=self.security.server_password, ca_file=self.security.ca_file,
+                                      session_expiry_s=0)  # fmt: skip
         transport.connect()
         self._stack.callback(transport.close)
         self.coordinator_transport = transport
@@ -224,7 +244,13 @@ class _ProcessFederation:
             }  # fmt: skip
             if self.config.worker == "pool":
                 settings["pool_socket"] = str(pool_socket)
+            if self.security is not None:
+                settings.update(self._enroll(device_id, folder))
             agents.append(settings)
+        if self.security is not None:
+            note = self.security.sync_broker()
+            if note:
+                raise GenflError(f"the broker did not take the simulated devices' logins: {note}")
         per_process = self.config.agents_per_process
         for index in range(0, len(agents), per_process):
             group = agents[index : index + per_process]
@@ -243,6 +269,25 @@ class _ProcessFederation:
                 spec.write_text(json.dumps({"agents": group}))
                 command = [sys.executable, "-m", "simulation.multi", "--spec", str(spec)]
             self.processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env))
+
+    def _enroll(self, device_id: str, folder: Path) -> dict[str, object]:
+        """Enroll a simulated device in the signed fleet, as `genfl-edge enroll` does a board: its key in its
+        folder, its broker login; the settings its agent needs."""
+        assert self.security is not None
+        key = generate_signing_key()
+        folder.mkdir(parents=True, exist_ok=True)
+        save_signing_key(folder / "device.key", key)
+        password = self.security.enroll_directly(device_id, public_key_text(key))
+        return {"username": device_id, "password": password, "ca_file": str(self.security.ca_file),
+                "device_key": str(folder / "device.key"), "server_public_key": self.security.public_key}  # fmt: skip
+
+    @property
+    def guard(self) -> FrameGuard | None:
+        return None if self.security is None else self.security.guard()
+
+    @property
+    def revoked(self) -> Callable[[], set[str]] | None:
+        return None if self.security is None else self.security.registry.revoked_ids
 
     def _agent_logs(self, lines: int = 5) -> str:
         tails = []
@@ -329,6 +374,12 @@ def device_shards(config: SimulationConfig) -> DeviceShards:
 
 def run_simulation(config: SimulationConfig, hooks: SimulationHooks = SimulationHooks()) -> SimulationResult:
     started = time.perf_counter()
+    if config.state_dir is not None:  # a signed fleet has its name
+        security = FleetSecurity.load(config.state_dir)
+        if security is None:
+            raise ConfigError(f"{config.state_dir} holds no secured fleet: run broker-config or cluster-config")
+        config = replace(config, fleet=security.fleet)
+        security.close()
     prepared = device_shards(config)
     dataset, model_name, train, parts = prepared.dataset, prepared.model_name, prepared.train, prepared.parts
     config = replace(config, model=model_name)
@@ -371,6 +422,8 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
             models.model_state(models.build_model(model_name, seed=config.seed)),
             evaluator=evaluate,
             hooks=RoundHooks(hooks.on_round_start, hooks.on_update_accepted, round_closed),
+            guard=federation.guard,
+            revoked=federation.revoked,
         )
         coordinator.start()
         federation.start()

@@ -32,14 +32,28 @@ def _healthy(node: NodeAddress, *, strict: bool) -> bool:
 class LocalCluster:
     """The nodes of ``spec`` as ``nats-server`` processes on this machine (tests, benchmarks, a trial)."""
 
-    def __init__(self, spec: ClusterSpec, folder: Path, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        folder: Path,
+        executable: str | None = None,
+        *,
+        state_dir: Path | None = None,
+        fleet: str | None = None,
+    ) -> None:
+        """With ``state_dir`` and ``fleet``: the fleet's secured cluster (``cluster-config --state-dir``)."""
         found = executable or shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/bin")
         if found is None:
             raise TransportError("nats-server is not installed (Debian: apt install nats-server)")
         self.spec = spec
         self.folder = folder
         self.executable = found
-        self.files = write_cluster_config(spec, folder, store_root=folder / "store")
+        if state_dir is not None and fleet is not None:
+            from cloud_server.fleet._security import write_cluster_setup
+
+            self.files = write_cluster_setup(state_dir, spec, folder, fleet=fleet, store_root=folder / "store")
+        else:
+            self.files = write_cluster_config(spec, folder, store_root=folder / "store")
         self.nodes = spec.addresses()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 

@@ -44,6 +44,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from protocol import ConfigError, GenflError, Topics, atomic_write
 
@@ -167,6 +168,12 @@ class BrokerFiles:
     outbox: Path | None = None
     _poked: float = field(default=0.0, init=False, repr=False)
     _lagging_since: float | None = field(default=None, init=False, repr=False)
+
+    kind: ClassVar[Literal["mosquitto"]] = "mosquitto"
+
+    @staticmethod
+    def password_hash(password: str) -> str:
+        return mosquitto_password_hash(password)
 
     @property
     def handed_off(self) -> bool:

@@ -11,11 +11,18 @@ machine, for tests and benchmarks.
 NATS maps MQTT topics to its subjects: a topic must not hold ``.`` or a space
 (NATS 2.9 refuses them), so on NATS fleet and device names use letters,
 digits, ``-`` and ``_`` only.
+
+A *secured* cluster (``cluster-config --state-dir``, written by
+:func:`cloud_server.fleet._security.write_cluster_setup`) adds TLS from the
+fleet CA on every listener (routes verify the other node's certificate, so no
+node joins without one the CA signed) and includes ``accounts.conf``, the
+fleet's logins and what each may do (:mod:`._cluster_users`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +117,35 @@ class ClusterSpec:
             for index, host in enumerate(hosts)
         ]
 
-    def broker_list(self) -> str:
+    def broker_list(self, *, tls: bool = False) -> str:
         """What ``--broker`` takes for this cluster: every node, in order."""
-        return ",".join(node.mqtt_url for node in self.addresses())
+        urls = (node.mqtt_url for node in self.addresses())
+        return ",".join(url.replace("mqtt://", "mqtts://", 1) if tls else url for url in urls)
 
 
-def render_node_config(spec: ClusterSpec, index: int, store_dir: str | None = None) -> str:
-    """The nats-server config of node ``index``: client, cluster, MQTT and monitoring listeners, JetStream."""
+@dataclass(frozen=True)
+class NodeSecurity:
+    """What makes one node of a secured cluster: its certificate and key, the fleet CA, the accounts file."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    accounts_file: Path  # in the folder of the node's config
+    pid_file: Path | None  # where the server finds a node of this machine to reload it
+
+    def tls_block(self, indent: str, *, verify: bool = False) -> str:
+        lines = [f"cert_file: {json.dumps(str(self.cert_file))}", f"key_file: {json.dumps(str(self.key_file))}",
+                 f"ca_file: {json.dumps(str(self.ca_file))}", "timeout: 5"]  # fmt: skip
+        if verify:
+            lines.append("verify: true")
+        return f"{indent}tls {{\n" + "".join(f"{indent}  {line}\n" for line in lines) + f"{indent}}}\n"
+
+
+def render_node_config(
+    spec: ClusterSpec, index: int, store_dir: str | None = None, security: NodeSecurity | None = None
+) -> str:
+    """The nats-server config of node ``index``: client, cluster, MQTT and monitoring listeners, JetStream; with
+    ``security``, TLS on every listener and the fleet's accounts."""
     nodes = spec.addresses()
     node = nodes[index]
     routes = ", ".join(f"nats-route://{other.host}:{other.cluster_port}" for other in nodes if other != node)
@@ -124,7 +153,21 @@ def render_node_config(spec: ClusterSpec, index: int, store_dir: str | None = No
     store = store_dir or f"{spec.store_dir}/{node.name}"
     # Nodes on hosts of their own listen on every interface; nodes sharing a host each on that host only.
     bind = node.host if len({n.host for n in nodes}) < len(nodes) else "0.0.0.0"
-    return f"""# genfl-server cluster-config: node {node.name} of {spec.nodes} in NATS cluster {spec.name!r}.
+    if security is None:
+        secured = cluster_tls = mqtt_tls = ""
+        kind = "an OPEN cluster: anyone who reaches its MQTT port reads and writes every topic"
+    else:
+        kind = "secured: TLS from the fleet CA, the fleet's logins in accounts.conf"
+        secured = (
+            (f"pid_file: {json.dumps(str(security.pid_file))}\n" if security.pid_file else "")
+            + "# Every login and what it may publish and subscribe to (rewritten by genfl-server at enrollments);\n"
+            "# beside this file (NATS reads an include relative to the config that names it).\n"
+            f"include {json.dumps(security.accounts_file.name)}\n" + security.tls_block("")
+        )
+        # A route is mutual TLS: a node that cannot show a certificate from the fleet CA does not join.
+        cluster_tls = security.tls_block("  ", verify=True)
+        mqtt_tls = security.tls_block("  ")
+    return f"""# genfl-server cluster-config: node {node.name} of {spec.nodes} in NATS cluster {spec.name!r}; {kind}.
 server_name: {node.name}
 # The fleet speaks MQTT; the NATS client port and the monitoring port (which lists every client) are for this
 # machine only.
@@ -132,7 +175,7 @@ listen: 127.0.0.1:{node.client_port}
 http: 127.0.0.1:{node.monitor_port}
 # The largest message: a blob chunk ({spec.chunk_size} B) or a model update, in a signed frame.
 max_payload: {spec.payload_limit}
-
+{secured}
 jetstream {{
   store_dir: {json.dumps(store)}
   max_memory_store: 256MB
@@ -143,7 +186,7 @@ cluster {{
   name: {spec.name}
   listen: {bind}:{node.cluster_port}
   routes: [{routes}]
-}}
+{cluster_tls}}}
 
 # MQTT 3.1.1 for the fleet. Sessions, QoS 1 messages and retained device states live in JetStream,
 # replicated to {replicas} nodes: a client whose node dies finds its session on another one.
@@ -153,12 +196,16 @@ mqtt {{
   consumer_replicas: {replicas}
   ack_wait: "30s"
   max_ack_pending: 1024
-}}
+{mqtt_tls}}}
 """
 
 
-def render_unit_template(executable: str = "/usr/sbin/nats-server", config_dir: str = "/etc/genfl-nats") -> str:
-    """``genfl-nats@.service``: ``systemctl enable --now genfl-nats@n1`` runs node n1 from ``n1.conf``."""
+def render_unit_template(
+    executable: str = "/usr/sbin/nats-server", config_dir: str = "/etc/genfl-nats", user: str | None = None
+) -> str:
+    """``genfl-nats@.service``: ``systemctl enable --now genfl-nats@n1`` runs node n1 from ``n1.conf``. ``user``:
+    the account that owns a secured cluster's keys and accounts file (else a dynamic user)."""
+    identity = f"User={user}\nGroup={user}" if user else "DynamicUser=yes"
     return f"""[Unit]
 Description=genfl fleet broker: NATS node %i (MQTT, JetStream)
 Documentation=https://docs.nats.io/running-a-nats-service/configuration/mqtt
@@ -175,7 +222,7 @@ TimeoutStopSec=60
 Restart=on-failure
 RestartSec=2
 LimitNOFILE=65536
-DynamicUser=yes
+{identity}
 StateDirectory=genfl-nats
 NoNewPrivileges=yes
 ProtectSystem=strict
@@ -203,20 +250,32 @@ class ClusterFiles:
     brokers: str
 
 
-def write_cluster_config(spec: ClusterSpec, out: Path, *, store_root: Path | None = None) -> ClusterFiles:
+def write_cluster_config(
+    spec: ClusterSpec,
+    out: Path,
+    *,
+    store_root: Path | None = None,
+    security: Callable[[NodeAddress], NodeSecurity] | None = None,
+    user: str | None = None,
+) -> ClusterFiles:
     """One ``nN.conf`` per node, ``genfl-nats@.service`` and ``brokers.txt`` (the ``--broker`` list) in ``out``.
 
     ``store_root`` puts each node's JetStream store under a folder of this machine (tests, a trial on one
-    host); without it the configs name ``spec.store_dir``, the unit's state directory.
+    host); without it the configs name ``spec.store_dir``, the unit's state directory. ``security`` gives each
+    node's TLS files and the accounts file (a secured cluster: ``mqtts://`` nodes), ``user`` the unit's user.
     """
     out.mkdir(parents=True, exist_ok=True)
     configs = []
     for index, node in enumerate(spec.addresses()):
         store = str(store_root / node.name) if store_root is not None else None
         path = out / f"{node.name}.conf"
-        atomic_write(path, render_node_config(spec, index, store).encode())
+        node_security = security(node) if security is not None else None
+        atomic_write(path, render_node_config(spec, index, store, node_security).encode())
         configs.append(path)
     unit = out / "genfl-nats@.service"
-    atomic_write(unit, render_unit_template().encode())
-    atomic_write(out / "brokers.txt", (spec.broker_list() + "\n").encode())
-    return ClusterFiles(out, tuple(configs), unit, spec.broker_list())
+    # A secured node's config names its files by absolute path: it is read from where it was written.
+    config_dir = str(out.resolve()) if security is not None else "/etc/genfl-nats"
+    atomic_write(unit, render_unit_template(config_dir=config_dir, user=user).encode())
+    brokers = spec.broker_list(tls=security is not None)
+    atomic_write(out / "brokers.txt", (brokers + "\n").encode())
+    return ClusterFiles(out, tuple(configs), unit, brokers)

@@ -107,7 +107,9 @@ def _subject_alt_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def issue_server_certificate(ca: CertificateAuthority, host: str) -> ServerCertificate:
+def issue_server_certificate(ca: CertificateAuthority, host: str, *, client_auth: bool = False) -> ServerCertificate:
+    """A certificate for ``host`` signed by ``ca``. ``client_auth``: it also proves the holder when it connects (a
+    cluster node opening a route to another one, which checks it against the same CA)."""
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"bad broker host name {host!r}")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -122,7 +124,12 @@ def issue_server_certificate(ca: CertificateAuthority, host: str) -> ServerCerti
         .not_valid_after(now + datetime.timedelta(days=_SERVER_DAYS))
         .add_extension(x509.SubjectAlternativeName([_subject_alt_name(host)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])]
+            ),
+            critical=False,
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
         .sign(ca.key, hashes.SHA256())
     )

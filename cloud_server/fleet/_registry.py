@@ -11,8 +11,9 @@ while the token is pending: once the token is redeemed or expired it leaves the
 password file at the next sync, so a token that leaked after use opens nothing.
 
 Each device row holds its Ed25519 public key (which verifies its updates) and
-the Mosquitto hash of its broker password; the password itself is sent to the
-device once, at enrollment, and never stored.
+the hashes of its broker password (Mosquitto's PBKDF2 and, for a NATS cluster,
+bcrypt); the password itself is sent to the device once, at enrollment, and
+never stored.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol import ConfigError, GenflError, ProtocolError, public_key_from_text, validate_name
 
 from ..broker._broker_files import mosquitto_password_hash
+from ..broker._cluster_users import nats_password_hash
 
 __all__ = [
     "ENROLL_USER_PREFIX",
@@ -49,13 +52,17 @@ ENROLL_USER_PREFIX = "enroll-"  # the enrollment logins; no device may be called
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL,
-    enroll_user TEXT, enroll_hash TEXT, cancelled REAL
+    enroll_user TEXT, enroll_hash TEXT, cancelled REAL, enroll_cluster_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
-    enrolled REAL NOT NULL, revoked REAL
+    enrolled REAL NOT NULL, revoked REAL, cluster_hash TEXT
 );
 """
+
+BrokerKind = Literal["mosquitto", "nats"]
+# the column holding each broker's hash of a login's password
+_HASH = {"mosquitto": ("password_hash", "enroll_hash"), "nats": ("cluster_hash", "enroll_cluster_hash")}
 
 
 class EnrollmentRefused(GenflError):
@@ -115,11 +122,13 @@ class DeviceRegistry:
                 os.chmod(path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(tokens)")}
-            # a registry from before per-token logins, or before tokens could be cancelled
-            for column, kind in (("enroll_user", "TEXT"), ("enroll_hash", "TEXT"), ("cancelled", "REAL")):
+            # a registry from before per-token logins, before tokens could be cancelled, before cluster logins
+            for table, column, kind in (("tokens", "enroll_user", "TEXT"), ("tokens", "enroll_hash", "TEXT"),
+                                        ("tokens", "cancelled", "REAL"), ("tokens", "enroll_cluster_hash", "TEXT"),
+                                        ("devices", "cluster_hash", "TEXT")):  # fmt: skip
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
-                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} {kind}")
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise GenflError(f"cannot open the device registry {path}: {exc}") from exc
         self._cache: dict[str, tuple[Ed25519PublicKey | None, bool]] = {}
@@ -159,9 +168,10 @@ class DeviceRegistry:
                     "enrolls it again (the board enrolls anew: new key, new password)"
                 )
             self._db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL, ?, ?, NULL)",
+                "INSERT INTO tokens (token_hash, name, created, expires, enroll_user, enroll_hash, enroll_cluster_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (_token_hash(token.secret), name, now, now + ttl_s, token.enroll_user,
-                 mosquitto_password_hash(token.enroll_password)),
+                 mosquitto_password_hash(token.enroll_password), nats_password_hash(token.enroll_password)),
             )  # fmt: skip
         return token
 
@@ -208,8 +218,9 @@ class DeviceRegistry:
                 self._db.execute("DELETE FROM devices WHERE device_id = ?", (name,))
             self._db.execute("UPDATE tokens SET used = ? WHERE token_hash = ?", (now, _token_hash(secret)))
             self._db.execute(
-                "INSERT INTO devices VALUES (?, ?, ?, ?, NULL)",
-                (name, public_key, mosquitto_password_hash(password), now),
+                "INSERT INTO devices (device_id, public_key, password_hash, enrolled, cluster_hash)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, public_key, mosquitto_password_hash(password), now, nats_password_hash(password)),
             )
             if before_commit is not None:
                 before_commit()  # raises: the with-block rolls everything back
@@ -224,13 +235,16 @@ class DeviceRegistry:
         )
         return [(str(n), float(e)) for n, e in rows]
 
-    def enrollment_users(self, *, now: float | None = None, keep: str | None = None) -> list[tuple[str, str]]:
-        """(login, Mosquitto password hash) of every pending token: unused, unexpired, with a login; and the
+    def enrollment_users(
+        self, *, now: float | None = None, keep: str | None = None, broker: BrokerKind = "mosquitto"
+    ) -> list[tuple[str, str]]:
+        """(login, ``broker``'s password hash) of every pending token: unused, unexpired, with a login; and the
         login ``keep`` even if its token was just used (its board still waits for the reply)."""
         now = time.time() if now is None else now
+        column = _HASH[broker][1]
         rows = self._db.execute(
-            "SELECT enroll_user, enroll_hash FROM tokens WHERE cancelled IS NULL AND enroll_user IS NOT NULL"
-            " AND ((used IS NULL AND expires >= ?) OR enroll_user = ?) ORDER BY enroll_user",
+            f"SELECT enroll_user, {column} FROM tokens WHERE cancelled IS NULL AND enroll_user IS NOT NULL"
+            f" AND {column} IS NOT NULL AND ((used IS NULL AND expires >= ?) OR enroll_user = ?) ORDER BY enroll_user",
             (now, keep),
         )
         return [(str(u), str(h)) for u, h in rows]
@@ -261,10 +275,20 @@ class DeviceRegistry:
         rows = self._db.execute("SELECT device_id, public_key, enrolled, revoked FROM devices ORDER BY device_id")
         return [DeviceEntry(str(d), str(k), float(e), None if r is None else float(r)) for d, k, e, r in rows]
 
-    def broker_users(self) -> list[tuple[str, str]]:
-        """(user name, Mosquitto password hash) of every device that is not revoked."""
-        rows = self._db.execute("SELECT device_id, password_hash FROM devices WHERE revoked IS NULL ORDER BY device_id")
+    def broker_users(self, broker: BrokerKind = "mosquitto") -> list[tuple[str, str]]:
+        """(user name, ``broker``'s password hash) of every device that is not revoked and has one (a board
+        enrolled before the registry kept cluster hashes has none for the cluster)."""
+        column = _HASH[broker][0]
+        rows = self._db.execute(
+            f"SELECT device_id, {column} FROM devices WHERE revoked IS NULL AND {column} IS NOT NULL ORDER BY device_id"
+        )
         return [(str(d), str(h)) for d, h in rows]
+
+    def without_login(self, broker: BrokerKind) -> list[str]:
+        """The devices that are not revoked but have no ``broker`` login (enrolled before it was kept)."""
+        column = _HASH[broker][0]
+        rows = self._db.execute(f"SELECT device_id FROM devices WHERE revoked IS NULL AND {column} IS NULL")
+        return [str(d) for (d,) in rows]
 
     def _refresh(self) -> None:
         # data_version changes whenever another connection (``devices revoke``) commits: re-read then.

@@ -47,14 +47,9 @@ from protocol import (
     write_secret,
 )
 
-from ..broker._broker_files import (
-    SYNC_WAIT_S,
-    BrokerFiles,
-    BrokerSyncLate,
-    mosquitto_password_hash,
-    render_mosquitto_conf,
-    write_owned,
-)
+from ..broker._broker_files import SYNC_WAIT_S, BrokerFiles, BrokerSyncLate, render_mosquitto_conf, write_owned
+from ..broker._cluster import ClusterFiles, ClusterSpec, NodeAddress, NodeSecurity, write_cluster_config
+from ..broker._cluster_users import ACCOUNTS_FILE, ClusterUsers, nats_subject_root
 from ..rounds._limits import DEFAULT_MAX_PACKET_SIZE
 from ._pki import CertificateAuthority, issue_server_certificate, load_ca, new_ca
 from ._registry import ENROLL_USER_PREFIX, DeviceRegistry, EnrollmentRefused, Revoked
@@ -67,6 +62,7 @@ __all__ = [
     "FleetSecurity",
     "use_outbox",
     "write_broker_config",
+    "write_cluster_setup",
 ]
 
 
@@ -111,6 +107,50 @@ def _fleet_keys(security: Path, fleet: str, ca_cert: Path | None, ca_key: Path |
     return ca
 
 
+def _prepare_fleet(
+    state_dir: Path, fleet: str, ca_cert: Path | None, ca_key: Path | None
+) -> tuple[Path, CertificateAuthority, dict[str, object]]:
+    """The security folder (made owner-only), the fleet CA and the settings ``broker.json`` holds now (empty on
+    a new fleet); ConfigError if the folder is set up for another fleet."""
+    Topics(fleet)
+    security = _security_dir(state_dir)
+    security.mkdir(parents=True, exist_ok=True)
+    os.chmod(security, 0o700)
+    existing = security / "broker.json"
+    settings: dict[str, object] = {}
+    if existing.exists():
+        try:
+            settings = json.loads(existing.read_text())
+            known = settings.get("fleet")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{existing}: unreadable ({exc}); move it away to start the fleet's setup again") from exc
+        if known != fleet:
+            raise ConfigError(f"{state_dir} is set up for fleet {known!r}, not {fleet!r}")
+    return security, _fleet_keys(security, fleet, ca_cert, ca_key), settings
+
+
+def _broker_account(broker_user: str | None) -> tuple[str, tuple[int, int] | None]:
+    """The user the broker runs as, and (uid, gid) to give its files when we are root (else None)."""
+    user = broker_user or pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ConfigError(f"no user {user!r} on this machine to run the broker as") from exc
+    return user, ((account.pw_uid, account.pw_gid) if os.geteuid() == 0 else None)
+
+
+def _save_settings(state_dir: Path, settings: dict[str, object]) -> None:
+    """Write ``broker.json`` and the broker's logins as the registry has them."""
+    path = _security_dir(state_dir) / "broker.json"
+    write_owned(path, (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
+    security_state = FleetSecurity.load(state_dir)
+    assert security_state is not None
+    try:
+        security_state.write_broker_files()
+    finally:
+        security_state.close()
+
+
 def write_broker_config(
     state_dir: Path,
     out: Path,
@@ -126,33 +166,16 @@ def write_broker_config(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
 ) -> BrokerSetup:
     """Create (or reuse) the fleet's keys in ``state_dir`` and write a Mosquitto setup to ``out``."""
-    Topics(fleet)
     if not 1 <= port <= 65535:
         raise ConfigError(f"bad port {port}")
     if not 64 * 1024 <= max_packet_size <= 256 * 1024 * 1024:
         raise ConfigError(f"the maximum packet size must be 64 KiB..256 MiB, got {max_packet_size}")
-    security = _security_dir(state_dir)
-    security.mkdir(parents=True, exist_ok=True)
-    os.chmod(security, 0o700)
-    existing = security / "broker.json"
-    if existing.exists():
-        try:
-            known = json.loads(existing.read_text()).get("fleet")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"{existing}: unreadable ({exc}); move it away to start the fleet's setup again") from exc
-        if known != fleet:
-            raise ConfigError(f"{state_dir} is set up for fleet {known!r}, not {fleet!r}")
-    ca = _fleet_keys(security, fleet, ca_cert, ca_key)
+    _security, ca, known = _prepare_fleet(state_dir, fleet, ca_cert, ca_key)
     server = issue_server_certificate(ca, host)
-    user = broker_user or pwd.getpwuid(os.geteuid()).pw_name
-    try:
-        account = pwd.getpwnam(user)
-    except KeyError as exc:
-        raise ConfigError(f"no user {user!r} on this machine to run the broker as") from exc
+    user, broker_owner = _broker_account(broker_user)
     out.mkdir(parents=True, exist_ok=True)
     # The broker reads its key, passwd and acl as its own user; the server (root) keeps writing them at
     # enrollments. Every file is written with its owner and mode set before it appears under its name.
-    broker_owner = (account.pw_uid, account.pw_gid) if os.geteuid() == 0 else None
     if broker_owner is not None:
         os.chown(out, *broker_owner, follow_symlinks=False)
     write_owned(out / "ca.crt", ca.certificate_pem(), mode=0o644)
@@ -163,14 +186,50 @@ def write_broker_config(
     url = BrokerAddress(host, port, tls=True).url()
     settings = {"fleet": fleet, "url": url, "broker_dir": str(out.resolve()), "reload_command": list(reload_command),
                 "max_packet_size": max_packet_size}  # fmt: skip
-    if existing.exists() and json.loads(existing.read_text()).get("outbox"):
+    if known.get("outbox") and known.get("broker", "mosquitto") == "mosquitto":
         settings["outbox"] = OUTBOX  # set up by install-service: a new certificate does not undo it
-    write_owned(security / "broker.json", (json.dumps(settings, indent=2) + "\n").encode(), mode=0o600)
-    security_state = FleetSecurity.load(state_dir)
-    assert security_state is not None
-    security_state.write_broker_files()
-    security_state.close()
+    _save_settings(state_dir, settings)
     return BrokerSetup(out, url, out / "ca.crt")
+
+
+def write_cluster_setup(
+    state_dir: Path,
+    spec: ClusterSpec,
+    out: Path,
+    *,
+    fleet: str,
+    ca_cert: Path | None = None,
+    ca_key: Path | None = None,
+    reload_command: tuple[str, ...] = (),
+    broker_user: str | None = None,
+    store_root: Path | None = None,
+) -> ClusterFiles:
+    """Create (or reuse) the fleet's keys in ``state_dir`` and write a secured NATS cluster to ``out``: a certificate
+    from the fleet CA for every node (server and client use: routes are mutual TLS), the accounts file from the
+    registry, and ``broker.json`` naming the cluster, so that ``serve``, enrollment and revocation use it."""
+    nats_subject_root(fleet)
+    _security, ca, _known = _prepare_fleet(state_dir, fleet, ca_cert, ca_key)
+    user, broker_owner = _broker_account(broker_user)
+    out.mkdir(parents=True, exist_ok=True)
+    if broker_owner is not None:
+        os.chown(out, *broker_owner, follow_symlinks=False)
+    directory = out.resolve()
+    write_owned(out / "ca.crt", ca.certificate_pem(), mode=0o644)
+    for node in spec.addresses():
+        certificate = issue_server_certificate(ca, node.host, client_auth=True)
+        write_owned(out / f"{node.name}.crt", certificate.certificate_pem(), mode=0o644)
+        write_owned(out / f"{node.name}.key", certificate.key_pem(), mode=0o600, owner=broker_owner)
+
+    def node_files(node: NodeAddress) -> NodeSecurity:
+        return NodeSecurity(directory / f"{node.name}.crt", directory / f"{node.name}.key", directory / "ca.crt",
+                            directory / ACCOUNTS_FILE, directory / f"{node.name}.pid")  # fmt: skip
+
+    files = write_cluster_config(spec, out, store_root=store_root, security=node_files,
+                                 user=user if broker_owner is not None else None)  # fmt: skip
+    settings = {"fleet": fleet, "url": files.brokers, "broker": "nats", "broker_dir": str(directory),
+                "reload_command": list(reload_command), "max_packet_size": spec.payload_limit}  # fmt: skip
+    _save_settings(state_dir, settings)
+    return files
 
 
 OUTBOX = "broker-outbox"  # in the security folder: where a server that may not write the broker's folder puts its files
@@ -214,11 +273,19 @@ class FleetSecurity:
             reload_command = tuple(settings.get("reload_command", ()))
             outbox = self.dir / str(settings["outbox"]) if settings.get("outbox") else None
             self.max_packet_size = int(settings.get("max_packet_size", DEFAULT_MAX_PACKET_SIZE))
+            kind = settings.get("broker", "mosquitto")
+            if kind not in ("mosquitto", "nats"):
+                raise ValueError(f"unknown broker kind {kind!r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 f"{self.dir / 'broker.json'}: unreadable ({exc}); run genfl-server broker-config"
             ) from exc
-        self.broker_files = BrokerFiles(broker_dir, self.fleet, reload_command, outbox=outbox)
+        self.broker_files: BrokerFiles | ClusterUsers = (
+            ClusterUsers(broker_dir, self.fleet, reload_command)
+            if kind == "nats"
+            else BrokerFiles(broker_dir, self.fleet, reload_command, outbox=outbox)
+        )
+        self._warned: set[str] = set()  # devices already told about that cannot use this broker
         self.ca_file = self.dir / "ca.crt"
         self.signing_key = load_signing_key(self.dir / "signing.key")
         self.server_password = _read_secret(self.dir / "server.password")
@@ -248,13 +315,31 @@ class FleetSecurity:
         note = self.sync_broker()  # the token's own login exists from now until it is used or expires
         return EnrollmentToken(self.fleet, token.enroll_user, token.enroll_password, token.secret).text(), note
 
+    def enroll_directly(self, name: str, public_key: str) -> str:
+        """Enroll ``name`` with ``public_key`` without a board's request (``simulate`` on a signed fleet), replacing
+        a device of that name; its broker password. The broker takes the login at the next :meth:`sync_broker`."""
+        if any(entry.device_id == name and entry.revoked is None for entry in self.registry.devices()):
+            self.registry.revoke(name)
+        token = self.registry.add_token(name, 600.0, readmit=True)
+        return self.registry.redeem(token.secret, public_key).broker_password
+
     def write_broker_files(self, *, keep_login: str | None = None) -> None:
         """The password file and ACL as the registry says now (the server, devices, pending tokens' logins, and
         the used token's login ``keep_login`` until its board has heard that it is enrolled)."""
-        logins = self.registry.enrollment_users(keep=keep_login)
-        self.broker_files.write_users(
-            mosquitto_password_hash(self.server_password), self.registry.broker_users(), logins
-        )
+        files = self.broker_files
+        logins = self.registry.enrollment_users(keep=keep_login, broker=files.kind)
+        devices = self.registry.broker_users(files.kind)
+        files.write_users(files.password_hash(self.server_password), devices, logins)
+        if files.kind == "nats":
+            self._warn_left_out([d for d, _ in devices if "." in d], "NATS subjects have no '.' in a name")
+            self._warn_left_out(self.registry.without_login("nats"), "enrolled before the fleet kept cluster logins")
+
+    def _warn_left_out(self, devices: list[str], why: str) -> None:
+        new = [device for device in devices if device not in self._warned]
+        if new:
+            self._warned.update(new)
+            log.warning("devices %s have no login on the cluster (%s): re-enroll them under another name "
+                        "(devices revoke NAME, then devices add NAME2)", ", ".join(new), why)  # fmt: skip
 
     def sync_broker(self, *, wait_s: float = SYNC_WAIT_S) -> str:
         """Rewrite the password file and ACL from the registry and have the broker re-read them; "" when it did,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cloud_server.broker._cluster import ClusterSpec, write_cluster_config
-from protocol import ConfigError, parse_brokers
+from cloud_server.fleet._security import FleetSecurity, write_cluster_setup
+from protocol import ConfigError, EnrollmentToken, generate_signing_key, parse_brokers, public_key_text
 
 BIN = Path(sys.executable).parent
 
@@ -71,8 +75,12 @@ def test_every_written_node_config_is_valid_for_nats_server(tmp_path: Path) -> N
 
 
 def test_cluster_config_command_writes_the_files_and_explains_bad_input(tmp_path: Path) -> None:
-    done = subprocess.run([BIN / "genfl-server", "cluster-config", "--nodes", "3", "--out", str(tmp_path / "c")],
-                          capture_output=True, text=True)  # fmt: skip
+    unsaid = subprocess.run([BIN / "genfl-server", "cluster-config", "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert unsaid.returncode != 0 and "--state-dir" in unsaid.stderr and "--open" in unsaid.stderr
+    assert not (tmp_path / "x").exists()  # nothing open is written unless asked for
+    done = subprocess.run([BIN / "genfl-server", "cluster-config", "--nodes", "3", "--open", "--out",
+                           str(tmp_path / "c")], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
         "brokers.txt",
@@ -82,8 +90,71 @@ def test_cluster_config_command_writes_the_files_and_explains_bad_input(tmp_path
         "n3.conf",
     ]
     assert (tmp_path / "c" / "brokers.txt").read_text().strip() in done.stdout
-    bad = subprocess.run([BIN / "genfl-server", "cluster-config", "--nodes", "3", "--hosts", "a,b", "--out",
+    assert "OPEN cluster" in done.stdout
+    bad = subprocess.run([BIN / "genfl-server", "cluster-config", "--nodes", "3", "--hosts", "a,b", "--open", "--out",
                           str(tmp_path / "d")], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0
     assert "one host for every node" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.nats
+def test_a_secured_cluster_has_tls_everywhere_mutual_routes_and_the_fleets_logins(tmp_path: Path) -> None:
+    # Prepare: a fleet with one enrolled board and one pending token
+    nats = _nats_server()
+    spec = ClusterSpec(nodes=3, hosts=("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    files = write_cluster_setup(tmp_path / "state", spec, tmp_path / "c", fleet="plant-3")
+    security = FleetSecurity.load(tmp_path / "state")
+    assert security is not None
+    security.enroll_directly("cam-1", public_key_text(generate_signing_key()))
+    token, _note = security.new_token("cam-2", 600)
+    security.write_broker_files()
+    login = EnrollmentToken.parse(token).enroll_user
+    security.close()
+    # Assert: nats-server takes every node config; TLS on the MQTT, client and route listeners, routes verified
+    assert files.brokers.split(",")[0] == "mqtts://10.0.0.1:1883?version=3.1.1"
+    for path in files.configs:
+        checked = subprocess.run([nats, "-t", "-c", str(path)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    n1 = files.configs[0].read_text()
+    assert n1.count("tls {") == 3 and n1.count("verify: true") == 1
+    assert n1.split("cluster {")[1].split("}")[0].count("verify: true") == 1  # the routes' block
+    assert 'include "accounts.conf"' in n1 and "listen: 127.0.0.1:4222" in n1
+    certificate = x509.load_pem_x509_certificate((tmp_path / "c" / "n2.crt").read_bytes())
+    usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in usage and ExtendedKeyUsageOID.SERVER_AUTH in usage
+    alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)] == ["10.0.0.2"]
+    assert (tmp_path / "c" / "n2.key").stat().st_mode & 0o077 == 0
+    # Assert: the server alone in its account; the board only inside its own topics; the token only its own
+    accounts = (tmp_path / "c" / "accounts.conf").read_text()
+    server_part, devices_part = accounts.split("DEVICES: {")
+    assert '"user": "genfl-server"' in server_part and '"user": "genfl-server"' not in devices_part
+    users = {line.split('"user": "')[1].split('"')[0]: line for line in devices_part.splitlines() if '"user"' in line}
+    assert set(users) == {"cam-1", login}
+    own = "genfl.plant-3.devices.cam-1"
+    cam = json.loads(users["cam-1"])
+    assert cam["password"].startswith("$2b$")
+    assert cam["permissions"]["publish"]["allow"] == [f"{own}.state", f"{own}.update", f"{own}.blob.req"]
+    assert cam["permissions"]["subscribe"]["allow"] == [
+        f"{own}.state",
+        f"{own}.task",
+        f"{own}.ack",
+        f"{own}.blob.chunk",
+        "$MQTT.sub.>",
+    ]
+    enroll = json.loads(users[login])["permissions"]
+    assert enroll["publish"]["allow"] == [f"genfl.plant-3.enroll.{login}.request"]
+    assert enroll["subscribe"]["allow"] == [f"genfl.plant-3.enroll.{login}.reply", "$MQTT.sub.>"]
+    assert "$JS" not in accounts  # no login may use the JetStream API
+    # every channel crosses only in its direction: what boards send into SERVER, what it sends out of it
+    server_imports = server_part.split("imports:")[1]
+    assert "devices.*.update" in server_imports and "devices.*.task" not in server_imports
+    assert '"$MQTT.msgs.genfl.plant-3.devices.*.update"' in server_imports  # the QoS 1 copy
+    assert "devices.*.task" in server_part.split("exports:")[1].split("imports:")[0]
+
+
+def test_a_fleet_name_nats_cannot_carry_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no '\.' in its name"):
+        write_cluster_setup(tmp_path / "state", ClusterSpec(), tmp_path / "c", fleet="plant.3")
+    assert not (tmp_path / "state").exists() and not (tmp_path / "c").exists()

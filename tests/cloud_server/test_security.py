@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import ssl
 import stat
 import time
 from pathlib import Path
 
+import bcrypt
 import numpy as np
 import pytest
 
@@ -61,6 +63,33 @@ def test_a_token_redeems_once_and_unknown_or_expired_ones_are_refused(tmp_path: 
         with pytest.raises(ConfigError, match="reserved"):
             registry.add_token(reserved, ttl_s=60)
     assert stat.S_IMODE((tmp_path / "registry.sqlite3").stat().st_mode) == 0o600
+
+
+def test_every_login_has_a_hash_for_each_broker_and_older_registries_say_who_lacks_one(tmp_path: Path) -> None:
+    # Prepare: a registry as it was before cluster logins, with one enrolled board
+    path = tmp_path / "registry.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.executescript("""
+            CREATE TABLE tokens (token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+                expires REAL NOT NULL, used REAL, enroll_user TEXT, enroll_hash TEXT, cancelled REAL);
+            CREATE TABLE devices (device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
+                enrolled REAL NOT NULL, revoked REAL);
+        """)
+        old.execute("INSERT INTO devices VALUES ('old-board', ?, ?, 0, NULL)",
+                    (public_key_text(generate_signing_key()), mosquitto_password_hash("pw")))  # fmt: skip
+    registry = DeviceRegistry(path)
+    # Execute
+    token = registry.add_token("new-board", ttl_s=60)
+    enrolled = registry.redeem(token.secret, public_key_text(generate_signing_key()))
+    pending = registry.add_token("next-board", ttl_s=60)
+    # Assert: Mosquitto's hashes for everyone; bcrypt ones (NATS) for what was made since, checking the password
+    assert [d for d, _ in registry.broker_users("mosquitto")] == ["new-board", "old-board"]
+    cluster = dict(registry.broker_users("nats"))
+    assert list(cluster) == ["new-board"]
+    assert bcrypt.checkpw(enrolled.broker_password.encode(), cluster["new-board"].encode())
+    ((login, hashed),) = registry.enrollment_users(broker="nats")
+    assert login == pending.enroll_user and bcrypt.checkpw(pending.enroll_password.encode(), hashed.encode())
+    assert registry.without_login("nats") == ["old-board"] and registry.without_login("mosquitto") == []
 
 
 def test_revocation_is_seen_by_another_connection_at_once(tmp_path: Path) -> None:

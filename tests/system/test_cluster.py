@@ -1,4 +1,5 @@
-"""A fleet on a real three-node NATS cluster (MQTT on every node), started by the test on free loopback ports."""
+"""A fleet on a real three-node NATS cluster (MQTT on every node), started by the test on free loopback ports: an
+open one, and one secured as `cluster-config --state-dir` writes it (TLS, logins, signed frames)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_server.broker._broker_files import SERVER_USER
 from protocol import encode_tensors
 from simulation import SimulationConfig, SimulationHooks, run_simulation
 from testing import LocalCluster, free_loopback_spec
@@ -26,11 +28,22 @@ def _model_hash(result) -> str:  # type: ignore[no-untyped-def]
     return hashlib.sha256(encode_tensors(result.final_state)).hexdigest()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+def _need_nats() -> None:
     if shutil.which("nats-server") is None and shutil.which("nats-server", path="/usr/sbin") is None:
         skip_unless_ci("no nats-server on PATH (Debian: apt install nats-server)")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    _need_nats()
     with LocalCluster(free_loopback_spec(3), tmp_path / "nats") as running:
+        yield running
+
+
+@pytest.fixture
+def secured_cluster(tmp_path: Path, fleet: str) -> Iterator[LocalCluster]:
+    _need_nats()
+    with LocalCluster(free_loopback_spec(3), tmp_path / "nats", state_dir=tmp_path / "state", fleet=fleet) as running:
         yield running
 
 
@@ -57,11 +70,14 @@ def _node_of(clients: dict[str, list[str]], client_id: str) -> str | None:
     return next((node for node, ids in clients.items() if client_id in ids), None)
 
 
-def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(cluster: LocalCluster, fleet: str) -> None:
-    # Prepare: round 2 loses a node the coordinator is not on, right after the round's first update; that node
-    # comes back once round 2 is over. Round 4 loses the node the coordinator is on, the same way.
+def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(
+    secured_cluster: LocalCluster, fleet: str, tmp_path: Path
+) -> None:
+    # Prepare: a signed fleet over TLS. Round 2 loses a node the coordinator is not on, right after the round's
+    # first update; that node comes back once round 2 is over. Round 4 loses the node the coordinator is on.
+    cluster = secured_cluster
     rounds = 5
-    server = f"genfl-{fleet}-server"
+    server = SERVER_USER
     accepted: list[tuple[int, str]] = []
     killed: dict[int, str] = {}
     current = [0]
@@ -86,7 +102,7 @@ def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(cluster: 
 
     def moved_off(number: int) -> dict[str, str | None]:
         """Wait (while the node is still dead) until its clients are back, on other nodes."""
-        lost = [c for c in on_nodes[-number][killed[number]] if c.startswith(f"genfl-{fleet}-")]
+        lost = [c for c in on_nodes[-number][killed[number]] if c.startswith(f"genfl-{fleet}-") or c == server]
         deadline = time.monotonic() + 60
         while True:
             clients = cluster.mqtt_clients()
@@ -106,7 +122,7 @@ def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(cluster: 
     # Execute
     local = run_simulation(SimulationConfig(**BASE, rounds=rounds))
     clustered = run_simulation(
-        SimulationConfig(**BASE, rounds=rounds, transport="mqtt", broker=cluster.brokers, fleet=fleet,
+        SimulationConfig(**BASE, rounds=rounds, transport="mqtt", state_dir=tmp_path / "state",
                          round_timeout_s=300),  # a loaded machine makes the failover slower, not red
         hooks,
     )  # fmt: skip

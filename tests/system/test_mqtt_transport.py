@@ -183,3 +183,32 @@ def test_the_inbox_is_bounded_and_what_overflows_is_dropped_and_counted(mosquitt
     assert got[-1] == b"later"
     sender.close()
     receiver.close()
+
+
+def test_a_refused_subscription_is_asked_for_again_and_used_once_granted(
+    mosquitto_url: str, fleet: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a subscription the broker refuses once, as a cluster does one it could not set up during a reload
+    import protocol._mqtt as mqtt_module
+
+    monkeypatch.setattr(mqtt_module, "RESUBSCRIBE_FIRST_S", 0.5)
+    topic = f"genfl/{fleet}/refused-once"
+    listener = MqttTransport(BrokerAddress.parse(mosquitto_url), f"{fleet}-listener", session_expiry_s=0)
+    listener.connect()
+    got: list[bytes] = []
+    listener.set_handler(lambda _topic, payload: got.append(payload))
+    listener._subscription_refused(topic, "Unspecified error")  # what the SUBACK's failure code leads to
+    sender = MqttTransport(BrokerAddress.parse(mosquitto_url), f"{fleet}-sender", session_expiry_s=0)
+    sender.connect()
+
+    # Execute: the listener keeps polling; the sender publishes until something arrives
+    def delivered() -> bool:
+        sender.publish(topic, b"hello")
+        listener.poll(0.2)
+        return bool(got)
+
+    wait_for(delivered, 20, "the subscription to be asked for again")
+    # Assert
+    assert listener.refused_filters == {} and listener.subscriptions_settled
+    for transport in (listener, sender):
+        transport.close()
