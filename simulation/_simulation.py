@@ -101,7 +101,10 @@ class SimulationResult:
 
     def metrics(self) -> dict[str, object]:
         return {
-            "config": {**asdict(self.config), "model": self.model_name},
+            "config": {
+                **{name: str(value) if isinstance(value, Path) else value for name, value in asdict(self.config).items()},
+                "model": self.model_name,
+            },
             "rounds": [asdict(r) for r in self.rounds],
             "final_accuracy": self.final_accuracy,
             "rejected": self.rejected,

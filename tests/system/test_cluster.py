@@ -15,7 +15,7 @@ import pytest
 
 from cloud_server.broker._broker_files import SERVER_USER
 from protocol import encode_tensors
-from simulation import SimulationConfig, SimulationHooks, run_simulation
+from simulation import SimulationConfig, SimulationHooks, run_simulation, write_outputs
 from testing import LocalCluster, free_loopback_spec
 from tests.system._helpers import artifacts_dir, skip_unless_ci
 
@@ -139,6 +139,8 @@ def test_losing_a_node_mid_round_loses_no_update_and_counts_none_twice(
     assert all(moved[2][c] in set(on_nodes[-2]) - {killed[2]} for c in stranded), moved[2]
     assert _node_of(on_nodes[-4], server) == killed[4]
     assert moved[4][server] in set(on_nodes[-4]) - {killed[4]}, moved[4]
+    written = write_outputs(clustered, tmp_path / "out")  # what `simulate --state-dir` writes
+    assert json.loads(written["metrics"].read_text())["config"]["state_dir"] == str(tmp_path / "state")
     report = {
         "round_seconds": {r.round: round(r.seconds, 2) for r in clustered.rounds},
         "killed": {str(k): v for k, v in killed.items()},
