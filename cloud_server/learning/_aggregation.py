@@ -116,7 +116,9 @@ class WeightedDeltaSum:
         self.count = 0
 
     @staticmethod
-    def _terms(delta: Mapping[str, np.ndarray], weight: int) -> dict[str, np.ndarray]:
+    def fixed_point_terms(delta: Mapping[str, np.ndarray], weight: int) -> dict[str, np.ndarray]:
+        """``rint(weight * delta * 2**24)`` per tensor as ``int64``: what :meth:`add` adds (a device computes the
+        same before it masks them for secure aggregation)."""
         terms = {}
         for name, array in delta.items():
             scaled = np.asarray(array, dtype=np.float64) * float(weight)
@@ -130,7 +132,7 @@ class WeightedDeltaSum:
         """ProtocolError unless ``weight`` is a positive integer and ``weight * delta`` lies within what the
         fixed-point sum can hold: what :meth:`add` would refuse, without adding."""
         _check_weight(weight)
-        cls._terms(delta, int(weight))
+        cls.fixed_point_terms(delta, int(weight))
 
     def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
         """Add ``weight * delta``; validates first, so a rejected update changes nothing.
@@ -138,7 +140,7 @@ class WeightedDeltaSum:
         ``key`` (the device id) is not needed here: the sum does not depend on order."""
         _check_weight(weight)
         check_update_shapes({n: np.empty(s.shape, self._dtypes[n]) for n, s in self._sums.items()}, delta)
-        terms = self._terms(delta, int(weight))
+        terms = self.fixed_point_terms(delta, int(weight))
         for name, term in terms.items():
             self._sums[name] += term
         self.total_weight += int(weight)
@@ -147,7 +149,7 @@ class WeightedDeltaSum:
     def remove(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
         """Take back what :meth:`add` added for the same ``delta`` and ``weight`` (exact: the sum is integer)."""
         del key
-        terms = self._terms(delta, int(weight))
+        terms = self.fixed_point_terms(delta, int(weight))
         for name, term in terms.items():
             self._sums[name] -= term
         self.total_weight -= int(weight)

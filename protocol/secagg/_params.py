@@ -1,0 +1,97 @@
+"""What every party of one secure-aggregation round agrees on: who takes part, the graph, the threshold.
+
+The neighbour graph is SecAgg+'s sparse one (Bell et al. 2020): the participants
+in sorted order on a ring, each joined to the ``degree / 2`` nearest on either
+side (everyone to everyone when the ring is small). A device masks its input
+with its neighbours only and shares its secrets with them only, so its work
+grows with the degree, not with the fleet. ``threshold`` is how many of a
+device's neighbours must answer to rebuild its secrets; it must be more than
+half its neighbours, so that a server that asks some neighbours for one secret
+and the others for the other can never hold both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from .._errors import ConfigError, ProtocolError
+
+__all__ = ["SecAggParams", "default_degree", "default_threshold"]
+
+MAX_PARTICIPANTS = 10_000
+
+
+def default_degree(participants: int) -> int:
+    """``2 * ceil(log2 n) + 2`` neighbours (all others for a small round): a device's share of the work stays small,
+    and a random third of the fleet dropping leaves each neighbourhood above its threshold."""
+    return min(participants - 1, 2 * math.ceil(math.log2(max(participants, 2))) + 2)
+
+
+def default_threshold(degree: int) -> int:
+    """Two thirds of the neighbours (at least a majority of them)."""
+    return max(degree // 2 + 1, math.ceil(2 * degree / 3))
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    context: str  # the fleet and round: bound into every key and mask, so nothing carries over between rounds
+    participants: tuple[str, ...]  # sorted, distinct
+    degree: int
+    threshold: int
+    length: int  # words in each masked vector
+
+    def __post_init__(self) -> None:
+        n = len(self.participants)
+        if list(self.participants) != sorted(set(self.participants)):
+            raise ConfigError("secure aggregation: the participants must be sorted and distinct")
+        if not 2 <= n <= MAX_PARTICIPANTS:
+            raise ConfigError(f"secure aggregation needs 2..{MAX_PARTICIPANTS} participants, got {n}")
+        if not 1 <= self.degree <= n - 1:
+            raise ConfigError(f"secure aggregation: degree must be 1..{n - 1}, got {self.degree}")
+        if self.degree < n - 1 and self.degree % 2:
+            raise ConfigError(f"secure aggregation: a sparse graph has an even degree, got {self.degree}")
+        if not self.degree // 2 + 1 <= self.threshold <= self.degree:
+            raise ConfigError(
+                f"secure aggregation: threshold must be more than half the degree ({self.degree // 2 + 1}.."
+                f"{self.degree}), got {self.threshold}"
+            )
+        if not 1 <= self.length <= 2**31:
+            raise ConfigError(f"secure aggregation: vector length {self.length} out of range")
+
+    @classmethod
+    def for_round(cls, context: str, participants: list[str], length: int, degree: int | None = None,
+                  threshold: int | None = None) -> SecAggParams:  # fmt: skip
+        ordered = tuple(sorted(participants))
+        k = default_degree(len(ordered)) if degree is None else degree
+        return cls(context, ordered, k, default_threshold(k) if threshold is None else threshold, length)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {device: i for i, device in enumerate(self.participants)}
+
+    def point(self, device: str) -> int:
+        """The x at which ``device`` holds its neighbours' shares (1-based: 0 is the secret)."""
+        return self.index(device) + 1
+
+    def index(self, device: str) -> int:
+        try:
+            return self._index[device]
+        except KeyError:
+            raise ProtocolError("not-a-participant", device) from None
+
+    def neighbours(self, device: str) -> tuple[str, ...]:
+        n, i = len(self.participants), self.index(device)
+        if self.degree >= n - 1:
+            return tuple(p for p in self.participants if p != device)
+        half = self.degree // 2  # the same reach both ways: a is b's neighbour exactly when b is a's
+        around = {(i + step) % n for step in range(1, half + 1)} | {(i - step) % n for step in range(1, half + 1)}
+        return tuple(self.participants[j] for j in sorted(around))
+
+    def are_neighbours(self, a: str, b: str) -> bool:
+        return b in self.neighbours(a)
+
+    def pair_context(self, purpose: str, a: str, b: str) -> bytes:
+        first, second = sorted((a, b))
+        return f"genfl-secagg-v1|{purpose}|{self.context}|{first}|{second}".encode()
