@@ -341,6 +341,9 @@ class MqttTransport(Transport):
             if topic_filter is None:
                 self._early_subacks[mid] = reason
                 return
+        self._subscription_answered(topic_filter, reason)
+
+    def _subscription_answered(self, topic_filter: str, reason: str) -> None:
         if reason:
             self._subscription_refused(topic_filter, reason)
         elif self.refused_filters.pop(topic_filter, None) is not None:
@@ -515,8 +518,8 @@ class MqttTransport(Transport):
             reason = self._early_subacks.pop(mid, None)
             if reason is None:
                 self._subscribing[mid] = topic_filter
-        if reason:
-            self._subscription_refused(topic_filter, reason)
+        if reason is not None:  # answered before we noted it
+            self._subscription_answered(topic_filter, reason)
 
     def poll(self, timeout_s: float = 0.1) -> int:
         """Hand queued messages to the handler in this thread; waits up to ``timeout_s`` for the first."""

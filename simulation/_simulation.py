@@ -84,6 +84,10 @@ class SimulationHooks:
     on_round_closed: Callable[[RoundResult], None] | None = None
 
 
+def _json_ready(values: dict[str, object]) -> dict[str, object]:
+    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
+
+
 @dataclass(frozen=True)
 class SimulationResult:
     config: SimulationConfig
@@ -102,7 +106,10 @@ class SimulationResult:
     def metrics(self) -> dict[str, object]:
         return {
             "config": {
-                **{name: str(value) if isinstance(value, Path) else value for name, value in asdict(self.config).items()},
+                **{
+                    name: str(value) if isinstance(value, Path) else value
+                    for name, value in asdict(self.config).items()
+                },
                 "model": self.model_name,
             },
             "rounds": [asdict(r) for r in self.rounds],

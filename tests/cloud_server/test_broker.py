@@ -50,7 +50,7 @@ def test_embedded_broker_carries_messages(kind: str) -> None:
 def test_serve_without_a_broker_url_starts_one_that_agents_use(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "cloud_server", "serve", "--state-dir", str(tmp_path / "server"), "--rounds", "1",
-         "--log-level", "warning"],
+         "--local-epochs", "1", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, text=True,
     )  # fmt: skip
     with processes(tmp_path) as group:

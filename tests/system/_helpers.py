@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from protocol import BrokerAddress
 
 ENV = {**os.environ, "GENFL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+FAST_TRAINING = ("--local-epochs", "1")
 
 
 # The folders of the process groups now running: their logs growing is the system making progress.
@@ -91,7 +92,10 @@ class Processes:
         )  # fmt: skip
 
     def server(self, name: str, state_dir: Path, fleet: str, *extra: str) -> subprocess.Popen[bytes]:
-        return self.start(name, "-m", "cloud_server", "serve", "--state-dir", str(state_dir), "--fleet", fleet, *extra)
+        """A real `genfl-server serve`; one local epoch unless ``extra`` says otherwise (the last flag wins): a
+        system test checks the system, and a second epoch only doubles every board's training time."""
+        return self.start(name, "-m", "cloud_server", "serve", "--state-dir", str(state_dir), "--fleet", fleet,
+                          *FAST_TRAINING, *extra)  # fmt: skip
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")

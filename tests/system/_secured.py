@@ -18,7 +18,7 @@ from pathlib import Path
 from cloud_server.broker._broker_files import mosquitto_password_hash
 from edge_agent._daemon import load_agent_config
 from protocol import BrokerAddress, MqttTransport
-from tests.system._helpers import ENV, Processes, wait_for
+from tests.system._helpers import ENV, FAST_TRAINING, Processes, wait_for
 
 
 @dataclass
@@ -51,7 +51,8 @@ class SecuredFleet:
         return done
 
     def serve(self, *extra: str, name: str = "server") -> subprocess.Popen[bytes]:
-        process = self.group.start(name, "-m", "cloud_server", "serve", "--state-dir", str(self.state), *extra)
+        process = self.group.start(name, "-m", "cloud_server", "serve", "--state-dir", str(self.state),
+                                   *FAST_TRAINING, *extra)  # fmt: skip
         wait_for(lambda: "serving fleet" in self.group.log(name), 60, "the server to connect")
         return process
 

@@ -30,7 +30,9 @@ def test_server_killed_mid_round_resumes_and_counts_each_update_once(
 ) -> None:
     # Prepare: three devices with the shards an in-memory simulation of the same config would use
     # int8 updates: the workers' error-feedback residual (a file between rounds) must match in-memory too
-    config = SimulationConfig(devices=3, rounds=2, seed=0, codec="int8")
+    config = SimulationConfig(
+        devices=3, rounds=2, seed=0, codec="int8", local_epochs=1
+    )  # serve's, as the helper runs it
     specs = _write_shards(config, tmp_path)
     state = tmp_path / "server"
     journal = JournalReader(state)
