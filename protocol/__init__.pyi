@@ -67,6 +67,15 @@ from ._mqtt import (
     parse_brokers as parse_brokers,
     rotated as rotated,
 )
+from ._secagg_messages import (
+    MaskedUpdate as MaskedUpdate,
+    SecAggForward as SecAggForward,
+    SecAggKeys as SecAggKeys,
+    SecAggRoster as SecAggRoster,
+    SecAggShares as SecAggShares,
+    SecAggUnmask as SecAggUnmask,
+    UnmaskRequest as UnmaskRequest,
+)
 from ._settings import (
     options_from as options_from,
     overrides_from as overrides_from,

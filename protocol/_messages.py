@@ -12,7 +12,6 @@ short reason slug (``bad-frame``, ``bad-field``, ...) for the counters.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -20,10 +19,27 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from ._classes import validate_classes
 from ._errors import GenflError, ProtocolError
+from ._fields import (
+    HEX_DIGITS as _SHA256_HEX,
+    bad_field as _fail,
+    check_device as _check_device,
+    check_float as _check_float,
+    check_int as _check_int,
+    check_sha256 as _check_sha256,
+)
 from ._json import loads_bounded
+from ._secagg_messages import (
+    SECAGG_MESSAGES,
+    MaskedUpdate,
+    SecAggForward,
+    SecAggKeys,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+    UnmaskRequest,
+)
 from ._synthetic import MAX_PROBES
 from ._tensors import TensorDict, decode_tensors, encode_tensors
-from ._topics import validate_name
 
 __all__ = [
     "AUGMENTATIONS",
@@ -89,39 +105,6 @@ _MAGIC = b"GFL"
 _PREFIX = struct.Struct(">3sBI")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 256 * 1024 * 1024
-_SHA256_HEX = frozenset("0123456789abcdef")
-
-
-def _fail(detail: str) -> ProtocolError:
-    return ProtocolError("bad-field", detail)
-
-
-def _check_int(name: str, value: object, low: int = 0, high: int = 2**53) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _check_float(name: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or not low <= number <= high:
-        raise _fail(f"{name} must be finite in [{low}, {high}], got {value!r}")
-    return number
-
-
-def _check_sha256(name: str, value: object) -> str:
-    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _SHA256_HEX:
-        raise _fail(f"{name} must be a lowercase hex sha256")
-    return value
-
-
-def _check_device(value: object) -> str:
-    try:
-        return validate_name("device id", value)  # type: ignore[arg-type]
-    except GenflError as exc:
-        raise _fail(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -388,11 +371,17 @@ class BlobChunk:
         _check_sha256("chunk_sha256", self.chunk_sha256)
 
 
-Message = Union[DeviceState, Task, Update, Failure, Progress, Ack, BlobRequest, BlobChunk]
+Message = Union[
+    DeviceState, Task, Update, Failure, Progress, Ack, BlobRequest, BlobChunk,
+    SecAggKeys, SecAggRoster, SecAggShares, SecAggForward, MaskedUpdate, UnmaskRequest, SecAggUnmask,
+]  # fmt: skip
+_WIRE_TYPES: dict[str, Any] = {kind.TYPE: kind for kind in SECAGG_MESSAGES}  # each frames itself
 _M = TypeVar("_M", bound=Message)
 
 
 def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
+    if type(message).TYPE in _WIRE_TYPES:
+        return message.to_wire()  # type: ignore[union-attr]
     if isinstance(message, Update):
         header = {
             "round": message.round,
@@ -454,6 +443,8 @@ def encode_message(message: Message) -> bytes:
 
 
 def _build(kind: str, header: dict[str, Any], body: bytes) -> Message:
+    if kind in _WIRE_TYPES:
+        return _WIRE_TYPES[kind].from_wire(header, body)  # type: ignore[no-any-return]
     if kind == "update":
         scores = header.get("probe_scores")
         return Update(**{**header, "probe_scores": None if scores is None else tuple(_as_list(scores))},

@@ -31,11 +31,18 @@ from protocol import (
     EnrollReply,
     EnrollRequest,
     Failure,
+    MaskedUpdate,
     Progress,
     ProtocolError,
+    SecAggForward,
+    SecAggKeys,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
     Task,
     Topics,
     TrainConfig,
+    UnmaskRequest,
     Update,
     decode_delta,
     decode_message,
@@ -79,6 +86,15 @@ VALID_FRAMES = [
     encode_message(Ack(round=2, device_id="d-1", accepted=True)),
     encode_message(BlobRequest(blob_id=SHA, chunks=(0, 1))),
     encode_message(next(iter_chunks(b"0123456789" * 50, 128))),
+    encode_message(SecAggKeys(round=2, device_id="d-1", cipher_key=bytes(32), mask_key=bytes(range(32)))),
+    encode_message(SecAggRoster(round=2, device_id="d-1", participants=("d-1", "d-2", "d-3"), degree=2, threshold=2,
+                                length=7, keys={"d-2": (bytes(32), bytes(32)), "d-3": (bytes(32), bytes(32))})),
+    encode_message(SecAggShares(round=2, device_id="d-1", sealed={"d-2": bytes(160)})),
+    encode_message(SecAggForward(round=2, device_id="d-1", sealed={"d-3": bytes(160)})),
+    encode_message(MaskedUpdate(round=2, device_id="d-1", base_model_id=SHA, words=bytes(56))),
+    encode_message(UnmaskRequest(round=2, device_id="d-1", survivors=("d-1", "d-2"), dropped=("d-3",))),
+    encode_message(SecAggUnmask(round=2, device_id="d-1",
+                                shares={"d-2": ("seed", bytes(66)), "d-3": ("key", bytes(66))})),
 ]
 # fmt: on
 
@@ -89,7 +105,11 @@ json_values = st.recursive(
 )
 FIELDS = ["round", "device_id", "state", "num_samples", "label_counts", "model_name", "model_id", "model_size",
           "config", "base_model_id", "train_loss", "train_accuracy", "accepted", "reason", "blob_id", "chunks",
-          "index", "count", "total_size", "chunk_sha256", "phase", "seconds"]  # fmt: skip
+          "index", "count", "total_size", "chunk_sha256", "phase", "seconds", "cipher_key", "mask_key",
+          "participants", "degree", "threshold", "length", "keys", "sealed", "survivors", "dropped",
+          "shares"]  # fmt: skip
+SECAGG_KINDS = ["secagg-keys", "secagg-roster", "secagg-shares", "secagg-forward", "masked-update",
+                "secagg-unmask-request", "secagg-unmask"]  # fmt: skip
 
 
 _frame = raw_frame
@@ -121,7 +141,7 @@ def test_mutated_valid_frames(frame: bytes, data: st.DataObject) -> None:
 
 
 @given(
-    st.sampled_from(["state", "task", "update", "failure", "ack", "blob-req", "blob-chunk", "zap"]),
+    st.sampled_from(["state", "task", "update", "failure", "ack", "blob-req", "blob-chunk", "zap", *SECAGG_KINDS]),
     st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=12),
     st.binary(max_size=256),
 )
@@ -258,7 +278,8 @@ def _every_decoder(payload_header: bytes) -> None:
             decoder(payload_header)
 
 
-KINDS = ["state", "task", "update", "failure", "ack", "blob-req", "blob-chunk", "enroll-request", "enroll-reply"]
+KINDS = ["state", "task", "update", "failure", "ack", "blob-req", "blob-chunk", "enroll-request", "enroll-reply",
+         *SECAGG_KINDS]  # fmt: skip
 
 
 @given(st.sampled_from(KINDS), st.sampled_from([*FIELDS, "secret", "public_key", "ok"]), hostile_values)

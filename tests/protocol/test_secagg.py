@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from cloud_server.learning._aggregation import WeightedDeltaSum
-from protocol import ConfigError, ProtocolError
+from protocol import (
+    ConfigError,
+    MaskedUpdate,
+    ProtocolError,
+    SecAggForward,
+    SecAggKeys,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+    UnmaskRequest,
+    decode_message,
+    encode_message,
+)
 from protocol.secagg import (
     SecAggAggregator,
     SecAggDevice,
@@ -208,3 +220,48 @@ def test_the_words_of_weighted_updates_sum_to_what_plain_aggregation_sums() -> N
     expected, total_weight, _count = plain.state()
     assert total == total_weight == 90
     assert all(np.array_equal(sums[name], expected[name]) for name in template)
+
+
+def _wire(message):  # type: ignore[no-untyped-def]
+    """Through the frame format and back: what every message of a round goes through."""
+    return decode_message(encode_message(message), type(message))
+
+
+def test_a_round_carried_by_its_frames_gives_the_same_exact_sum() -> None:
+    vectors = _vectors(6, length=33, seed=9)
+    params = SecAggParams.for_round("f/r", list(vectors), 33)
+    devices = {n: SecAggDevice(params, n) for n in params.participants}
+    server = SecAggAggregator(params)
+    for n, d in devices.items():
+        keys = _wire(SecAggKeys(3, n, *d.advertise()))
+        server.add_keys(keys.device_id, keys.cipher_key, keys.mask_key)
+    for n, d in devices.items():
+        roster = _wire(SecAggRoster(3, n, params.participants, params.degree, params.threshold, params.length,
+                                    server.roster(n)))  # fmt: skip
+        shares = _wire(SecAggShares(3, n, d.share(roster.keys)))
+        server.add_shares(n, shares.sealed)
+    for n, d in devices.items():
+        d.receive(_wire(SecAggForward(3, n, server.forwarded(n))).sealed)
+    for n in sorted(devices)[:5]:  # the last one drops before its masked input
+        masked = _wire(MaskedUpdate(3, n, "a" * 64, devices[n].masked_input(vectors[n]).tobytes()))
+        server.add_masked(n, np.frombuffer(masked.words, dtype="<u8").astype(np.uint64))
+    survivors, dropped = server.unmask_request()
+    for n in survivors:
+        request = _wire(UnmaskRequest(3, n, tuple(survivors), tuple(dropped)))
+        answer = _wire(SecAggUnmask(3, n, devices[n].unmask(request.survivors, request.dropped)))
+        server.add_unmask(n, answer.shares)
+    assert np.array_equal(server.result().view(np.int64), _plain_sum(vectors, set(sorted(vectors)[:5])))
+
+
+def test_secagg_frames_refuse_wrong_sizes_and_kinds() -> None:
+    with pytest.raises(ProtocolError, match="bad-field"):
+        SecAggKeys(1, "d", bytes(31), bytes(32))
+    with pytest.raises(ProtocolError, match="bad-field"):
+        SecAggUnmask(1, "d", {"e": ("both", bytes(66))})  # type: ignore[dict-item]
+    with pytest.raises(ProtocolError, match="bad-field"):
+        MaskedUpdate(1, "d", "a" * 64, bytes(12))  # not whole words
+    with pytest.raises(ProtocolError, match="bad-field"):
+        UnmaskRequest(1, "d", ("a", "a"), ())
+    frame = encode_message(SecAggShares(1, "d", {"e": bytes(160)}))
+    with pytest.raises(ProtocolError):
+        decode_message(frame.replace(b'"sealed":{"e":"', b'"sealed":{"e":"!'), SecAggShares)

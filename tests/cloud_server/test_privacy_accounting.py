@@ -1,0 +1,65 @@
+"""DP-FedAvg's accounting and the device's clipping and noise."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cloud_server.learning._accountant import PrivacyAccountant, epsilon_spent
+from protocol import ConfigError
+from protocol._dp import clip_update, noise_share
+
+
+def test_the_epsilon_is_the_librarys_and_an_independent_accountant_agrees() -> None:
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    # the library's own RDP accountant, composed round by round, gives the same figure
+
+    direct = rdp.RdpAccountant(orders=[*range(2, 33), 40, 48, 64, 96, 128, 192, 256])
+    for _ in range(30):
+        direct.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)))
+    assert epsilon_spent(1.0, 0.1, 30, 1e-5) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
+    # the privacy-loss-distribution accountant (another method) is tighter than RDP, and not by much
+    tight = pld.PLDAccountant()
+    tight.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), 30)
+    assert 0.7 * epsilon_spent(1.0, 0.1, 30, 1e-5) < tight.get_epsilon(1e-5) <= epsilon_spent(1.0, 0.1, 30, 1e-5)
+
+
+def test_more_noise_or_fewer_rounds_spend_less_and_the_budget_stops_rounds() -> None:
+    accountant = PrivacyAccountant(noise_multiplier=1.0, sampling_rate=0.1, budget=4.0)
+    spent = [accountant.epsilon(r) for r in (0, 1, 10, 100)]
+    assert spent[0] == 0.0 and spent == sorted(spent) and spent[1] < 4.0 < spent[-1]
+    assert epsilon_spent(2.0, 0.1, 100, 1e-5) < spent[-1]
+    low, high = 1, 100  # the last round within the budget, by bisection
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if accountant.epsilon(middle) <= 4.0 else (low, middle)
+    assert accountant.may_open(low - 1) and not accountant.may_open(low)  # round `low` fits, `low + 1` would not
+    assert epsilon_spent(0.0, 0.1, 5, 1e-5) == math.inf
+    for bad in ({"noise_multiplier": 0.0, "sampling_rate": 0.1}, {"noise_multiplier": 1.0, "sampling_rate": 1.5},
+                {"noise_multiplier": 1.0, "sampling_rate": 0.1, "delta": 0.0}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            PrivacyAccountant(**bad)  # type: ignore[arg-type]
+
+
+def test_an_update_is_clipped_to_the_norm_and_its_step_counter_zeroed() -> None:
+    rng = np.random.default_rng(0)
+    delta = {"w": rng.normal(size=(20, 20)).astype(np.float32), "steps": np.array(7, dtype=np.int64)}
+    clipped, norm = clip_update(delta, 1.0)
+    after = math.sqrt(float(np.square(clipped["w"].astype(np.float64)).sum()))
+    assert norm > 10 and after == pytest.approx(1.0, rel=1e-5) and clipped["steps"] == 0
+    small = {"w": delta["w"] * 1e-3}
+    kept, _ = clip_update(small, 1.0)
+    assert np.array_equal(kept["w"], small["w"])  # inside the ball: unchanged
+
+
+def test_the_devices_noise_shares_add_up_to_the_planned_noise() -> None:
+    template = {"w": np.zeros(20_000, np.float32), "steps": np.zeros((), np.int64)}
+    shares = [noise_share(template, 1.5, 0.5, 10, np.random.default_rng(seed)) for seed in range(10)]
+    total = sum(share["w"].astype(np.float64) for share in shares)
+    assert np.std(total) == pytest.approx(1.5 * 0.5, rel=0.03)  # the whole noise, from ten shares
+    assert np.std(shares[0]["w"]) == pytest.approx(1.5 * 0.5 / math.sqrt(10), rel=0.03)
+    assert all(share["steps"] == 0 for share in shares)
