@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,11 @@ def test_fedavg_on_digits_reaches_90_percent_and_is_reproducible(tmp_path: Path)
     config = SimulationConfig(dataset="digits", devices=10, alpha=0.5, rounds=10, strategy="fedavg", seed=0)
     # Execute
     first = run_simulation(config)
-    second = run_simulation(config)
+    again = run_simulation(replace(config, rounds=3))  # the same seed: its first rounds again, bit for bit
     paths = write_outputs(first, tmp_path / "run")
     # Assert
     assert first.final_accuracy is not None and first.final_accuracy >= 0.90
-    assert _rounds_without_timing(first.metrics()) == _rounds_without_timing(second.metrics())
+    assert _rounds_without_timing(first.metrics())[:3] == _rounds_without_timing(again.metrics())
     metrics = json.loads(paths["metrics"].read_text())
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, 11))
     assert metrics["final_accuracy"] == first.final_accuracy
