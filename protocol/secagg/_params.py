@@ -2,7 +2,9 @@
 
 The neighbour graph is SecAgg+'s sparse one (Bell et al. 2020): the participants
 in sorted order on a ring, each joined to the ``degree / 2`` nearest on either
-side (everyone to everyone when the ring is small). A device masks its input
+side (everyone to everyone when the ring is small: a neighbourhood must be large
+for a third of it dropping at random to leave a majority, which makes the graph
+sparse only from several hundred devices on). A device masks its input
 with its neighbours only and shares its secrets with them only, so its work
 grows with the degree, not with the fleet. ``threshold`` is how many of a
 device's neighbours must answer to rebuild its secrets; it must be more than
@@ -23,15 +25,29 @@ __all__ = ["SecAggParams", "default_degree", "default_threshold"]
 MAX_PARTICIPANTS = 10_000
 
 
+DESIGN_DROPOUT = 1 / 3  # the share of a round's devices the defaults are made to lose
+DESIGN_FAILURE = 1e-3  # the chance, at that dropout, that some device's secrets cannot be rebuilt
+
+
+def _too_few_alive(degree: int, threshold: int, alive: float) -> float:
+    """P(fewer than ``threshold`` of ``degree`` neighbours stay), each staying with probability ``alive``."""
+    return sum(math.comb(degree, k) * alive**k * (1 - alive) ** (degree - k) for k in range(threshold))
+
+
 def default_degree(participants: int) -> int:
-    """``2 * ceil(log2 n) + 2`` neighbours (all others for a small round): a device's share of the work stays small,
-    and a random third of the fleet dropping leaves each neighbourhood above its threshold."""
-    return min(participants - 1, 2 * math.ceil(math.log2(max(participants, 2))) + 2)
+    """The smallest even degree whose neighbourhoods, with the default threshold, survive a random third of the
+    round dropping with probability ``1 - DESIGN_FAILURE`` (every other device when none does: below a few hundred
+    devices the graph is complete; it grows like ``log n`` beyond)."""
+    for degree in range(2, participants - 1, 2):
+        if participants * _too_few_alive(degree, default_threshold(degree), 1 - DESIGN_DROPOUT) <= DESIGN_FAILURE:
+            return degree
+    return participants - 1
 
 
 def default_threshold(degree: int) -> int:
-    """Two thirds of the neighbours (at least a majority of them)."""
-    return max(degree // 2 + 1, math.ceil(2 * degree / 3))
+    """A majority of the neighbours: the fewest that keep a server from holding both secrets of a device, and the
+    most dropouts a round survives."""
+    return degree // 2 + 1
 
 
 @dataclass(frozen=True)

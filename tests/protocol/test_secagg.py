@@ -117,12 +117,11 @@ def test_devices_dropping_after_their_masked_input_are_recovered_from_their_neig
 
 def test_a_sparse_graph_round_of_forty_with_dropouts_is_exact() -> None:
     vectors = _vectors(40, length=64, seed=3)
-    params = SecAggParams.for_round("f/r", list(vectors), 64)
-    assert params.degree == 14 and params.threshold == 10  # 2 * ceil(log2 40) + 2, two thirds of it
+    params = SecAggParams.for_round("f/r", list(vectors), 64, degree=14, threshold=8)
     assert all(len(params.neighbours(n)) == 14 for n in params.participants)
     assert all(params.are_neighbours(b, a) for a in params.participants for b in params.neighbours(a))
     gone, late = frozenset({"d03", "d17", "d30"}), frozenset({"d11", "d25"})
-    server, _ = _round(vectors, drop_before_input=gone, drop_before_unmask=late)
+    server, _ = _round(vectors, drop_before_input=gone, drop_before_unmask=late, degree=14, threshold=8)
     assert np.array_equal(server.result().view(np.int64), _plain_sum(vectors, set(vectors) - gone))
 
 
@@ -191,6 +190,13 @@ def test_shares_sealed_for_one_neighbour_do_not_open_for_another() -> None:
     meant_for_d01 = server.forwarded("d01")
     with pytest.raises(ProtocolError, match="bad-ciphertext"):
         devices["d02"].receive({"d00": meant_for_d01["d00"]})
+
+
+def test_the_default_graph_is_complete_for_small_rounds_and_sparse_for_large_ones() -> None:
+    small, large = SecAggParams.for_round("f/r", [f"d{i}" for i in range(100)], 4), None
+    assert small.degree == 99 and small.threshold == 50  # a third dropping at random must leave a majority
+    large = SecAggParams.for_round("f/r", [f"d{i:04d}" for i in range(3000)], 4)
+    assert large.degree < 300 and large.threshold == large.degree // 2 + 1
 
 
 def test_bad_parameters_are_refused() -> None:

@@ -1,0 +1,159 @@
+"""Benchmark: what secure aggregation's arithmetic and frames cost a device and the server, per round.
+
+One round of the protocol (``protocol.secagg``) for ``cnn-digits`` (and ``cnn-small``) updates: every device
+and the server in this process, every message through its real frame (``encode_message``), with 0% and 30% of
+the devices dropping before their masked input. Records the seconds each device spends (keys, shares, masking,
+unmasking), the server's seconds (relaying, summing, unmasking), the bytes each device sends and receives, and
+the same update's plain frame (fp32 and int8) for comparison; checks that the unmasked sum is exact.
+
+This is the arithmetic alone: the rounds over MQTT with real agents are the next part of the benchmark.
+
+Writes ``OUT/privacy-arithmetic.json``.
+
+    python tools/bench_privacy.py --out bench        # about a minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models
+from cloud_server.learning._aggregation import WeightedDeltaSum
+from protocol import (
+    MaskedUpdate,
+    SecAggForward,
+    SecAggKeys,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+    UnmaskRequest,
+    Update,
+    encode_delta,
+    encode_message,
+)
+from protocol.secagg import SecAggAggregator, SecAggDevice, SecAggParams, from_words, to_words, vector_length
+from tools._bench_common import machine, write_json
+
+SHA = "0" * 64
+
+
+def one_round(model: str, devices: int, drop: float, seed: int = 0) -> dict[str, Any]:
+    template = models.model_state(models.build_model(model, seed=0))
+    rng = np.random.default_rng(seed)
+    names = [f"d{i:04d}" for i in range(devices)]
+    deltas = {n: {k: (rng.normal(size=v.shape) * 1e-2).astype(v.dtype) if np.issubdtype(v.dtype, np.floating)
+                  else np.zeros_like(v) for k, v in template.items()} for n in names}  # fmt: skip
+    weights = {n: int(rng.integers(20, 200)) for n in names}
+    length = vector_length(template)
+    params = SecAggParams.for_round("bench/round-1", names, length)
+    gone = set(rng.choice(names, size=round(drop * devices), replace=False).tolist())
+    device_s = dict.fromkeys(names, 0.0)
+    sent = dict.fromkeys(names, 0)
+    received = dict.fromkeys(names, 0)
+    server_s = 0.0
+
+    def timed_device(name: str, action):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        result = action()
+        device_s[name] += time.perf_counter() - started
+        return result
+
+    parties = {n: SecAggDevice(params, n) for n in names}
+    server = SecAggAggregator(params)
+    for n in names:
+        frame = encode_message(SecAggKeys(1, n, *timed_device(n, parties[n].advertise)))
+        sent[n] += len(frame)
+        started = time.perf_counter()
+        keys = _decode(frame, SecAggKeys)  # the server takes what the frame carries
+        server.add_keys(n, keys.cipher_key, keys.mask_key)
+        server_s += time.perf_counter() - started
+    for n in names:
+        roster = SecAggRoster(1, n, params.participants, params.degree, params.threshold, length, server.roster(n))
+        received[n] += len(encode_message(roster))
+        sealed = timed_device(n, lambda n=n, roster=roster: parties[n].share(roster.keys))
+        frame = encode_message(SecAggShares(1, n, sealed))
+        sent[n] += len(frame)
+        started = time.perf_counter()
+        server.add_shares(n, _decode(frame, SecAggShares).sealed)
+        server_s += time.perf_counter() - started
+    for n in names:
+        forward = SecAggForward(1, n, server.forwarded(n))
+        received[n] += len(encode_message(forward))
+        timed_device(n, lambda n=n, forward=forward: parties[n].receive(forward.sealed))
+    for n in names:
+        if n in gone:
+            continue
+        words = to_words(WeightedDeltaSum.fixed_point_terms(deltas[n], weights[n]), weights[n], template)
+        masked = timed_device(n, lambda n=n, words=words: parties[n].masked_input(words))
+        frame = encode_message(MaskedUpdate(1, n, SHA, masked.astype("<u8").tobytes()))
+        sent[n] += len(frame)
+        started = time.perf_counter()
+        server.add_masked(n, np.frombuffer(_decode(frame, MaskedUpdate).words, dtype="<u8").astype(np.uint64))
+        server_s += time.perf_counter() - started
+    started = time.perf_counter()
+    survivors, dropped = server.unmask_request()
+    server_s += time.perf_counter() - started
+    for n in survivors:
+        request = UnmaskRequest(1, n, tuple(survivors), tuple(dropped))
+        received[n] += len(encode_message(request))
+        answer = timed_device(n, lambda n=n: parties[n].unmask(survivors, dropped))
+        frame = encode_message(SecAggUnmask(1, n, answer))
+        sent[n] += len(frame)
+        started = time.perf_counter()
+        server.add_unmask(n, _decode(frame, SecAggUnmask).shares)
+        server_s += time.perf_counter() - started
+    started = time.perf_counter()
+    total = server.result()
+    server_s += time.perf_counter() - started
+    plain = WeightedDeltaSum(template)
+    for n in survivors:
+        plain.add(deltas[n], weights[n])
+    sums, weight = from_words(total, template)
+    exact = weight == plain.total_weight and all(np.array_equal(sums[k], plain.state()[0][k]) for k in template)
+    fp32 = len(encode_message(Update(1, names[0], SHA, 10, 0.1, 0.5, deltas[names[0]])))
+    int8 = len(encode_message(Update(1, names[0], SHA, 10, 0.1, 0.5, encode_delta(deltas[names[0]], "int8"),
+                                     codec="int8")))  # fmt: skip
+    alive = [n for n in names if n not in gone]
+    return {
+        "model": model, "devices": devices, "dropped_before_input": len(gone), "degree": params.degree,
+        "threshold": params.threshold, "parameters": length - 1, "exact_sum": bool(exact),
+        "device_seconds_mean": round(statistics.mean(device_s[n] for n in alive), 4),
+        "device_seconds_max": round(max(device_s[n] for n in alive), 4),
+        "server_seconds": round(server_s, 3),
+        "device_bytes_sent_mean": round(statistics.mean(sent[n] for n in alive)),
+        "device_bytes_received_mean": round(statistics.mean(received[n] for n in alive)),
+        "plain_update_bytes_fp32": fp32, "plain_update_bytes_int8": int8,
+    }  # fmt: skip
+
+
+def _decode(frame: bytes, kind):  # type: ignore[no-untyped-def]
+    from protocol import decode_message
+
+    return decode_message(frame, kind)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    args = parser.parse_args()
+    runs = []
+    for model in ("cnn-digits", "cnn-small"):
+        for devices in (10, 100):
+            for drop in (0.0, 0.3):
+                run = one_round(model, devices, drop)
+                print(run, flush=True)
+                runs.append(run)
+    write_json(args.out / "privacy-arithmetic.json", {"machine": machine(), "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
