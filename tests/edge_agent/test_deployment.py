@@ -1,0 +1,110 @@
+"""The board's deployed model: staged releases, the atomic swap, rollback, and SIGKILL at any instant."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_agent._deployment import ModelDeployment
+from protocol import ModelError
+
+
+def _model(scale: float, size: int = 600_000) -> bytes:
+    """A small ONNX model y = x * w with ``size`` weights: whole, it answers ``scale``; cut, it does not load."""
+    weights = numpy_helper.from_array(np.full(size, scale, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "m",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [weights])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def _answer(path: Path) -> float:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return float(session.run(None, {"x": np.ones(600_000, np.float32)})[0][0])
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_deploy_keeps_the_previous_model_and_rollback_swaps_them_back(tmp_path: Path) -> None:
+    one, two = _model(1.0), _model(2.0)
+    deployment = ModelDeployment(tmp_path)
+    assert deployment.deployed() is None
+    deployment.stage(one, 1, _sha(one))
+    assert deployment.deploy(_sha(one)).version == 1 and _answer(deployment.current) == 1.0
+    deployment.stage(two, 2, _sha(two))
+    assert deployment.deploy(_sha(two)).version == 2 and _answer(deployment.current) == 2.0
+    assert deployment.previous_release().version == 1  # type: ignore[union-attr]
+    assert (tmp_path / "model" / "version").read_text() == "2\n"
+    back = deployment.rollback()
+    assert back.version == 1 and _answer(deployment.current) == 1.0
+    assert deployment.previous_release().version == 2  # type: ignore[union-attr]
+    with pytest.raises(ModelError, match="do not match its sha256"):
+        deployment.stage(two[:-1] + b"x", 3, _sha(two))  # a tampered model is not staged
+    with pytest.raises(ModelError, match="not staged"):
+        deployment.deploy("0" * 64)
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+from edge_agent._deployment import ModelDeployment
+state, sha, data = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]).read_bytes()
+deployment = ModelDeployment(state)
+print("ready", flush=True)
+sys.stdin.readline()
+deployment.stage(data, int(sys.argv[4]), sha)
+deployment.deploy(sha)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow  # two dozen processes
+def test_a_board_killed_at_any_instant_of_staging_or_swapping_holds_one_of_the_two_models_whole(
+    tmp_path: Path,
+) -> None:
+    # Prepare: version 1 deployed; each trial stages and deploys the other version and is SIGKILLed meanwhile
+    models = {1: _model(1.0), 2: _model(2.0)}
+    files = {v: tmp_path / f"release-{v}.onnx" for v in models}
+    for version, data in models.items():
+        files[version].write_bytes(data)
+    state = tmp_path / "board"
+    first = ModelDeployment(state)
+    first.stage(models[1], 1, _sha(models[1]))
+    first.deploy(_sha(models[1]))
+    rng = random.Random(0)
+    outcomes: list[tuple[int, bool]] = []
+    for trial in range(24):
+        before = ModelDeployment(state).deployed()
+        assert before is not None
+        target = 2 if before.version == 1 else 1
+        command = [sys.executable, "-c", _CHILD, str(state), _sha(models[target]), str(files[target]), str(target)]
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout.readline().strip() == "ready"
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            time.sleep(rng.uniform(0.0, 0.03))  # somewhere in staging, the swap or after
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        # Assert: a whole model that onnxruntime runs, one of the two, and the board says which
+        after = ModelDeployment(state).deployed()
+        assert after is not None and after.version in (before.version, target)
+        assert _answer(state / "model" / "current.onnx") == float(after.version), trial
+        assert (state / "model" / "version").read_text().strip() == str(after.version)
+        onnx.load(str(state / "model" / "current.onnx"))  # parses whole
+        outcomes.append((after.version, after.version == target))
+    # the kills landed both before and after the commit point
+    assert any(done for _, done in outcomes) and not all(done for _, done in outcomes), outcomes
