@@ -42,14 +42,7 @@ def _round(
     """Run the four phases over ``vectors``; the named devices vanish at the given phase."""
     length = len(next(iter(vectors.values())))
     params = SecAggParams.for_round("fleet/round-1", list(vectors), length, degree, threshold)
-    devices = {name: SecAggDevice(params, name) for name in params.participants}
-    server = SecAggAggregator(params)
-    for name, device in devices.items():
-        server.add_keys(name, *device.advertise())
-    for name, device in devices.items():
-        server.add_shares(name, device.share(server.roster(name)))
-    for name, device in devices.items():
-        device.receive(server.forwarded(name))
+    server, devices = _shared(params)
     for name, device in devices.items():
         if name not in drop_before_input:
             server.add_masked(name, device.masked_input(vectors[name]))
@@ -57,6 +50,20 @@ def _round(
     for name in survivors:
         if name not in drop_before_unmask:
             server.add_unmask(name, devices[name].unmask(survivors, dropped))
+    return server, devices
+
+
+def _shared(params: SecAggParams, *, receive: bool = True) -> tuple[SecAggAggregator, dict[str, SecAggDevice]]:
+    """Every participant advertised and shared (and received its neighbours' shares, with ``receive``)."""
+    devices = {name: SecAggDevice(params, name) for name in params.participants}
+    server = SecAggAggregator(params)
+    for name, device in devices.items():
+        server.add_keys(name, *device.advertise())
+    for name, device in devices.items():
+        server.add_shares(name, device.share(server.roster(name)))
+    if receive:
+        for name, device in devices.items():
+            device.receive(server.forwarded(name))
     return server, devices
 
 
@@ -81,15 +88,7 @@ def test_shamir_rebuilds_from_any_threshold_shares_and_refuses_fewer() -> None:
 
 def test_the_unmasked_sum_is_exact_and_no_masked_input_equals_its_vector() -> None:
     vectors = _vectors(10)
-    params = SecAggParams.for_round("f/r", list(vectors), 257)
-    devices = {n: SecAggDevice(params, n) for n in params.participants}
-    server = SecAggAggregator(params)
-    for n, d in devices.items():
-        server.add_keys(n, *d.advertise())
-    for n, d in devices.items():
-        server.add_shares(n, d.share(server.roster(n)))
-    for n, d in devices.items():
-        d.receive(server.forwarded(n))
+    server, devices = _shared(SecAggParams.for_round("f/r", list(vectors), 257))
     masked = {n: d.masked_input(vectors[n]) for n, d in devices.items()}
     for n, m in masked.items():
         server.add_masked(n, m)
@@ -132,14 +131,8 @@ def test_below_the_threshold_the_round_fails_and_nothing_is_unmasked() -> None:
     with pytest.raises(SecAggFailed, match="nothing is unmasked"):
         _round(vectors, drop_before_input=gone)
     # a survivor asked to unmask a round below the threshold refuses, revealing nothing
-    device = SecAggDevice(params, "d00")
-    server = SecAggAggregator(params)
-    others = {n: SecAggDevice(params, n) for n in params.participants if n != "d00"}
-    for n, d in {"d00": device, **others}.items():
-        server.add_keys(n, *d.advertise())
-    for n, d in {"d00": device, **others}.items():
-        server.add_shares(n, d.share(server.roster(n)))
-    device.receive(server.forwarded("d00"))
+    _server, devices = _shared(params)
+    device = devices["d00"]
     device.masked_input(vectors["d00"])
     with pytest.raises(ProtocolError, match="secagg-too-few"):
         device.unmask(["d00", "d01"], [n for n in params.participants if n not in ("d00", "d01")])
@@ -157,16 +150,11 @@ def test_too_few_unmasking_answers_fail_the_round_without_a_partial_result() -> 
 def test_a_device_never_reveals_both_secrets_of_a_neighbour_nor_steps_out_of_order() -> None:
     vectors = _vectors(4, length=8, seed=6)
     params = SecAggParams.for_round("f/r", list(vectors), 8)
-    devices = {n: SecAggDevice(params, n) for n in params.participants}
-    server = SecAggAggregator(params)
-    for n, d in devices.items():
-        server.add_keys(n, *d.advertise())
+    _server, devices = _shared(params)
     with pytest.raises(ProtocolError, match="secagg-order"):
         devices["d00"].advertise()  # once only
-    for n, d in devices.items():
-        server.add_shares(n, d.share(server.roster(n)))
-    for n, d in devices.items():
-        d.receive(server.forwarded(n))
+    with pytest.raises(ProtocolError, match="secagg-order"):
+        devices["d00"].share({})  # nor again later
     device = devices["d00"]
     with pytest.raises(ProtocolError, match="secagg-order"):
         device.unmask(list(params.participants), [])  # before its masked input
@@ -180,20 +168,14 @@ def test_a_device_never_reveals_both_secrets_of_a_neighbour_nor_steps_out_of_ord
 
 def test_shares_sealed_for_one_neighbour_do_not_open_for_another() -> None:
     vectors = _vectors(3, length=4, seed=7)
-    params = SecAggParams.for_round("f/r", list(vectors), 4)
-    devices = {n: SecAggDevice(params, n) for n in params.participants}
-    server = SecAggAggregator(params)
-    for n, d in devices.items():
-        server.add_keys(n, *d.advertise())
-    for n, d in devices.items():
-        server.add_shares(n, d.share(server.roster(n)))
+    server, devices = _shared(SecAggParams.for_round("f/r", list(vectors), 4), receive=False)
     meant_for_d01 = server.forwarded("d01")
     with pytest.raises(ProtocolError, match="bad-ciphertext"):
         devices["d02"].receive({"d00": meant_for_d01["d00"]})
 
 
 def test_the_default_graph_is_complete_for_small_rounds_and_sparse_for_large_ones() -> None:
-    small, large = SecAggParams.for_round("f/r", [f"d{i}" for i in range(100)], 4), None
+    small = SecAggParams.for_round("f/r", [f"d{i}" for i in range(100)], 4)
     assert small.degree == 99 and small.threshold == 50  # a third dropping at random must leave a majority
     large = SecAggParams.for_round("f/r", [f"d{i:04d}" for i in range(3000)], 4)
     assert large.degree < 300 and large.threshold == large.degree // 2 + 1
