@@ -112,11 +112,12 @@ class ModelDeployment:
         if version is None:
             raise ModelError(f"{self.current}: not a release this board staged (sha256 {sha256[:12]})")
         note = self.folder / "version"
-        with contextlib.suppress(OSError):
-            if note.read_text().strip() != str(version):
-                raise FileNotFoundError
-            return Deployed(version, sha256, self.current)
-        atomic_write(note, f"{version}\n".encode())
+        try:
+            written = note.read_text().strip()
+        except OSError:
+            written = None
+        if written != str(version):
+            atomic_write(note, f"{version}\n".encode())
         return Deployed(version, sha256, self.current)
 
     def previous_release(self) -> Deployed | None:
