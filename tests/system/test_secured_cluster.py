@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cloud_server.broker._broker_files import SERVER_USER
@@ -228,21 +229,37 @@ cluster {{
         log.close()
 
 
+def _image_folder(folder: Path, classes: range, parity: int) -> None:
+    """Digits as PNG files in one folder per class, as a board holds its data (here only ``classes``)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+        if label in classes and index % 2 == parity:
+            path = folder / str(label) / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 16).clip(0, 255).astype(np.uint8)).save(path)
+
+
 def test_serve_enroll_run_and_revoke_on_the_cluster(secured_cluster: SecuredCluster) -> None:
-    # Prepare: the real server on the cluster, two boards enrolled by the real `genfl-edge enroll` on other nodes
+    # Prepare: the real server on the cluster, two boards enrolled by the real `genfl-edge enroll` on other nodes,
+    # each with image folders of some classes only (0-5 and 4-9)
     state, group = str(secured_cluster.state), secured_cluster.group
     group.start("server", "-m", "cloud_server", "serve", "--state-dir", state, "--rounds", "1", "--min-devices", "2",
                 "--local-epochs", "1", "--round-timeout", "300")  # fmt: skip
     wait_for(lambda: "serving fleet" in group.log("server"), 60, "the server to connect")
     homes = {}
-    for index, name in enumerate(("board-x", "board-y")):
+    for index, (name, classes) in enumerate((("board-x", range(0, 6)), ("board-y", range(4, 10)))):
+        _image_folder(secured_cluster.root / f"data-{name}", classes, index)
         token = secured_cluster.cli("cloud_server", "devices", "add", name, "--state-dir", state).stdout.strip()
         (secured_cluster.root / f"token-{name}").write_text(token + "\n")
         homes[name] = secured_cluster.root / f"home-{name}"
         nodes = ",".join(secured_cluster.nodes[index + 1 :] + secured_cluster.nodes[: index + 1])
         secured_cluster.cli("edge_agent", "enroll", "--server", nodes, "--token-file",
                             str(secured_cluster.root / f"token-{name}"), "--ca", str(secured_cluster.ca),
-                            "--home", str(homes[name]))  # fmt: skip
+                            "--home", str(homes[name]), "--data",
+                            f"folder:{secured_cluster.root / f'data-{name}'}")  # fmt: skip
     # Execute: a signed round
     for name, home in homes.items():
         group.start(name, "-m", "edge_agent", "run", "--home", str(home))
