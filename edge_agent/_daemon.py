@@ -312,6 +312,7 @@ class _Agent:
             "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
         )
         self.summary, self.num_samples = summary, num_samples
+        self._classes_to_keep: tuple[str, ...] | None = None  # the fleet's list, to write down in the next upkeep
         classes, label_counts = self._fleet_classes()
         topics = Topics(config.fleet)
         session = secrets.token_hex(8)  # this run: its will is state 0 of it, its states 1, 2, ...
@@ -388,13 +389,20 @@ class _Agent:
         return scaled_to_total(released, self.num_samples)
 
     def adopt_classes(self, classes: tuple[str, ...]) -> tuple[float, ...] | None:
-        """A task named this fleet class list: the label counts in its order; the list is kept for the next start."""
+        """A task named this fleet class list: the label counts in its order. The list is kept for the next start
+        by the loop's upkeep, after the task is answered (an fsync on a busy disk must not delay the answer)."""
         counts = self.label_counts_for(classes)
+        self._classes_to_keep = classes
+        return counts
+
+    def _keep_classes(self) -> None:
+        classes, self._classes_to_keep = self._classes_to_keep, None
+        if classes is None:
+            return
         try:
             atomic_write(self.config.state_dir / "fleet-classes.json", json.dumps(list(classes)).encode())
         except OSError as exc:  # only a cache for the next start: the round goes on
             log.warning("cannot keep the fleet's classes in %s: %s", self.config.state_dir, exc)
-        return counts
 
     def state_text(self) -> str:
         if self.transport.refused is not None:
@@ -443,6 +451,7 @@ class _Agent:
         now = time.monotonic()
         self.core.resend_pending(now, self.config.resend_after)
         self.core.report_progress(now, self.config.progress_every)
+        self._keep_classes()
         if self.transport.connected:
             self.core.refresh_state(now, self.config.state_refresh)
 

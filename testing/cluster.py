@@ -91,13 +91,14 @@ class LocalCluster:
             if waiting:
                 time.sleep(0.2)
 
-    def mqtt_clients(self) -> dict[str, list[str]]:
-        """The MQTT client ids connected to each node that is up (from its monitoring ``/connz``)."""
+    def mqtt_clients(self, timeout_s: float = 10.0) -> dict[str, list[str]]:
+        """The MQTT client ids connected to each node that is up (from its monitoring ``/connz``; a node that is down
+        refuses at once, one that is slow on a loaded machine gets ``timeout_s``)."""
         clients: dict[str, list[str]] = {}
         for node in self.nodes:
             url = f"http://{node.host}:{node.monitor_port}/connz?limit=100000"
             try:
-                with urllib.request.urlopen(url, timeout=2.0) as reply:
+                with urllib.request.urlopen(url, timeout=timeout_s) as reply:
                     connections = json.load(reply).get("connections") or []
             except (OSError, ValueError):
                 continue

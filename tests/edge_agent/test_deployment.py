@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +57,29 @@ def test_deploy_keeps_the_previous_model_and_rollback_swaps_them_back(tmp_path: 
 
 
 _CHILD = """
-import sys
+import os, signal, sys
 from pathlib import Path
 from edge_agent._deployment import ModelDeployment
 state, sha, data = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]).read_bytes()
+kill_at, when = int(sys.argv[5]), sys.argv[6]  # the file-system step to die at (0: none), before or after it
+steps = 0
+def counted(call):
+    def step(*args, **kwargs):
+        global steps
+        steps += 1
+        if steps == kill_at and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = call(*args, **kwargs)
+        if steps == kill_at and when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return step
+for name in ("fsync", "replace", "link", "unlink", "write"):
+    setattr(os, name, counted(getattr(os, name)))
 deployment = ModelDeployment(state)
-print("ready", flush=True)
-sys.stdin.readline()
 deployment.stage(data, int(sys.argv[4]), sha)
 deployment.deploy(sha)
-print("done", flush=True)
+print(steps, flush=True)
 """
 
 
@@ -75,7 +87,8 @@ print("done", flush=True)
 def test_a_board_killed_at_any_instant_of_staging_or_swapping_holds_one_of_the_two_models_whole(
     tmp_path: Path,
 ) -> None:
-    # Prepare: version 1 deployed; each trial stages and deploys the other version and is SIGKILLed meanwhile
+    # Prepare: version 1 deployed; each trial stages and deploys the other version and is SIGKILLed at a file-system
+    # step drawn at random (before or after a write, an fsync, a link, a rename, an unlink), whatever the disk's speed
     models = {1: _model(1.0), 2: _model(2.0)}
     files = {v: tmp_path / f"release-{v}.onnx" for v in models}
     for version, data in models.items():
@@ -84,21 +97,23 @@ def test_a_board_killed_at_any_instant_of_staging_or_swapping_holds_one_of_the_t
     first = ModelDeployment(state)
     first.stage(models[1], 1, _sha(models[1]))
     first.deploy(_sha(models[1]))
+
+    def run_child(target: int, kill_at: int, when: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", _CHILD, str(state), _sha(models[target]), str(files[target]), str(target),
+                   str(kill_at), when]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    unkilled = [run_child(v, 0, "before") for v in (2, 1)]  # back at version 1; how many steps a deployment takes
+    assert all(run.returncode == 0 for run in unkilled), unkilled[0].stderr
+    steps = int(unkilled[0].stdout)
     rng = random.Random(0)
     outcomes: list[tuple[int, bool]] = []
     for trial in range(24):
         before = ModelDeployment(state).deployed()
         assert before is not None
         target = 2 if before.version == 1 else 1
-        command = [sys.executable, "-c", _CHILD, str(state), _sha(models[target]), str(files[target]), str(target)]
-        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
-            assert child.stdout is not None and child.stdin is not None
-            assert child.stdout.readline().strip() == "ready"
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            time.sleep(rng.uniform(0.0, 0.03))  # somewhere in staging, the swap or after
-            child.send_signal(signal.SIGKILL)
-            child.wait()
+        run = run_child(target, rng.randint(1, steps), rng.choice(("before", "after")))
+        assert run.returncode == -signal.SIGKILL, run.stderr
         # Assert: a whole model that onnxruntime runs, one of the two, and the board says which
         after = ModelDeployment(state).deployed()
         assert after is not None and after.version in (before.version, target)

@@ -242,7 +242,7 @@ def test_a_board_training_a_long_round_says_so_and_is_sent_no_task_again(
 ) -> None:
     # Prepare: a round that trains for several re-send intervals; the board says "still training" more often
     coordinator, transport = _serve_in_process(fleet, mosquitto_url, rounds=1, task_resend_s=3.0,
-                                               strategy=StrategyConfig(local_epochs=40))  # fmt: skip
+                                               strategy=StrategyConfig(local_epochs=30))  # fmt: skip
     config = tmp_path / "edge.toml"
     state = tmp_path / "dev"
     config.write_text(f'[agent]\ndevice_id = "dev-p"\ndata = "digits"\nstate_dir = "{state}"\n'
@@ -260,5 +260,5 @@ def test_a_board_training_a_long_round_says_so_and_is_sent_no_task_again(
     # Assert: the round outlasted the re-send interval, yet no task was sent again; the board logged its steps
     assert coordinator.finished and [r.devices for r in coordinator.results] == [1], group.log("dev")[-3000:]
     assert coordinator.results[0].seconds > 2 * 3.0
-    assert "sending its task again" not in caplog.text
+    assert "sending its task again" not in caplog.text, group.log("dev")[-3000:]
     assert "trained round 1 in" in group.log("dev") and "accepted the update of round 1" in group.log("dev")
