@@ -9,6 +9,9 @@ It reacts to messages on the device's own topics:
 * ``blob/chunk`` -> verify and store a chunk; when the blob is whole, train
 * ``ack``        -> the server has the update (or refused it): forget the kept copy
 
+Under secure aggregation the task topic also brings the round's roster, the neighbours' shares and the
+request to unmask (:class:`SecureUpdate` answers them), and the update goes out masked.
+
 A finished update is kept (on disk when ``pending_path`` is set) until the
 server acknowledges it, and re-sent when the agent starts again. Training is
 behind :class:`TrainingRunner`: in-process in a simulation, a worker process
@@ -38,12 +41,19 @@ from protocol import (
     DeviceState,
     Failure,
     FrameGuard,
+    MaskedUpdate,
     OpenGuard,
     Progress,
     ProtocolError,
+    SecAggForward,
+    SecAggKeys,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
     Task,
     Topics,
     Transport,
+    UnmaskRequest,
     Update,
     atomic_write,
     chunk_count,
@@ -53,6 +63,7 @@ from protocol import (
 )
 
 from ._policy import TaskPolicy
+from ._secure_update import SecureUpdate
 
 __all__ = ["AgentCore", "TrainingDone", "TrainingRunner"]
 
@@ -160,6 +171,7 @@ class AgentCore:
         self._refused: Failure | None = None  # the refusal of the current task, sent again if it is repeated
         self._training_since = self._progress_at = self._progress_logged = 0.0  # the running job, for progress
         self._older_model: str | None = None  # the model before the current task's, kept one round more
+        self._secure: SecureUpdate | None = None  # the current round's secure aggregation, if it has one
         transport.set_handler(self.on_message)
         transport.set_reconnect_handler(self._on_reconnect)
 
@@ -218,7 +230,13 @@ class AgentCore:
                 return
             frame = self.guard.open("server", payload)
             if parsed.channel == "task":
-                self._on_task(decode_message(frame, Task))
+                message: Task | SecAggRoster | SecAggForward | UnmaskRequest = decode_message(
+                    frame, (Task, SecAggRoster, SecAggForward, UnmaskRequest)
+                )
+                if isinstance(message, Task):
+                    self._on_task(message)
+                else:
+                    self._on_secure_frame(message)
             elif parsed.channel == "blob/chunk":
                 self._on_chunk(decode_message(frame, BlobChunk))
             elif parsed.channel == "ack":
@@ -341,6 +359,10 @@ class AgentCore:
             self._send_failure(self._refused)
             return
         log.info("device %s: task for round %d (model %s)", self.device_id, task.round, task.model_id[:12])
+        self._secure = None
+        if task.config.secure_aggregation:
+            self._secure = SecureUpdate(self.device_id, self.topics.fleet, task, self.num_samples)
+            self._send(self._secure.keys)
         self._fetch_or_train(task)
 
     def _refuse_passed_round(self, round_number: int, passed: int) -> None:
@@ -400,7 +422,11 @@ class AgentCore:
         """The server asked again (it restarted, or a message was lost): resume where we are."""
         if self._refused is not None:
             self._send_failure(self._refused)
-        elif self.pending is not None and self.pending_round == task.round:
+            return
+        secure = self._secure
+        if secure is not None and secure.round == task.round and not secure.has_roster:
+            self._send(secure.keys)  # our keys may be what was lost
+        if self.pending is not None and self.pending_round == task.round:
             self._send_pending(time.monotonic())
         elif not self.training and time.monotonic() - self._chunk_at >= DOWNLOAD_PROGRESS_S:
             # (a download that is moving is left alone: asking again would send chunks on their way twice)
@@ -475,12 +501,56 @@ class AgentCore:
         if isinstance(outcome, str):
             self._fail(task, outcome)
             return
+        secure = self._secure
+        if secure is not None and secure.round == task.round:
+            try:
+                masked = secure.on_trained(outcome, self.store.get(task.model_id))
+            except (ProtocolError, KeyError, OSError) as exc:
+                self._fail(task, f"cannot mask the update: {exc}")
+                return
+            log.info("device %s: trained round %d in %.0f s; %s", self.device_id, task.round,
+                     time.monotonic() - self._training_since,
+                     "sending it masked" if masked else "masking it once the neighbours' shares came")  # fmt: skip
+            if masked is not None:
+                self._keep_masked(masked)
+            return
         # The weight it asks for is the count it announced (noised, if this device noises it).
         self._keep(task.round, encode_message(replace(outcome, num_samples=self.num_samples)))
         assert self.pending is not None
         log.info("device %s: trained round %d in %.0f s; sending the update (%d KB)", self.device_id, task.round,
                  time.monotonic() - self._training_since, len(self.pending) // 1024)  # fmt: skip
         self._send_pending(time.monotonic())
+
+    # -- secure aggregation --------------------------------------------------------------------
+
+    def _on_secure_frame(self, frame: SecAggRoster | SecAggForward | UnmaskRequest) -> None:
+        secure = self._secure
+        if secure is None or self.current_task is None or frame.round != secure.round:
+            raise ProtocolError("secagg-round", f"a {frame.TYPE} of round {frame.round}, not ours")
+        try:
+            if isinstance(frame, SecAggRoster):
+                self._send(secure.on_roster(frame))
+            elif isinstance(frame, SecAggForward):
+                masked = secure.on_forward(frame)
+                if masked is not None:
+                    self._keep_masked(masked)
+            else:
+                self._send(secure.on_unmask(frame))
+        except ProtocolError as exc:
+            if exc.reason == "secagg-round":
+                raise  # not for this round: counted, and the round goes on
+            # a step cannot be taken twice: this board is out of the round, and says so (the server need not wait)
+            self._fail(self.current_task, f"secure aggregation: {exc}")
+            self._secure = None
+
+    def _keep_masked(self, masked: MaskedUpdate) -> None:
+        """The masked update is sent like a plain one (re-sent until acknowledged, after the unmasking), but kept
+        in memory only: after a restart its secrets are gone, and the round recovers it from the neighbours."""
+        self.pending, self.pending_round = encode_message(masked), masked.round
+        self._send_pending(time.monotonic())
+
+    def _send(self, message: SecAggKeys | SecAggShares | SecAggUnmask) -> None:
+        self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(encode_message(message)))
 
     def _send_failure(self, failure: Failure) -> None:
         self.transport.publish(self.topics.device(self.device_id, "update"), self.guard.seal(encode_message(failure)))

@@ -308,9 +308,8 @@ class _Agent:
         num_samples = summary.num_samples
         if config.sample_count_noise is not None:
             num_samples = released_sample_count(config.state_dir, summary.num_samples, config.sample_count_noise)
-        log.info(
-            "device %s: %d local samples in %d classes", config.device_id, summary.num_samples, len(summary.classes)
-        )
+        log.info("device %s: %d local samples in %d classes", config.device_id, summary.num_samples,
+                 len(summary.classes))  # fmt: skip
         self.summary, self.num_samples = summary, num_samples
         self._classes_to_keep: tuple[str, ...] | None = None  # the fleet's list, to write down in the next upkeep
         classes, label_counts = self._fleet_classes()

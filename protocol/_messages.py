@@ -134,10 +134,18 @@ class TrainConfig:
     # half of the device's images take the synthetic images' colours: mean and colour covariance); auto (real
     # where the two colour distributions are more than models.STYLE_GAP_NATS apart, else none).
     synthetic_restyle: str = "none"
+    # Secure aggregation: the device sends its update masked, so that the server learns only the round's sum, and
+    # weighs it itself, by the sample count it announced capped at ``weight_cap`` (None: uncapped).
+    secure_aggregation: bool = False
+    weight_cap: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.qat, bool):
             raise _fail("qat must be a boolean")
+        if not isinstance(self.secure_aggregation, bool):
+            raise _fail("secure_aggregation must be a boolean")
+        if self.weight_cap is not None:
+            _check_int("weight_cap", self.weight_cap, 1, 2**40)
         if self.synthetic_restyle not in SYNTHETIC_RESTYLES:
             raise _fail(f"synthetic_restyle must be one of {', '.join(SYNTHETIC_RESTYLES)}")
         if self.synthetic_norm not in SYNTHETIC_NORMS:
@@ -500,7 +508,7 @@ def decode_message(payload: bytes, expect: type[_M] | tuple[type[Message], ...] 
         raise ProtocolError("bad-field", f"{kind}: {exc}") from exc
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:  # whatever else a field can provoke
         raise ProtocolError("bad-field", f"{kind}: {type(exc).__name__}") from exc
-    if expect is not None and not isinstance(message, expect):
-        wanted = "/".join(t.TYPE for t in (expect if isinstance(expect, tuple) else (expect,)))
-        raise ProtocolError("unexpected-type", f"expected {wanted}, got {kind}")
+    expected = (expect,) if isinstance(expect, type) else expect
+    if expected is not None and type(message) not in expected:  # exactly: a forwarded share is not a share
+        raise ProtocolError("unexpected-type", f"expected {'/'.join(t.TYPE for t in expected)}, got {kind}")
     return message  # type: ignore[return-value]

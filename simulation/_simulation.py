@@ -426,6 +426,8 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
                 # In memory nothing is lost, and the devices train one after another in one delivery loop: a
                 # device that waits its turn is not silent, and re-sending it its task would only double bytes.
                 task_resend_s=None if config.transport == "local" else CoordinatorConfig.task_resend_s,
+                secure_aggregation=config.secure_aggregation,
+                secagg_phase_s=config.secagg_phase_s,
             ),
             strategy,
             federation.coordinator_transport,

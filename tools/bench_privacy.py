@@ -40,7 +40,7 @@ from protocol import (
     encode_delta,
     encode_message,
 )
-from protocol.secagg import SecAggAggregator, SecAggDevice, SecAggParams, from_words, to_words, vector_length
+from protocol.secagg import SecAggAggregator, SecAggDevice, SecAggParams, summed_update, update_words, vector_length
 from tools._bench_common import machine, write_json
 
 SHA = "0" * 64
@@ -67,7 +67,7 @@ def one_round(model: str, devices: int, drop: float, seed: int = 0) -> dict[str,
         device_s[name] += time.perf_counter() - started
         return result
 
-    parties = {n: SecAggDevice(params, n) for n in names}
+    parties = {n: SecAggDevice(n, params.context) for n in names}
     server = SecAggAggregator(params)
     for n in names:
         frame = encode_message(SecAggKeys(1, n, *timed_device(n, parties[n].advertise)))
@@ -79,7 +79,7 @@ def one_round(model: str, devices: int, drop: float, seed: int = 0) -> dict[str,
     for n in names:
         roster = SecAggRoster(1, n, params.participants, params.degree, params.threshold, length, server.roster(n))
         received[n] += len(encode_message(roster))
-        sealed = timed_device(n, lambda n=n, roster=roster: parties[n].share(roster.keys))
+        sealed = timed_device(n, lambda n=n, roster=roster: parties[n].share(params, roster.keys))
         frame = encode_message(SecAggShares(1, n, sealed))
         sent[n] += len(frame)
         started = time.perf_counter()
@@ -92,7 +92,7 @@ def one_round(model: str, devices: int, drop: float, seed: int = 0) -> dict[str,
     for n in names:
         if n in gone:
             continue
-        words = to_words(WeightedDeltaSum.fixed_point_terms(deltas[n], weights[n]), weights[n], template)
+        words = update_words(deltas[n], weights[n], template, 0.5, 0.5, None)
         masked = timed_device(n, lambda n=n, words=words: parties[n].masked_input(words))
         frame = encode_message(MaskedUpdate(1, n, SHA, masked.astype("<u8").tobytes()))
         sent[n] += len(frame)
@@ -117,7 +117,8 @@ def one_round(model: str, devices: int, drop: float, seed: int = 0) -> dict[str,
     plain = WeightedDeltaSum(template)
     for n in survivors:
         plain.add(deltas[n], weights[n])
-    sums, weight = from_words(total, template)
+    summed = summed_update(total, template)
+    sums, weight = summed.sums, summed.total_weight
     exact = weight == plain.total_weight and all(np.array_equal(sums[k], plain.state()[0][k]) for k in template)
     fp32 = len(encode_message(Update(1, names[0], SHA, 10, 0.1, 0.5, deltas[names[0]])))
     int8 = len(encode_message(Update(1, names[0], SHA, 10, 0.1, 0.5, encode_delta(deltas[names[0]], "int8"),

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from protocol import ProtocolError, TensorDict
+from protocol.secagg import FIXED_POINT_BITS, fixed_point_terms
 
 __all__ = [
     "FIXED_POINT_BITS",
@@ -31,9 +32,7 @@ __all__ = [
     "weighted_average",
 ]
 
-FIXED_POINT_BITS = 24
 _SCALE = float(2**FIXED_POINT_BITS)
-_MAX_TERM = float(2**47)  # per term; 2**16 terms still fit in int64
 
 
 def l2_norm(delta: Mapping[str, np.ndarray]) -> float:
@@ -119,13 +118,7 @@ class WeightedDeltaSum:
     def fixed_point_terms(delta: Mapping[str, np.ndarray], weight: int) -> dict[str, np.ndarray]:
         """``rint(weight * delta * 2**24)`` per tensor as ``int64``: what :meth:`add` adds (a device computes the
         same before it masks them for secure aggregation)."""
-        terms = {}
-        for name, array in delta.items():
-            scaled = np.asarray(array, dtype=np.float64) * float(weight)
-            if scaled.size and float(np.abs(scaled).max()) >= _MAX_TERM / _SCALE:
-                raise ProtocolError("too-large", f"{name}: weighted update beyond the aggregation range")
-            terms[name] = np.rint(scaled * _SCALE).astype(np.int64)
-        return terms
+        return fixed_point_terms(delta, weight)
 
     @classmethod
     def check_addable(cls, delta: Mapping[str, np.ndarray], weight: int) -> None:

@@ -48,7 +48,6 @@ from ._strategy import (
     Strategy,
     StrategyConfig,
     derive_seed,
-    weighted_mean,
 )
 from ._tailor import synthetic_counts
 
@@ -617,7 +616,7 @@ class GenFL(_GenerativeStrategy):
         new_state, _ = super().aggregate_fit(global_state, results)  # FedAvg, or the robust rule configured
         # The generator learns only from teachers that fit their own data: from the others it would learn
         # guesses (and the next round sends nothing anyway), so a closed gate also costs no generator time.
-        learn = self._gate_open(weighted_mean(results.fits, "train_accuracy"))
+        learn = self._gate_open(results.mean_of("train_accuracy"))
         if self.genfl.generator == "data-free" and self.genfl.generator_steps > 0 and learn:
             new_state = self._learn(global_state, new_state, results)
         return new_state, {"generator_s": self.generator_seconds.get(results.round_number, 0.0)}

@@ -106,6 +106,12 @@ class RoundResults:
     round_number: int
     updates: Accumulator
     fits: Mapping[str, FitResult]
+    # Under secure aggregation: no device's figures, only their weighted means over the round (see ``mean_of``)
+    pooled: Mapping[str, float | None] | None = None
+
+    def mean_of(self, figure: str) -> float | None:
+        """The sample-weighted mean of a figure over the round's accepted updates (None if none reports it)."""
+        return self.pooled.get(figure) if self.pooled is not None else weighted_mean(self.fits, figure)
 
 
 Configs = dict[str, TrainConfig]  # device -> the training config of its task
@@ -243,8 +249,8 @@ class Strategy(ABC):
         none reported): the model the round started from (``device_accuracy``) and their trained models
         (``teacher_accuracy``, their training accuracy)."""
         return {
-            "device_accuracy": weighted_mean(results.fits, "eval_accuracy"),
-            "teacher_accuracy": weighted_mean(results.fits, "train_accuracy"),
+            "device_accuracy": results.mean_of("eval_accuracy"),
+            "teacher_accuracy": results.mean_of("train_accuracy"),
         }
 
     def restore(self, history: Sequence[Mapping[str, Any]]) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol import DEFAULT_ROUND_TIMEOUT_S, setting
+from protocol import DEFAULT_ROUND_TIMEOUT_S, ConfigError, setting
 
 from ..learning._strategy import StrategyConfig
+from ..rounds._config import SECAGG_PHASE_S
 
-__all__ = ["FleetRunConfig"]
+__all__ = ["FleetRunConfig", "secure_aggregation_refusal"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,3 +24,27 @@ class FleetRunConfig(StrategyConfig):
         "them); without it an embedded broker starts.",
     )
     embedded_broker: str = setting("auto", "Without --broker: auto (mosquitto if on PATH), mosquitto or amqtt.")
+    secure_aggregation: bool = setting(
+        False, "Devices mask their updates: the server learns only each round's sum (docs/security.md)."
+    )
+    secagg_phase_s: float = setting(
+        SECAGG_PHASE_S, "Secure aggregation: seconds each exchange of keys and shares may take.", flag="--secagg-phase"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.secagg_phase_s > 0:
+            raise ConfigError(f"the secure-aggregation phase must be a positive time, got {self.secagg_phase_s} s")
+        if self.secure_aggregation:
+            refusal = secure_aggregation_refusal(self)
+            if refusal is not None:
+                raise ConfigError(f"--secure-aggregation: {refusal}")
+
+
+def secure_aggregation_refusal(config: StrategyConfig) -> str | None:
+    """Why these settings cannot run under secure aggregation (the server sees only the round's sum), or None."""
+    if config.aggregate != "fedavg":
+        return f"the {config.aggregate} rule needs each device's update; only the plain mean works on a sum"
+    if config.strategy == "aigc-only" or (config.strategy == "genfl" and config.genfl.generator == "data-free"):
+        return "the data-free generator learns from each device's model; use GenFL with --synthetic-pool"
+    return None

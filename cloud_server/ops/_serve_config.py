@@ -83,5 +83,7 @@ class ServeConfig(FleetRunConfig):
             raise ConfigError(f"the weight cap ratio must be 0 (no cap) or at least 1, got {self.max_weight_ratio}")
         if not self.task_resend_s >= 0:
             raise ConfigError(f"the task re-send time must be 0 (never) or more seconds, got {self.task_resend_s}")
+        if self.secure_aggregation and self.max_update_norm is not None:
+            raise ConfigError("--max-norm checks each device's update; under --secure-aggregation the server sees sums")
         if self.dashboard and self.metrics_port is None:
             raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")

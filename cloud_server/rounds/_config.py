@@ -13,7 +13,9 @@ from protocol import (
     validate_classes,
 )
 
-__all__ = ["CoordinatorConfig", "DeviceRecord"]
+__all__ = ["SECAGG_PHASE_S", "CoordinatorConfig", "DeviceRecord"]
+
+SECAGG_PHASE_S = 60.0  # secure aggregation: seconds for each exchange of keys and shares
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class CoordinatorConfig:
     # The fleet's class names in the model's order: every task carries them, and boards number their data by
     # them (serve and simulate set them; the default is the bundled digits' numbers).
     classes: tuple[str, ...] = default_classes(10)
+    # Devices mask their updates and the server unmasks only the round's sum (see _secure_round), each exchange of
+    # keys and shares given ``secagg_phase_s``.
+    secure_aggregation: bool = False
+    secagg_phase_s: float = SECAGG_PHASE_S
 
     def __post_init__(self) -> None:
         validate_classes(self.classes)
@@ -60,6 +66,8 @@ class CoordinatorConfig:
             raise ConfigError(f"min devices must be at least 1, got {self.min_devices}")
         if self.round_timeout_s <= 0:
             raise ConfigError("round timeout must be positive")
+        if not self.secagg_phase_s > 0:
+            raise ConfigError(f"secagg_phase_s must be positive, got {self.secagg_phase_s}")
         if not self.settle_s >= 0:
             raise ConfigError(f"the settle time must be 0 or more seconds, got {self.settle_s}")
         if self.task_resend_s is not None and not self.task_resend_s > 0:

@@ -20,6 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -46,14 +47,17 @@ from protocol import (
     encode_message,
     encode_tensors,
 )
+from protocol.secagg import round_context
 
-from ..learning._strategy import DeviceInfo, RoundPlan, Strategy, weighted_mean
+from ..learning._aggregation import WeightedDeltaSum
+from ..learning._strategy import DeviceInfo, RoundPlan, Strategy
 from ._blob_serving import blob_chunks
 from ._config import CoordinatorConfig, DeviceRecord
 from ._dispatch import Handlers, dispatch
 from ._failures import failure_summary
 from ._journal import AcceptedUpdate, ClosedRound, Journal, OpenRoundRecord
 from ._round import OpenRound, RoundHooks, RoundResult, scaled_counts, weight_cap
+from ._secure_round import SecAggFrame, SecureRound
 from ._validation import RateLimit, check_fresh_state, check_round, check_state, validated_delta
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundHooks", "RoundResult"]
@@ -124,7 +128,7 @@ class Coordinator:
 
     def _handlers(self) -> Handlers:
         return Handlers(self._on_state, self._on_update, self._on_progress, self._on_failure,
-                        self._on_blob_request, self._heard)  # fmt: skip
+                        self._on_blob_request, self._heard, self._on_secagg)  # fmt: skip
 
     def _heard(self, device_id: str) -> None:
         if self._open is not None:
@@ -143,6 +147,9 @@ class Coordinator:
         for update in record.accepted:
             current.fold(update, decode_tensors(update.delta), self._label_counts(update.device_id))
         current.failed = set(record.failed)
+        if any(config.secure_aggregation for config in record.configs.values()):
+            current.secure = self._secure_round(current)
+            current.secure.abandon("the server restarted during the round: its secrets were in memory")
         self._open = current
         log.info(
             "resumed round %d: %d of %d updates already accepted",
@@ -370,6 +377,8 @@ class Coordinator:
 
     def _withdraw(self, current: OpenRound, device_id: str) -> None:
         """Take a revoked device out of the open round, its already-accepted update included."""
+        if current.secure is not None and device_id in current.secure.sent_masked:
+            current.secure.abandon(f"{device_id} was revoked after its masked update joined the sum")
         if device_id in current.accepted:
             update = self._journal.accepted_update(current.number, device_id)
             if update is None:
@@ -393,6 +402,9 @@ class Coordinator:
             self._keep_closing_round()  # a round aggregated but not yet kept on disk: nothing opens before it is
             return
         current = self._open
+        if current is not None and current.secure is not None:
+            self._step_secure(current, current.secure)
+            return
         if current is not None:
             everyone = current.answered >= set(current.configs)
             late = self._clock() - current.started >= self.config.round_timeout_s
@@ -429,8 +441,12 @@ class Coordinator:
             log.exception("round %d: the strategy could not make synthetic data; the round trains without", number)
             plan = RoundPlan(configs, metrics={"sent": False, "why_not": f"the strategy failed ({type(exc).__name__})"})
         configs = plan.configs
+        if self.config.secure_aggregation:  # each device weighs its own update: the cap goes with the task
+            configs = {d: replace(c, secure_aggregation=True, weight_cap=cap) for d, c in configs.items()}
         current = self._new_round(number, configs, self._clock())
         current.weight_cap = cap
+        if self.config.secure_aggregation:
+            current.secure = self._secure_round(current)
         current.synthetic = {d: (self._store.put(blob), len(blob)) for d, blob in plan.synthetic.items()}
         current.plan_metrics = dict(plan.metrics)
 
@@ -458,6 +474,51 @@ class Coordinator:
             current.resend_after[device_id] = min(2 * wait, self.config.round_timeout_s)
         if silent:
             self._publish_tasks(current, silent)
+
+    # -- secure aggregation ---------------------------------------------------------------------
+
+    def _secure_round(self, current: OpenRound) -> SecureRound:
+        context = round_context(self.config.fleet, current.number, self.global_id)
+        return SecureRound(context, current.number, sorted(current.configs), self.global_state, current.started,
+                           self.config.secagg_phase_s, self.config.round_timeout_s)  # fmt: skip
+
+    def _on_secagg(self, device_id: str, frame: SecAggFrame) -> None:
+        current = self._open
+        if current is None or current.secure is None or frame.round != current.number:
+            raise ProtocolError("closed-round", f"a {frame.TYPE} of round {frame.round} from {device_id}")
+        if device_id in self.revoked:
+            raise ProtocolError("revoked", device_id)
+        current.secure.receive(device_id, frame)
+
+    def _step_secure(self, current: OpenRound, secure: SecureRound) -> None:
+        """Move the round's exchange on (its frames out), and close the round once the sum is unmasked or the
+        exchange failed; tasks are sent again to the silent while keys are being collected."""
+        for device_id, frame in secure.step(self._clock(), frozenset(current.failed)):
+            self.transport.publish(self.topics.device(device_id, "task"), self._guard.seal(encode_message(frame)))
+        if not secure.finished:
+            if secure.phase == "keys":
+                self._resend_silent_tasks(current)
+            return
+        if secure.summed is not None and isinstance(current.updates, WeightedDeltaSum):
+            summed = secure.summed
+            current.updates.restore(summed.sums, summed.total_weight, len(secure.survivors))
+            current.secure_accepted = secure.survivors
+            current.pooled = {"train_loss": summed.train_loss, "train_accuracy": summed.train_accuracy,
+                              "eval_accuracy": summed.eval_accuracy}  # fmt: skip
+            for device_id in sorted(secure.survivors):
+                if device_id in self.devices:
+                    self.devices[device_id].rounds += 1
+                self._ack(device_id, current.number, True)
+        else:
+            reason = f"secure aggregation failed: {secure.failure}"[:160]
+            for device_id in sorted(secure.sent_masked):
+                self._ack(device_id, current.number, False, "secure aggregation failed")
+            for device_id in sorted(set(current.configs) - current.failed):
+                current.failed.add(device_id)
+                current.reasons[device_id] = reason
+                self._journal.failure_recorded(current.number, device_id, reason)
+        missing = set(current.configs) - current.answered
+        self._close_round(current, timed_out=bool(missing))
 
     def _publish_tasks(self, current: OpenRound, device_ids: list[str]) -> None:
         for device_id in device_ids:
@@ -526,7 +587,7 @@ class Coordinator:
             devices=len(current.accepted),
             accuracy=None if evaluation is None else evaluation[1],
             loss=None if evaluation is None else evaluation[0],
-            train_loss=weighted_mean(current.fits, "train_loss") or 0.0,
+            train_loss=current.results().mean_of("train_loss") or 0.0,
             seconds=self._clock() - current.started,
             bytes_up=self.transport.bytes_received - current.bytes_up_at_start,
             bytes_down=self.transport.bytes_sent - current.bytes_down_at_start,

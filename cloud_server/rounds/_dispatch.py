@@ -12,16 +12,23 @@ from protocol import (
     DeviceState,
     Failure,
     FrameGuard,
+    MaskedUpdate,
     Progress,
     ProtocolError,
+    SecAggKeys,
+    SecAggShares,
+    SecAggUnmask,
     Topics,
     Update,
     decode_message,
 )
 
+from ._secure_round import SecAggFrame
+
 __all__ = ["Handlers", "dispatch"]
 
 SERVER_CHANNELS = ("task", "ack", "blob/chunk")  # the server's own traffic, seen through the wide subscription
+_FROM_DEVICES = (Update, Failure, Progress, SecAggKeys, SecAggShares, MaskedUpdate, SecAggUnmask)  # the update topic
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Handlers:
     failure: Callable[[str, Failure], None]
     blob_request: Callable[[str, BlobRequest], None]
     heard: Callable[[str], None]  # a device that asks for blobs or answers has its task
+    secagg: Callable[[str, SecAggFrame], None]  # a device's frame of a secure-aggregation round
 
 
 def dispatch(topics: Topics, guard: FrameGuard, topic: str, payload: bytes, handlers: Handlers) -> None:
@@ -45,17 +53,19 @@ def dispatch(topics: Topics, guard: FrameGuard, topic: str, payload: bytes, hand
     frame = guard.open(parsed.device_id, payload)
     device_id = parsed.device_id
     if parsed.channel in ("update", "blob/req"):
-        handlers.heard(device_id)
+        handlers.heard(device_id)  # (a secure round's frames too: the device has its task)
     if parsed.channel == "state":
         handlers.state(device_id, decode_message(frame, DeviceState))
     elif parsed.channel == "update":
-        message: Update | Failure | Progress = decode_message(frame, (Update, Failure, Progress))
+        message: Update | Failure | Progress | SecAggFrame = decode_message(frame, _FROM_DEVICES)
         if isinstance(message, Update):
             handlers.update(device_id, message, hashlib.sha256(payload).hexdigest())
         elif isinstance(message, Progress):
             handlers.progress(device_id, message)
-        else:
+        elif isinstance(message, Failure):
             handlers.failure(device_id, message)
+        else:
+            handlers.secagg(device_id, message)
     elif parsed.channel == "blob/req":
         handlers.blob_request(device_id, decode_message(frame, BlobRequest))
     else:

@@ -16,6 +16,7 @@ from ..learning._aggregation import Accumulator
 from ..learning._strategy import FitResult, RoundResults
 from ._journal import AcceptedUpdate
 from ._limits import ByteBudget
+from ._secure_round import SecureRound
 
 __all__ = ["OpenRound", "RoundHooks", "RoundResult", "scaled_counts", "weight_cap"]
 
@@ -67,6 +68,11 @@ class OpenRound:
     resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send
     resent_on_return: dict[str, float] = field(default_factory=dict)  # per device: when it came back, got its task
     working: dict[str, float] = field(default_factory=dict)  # per device: seconds its job has run, as it said
+    # Secure aggregation: the round's exchange, and once unmasked whose updates are in the sum and the weighted
+    # means of the figures (no device's own figures are known)
+    secure: SecureRound | None = None
+    secure_accepted: frozenset[str] = frozenset()
+    pooled: dict[str, float | None] | None = None
 
     def weight(self, claimed: int) -> int:
         return claimed if self.weight_cap is None else min(claimed, self.weight_cap)
@@ -96,11 +102,11 @@ class OpenRound:
 
     def results(self) -> RoundResults:
         """What the strategy aggregates: the folded deltas and, per accepted device, what it reported."""
-        return RoundResults(self.number, self.updates, dict(self.fits))
+        return RoundResults(self.number, self.updates, dict(self.fits), self.pooled)
 
     @property
     def accepted(self) -> set[str]:
-        return set(self.fits)
+        return set(self.fits) | self.secure_accepted
 
     @property
     def answered(self) -> set[str]:

@@ -7,17 +7,21 @@ frames carry what they return.
 
 from ._aggregator import SecAggAggregator, SecAggFailed
 from ._device import SecAggDevice
-from ._params import SecAggParams, default_degree, default_threshold
-from ._vector import from_words, to_words, vector_length
+from ._params import SecAggParams, default_degree, default_threshold, round_context
+from ._vector import FIXED_POINT_BITS, SummedUpdate, fixed_point_terms, summed_update, update_words, vector_length
 
 __all__ = [
+    "FIXED_POINT_BITS",
     "SecAggAggregator",
     "SecAggDevice",
     "SecAggFailed",
     "SecAggParams",
     "default_degree",
     "default_threshold",
-    "from_words",
-    "to_words",
+    "round_context",
+    "SummedUpdate",
+    "fixed_point_terms",
+    "summed_update",
+    "update_words",
     "vector_length",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
+from typing import Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -27,20 +28,31 @@ from ._shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split
 
 __all__ = ["SecAggDevice"]
 
+ShareKind = Literal["seed", "key"]
 _STEPS = ("advertise", "share", "receive", "mask", "unmask", "done")
 
 
 class SecAggDevice:
-    def __init__(self, params: SecAggParams, device_id: str) -> None:
-        params.index(device_id)  # a participant, or ProtocolError
-        self.params = params
+    """One device in one round (``context``: the fleet, the round and its model). Its keys are made at once; who
+    takes part, the graph and the threshold come with the roster (the devices that advertised in time)."""
+
+    def __init__(self, device_id: str, context: str) -> None:
         self.device_id = device_id
+        self.context = context
+        self._params: SecAggParams | None = None
         self._cipher_key = X25519PrivateKey.generate()
         self._mask_key = X25519PrivateKey.generate()
         self._seed = os.urandom(32)
         self._step = 0
         self._roster: dict[str, tuple[bytes, bytes]] = {}
         self._held: dict[str, tuple[int, int]] = {}  # neighbour -> (its b share, its mask-key share) at our point
+
+    @property
+    def params(self) -> SecAggParams:
+        """The round's participants, graph and threshold (from the roster; ProtocolError before it came)."""
+        if self._params is None:
+            raise ProtocolError("secagg-order", f"{self.device_id}: no roster yet")
+        return self._params
 
     def _advance(self, step: str) -> None:
         expected = _STEPS[self._step]
@@ -52,9 +64,13 @@ class SecAggDevice:
         self._advance("advertise")
         return public_bytes(self._cipher_key), public_bytes(self._mask_key)
 
-    def share(self, roster: Mapping[str, tuple[bytes, bytes]]) -> dict[str, bytes]:
+    def share(self, params: SecAggParams, roster: Mapping[str, tuple[bytes, bytes]]) -> dict[str, bytes]:
         """The sealed share pair for each neighbour in ``roster`` (the neighbours the server heard advertise)."""
         self._advance("share")
+        if params.context != self.context:
+            raise ProtocolError("secagg-roster", f"a roster for {params.context!r}, this round is {self.context!r}")
+        params.index(self.device_id)  # a participant, or ProtocolError
+        self._params = params
         neighbours = set(self.params.neighbours(self.device_id))
         peers = sorted(peer for peer in roster if peer in neighbours)
         if len(peers) != len(roster):
@@ -105,7 +121,7 @@ class SecAggDevice:
             masked = masked + mask if self.device_id < peer else masked - mask  # uint64: modulo 2**64
         return masked
 
-    def unmask(self, survivors: Collection[str], dropped: Collection[str]) -> dict[str, tuple[str, bytes]]:
+    def unmask(self, survivors: Collection[str], dropped: Collection[str]) -> dict[str, tuple[ShareKind, bytes]]:
         """For each neighbour whose shares we hold: ("seed", share) if it is among ``survivors`` (it sent its masked
         input), ("key", share) if among ``dropped``. ProtocolError, revealing nothing, if a name is in both, if we
         are not a survivor, or if fewer than ``threshold`` survived."""
@@ -117,7 +133,7 @@ class SecAggDevice:
             raise ProtocolError("secagg-order", f"{self.device_id} is told it did not send its masked input")
         if len(alive) < self.params.threshold:
             raise ProtocolError("secagg-too-few", f"{len(alive)} masked inputs, {self.params.threshold} needed")
-        answer: dict[str, tuple[str, bytes]] = {}
+        answer: dict[str, tuple[ShareKind, bytes]] = {}
         for peer, (seed_share, key_share) in self._held.items():
             if peer in alive:
                 answer[peer] = ("seed", share_to_bytes(seed_share))

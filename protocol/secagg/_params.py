@@ -20,7 +20,7 @@ from functools import cached_property
 
 from .._errors import ConfigError, ProtocolError
 
-__all__ = ["SecAggParams", "default_degree", "default_threshold"]
+__all__ = ["SecAggParams", "default_degree", "default_threshold", "round_context"]
 
 MAX_PARTICIPANTS = 10_000
 
@@ -32,6 +32,12 @@ DESIGN_FAILURE = 1e-3  # the chance, at that dropout, that some device's secrets
 def _too_few_alive(degree: int, threshold: int, alive: float) -> float:
     """P(fewer than ``threshold`` of ``degree`` neighbours stay), each staying with probability ``alive``."""
     return sum(math.comb(degree, k) * alive**k * (1 - alive) ** (degree - k) for k in range(threshold))
+
+
+def round_context(fleet: str, round_number: int, model_id: str) -> str:
+    """What binds a round's keys and masks to it: the fleet, the round and the model it trains (both sides
+    compute it from the task)."""
+    return f"{fleet}|{round_number}|{model_id}"
 
 
 def default_degree(participants: int) -> int:

@@ -24,8 +24,8 @@ from protocol.secagg import (
     SecAggDevice,
     SecAggFailed,
     SecAggParams,
-    from_words,
-    to_words,
+    summed_update,
+    update_words,
     vector_length,
 )
 from protocol.secagg._shamir import combine, split
@@ -55,12 +55,12 @@ def _round(
 
 def _shared(params: SecAggParams, *, receive: bool = True) -> tuple[SecAggAggregator, dict[str, SecAggDevice]]:
     """Every participant advertised and shared (and received its neighbours' shares, with ``receive``)."""
-    devices = {name: SecAggDevice(params, name) for name in params.participants}
+    devices = {name: SecAggDevice(name, params.context) for name in params.participants}
     server = SecAggAggregator(params)
     for name, device in devices.items():
         server.add_keys(name, *device.advertise())
     for name, device in devices.items():
-        server.add_shares(name, device.share(server.roster(name)))
+        server.add_shares(name, device.share(params, server.roster(name)))
     if receive:
         for name, device in devices.items():
             device.receive(server.forwarded(name))
@@ -154,7 +154,7 @@ def test_a_device_never_reveals_both_secrets_of_a_neighbour_nor_steps_out_of_ord
     with pytest.raises(ProtocolError, match="secagg-order"):
         devices["d00"].advertise()  # once only
     with pytest.raises(ProtocolError, match="secagg-order"):
-        devices["d00"].share({})  # nor again later
+        devices["d00"].share(params, {})  # nor again later
     device = devices["d00"]
     with pytest.raises(ProtocolError, match="secagg-order"):
         device.unmask(list(params.participants), [])  # before its masked input
@@ -196,18 +196,25 @@ def test_the_words_of_weighted_updates_sum_to_what_plain_aggregation_sums() -> N
     template = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)}
     updates = [({k: rng.normal(size=v.shape).astype(np.float32) for k, v in template.items()}, int(w))
                for w in (12, 40, 7, 31)]  # fmt: skip
+    figures = [(0.5, 0.25, 0.75), (1.5, 0.5, None), (2.0, 1.0, 0.25), (0.25, 0.0, 0.5)]  # loss, accuracy, eval
     plain = WeightedDeltaSum(template)
     words = []
-    for delta, weight in updates:
+    for (delta, weight), (loss, accuracy, evaluated) in zip(updates, figures):
         plain.add(delta, weight)
-        words.append(to_words(WeightedDeltaSum.fixed_point_terms(delta, weight), weight, template))
-    assert len(words[0]) == vector_length(template) == 18
+        words.append(update_words(delta, weight, template, loss, accuracy, evaluated))
+    assert len(words[0]) == vector_length(template) == 17 + 1 + 4
     vectors = {f"d{i:02d}": w for i, w in enumerate(words)}
     server, _ = _round(vectors)
-    sums, total = from_words(server.result(), template)
+    summed = summed_update(server.result(), template)
     expected, total_weight, _count = plain.state()
-    assert total == total_weight == 90
-    assert all(np.array_equal(sums[name], expected[name]) for name in template)
+    assert summed.total_weight == total_weight == 90
+    assert all(np.array_equal(summed.sums[name], expected[name]) for name in template)
+    weights = [w for _, w in updates]
+    assert summed.train_loss == pytest.approx(sum(w * f[0] for w, f in zip(weights, figures)) / 90)
+    assert summed.train_accuracy == pytest.approx(sum(w * f[1] for w, f in zip(weights, figures)) / 90)
+    assert summed.eval_accuracy == pytest.approx((12 * 0.75 + 7 * 0.25 + 31 * 0.5) / (12 + 7 + 31))
+    with pytest.raises(ProtocolError, match="aggregation range"):
+        update_words(updates[0][0], 12, template, float("nan"), 0.5, None)
 
 
 def _wire(message):  # type: ignore[no-untyped-def]
@@ -218,7 +225,7 @@ def _wire(message):  # type: ignore[no-untyped-def]
 def test_a_round_carried_by_its_frames_gives_the_same_exact_sum() -> None:
     vectors = _vectors(6, length=33, seed=9)
     params = SecAggParams.for_round("f/r", list(vectors), 33)
-    devices = {n: SecAggDevice(params, n) for n in params.participants}
+    devices = {n: SecAggDevice(n, params.context) for n in params.participants}
     server = SecAggAggregator(params)
     for n, d in devices.items():
         keys = _wire(SecAggKeys(3, n, *d.advertise()))
@@ -226,7 +233,7 @@ def test_a_round_carried_by_its_frames_gives_the_same_exact_sum() -> None:
     for n, d in devices.items():
         roster = _wire(SecAggRoster(3, n, params.participants, params.degree, params.threshold, params.length,
                                     server.roster(n)))  # fmt: skip
-        shares = _wire(SecAggShares(3, n, d.share(roster.keys)))
+        shares = _wire(SecAggShares(3, n, d.share(params, roster.keys)))
         server.add_shares(n, shares.sealed)
     for n, d in devices.items():
         d.receive(_wire(SecAggForward(3, n, server.forwarded(n))).sealed)
