@@ -156,3 +156,14 @@ def test_grey_folders_give_one_channel_and_fit_either_model(tmp_path: Path) -> N
     mixed = load_dataset(f"folder:{tmp_path}")
     assert mixed.input_shape == (3, 8, 8) and mixed.train.images[2, :, 0, 0].tolist() == [200, 100, 50]
     assert mixed.train.images[0, :, 0, 0].tolist() == [10, 10, 10]
+
+
+def test_digits_read_from_the_bundled_file_are_scikit_learns_own() -> None:
+    from sklearn.datasets import load_digits
+
+    from edge_agent._data import _digits_arrays
+
+    pixels, labels = _digits_arrays()
+    bunch = load_digits()
+    assert pixels.dtype == bunch.images.dtype and np.array_equal(pixels, bunch.images)
+    assert np.array_equal(labels, bunch.target)
