@@ -1,0 +1,235 @@
+"""Secure aggregation through the real coordinator on the in-memory bus: scripted boards run the real device side
+(``SecureUpdate``), and drop out wherever a test says; the server unmasks the exact sum, or nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig, WeightedDeltaSum
+from edge_agent._secure_update import SecureUpdate
+from protocol import (
+    Ack,
+    DeviceState,
+    InMemoryBus,
+    MaskedUpdate,
+    SecAggForward,
+    SecAggKeys,
+    SecAggRoster,
+    Task,
+    Topics,
+    UnmaskRequest,
+    Update,
+    decode_message,
+    decode_tensors,
+    encode_message,
+    encode_tensors,
+)
+
+FLEET = "unit"
+TOPICS = Topics(FLEET)
+START = {"w": np.zeros(6, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+PHASE_S, TIMEOUT_S = 10.0, 100.0
+
+
+class Board:
+    """A scripted board on the bus whose secure-aggregation side is the real one; each step is taken when the
+    test says (or never: a dropout)."""
+
+    def __init__(self, bus: InMemoryBus, index: int) -> None:
+        self.device_id = f"board-{index:02d}"
+        self.samples = 10 + 7 * index
+        rng = np.random.default_rng(index)
+        self.delta = {name: rng.normal(size=array.shape).astype(np.float32) for name, array in START.items()}
+        self.transport = bus.connect()
+        self.received: list[object] = []
+        self.transport.set_handler(lambda topic, payload: self.received.append(decode_message(payload)))
+        for channel in ("task", "ack"):
+            self.transport.subscribe(TOPICS.device(self.device_id, channel))  # type: ignore[arg-type]
+        self.secure: SecureUpdate | None = None
+
+    def send(self, channel: str, message: object) -> None:
+        self.transport.publish(TOPICS.device(self.device_id, channel), encode_message(message))  # type: ignore[arg-type]
+
+    def last(self, kind: type) -> object:
+        return [m for m in self.received if isinstance(m, kind)][-1]
+
+    def hello(self) -> None:
+        self.send("state", DeviceState(device_id=self.device_id, state="online", num_samples=self.samples))
+
+    def advertise(self) -> None:
+        task = self.last(Task)
+        assert isinstance(task, Task) and task.config.secure_aggregation
+        self.secure = SecureUpdate(self.device_id, FLEET, task, self.samples)
+        self.send("update", self.secure.keys)
+
+    def share(self) -> None:
+        assert self.secure is not None
+        self.send("update", self.secure.on_roster(self.last(SecAggRoster)))  # type: ignore[arg-type]
+
+    def train_and_mask(self, model_blob: bytes) -> None:
+        assert self.secure is not None
+        task = self.last(Task)
+        assert isinstance(task, Task)
+        assert self.secure.on_forward(self.last(SecAggForward)) is None  # type: ignore[arg-type]  # not trained yet
+        update = Update(round=task.round, device_id=self.device_id, base_model_id=task.model_id,
+                        num_samples=self.samples, train_loss=0.5, train_accuracy=0.5, delta=self.delta)  # fmt: skip
+        masked = self.secure.on_trained(update, model_blob)
+        assert masked is not None
+        self.send("update", masked)
+
+    def unmask(self) -> None:
+        assert self.secure is not None
+        self.send("update", self.secure.on_unmask(self.last(UnmaskRequest)))  # type: ignore[arg-type]
+
+
+class Fleet:
+    def __init__(self, boards: int) -> None:
+        self.bus = InMemoryBus()
+        self.now = [0.0]
+        # (every board registers within the settle time, so that the round picks all of them)
+        config = CoordinatorConfig(fleet=FLEET, model_name="toy", rounds=1, min_devices=2, settle_s=1.0,
+                                   round_timeout_s=TIMEOUT_S, secure_aggregation=True, secagg_phase_s=PHASE_S,
+                                   max_weight_ratio=None)  # fmt: skip
+        self.server = Coordinator(config, FedAvg(StrategyConfig()), self.bus.connect(), START,
+                                  clock=lambda: self.now[0])  # fmt: skip
+        self.server.start()
+        self.boards = [Board(self.bus, i) for i in range(boards)]
+        for board in self.boards:
+            board.hello()
+        self.bus.drain()
+        self.now[0] = 1.0
+        self.server.tick()
+        self.bus.drain()
+        self.model_blob = encode_tensors(START)
+
+    def step(self, action: str, skip: set[int] = frozenset(), wait_s: float = 0.0) -> None:  # type: ignore[assignment]
+        for index, board in enumerate(self.boards):
+            if index not in skip:
+                if action == "train_and_mask":
+                    board.train_and_mask(self.model_blob)
+                else:
+                    getattr(board, action)()
+        self.bus.drain()
+        if wait_s:  # the phase's deadline passes for the boards that did not answer
+            self.now[0] += wait_s
+            self.server.tick()
+            self.bus.drain()
+
+    def expected(self, indices: set[int]) -> dict[str, np.ndarray]:
+        plain = WeightedDeltaSum(START)
+        for index in sorted(indices):
+            plain.add(self.boards[index].delta, self.boards[index].samples)
+        return {name: (START[name] + value).astype(np.float32) for name, value in plain.mean().items()}
+
+
+def _global(fleet: Fleet) -> dict[str, np.ndarray]:
+    return decode_tensors(encode_tensors(fleet.server.global_state))
+
+
+def test_three_of_ten_dropping_before_their_masked_update_leave_the_exact_sum_of_the_other_seven() -> None:
+    fleet = Fleet(10)
+    dropped = {2, 5, 9}
+    fleet.step("advertise")
+    fleet.step("share")
+    fleet.step("train_and_mask", skip=dropped, wait_s=TIMEOUT_S)  # they shared, then went silent
+    fleet.step("unmask", skip=dropped)  # (they are not asked)
+    # Assert: the round closed on the other seven, bit for bit the plain mean of their updates
+    result = fleet.server.results[0]
+    assert result.devices == 7 and fleet.server.finished
+    new = _global(fleet)
+    assert all(np.array_equal(new[name], value) for name, value in fleet.expected(set(range(10)) - dropped).items())
+    for index, board in enumerate(fleet.boards):
+        acks = [m for m in board.received if isinstance(m, Ack)]
+        assert [a.accepted for a in acks] == ([] if index in dropped else [True])
+    # every unmask request named the three as dropped: their mask keys were rebuilt, their inputs never existed
+    request = fleet.boards[0].last(UnmaskRequest)
+    assert isinstance(request, UnmaskRequest) and set(request.dropped) == {fleet.boards[i].device_id for i in dropped}
+
+
+def test_three_of_ten_dropping_after_their_masked_update_are_still_in_the_exact_sum() -> None:
+    fleet = Fleet(10)
+    gone = {0, 4, 7}
+    fleet.step("advertise")
+    fleet.step("share")
+    fleet.step("train_and_mask")
+    fleet.step("unmask", skip=gone, wait_s=PHASE_S)  # they sent their masked update, then vanished
+    result = fleet.server.results[0]
+    assert result.devices == 10
+    new = _global(fleet)
+    assert all(np.array_equal(new[name], value) for name, value in fleet.expected(set(range(10))).items())
+
+
+def test_below_the_threshold_the_round_fails_without_asking_anyone_to_unmask() -> None:
+    fleet = Fleet(10)  # a complete graph of ten: threshold 5
+    fleet.step("advertise")
+    fleet.step("share")
+    fleet.step("train_and_mask", skip={0, 1, 2, 3, 4, 5}, wait_s=TIMEOUT_S)  # four masked updates
+    # Assert: nothing unmasked (no request went out), the model unchanged, the four told their update did not count
+    assert fleet.server.finished and fleet.server.results[0].devices == 0
+    assert not any(isinstance(m, UnmaskRequest) for board in fleet.boards for m in board.received)
+    new = _global(fleet)
+    assert all(np.array_equal(new[name], START[name]) for name in START)
+    for board in fleet.boards[6:]:
+        assert [(a.accepted, a.reason) for a in board.received if isinstance(a, Ack)] == [
+            (False, "secure aggregation failed")
+        ]
+    assert "secure aggregation failed" in next(iter(fleet.server.results[0].failures))
+
+
+def test_devices_that_never_advertise_are_left_out_and_too_few_fail_the_round() -> None:
+    # Prepare: ten picked, seven advertise in time
+    fleet = Fleet(10)
+    fleet.step("advertise", skip={1, 3, 8}, wait_s=PHASE_S)
+    roster = fleet.boards[0].last(SecAggRoster)
+    assert isinstance(roster, SecAggRoster) and len(roster.participants) == 7
+    assert not any(isinstance(m, SecAggRoster) for m in fleet.boards[1].received)
+    # a late key is refused, and counted
+    late = SecureUpdate(fleet.boards[1].device_id, FLEET, fleet.boards[1].last(Task), 10)  # type: ignore[arg-type]
+    fleet.boards[1].send("update", late.keys)
+    fleet.bus.drain()
+    assert fleet.server.rejected["secagg-late"] == 1
+    # Execute: a round where only two advertise
+    small = Fleet(4)
+    small.step("advertise", skip={0, 1}, wait_s=PHASE_S)
+    assert small.server.finished and small.server.results[0].devices == 0
+    assert not any(isinstance(m, SecAggRoster) for board in small.boards for m in board.received)
+
+
+def test_frames_out_of_turn_or_for_another_device_are_refused_and_the_round_goes_on() -> None:
+    fleet = Fleet(4)
+    fleet.step("advertise")
+    victim, intruder = fleet.boards[0], fleet.boards[1]
+    assert victim.secure is not None
+    # another board's keys on one's own topic, other keys for the same round, shares before the roster's time
+    intruder.send("update", victim.secure.keys)
+    intruder.send("update", SecAggKeys(1, intruder.device_id, b"\x01" * 32, b"\x02" * 32))
+    intruder.send("update", MaskedUpdate(1, intruder.device_id, victim.secure.model_id, b"\x00" * 8))
+    fleet.bus.drain()
+    rejected = fleet.server.rejected
+    assert rejected["wrong-device"] == 1 and rejected["secagg-late"] + rejected["secagg-order"] >= 2
+    fleet.step("share")
+    again = fleet.boards[2]
+    assert again.secure is not None
+    again.send("update", again.secure.on_roster(again.last(SecAggRoster)))  # type: ignore[arg-type]  # a repeat
+    fleet.bus.drain()
+    fleet.step("train_and_mask")
+    fleet.step("unmask")
+    assert fleet.server.results[0].devices == 4
+    assert all(np.array_equal(_global(fleet)[n], v) for n, v in fleet.expected({0, 1, 2, 3}).items())
+
+
+def test_a_device_asked_to_unmask_again_with_other_names_reveals_nothing_more() -> None:
+    fleet = Fleet(4)
+    fleet.step("advertise")
+    fleet.step("share")
+    fleet.step("train_and_mask")
+    board = fleet.boards[0]
+    assert board.secure is not None
+    request = board.last(UnmaskRequest)
+    assert isinstance(request, UnmaskRequest)
+    first = board.secure.on_unmask(request)
+    assert board.secure.on_unmask(request) == first  # a redelivery: the same answer
+    other = UnmaskRequest(request.round, request.device_id, request.survivors[:-1], request.survivors[-1:])
+    with pytest.raises(Exception, match="other survivors"):
+        board.secure.on_unmask(other)  # the seed and the key of one neighbour are never both given
