@@ -107,6 +107,9 @@ class AgentConfig:
     require_qat: bool = setting(
         TaskPolicy.require_qat, "Refuse tasks that train in float.", flag="--require-qat/--allow-float"
     )
+    require_secure_aggregation: bool = setting(
+        TaskPolicy.require_secure_aggregation, "Refuse tasks whose update would reach the server in the clear."
+    )
     sample_count_noise: float | None = setting(None, "Report the sample count with Laplace noise.", metavar="EPSILON")
     # The fleet's class names in the model's order (enrollment writes them; every task carries them too): the
     # board numbers its folders by them and shares label counts in their order.
@@ -156,7 +159,8 @@ class AgentConfig:
             validate_classes(self.classes)
 
     def policy(self) -> TaskPolicy:
-        return TaskPolicy(self.min_batch_size, self.min_local_steps, tuple(self.allowed_codecs), self.require_qat)
+        return TaskPolicy(self.min_batch_size, self.min_local_steps, tuple(self.allowed_codecs), self.require_qat,
+                          self.require_secure_aggregation)  # fmt: skip
 
     def redacted(self) -> dict[str, Any]:
         """The settings with the password hidden: what may be written to status files and logs."""

@@ -11,11 +11,14 @@ the label histogram. The device bounds what it accepts and refuses the rest
 * ``min_local_steps``: at least this many optimizer steps over the local data
   (one step makes the update a single gradient of all local data);
 * ``allowed_codecs`` and ``require_qat``: how the update may be encoded and
-  trained.
+  trained;
+* ``require_secure_aggregation``: no task whose update would go to the server
+  in the clear.
 
-These bound, not remove, what an update reveals: an update is a function of
-the data. What would protect it is DP-SGD or secure aggregation, which this
-project does not offer.
+The first ones bound, not remove, what an update reveals: an update is a
+function of the data, and a crafted task reads a label histogram through any
+of them. Under secure aggregation the server sees only the round's sum of at
+least three boards' updates (docs/security.md).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class TaskPolicy:
     min_local_steps: int = 2
     allowed_codecs: tuple[str, ...] = tuple(CODECS)
     require_qat: bool = False
+    require_secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
         if self.min_batch_size < 1 or self.min_local_steps < 0:
@@ -58,4 +62,6 @@ class TaskPolicy:
             return f"codec {config.codec} is not allowed here (allowed: {', '.join(self.allowed_codecs)})"
         if self.require_qat and not config.qat:
             return "this device trains quantization-aware only"
+        if self.require_secure_aggregation and not config.secure_aggregation:
+            return "this device sends its update under secure aggregation only (serve --secure-aggregation)"
         return None

@@ -15,6 +15,7 @@ import typer
 
 from edge_agent._daemon import load_agent_config
 from edge_agent._enroll import EdgeHome, check_broker, enroll as enroll_board, find_config
+from edge_agent._policy import TaskPolicy
 from protocol import ConfigError, exit_on_error
 
 HomeOption = Annotated[
@@ -89,6 +90,17 @@ def _classes_text(value: object, otherwise: str | None) -> str | None:
     return otherwise
 
 
+def _requirements(policy: TaskPolicy) -> str:
+    """The board's task policy in one line: what a task must meet before this board trains it."""
+    parts = [f"batch >= {policy.min_batch_size}", f"steps >= {policy.min_local_steps}",
+             f"codecs {','.join(policy.allowed_codecs)}"]  # fmt: skip
+    if policy.require_qat:
+        parts.append("quantization-aware")
+    if policy.require_secure_aggregation:
+        parts.append("secure aggregation")
+    return "; ".join(parts)
+
+
 def collect_status(config_path: Path) -> dict[str, Any]:
     settings = load_agent_config(config_path, {})
     agent = _agent_status(settings.state_dir)
@@ -118,6 +130,7 @@ def collect_status(config_path: Path) -> dict[str, Any]:
         "state_dir": str(settings.state_dir),
         "disk_bytes": _directory_bytes(settings.state_dir),
         "disk_free_bytes": shutil.disk_usage(settings.state_dir).free if settings.state_dir.exists() else None,
+        "requires": _requirements(settings.policy()),  # what this board asks of a task before it trains it
     }
     if agent is None:
         status.update(agent_running=False, broker_node=None, last_round=None, last_outcome=None, model_held=None,

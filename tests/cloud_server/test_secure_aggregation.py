@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from cloud_server import Coordinator, CoordinatorConfig, FedAvg, StrategyConfig, WeightedDeltaSum
+from edge_agent import load_dataset
 from edge_agent._secure_update import SecureUpdate
 from protocol import (
     Ack,
@@ -18,6 +21,7 @@ from protocol import (
     SecAggRoster,
     Task,
     Topics,
+    TrainConfig,
     UnmaskRequest,
     Update,
     decode_message,
@@ -233,3 +237,75 @@ def test_a_device_asked_to_unmask_again_with_other_names_reveals_nothing_more() 
     other = UnmaskRequest(request.round, request.device_id, request.survivors[:-1], request.survivors[-1:])
     with pytest.raises(Exception, match="other survivors"):
         board.secure.on_unmask(other)  # the seed and the key of one neighbour are never both given
+
+
+def _attack(bias_delta: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """The label-histogram attack on a crafted round (classifier zeroed, two full-batch SGD steps): every logit is
+    0, so each step moves the classifier's bias by ``lr * (n_c / N - 1 / C)`` (the second with momentum); read back,
+    the bias delta gives the device's class proportions."""
+    steps = 1.0 + (1.0 + config.momentum)
+    return bias_delta / (config.learning_rate * steps) + 1.0 / len(bias_delta)
+
+
+def test_the_label_histogram_attack_recovers_a_board_in_the_clear_and_nothing_of_one_under_secure_aggregation() -> None:
+    import models
+    from cloud_server.rounds._secure_round import SecureRound
+    from edge_agent._data import LabeledArrays
+    from edge_agent._runner import run_task
+    from protocol import decode_delta, default_classes
+    from protocol.secagg import round_context
+
+    # Prepare: the crafted round (zeroed classifier, 2 epochs at batch 65,536, lr 1e-5) and three boards whose
+    # histograms differ
+    state = models.model_state(models.build_model("cnn-digits", seed=0))
+    state["classifier.weight"][:] = 0.0
+    state["classifier.bias"][:] = 0.0
+    blob = encode_tensors(state)
+    model_id = hashlib.sha256(blob).hexdigest()
+    config = TrainConfig(local_epochs=2, batch_size=65536, learning_rate=1e-5, secure_aggregation=True)
+    digits = load_dataset("digits").train
+    wanted = {"a": {1: 28, 3: 27, 7: 33, 8: 34}, "b": {0: 40, 2: 10, 4: 25}, "c": {5: 30, 6: 30, 9: 12}}
+    data = {}
+    for board, counts in wanted.items():
+        index = np.concatenate([np.flatnonzero(digits.labels == c)[:n] for c, n in counts.items()])
+        data[board] = LabeledArrays(digits.images[index], digits.labels[index])
+    truth = {b: np.bincount(d.labels, minlength=10) / len(d) for b, d in data.items()}
+    classes = default_classes(10)
+    tasks = {b: Task(round=1, device_id=b, model_name="cnn-digits", model_id=model_id, model_size=len(blob),
+                     config=config, classes=classes) for b in data}  # fmt: skip
+    updates = {b: run_task(tasks[b], blob, b, data[b], classes)[0] for b in data}
+    # The attack works on an update in the clear: each board's proportions to within a point
+    for board, update in updates.items():
+        delta = decode_delta(update.delta, update.codec, state)
+        assert np.abs(_attack(delta["classifier.bias"], config) - truth[board]).max() < 0.01
+    # Execute: the same updates under secure aggregation; what the server holds is its view of the round
+    server = SecureRound(round_context(FLEET, 1, model_id), 1, sorted(data), state, 0.0, PHASE_S, TIMEOUT_S)
+    parties = {b: SecureUpdate(b, FLEET, tasks[b], len(data[b])) for b in data}
+    for board, party in parties.items():
+        server.receive(board, party.keys)
+    for board, frame in server.step(0.0):
+        server.receive(board, parties[board].on_roster(frame))  # type: ignore[arg-type]
+    masked = {}
+    for board, frame in server.step(0.0):
+        assert parties[board].on_forward(frame) is None  # type: ignore[arg-type]
+        masked[board] = parties[board].on_trained(updates[board], blob)
+        server.receive(board, masked[board])  # type: ignore[arg-type]
+    for board, frame in server.step(0.0):
+        server.receive(board, parties[board].on_unmask(frame))  # type: ignore[arg-type]
+    server.step(0.0)
+    # Assert: a board's masked words say nothing of its histogram or its count (uniform 64-bit words)
+    offset = 0  # the classifier's bias comes first in name order
+    for board, frame in masked.items():
+        assert frame is not None
+        words = np.frombuffer(frame.words, dtype="<u8").view(np.int64)
+        read = words[offset : offset + 10].astype(np.float64) / 2**24 / len(data[board])
+        assert np.abs(_attack(read, config) - truth[board]).max() > 1.0
+        weight_word = int(words[-5])
+        assert weight_word != len(data[board]) and abs(weight_word) > 2**40
+    # the sum gives the fleet's pooled histogram only: no single board's
+    assert server.summed is not None
+    total = sum(len(d) for d in data.values())
+    pooled = _attack(server.summed.sums["classifier.bias"] / 2**24 / total, config)
+    fleet_truth = sum(truth[b] * len(data[b]) for b in data) / total
+    assert server.summed.total_weight == total and np.abs(pooled - fleet_truth).max() < 0.01
+    assert all(np.abs(pooled - truth[b]).max() > 0.1 for b in data)

@@ -187,6 +187,9 @@ def test_the_task_policy_bounds_batch_steps_codec_and_qat() -> None:
     assert "2 local steps" in str(policy.refusal(TrainConfig(batch_size=20, local_epochs=1, codec="int8"), 40))
     assert "codec fp32" in str(policy.refusal(TrainConfig(batch_size=8, codec="fp32"), 40))
     assert "quantization-aware" in str(policy.refusal(TrainConfig(batch_size=8, codec="int8", qat=False), 40))
+    careful = TaskPolicy(require_secure_aggregation=True)
+    assert "secure aggregation only" in str(careful.refusal(TrainConfig(), 400))
+    assert careful.refusal(TrainConfig(secure_aggregation=True), 400) is None
     with pytest.raises(ConfigError):
         TaskPolicy(allowed_codecs=("zip",))
 

@@ -75,7 +75,8 @@ def test_real_boards_on_image_folders_under_secure_aggregation_train_the_plain_s
                      "--local-epochs", "1", "--round-timeout", "180", "--secure-aggregation")  # fmt: skip
         for device_id, _ in shards:
             group.agent(device_id, device_id, fleet, mosquitto_url, f"folder:{tmp_path / 'boards' / device_id}",
-                        "--min-batch-size", "1", "--min-local-steps", "0", "--classes", ",".join(DIGITS))  # fmt: skip
+                        "--min-batch-size", "1", "--min-local-steps", "0", "--classes", ",".join(DIGITS),
+                        "--require-secure-aggregation")  # fmt: skip
         final = state / "checkpoints" / "round-0002.safetensors"
         wait_for(final.exists, 300, f"round 2's checkpoint (server log: {group.log('server')[-2000:]})")
         server_log = group.log("server")

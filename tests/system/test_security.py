@@ -49,6 +49,7 @@ def test_enroll_then_status_then_run_take_part_in_a_signed_round(secured: Secure
     assert before["broker_reachable"] and before["broker_authenticated"] and before["signed"]
     assert before["agent_running"] is False
     assert before["classes"] == "0,1,2,3,4,5,6,7,8,9"  # the fleet's class list, from the enrollment reply
+    assert before["requires"].startswith("batch >= 8; steps >= 2") and "secure" not in before["requires"]
     # Execute: the agents take part in a round
     for name, home in homes.items():
         secured.group.start(name, "-m", "edge_agent", "run", "--home", str(home), "--status-interval", "0.5")
