@@ -6,16 +6,21 @@ the devices dropping before their masked input. Records the seconds each device 
 unmasking), the server's seconds (relaying, summing, unmasking), the bytes each device sends and receives, and
 the same update's plain frame (fp32 and int8) for comparison; checks that the unmasked sum is exact.
 
-This is the arithmetic alone: the rounds over MQTT with real agents are the next part of the benchmark.
+Part 2 (``--part mqtt``) runs the rounds for real: ``genfl-server simulate --transport mqtt`` with 10 and 100
+agents (digits, shards of two classes, 3 rounds, agents in processes of 10 for 100), each with and without
+``--secure-aggregation``, one after the other on the machine's Mosquitto: seconds per round, bytes each device
+sends and receives per round, and whether the two give the same model (they must: the sum is exact).
 
-Writes ``OUT/privacy-arithmetic.json``.
+Writes ``OUT/privacy-arithmetic.json`` (part 1) and ``OUT/privacy.json`` (part 2).
 
-    python tools/bench_privacy.py --out bench        # about a minute on 2 cores
+    python tools/bench_privacy.py --out bench                # part 1: about a minute on 2 cores
+    python tools/bench_privacy.py --part mqtt --out bench    # part 2: about ten minutes on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -142,10 +147,45 @@ def _decode(frame: bytes, kind):  # type: ignore[no-untyped-def]
     return decode_message(frame, kind)
 
 
+def mqtt_rounds(work: Path, fleets: list[int]) -> dict[str, Any]:
+    """Part 2: the same fleet without and with secure aggregation, side by side, over the machine's Mosquitto."""
+    from tools.bench_sim import BROKER, simulate
+
+    report: dict[str, Any] = {"machine": machine(), "fleets": {}}
+    for size in fleets:
+        job = ["--dataset", "digits", "--devices", str(size), "--partition", "shards", "--classes-per-device", "2",
+               "--min-samples", "1", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--transport", "mqtt",
+               "--broker", BROKER, "--agents-per-process", "1" if size <= 10 else "10",
+               "--round-timeout", "900"]  # fmt: skip
+        row: dict[str, Any] = {}
+        for name, extra in (("plain", []), ("secure", ["--secure-aggregation"])):
+            run = simulate(work / f"{size}-{name}", *job, *extra)
+            metrics = json.loads((work / f"{size}-{name}" / "metrics.json").read_text())
+            run["device_bytes_up_per_round"] = round(statistics.mean(r["bytes_up"] / size for r in metrics["rounds"]))
+            run["device_bytes_down_per_round"] = round(
+                statistics.mean(r["bytes_down"] / size for r in metrics["rounds"])
+            )
+            row[name] = run
+            print(size, name, {k: v for k, v in run.items() if k != "model_sha256"}, flush=True)
+        plain, secure = row["plain"], row["secure"]
+        row["seconds_per_round_ratio"] = round(
+            statistics.mean(secure["seconds_per_round"]) / statistics.mean(plain["seconds_per_round"]), 3
+        )
+        row["same_model"] = plain["model_sha256"] == secure["model_sha256"]
+        report["fleets"][str(size)] = row
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--part", choices=("arithmetic", "mqtt"), default="arithmetic")
+    parser.add_argument("--fleets", nargs="*", type=int, default=[10, 100])
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-privacy"))
     args = parser.parse_args()
+    if args.part == "mqtt":
+        write_json(args.out / "privacy.json", mqtt_rounds(args.work, args.fleets))
+        return
     runs = []
     for model in ("cnn-digits", "cnn-small"):
         for devices in (10, 100):

@@ -499,9 +499,11 @@ class Coordinator:
             if secure.phase == "keys":
                 self._resend_silent_tasks(current)
             return
-        if secure.summed is not None and isinstance(current.updates, WeightedDeltaSum):
+        if secure.summed is not None:  # the round's sum, as the plain streaming sum would hold it
             summed = secure.summed
-            current.updates.restore(summed.sums, summed.total_weight, len(secure.survivors))
+            total = WeightedDeltaSum(self.global_state)
+            total.restore(summed.sums, summed.total_weight, len(secure.survivors))
+            current.updates = total
             current.secure_accepted = secure.survivors
             current.pooled = {"train_loss": summed.train_loss, "train_accuracy": summed.train_accuracy,
                               "eval_accuracy": summed.eval_accuracy}  # fmt: skip

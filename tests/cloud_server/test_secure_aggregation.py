@@ -309,3 +309,19 @@ def test_the_label_histogram_attack_recovers_a_board_in_the_clear_and_nothing_of
     fleet_truth = sum(truth[b] * len(data[b]) for b in data) / total
     assert server.summed.total_weight == total and np.abs(pooled - fleet_truth).max() < 0.01
     assert all(np.abs(pooled - truth[b]).max() > 0.1 for b in data)
+
+
+def test_what_needs_each_boards_update_is_refused_with_secure_aggregation_in_one_line() -> None:
+    from cloud_server.learning._genfl_config import GenflConfig
+    from protocol import ConfigError
+    from simulation import SimulationConfig
+
+    with pytest.raises(ConfigError, match="median rule needs each device's update"):
+        SimulationConfig(secure_aggregation=True, aggregate="median")
+    with pytest.raises(ConfigError, match="data-free generator"):
+        SimulationConfig(secure_aggregation=True, strategy="genfl")
+    with pytest.raises(ConfigError, match="data-free generator"):
+        SimulationConfig(secure_aggregation=True, strategy="aigc-only")
+    pool = SimulationConfig(secure_aggregation=True, strategy="genfl", genfl=GenflConfig(generator="pool",
+                            synthetic_pool="pool"))  # fmt: skip
+    assert pool.secure_aggregation and SimulationConfig(secure_aggregation=True, strategy="fedprox").secure_aggregation
