@@ -42,6 +42,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -181,9 +182,15 @@ class BrokerFiles:
         return self.outbox is not None and not os.access(self.directory, os.W_OK)
 
     def write_users(
-        self, server_password_hash: str, devices: list[tuple[str, str]], enroll_users: list[tuple[str, str]]
+        self,
+        server_password_hash: str,
+        devices: list[tuple[str, str]],
+        enroll_users: list[tuple[str, str]],
+        revoked: Sequence[str] = (),
     ) -> None:
-        """The password file and the ACL: the server, every device given, every pending token's login."""
+        """The password file and the ACL: the server, every device given, every pending token's login. A revoked
+        device's login is dropped (``revoked`` is for the cluster, which must keep it locked instead)."""
+        del revoked
         users = [(SERVER_USER, server_password_hash), *devices, *enroll_users]
         passwd = render_password_file(users).encode()
         acl = render_acl(self.fleet, [d for d, _ in devices], [u for u, _ in enroll_users]).encode()

@@ -36,8 +36,10 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -94,13 +96,24 @@ def _exchange(kind: str, subjects: list[str], other: str) -> str:
 
 
 def render_accounts(
-    fleet: str, server_hash: str, devices: list[tuple[str, str]], enroll_users: list[tuple[str, str]]
+    fleet: str,
+    server_hash: str,
+    devices: list[tuple[str, str]],
+    enroll_users: list[tuple[str, str]],
+    revoked: Sequence[str] = (),
 ) -> str:
+    """The accounts file. A revoked device keeps its user and permissions under a password nobody knows (a hash of
+    fresh random bytes): the node disconnects it and refuses its login, and its retained state stays the message
+    of a known user. Removing the user instead makes a nats-server without the fix of nats-io/nats-server#7596
+    (December 2025; Debian 12 ships 2.9.10) panic on reload on every node that holds a replica of that retained
+    message, which takes the cluster down at the first revocation."""
     root = nats_subject_root(fleet)
     up = [f"{root}.devices.*.{channel}" for channel in _UP] + [f"{root}.enroll.*.request"]
     down = [f"{root}.devices.*.{channel}" for channel in _DOWN] + [f"{root}.enroll.*.reply"]
     users = []
-    for device, hashed in devices:
+    active = {device for device, _ in devices}
+    locked = [(device, nats_password_hash(secrets.token_urlsafe(32))) for device in sorted(set(revoked) - active)]
+    for device, hashed in sorted(devices + locked):
         if "." in device:
             continue  # NATS splits subjects at '.': such a board cannot use the cluster (FleetSecurity warns)
         own = f"{root}.devices.{device}"
@@ -153,9 +166,13 @@ class ClusterUsers:
         return nats_password_hash(password)
 
     def write_users(
-        self, server_password_hash: str, devices: list[tuple[str, str]], enroll_users: list[tuple[str, str]]
+        self,
+        server_password_hash: str,
+        devices: list[tuple[str, str]],
+        enroll_users: list[tuple[str, str]],
+        revoked: Sequence[str] = (),
     ) -> None:
-        text = render_accounts(self.fleet, server_password_hash, devices, enroll_users)
+        text = render_accounts(self.fleet, server_password_hash, devices, enroll_users, revoked)
         path = self.directory / ACCOUNTS_FILE
         owner = None
         if os.geteuid() == 0:

@@ -329,7 +329,8 @@ class FleetSecurity:
         files = self.broker_files
         logins = self.registry.enrollment_users(keep=keep_login, broker=files.kind)
         devices = self.registry.broker_users(files.kind)
-        files.write_users(files.password_hash(self.server_password), devices, logins)
+        revoked = sorted(d for d in self.registry.revoked_ids() if "." not in d)
+        files.write_users(files.password_hash(self.server_password), devices, logins, revoked)
         if files.kind == "nats":
             self._warn_left_out([d for d, _ in devices if "." in d], "NATS subjects have no '.' in a name")
             self._warn_left_out(self.registry.without_login("nats"), "enrolled before the fleet kept cluster logins")

@@ -280,4 +280,9 @@ def test_serve_enroll_run_and_revoke_on_the_cluster(secured_cluster: SecuredClus
              "the other board to be connected")  # fmt: skip
     clients = secured_cluster.cluster.mqtt_clients()
     assert len(clients) == 3 and not any(agent_id in ids for ids in clients.values()), clients
+    # every node lived through the reload (a node holding the revoked board's retained state once panicked)
+    cluster = secured_cluster.cluster
+    assert all(process.poll() is None for process in cluster.processes.values()), [
+        cluster.log_tail(name, 3) for name in cluster.processes
+    ]
     group.stop_all()
