@@ -110,6 +110,9 @@ class AgentConfig:
     require_secure_aggregation: bool = setting(
         TaskPolicy.require_secure_aggregation, "Refuse tasks whose update would reach the server in the clear."
     )
+    min_noise_multiplier: float | None = setting(
+        None, "Refuse tasks without differential privacy at least this strong (a noise multiplier).", metavar="Z"
+    )
     sample_count_noise: float | None = setting(None, "Report the sample count with Laplace noise.", metavar="EPSILON")
     # The fleet's class names in the model's order (enrollment writes them; every task carries them too): the
     # board numbers its folders by them and shares label counts in their order.
@@ -160,7 +163,7 @@ class AgentConfig:
 
     def policy(self) -> TaskPolicy:
         return TaskPolicy(self.min_batch_size, self.min_local_steps, tuple(self.allowed_codecs), self.require_qat,
-                          self.require_secure_aggregation)  # fmt: skip
+                          self.require_secure_aggregation, self.min_noise_multiplier)  # fmt: skip
 
     def redacted(self) -> dict[str, Any]:
         """The settings with the password hidden: what may be written to status files and logs."""

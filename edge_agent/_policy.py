@@ -13,7 +13,11 @@ the label histogram. The device bounds what it accepts and refuses the rest
 * ``allowed_codecs`` and ``require_qat``: how the update may be encoded and
   trained;
 * ``require_secure_aggregation``: no task whose update would go to the server
-  in the clear.
+  in the clear;
+* ``min_noise_multiplier``: no task without client-level differential privacy
+  at least this strong (its update clipped, Gaussian noise of at least this
+  many clipping norms on the round's sum: added by the boards themselves under
+  secure aggregation, promised by the server otherwise).
 
 The first ones bound, not remove, what an update reveals: an update is a
 function of the data, and a crafted task reads a label histogram through any
@@ -43,8 +47,11 @@ class TaskPolicy:
     allowed_codecs: tuple[str, ...] = tuple(CODECS)
     require_qat: bool = False
     require_secure_aggregation: bool = False
+    min_noise_multiplier: float | None = None
 
     def __post_init__(self) -> None:
+        if self.min_noise_multiplier is not None and not self.min_noise_multiplier > 0:
+            raise ConfigError(f"the minimum noise multiplier must be positive, got {self.min_noise_multiplier}")
         if self.min_batch_size < 1 or self.min_local_steps < 0:
             raise ConfigError("the minimum batch size must be at least 1 and the minimum local steps at least 0")
         unknown = sorted(set(self.allowed_codecs) - set(CODECS))
@@ -64,4 +71,8 @@ class TaskPolicy:
             return "this device trains quantization-aware only"
         if self.require_secure_aggregation and not config.secure_aggregation:
             return "this device sends its update under secure aggregation only (serve --secure-aggregation)"
+        wanted = self.min_noise_multiplier
+        if wanted is not None and (config.clip_norm is None or config.noise_multiplier < wanted):
+            offered = "none" if config.clip_norm is None else f"noise multiplier {config.noise_multiplier:g}"
+            return f"this device trains under differential privacy with noise multiplier >= {wanted:g} ({offered})"
         return None

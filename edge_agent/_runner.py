@@ -16,6 +16,7 @@ from protocol import (
     Task,
     TensorDict,
     Update,
+    clip_update,
     decode_delta,
     decode_synthetic,
     decode_tensors,
@@ -76,7 +77,13 @@ def run_task(
     if synthetic_blob is not None:
         synthetic = decode_synthetic(synthetic_blob, spec.input_shape, spec.num_classes)
     result = (train or train_local)(task.model_name, global_state, data, task.config, torch_device, synthetic)
-    codec = task.config.codec
+    codec, clip = task.config.codec, task.config.clip_norm
+    if clip is not None:  # DP: the update clipped here, no error feedback carried over, no exact figures sent
+        clipped, _ = clip_update(result.delta, clip)
+        delta, new_residual = _encoded(clipped, codec, None)
+        return Update(round=task.round, device_id=device_id, base_model_id=task.model_id,
+                      num_samples=result.num_samples, train_loss=0.0, train_accuracy=0.0, delta=delta,
+                      codec=codec), None  # fmt: skip
     delta, new_residual = _encoded(result.delta, codec, residual)
     update = Update(
         round=task.round,

@@ -8,6 +8,8 @@ restarts mid-round drops out of it (its neighbours' shares cover for it) and can
 
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 
 from protocol import (
@@ -21,8 +23,10 @@ from protocol import (
     Task,
     UnmaskRequest,
     Update,
+    clip_update,
     decode_delta,
     decode_tensors,
+    noise_share,
 )
 from protocol.secagg import SecAggDevice, SecAggParams, round_context, update_words
 
@@ -35,7 +39,11 @@ class SecureUpdate:
         self.round = task.round
         self.model_id = task.model_id
         cap = task.config.weight_cap
-        self.weight = num_samples if cap is None else min(num_samples, cap)  # what the server's plain sum would use
+        self.config = task.config
+        if task.config.clip_norm is not None:
+            self.weight = 1  # DP-FedAvg: every update counts the same, so that one board moves the sum by <= clip
+        else:
+            self.weight = num_samples if cap is None else min(num_samples, cap)  # what the plain sum would use
         self._party = SecAggDevice(device_id, round_context(fleet, task.round, task.model_id))
         cipher_key, mask_key = self._party.advertise()
         self.keys = SecAggKeys(task.round, device_id, cipher_key, mask_key)
@@ -78,8 +86,16 @@ class SecureUpdate:
         neighbours' shares came."""
         template = decode_tensors(model_blob)
         delta = decode_delta(update.delta, update.codec, template)
-        self._words = update_words(delta, self.weight, template, update.train_loss, update.train_accuracy,
-                                   update.eval_accuracy)  # fmt: skip
+        figures = (update.train_loss, update.train_accuracy, update.eval_accuracy)
+        config = self.config
+        if config.clip_norm is not None:  # clipped again as decoded (a codec may round past the norm), then noised
+            delta, _ = clip_update(delta, config.clip_norm)
+            if config.noise_shares > 0:
+                share = noise_share(template, config.noise_multiplier, config.clip_norm, config.noise_shares,
+                                    np.random.default_rng(secrets.randbits(128)))  # fmt: skip
+                delta = {name: (value + share[name]).astype(value.dtype) for name, value in delta.items()}
+            figures = (0.0, 0.0, None)  # no exact figures under DP
+        self._words = update_words(delta, self.weight, template, *figures)
         return self._mask()
 
     def _mask(self) -> MaskedUpdate | None:

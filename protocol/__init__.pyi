@@ -21,6 +21,7 @@ from ._classes import (
 )
 from ._cli import exit_on_error as exit_on_error, new_app as new_app, uninstall_command as uninstall_command
 from ._codec import CODECS as CODECS, Codec as Codec, decode_delta as decode_delta, encode_delta as encode_delta
+from ._dp import clip_update as clip_update, noise_share as noise_share
 from ._enrollment import (
     EnrollmentToken as EnrollmentToken,
     EnrollReply as EnrollReply,

@@ -138,6 +138,12 @@ class TrainConfig:
     # weighs it itself, by the sample count it announced capped at ``weight_cap`` (None: uncapped).
     secure_aggregation: bool = False
     weight_cap: int | None = None
+    # Client-level differential privacy (DP-FedAvg): the update clipped to L2 norm ``clip_norm`` on the device,
+    # every update weighted the same, Gaussian noise of ``noise_multiplier * clip_norm`` on the round's sum, added
+    # by the devices in ``noise_shares`` shares (secure aggregation) or by the server (0). No exact figures are sent.
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+    noise_shares: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.qat, bool):
@@ -146,6 +152,12 @@ class TrainConfig:
             raise _fail("secure_aggregation must be a boolean")
         if self.weight_cap is not None:
             _check_int("weight_cap", self.weight_cap, 1, 2**40)
+        if self.clip_norm is not None:
+            _check_float("clip_norm", self.clip_norm, 1e-9, 1e6)
+        _check_float("noise_multiplier", self.noise_multiplier, 0.0, 1e4)
+        _check_int("noise_shares", self.noise_shares, 0, 100_000)
+        if self.clip_norm is None and (self.noise_multiplier > 0 or self.noise_shares > 0):
+            raise _fail("noise needs a clip_norm")
         if self.synthetic_restyle not in SYNTHETIC_RESTYLES:
             raise _fail(f"synthetic_restyle must be one of {', '.join(SYNTHETIC_RESTYLES)}")
         if self.synthetic_norm not in SYNTHETIC_NORMS:

@@ -428,6 +428,7 @@ def run_simulation(config: SimulationConfig, hooks: SimulationHooks = Simulation
                 task_resend_s=None if config.transport == "local" else CoordinatorConfig.task_resend_s,
                 secure_aggregation=config.secure_aggregation,
                 secagg_phase_s=config.secagg_phase_s,
+                privacy=config.privacy(),
             ),
             strategy,
             federation.coordinator_transport,

@@ -13,11 +13,14 @@ approximation; say so where the figure is shown).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from protocol import ConfigError
 
-__all__ = ["PrivacyAccountant", "epsilon_spent"]
+__all__ = ["PrivacyAccountant", "PrivacyLedger", "epsilon_of", "epsilon_spent"]
 
 # RDP orders: integers (closed form, fast); the fractional ones dp-accounting computes slowly (and warns about)
 # matter only for noise multipliers far below the ones DP-FedAvg uses.
@@ -64,3 +67,50 @@ class PrivacyAccountant:
     def may_open(self, rounds_done: int) -> bool:
         """Whether one more round stays within the budget (always, without one)."""
         return self.budget is None or self.epsilon(rounds_done + 1) <= self.budget
+
+
+def epsilon_of(events: Sequence[tuple[float, float]], delta: float) -> float:
+    """Epsilon at ``delta`` after rounds of (noise multiplier, sampling rate) each, composed by the RDP
+    accountant (rounds of the same pair are composed together: a long run stays fast)."""
+    if not events:
+        return 0.0
+    if any(not z > 0 for z, _ in events):
+        return math.inf
+    import dp_accounting
+    from dp_accounting import rdp
+
+    accountant = rdp.RdpAccountant(orders=list(_ORDERS))
+    for (z, q), count in sorted(Counter(events).items()):
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), count)
+    return float(accountant.get_epsilon(delta))
+
+
+@dataclass
+class PrivacyLedger:
+    """What a run has spent, round by round: each released sum's noise multiplier (as it was: a secure round
+    that lost devices carries less noise than planned) and sampling rate, kept in the journal's round reports."""
+
+    delta: float
+    budget: float | None = None
+    events: list[tuple[float, float]] = field(default_factory=list)
+
+    def epsilon(self) -> float:
+        return epsilon_of(self.events, self.delta)
+
+    def may_open(self, noise_multiplier: float, sampling_rate: float) -> bool:
+        """Whether one more round like this one stays within the budget (always, without one)."""
+        return self.budget is None or epsilon_of([*self.events, (noise_multiplier, sampling_rate)], self.delta) <= (
+            self.budget
+        )
+
+    def spend(self, noise_multiplier: float, sampling_rate: float) -> float:
+        """Record a released sum; the epsilon spent so far."""
+        self.events.append((round(noise_multiplier, 9), round(sampling_rate, 9)))
+        return self.epsilon()
+
+    def restore(self, reports: Sequence[Mapping[str, Any]]) -> None:
+        """The rounds a restarted server had released (their reports, oldest first)."""
+        for report in reports:
+            z, q = report.get("dp_noise_multiplier"), report.get("dp_sampling_rate")
+            if isinstance(z, (int, float)) and isinstance(q, (int, float)) and z > 0 and 0 < q <= 1:
+                self.events.append((float(z), float(q)))

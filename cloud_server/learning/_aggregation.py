@@ -104,6 +104,8 @@ class Accumulator(Protocol):
 
     def mean(self) -> TensorDict: ...
 
+    def add_noise(self, noise: Mapping[str, np.ndarray]) -> None: ...
+
 
 class WeightedDeltaSum:
     """Running ``sum_i(n_i * delta_i)`` in exact fixed point; constant memory, order-independent."""
@@ -147,6 +149,11 @@ class WeightedDeltaSum:
             self._sums[name] -= term
         self.total_weight -= int(weight)
         self.count -= 1
+
+    def add_noise(self, noise: Mapping[str, np.ndarray]) -> None:
+        """Add ``noise`` to the sum (DP at a trusted server): it counts for no weight and no update."""
+        for name, term in fixed_point_terms(noise, 1).items():
+            self._sums[name] += term
 
     def mean(self) -> TensorDict:
         """The weighted mean delta (zeros when nothing was added)."""

@@ -86,6 +86,9 @@ class KeptUpdates:
     def mean(self) -> TensorDict:
         return self._inner.mean()
 
+    def add_noise(self, noise: Mapping[str, np.ndarray]) -> None:
+        self._inner.add_noise(noise)
+
 
 def _resolve_device(name: str) -> str:
     import torch

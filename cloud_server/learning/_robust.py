@@ -193,6 +193,10 @@ class BufferedUpdates:
         self.total_weight = 0
         self.count = 0
 
+    def add_noise(self, noise: Mapping[str, np.ndarray]) -> None:
+        """A robust rule's result is no sum that noise calibrated to one update's reach would hide."""
+        raise ConfigError(f"the {self.method} rule does not run with differential privacy")
+
     def add(self, delta: Mapping[str, np.ndarray], weight: int, key: str | None = None) -> None:
         if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
             raise ProtocolError("bad-weight", f"weight must be a positive integer, got {weight!r}")

@@ -274,10 +274,16 @@ def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str
         if rows
         else '<p class="empty">No device has connected yet.</p>'
     )
+    spent = next((r["report"] for r in reversed(closed) if isinstance(r.get("report"), dict)
+                  and isinstance(r["report"].get("dp_epsilon"), (int, float))), None)  # fmt: skip
+    privacy = "" if spent is None else (
+        f'<span id="privacy">privacy spent: epsilon {float(spent["dp_epsilon"]):.3g}'
+        f' at delta {float(spent.get("dp_delta") or 0):.0e}</span>'
+    )  # fmt: skip
     summary = (
         f'<p class="summary"><span id="online">{online} of {len(devices)} devices online</span>'
         f'<span id="rounds">{len(closed)} rounds closed</span>'
-        f'<span id="last-accuracy">accuracy {"-" if accuracy is None else f"{accuracy:.3f}"}</span></p>'
+        f'<span id="last-accuracy">accuracy {"-" if accuracy is None else f"{accuracy:.3f}"}</span>{privacy}</p>'
     )
     synthetic = _synthetic_table(closed)
     rounds_html = _rounds_table(rounds, time.time())

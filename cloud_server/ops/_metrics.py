@@ -55,6 +55,7 @@ class FleetMetrics:
         self.synthetic_bytes = counter("genfl_synthetic_bytes", "Synthetic data bytes sent to devices.")
         self.synthetic_weight = gauge("genfl_synthetic_weight", "The synthetic loss weight of the last round.")
         self.pool_quality = gauge("genfl_pool_quality", "A pool's recognised share over the devices' own (0..1).")
+        self.epsilon = gauge("genfl_privacy_epsilon", "Client-level DP: the epsilon the run has spent (at its delta).")
         self.broker = gauge("genfl_broker_node", "1 for the broker node the server is connected to.", "node")
         self.failovers = gauge("genfl_broker_failovers", "Times the server moved to another broker node.")
         self.info = gauge("genfl_fleet_info", "The fleet this server serves.", "fleet")
@@ -96,7 +97,10 @@ class FleetMetrics:
             self.round_number.set(rounds[-1].round)
 
     def _count_report(self, report: dict[str, object] | None) -> None:
-        """A round's synthetic-data figures into the lifetime counters (rounds without a report: none)."""
+        """A round's synthetic-data figures into the lifetime counters (rounds without a report: none), and the
+        privacy it left spent."""
+        if report is not None and "dp_epsilon" in report:
+            self.epsilon.set(_number(report["dp_epsilon"]))
         if report is None or "sent" not in report:
             return
         self.synthetic_rounds.labels(sent="yes" if report["sent"] else "no").inc()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from protocol import DEFAULT_ROUND_TIMEOUT_S, ConfigError, setting
 
 from ..learning._strategy import StrategyConfig
-from ..rounds._config import SECAGG_PHASE_S
+from ..rounds._config import SECAGG_PHASE_S, PrivacyConfig
 
 __all__ = ["FleetRunConfig", "secure_aggregation_refusal"]
 
@@ -30,6 +30,12 @@ class FleetRunConfig(StrategyConfig):
     secagg_phase_s: float = setting(
         SECAGG_PHASE_S, "Secure aggregation: seconds each exchange of keys and shares may take.", flag="--secagg-phase"
     )
+    dp_clip: float | None = setting(
+        None, "Client-level DP (DP-FedAvg): clip every update to this L2 norm (docs/security.md).", metavar="NORM"
+    )
+    dp_noise: float = setting(1.0, "DP: Gaussian noise on each round's sum, in multiples of the clipping norm.")
+    dp_delta: float = setting(1e-5, "DP: the delta of the epsilon the run reports.")
+    dp_budget: float | None = setting(None, "DP: no round opens that would spend past this epsilon.", metavar="EPSILON")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +45,19 @@ class FleetRunConfig(StrategyConfig):
             refusal = secure_aggregation_refusal(self)
             if refusal is not None:
                 raise ConfigError(f"--secure-aggregation: {refusal}")
+        if self.dp_clip is not None:
+            self.privacy()  # its own checks
+            refusal = secure_aggregation_refusal(self)  # the same: noise on a sum protects a sum only
+            if refusal is not None:
+                raise ConfigError(f"--dp-clip: {refusal}")
+        elif self.dp_budget is not None:
+            raise ConfigError("--dp-budget needs --dp-clip (differential privacy)")
+
+    def privacy(self) -> PrivacyConfig | None:
+        """Client-level DP as the coordinator takes it (None: off)."""
+        if self.dp_clip is None:
+            return None
+        return PrivacyConfig(self.dp_clip, self.dp_noise, self.dp_delta, self.dp_budget)
 
 
 def secure_aggregation_refusal(config: StrategyConfig) -> str | None:

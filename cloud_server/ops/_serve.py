@@ -81,6 +81,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
                 max_weight_ratio=config.max_weight_ratio or None, task_resend_s=config.task_resend_s or None,
                 max_states_per_minute=config.max_states_per_minute,
                 secure_aggregation=config.secure_aggregation, secagg_phase_s=config.secagg_phase_s,
+                privacy=config.privacy(),
             ),
             strategy,
             transport,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from protocol import (
@@ -13,9 +14,30 @@ from protocol import (
     validate_classes,
 )
 
-__all__ = ["SECAGG_PHASE_S", "CoordinatorConfig", "DeviceRecord"]
+__all__ = ["SECAGG_PHASE_S", "CoordinatorConfig", "DeviceRecord", "PrivacyConfig"]
 
 SECAGG_PHASE_S = 60.0  # secure aggregation: seconds for each exchange of keys and shares
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level DP-FedAvg: updates clipped to ``clip_norm``, Gaussian noise of ``noise_multiplier * clip_norm``
+    on each round's sum, epsilon at ``delta`` accounted; no round opens that would spend past ``budget``."""
+
+    clip_norm: float
+    noise_multiplier: float
+    delta: float = 1e-5
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise ConfigError(f"the clipping norm must be a positive number, got {self.clip_norm}")
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise ConfigError(f"the noise multiplier must be a positive number, got {self.noise_multiplier}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if self.budget is not None and not self.budget > 0:
+            raise ConfigError(f"the privacy budget must be a positive epsilon, got {self.budget}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ class CoordinatorConfig:
     # keys and shares given ``secagg_phase_s``.
     secure_aggregation: bool = False
     secagg_phase_s: float = SECAGG_PHASE_S
+    privacy: PrivacyConfig | None = None  # client-level DP (the devices add the noise under secure aggregation)
 
     def __post_init__(self) -> None:
         validate_classes(self.classes)

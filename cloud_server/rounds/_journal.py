@@ -175,6 +175,9 @@ class Journal:
 
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None: ...
 
+    def sum_unmasked(self, round_number: int, survivors: list[str], total_weight: int) -> None:
+        """A secure round's sum: who is in it and its total weight (no single update exists to record)."""
+
     def update_withdrawn(self, round_number: int, device_id: str) -> None:
         self._open_updates.pop((round_number, device_id), None)
 
@@ -390,6 +393,13 @@ class SqliteJournal(Journal):
 
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None:
         self._write("INSERT OR IGNORE INTO failures VALUES (?, ?, ?)", round_number, device_id, reason[:2000])
+
+    def sum_unmasked(self, round_number: int, survivors: list[str], total_weight: int) -> None:
+        with self._transaction("record a secure round's sum") as db:
+            db.execute("UPDATE rounds SET accepted = ?, total_weight = ? WHERE round = ?",
+                       (len(survivors), total_weight, round_number))  # fmt: skip
+            db.executemany("UPDATE devices SET rounds = rounds + 1, last_seen = ? WHERE device_id = ?",
+                           [(time.time(), device_id) for device_id in survivors])  # fmt: skip
         self._write("UPDATE rounds SET failed = failed + 1 WHERE round = ?", round_number)
 
     def accepted_update(self, round_number: int, device_id: str) -> AcceptedUpdate | None:

@@ -63,6 +63,7 @@ class OpenRound:
     synthetic: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (blob id, size)
     plan_metrics: dict[str, Any] = field(default_factory=dict)  # the strategy's figures of planning the round
     weight_cap: int | None = None  # no update counts more than this many samples
+    sampling_rate: float = 1.0  # devices picked / online when it opened (what DP's accountant needs)
     budgets: dict[str, ByteBudget] = field(default_factory=dict)  # per device: blob bytes it may still ask for
     heard: dict[str, float] = field(default_factory=dict)  # per device: last task sent to it or word from it
     resend_after: dict[str, float] = field(default_factory=dict)  # per device: silence before its next re-send

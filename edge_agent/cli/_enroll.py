@@ -98,6 +98,8 @@ def _requirements(policy: TaskPolicy) -> str:
         parts.append("quantization-aware")
     if policy.require_secure_aggregation:
         parts.append("secure aggregation")
+    if policy.min_noise_multiplier is not None:
+        parts.append(f"DP noise multiplier >= {policy.min_noise_multiplier:g}")
     return "; ".join(parts)
 
 

@@ -175,3 +175,21 @@ def test_the_page_shows_whom_the_open_round_waits_for_and_why_rounds_fell_short(
     assert "Round 2 open for 4" in page and "1 of 2 answered; waiting for cam-2" in page
     assert "timed out: cam-1, cam-2" in page
     assert "1 x DataError: &lt;device&gt;&#x27;s data: images are 3x32x32" in page
+
+
+def test_an_operator_sees_the_privacy_a_private_run_has_spent() -> None:
+    from cloud_server.rounds._coordinator import RoundResult
+
+    reports = [{"dp_epsilon": eps, "dp_delta": 1e-5, "dp_noise_multiplier": 1.1, "dp_sampling_rate": 0.1}
+               for eps in (0.42, 0.61)]  # fmt: skip
+    rounds = [{"round": n, "started": 0.0, "closed": 1.0, "accepted": 10, "failed": 0, "timed_out": False,
+               "accuracy": 0.3, "train_loss": 0.1, "report": r} for n, r in enumerate(reports, 1)]  # fmt: skip
+    page = render_page("f", [_device("a")], rounds)
+    plain = render_page("f", [_device("a")], [{**rounds[0], "report": None}])
+    metrics = FleetMetrics("f")
+    for number, report in enumerate(reports, 1):
+        metrics.round_closed(RoundResult(round=number, selected=10, devices=10, accuracy=0.3, loss=1.0, train_loss=0.1,
+                                         seconds=5.0, bytes_up=1, bytes_down=1, metrics=report))  # fmt: skip
+    assert '<span id="privacy">privacy spent: epsilon 0.61 at delta 1e-05</span>' in page
+    assert 'id="privacy"' not in plain
+    assert metrics.registry.get_sample_value("genfl_privacy_epsilon") == 0.61

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cloud_server.learning._accountant import PrivacyAccountant, epsilon_spent
-from protocol import ConfigError
+from protocol import ConfigError, encode_tensors
 from protocol._dp import clip_update, noise_share
 
 
@@ -63,3 +63,64 @@ def test_the_devices_noise_shares_add_up_to_the_planned_noise() -> None:
     assert np.std(total) == pytest.approx(1.5 * 0.5, rel=0.03)  # the whole noise, from ten shares
     assert np.std(shares[0]["w"]) == pytest.approx(1.5 * 0.5 / math.sqrt(10), rel=0.03)
     assert all(share["steps"] == 0 for share in shares)
+
+
+@pytest.mark.slow  # whole simulations
+def test_a_private_run_reports_the_librarys_epsilon_every_round_and_stops_at_its_budget() -> None:
+    from dataclasses import replace
+
+    from simulation import SimulationConfig, run_simulation
+
+    # Prepare: six devices, every one picked each round (sampling rate 1)
+    base = SimulationConfig(dataset="digits", devices=6, alpha=0.5, rounds=4, seed=0, local_epochs=1, dp_clip=5.0,
+                            dp_noise=0.8)  # fmt: skip
+    # Execute: the noise added by the server; by the devices in shares under secure aggregation; with a budget
+    trusted = run_simulation(base)
+    secure = run_simulation(replace(base, secure_aggregation=True))
+    budget = epsilon_spent(0.8, 1.0, 2, 1e-5) * 1.0001
+    capped = run_simulation(replace(base, dp_budget=budget))
+    # Assert: each round's epsilon is the library's for the same parameters
+    expected = [epsilon_spent(0.8, 1.0, n, 1e-5) for n in range(1, 5)]
+    for run in (trusted, secure):
+        assert [r.metrics["dp_epsilon"] for r in run.rounds] == pytest.approx(expected, rel=1e-9)
+        assert all(r.metrics["dp_noise_multiplier"] == 0.8 and r.metrics["dp_sampling_rate"] == 1.0
+                   for r in run.rounds)  # fmt: skip
+        assert run.rounds[-1].device_accuracy is None  # no board reported an exact accuracy
+    assert len(capped.rounds) == 2 and capped.rounds[-1].metrics["dp_epsilon"] <= budget
+    # the noise is real: the two runs differ from each other and from a run without it
+    plain = run_simulation(replace(base, dp_clip=None))
+    hashes = {hash(encode_tensors(run.final_state)) for run in (trusted, secure, plain)}
+    assert len(hashes) == 3
+
+
+def test_a_board_under_dp_sends_its_update_clipped_without_step_counters_or_exact_figures() -> None:
+    import models
+    from edge_agent import load_dataset
+    from edge_agent._runner import run_task
+    from protocol import Task, TrainConfig, decode_delta, default_classes
+
+    state = models.model_state(models.build_model("cnn-digits", seed=0))
+    blob = encode_tensors(state)
+    data = load_dataset("digits").train
+    config = TrainConfig(local_epochs=1, clip_norm=0.5, noise_multiplier=1.0)
+    task = Task(round=1, device_id="d", model_name="cnn-digits", model_id="0" * 64, model_size=len(blob),
+                config=config, classes=default_classes(10))  # fmt: skip
+    update, residual = run_task(task, blob, "d", data, default_classes(10))
+    delta = decode_delta(update.delta, update.codec, state)
+    norm = math.sqrt(sum(float(np.square(v.astype(np.float64)).sum()) for v in delta.values() if v.dtype.kind == "f"))
+    assert norm <= 0.5 * (1 + 1e-6) and residual is None
+    assert all(not v.any() for v in delta.values() if v.dtype.kind != "f")  # BatchNorm's step counters: zero
+    assert (update.train_loss, update.train_accuracy, update.eval_accuracy, update.probe_scores) == (0, 0, None, None)
+
+
+def test_dp_refuses_what_it_cannot_protect_in_one_line() -> None:
+    from simulation import SimulationConfig
+
+    with pytest.raises(ConfigError, match="--dp-clip: the median rule"):
+        SimulationConfig(dp_clip=1.0, aggregate="median")
+    with pytest.raises(ConfigError, match="--dp-clip: the data-free generator"):
+        SimulationConfig(dp_clip=1.0, strategy="genfl")
+    with pytest.raises(ConfigError, match="--dp-budget needs --dp-clip"):
+        SimulationConfig(dp_budget=4.0)
+    with pytest.raises(ConfigError, match="noise multiplier must be a positive"):
+        SimulationConfig(dp_clip=1.0, dp_noise=0.0)

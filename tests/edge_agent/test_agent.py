@@ -190,6 +190,10 @@ def test_the_task_policy_bounds_batch_steps_codec_and_qat() -> None:
     careful = TaskPolicy(require_secure_aggregation=True)
     assert "secure aggregation only" in str(careful.refusal(TrainConfig(), 400))
     assert careful.refusal(TrainConfig(secure_aggregation=True), 400) is None
+    private = TaskPolicy(min_noise_multiplier=1.0)
+    assert "noise multiplier >= 1 (none)" in str(private.refusal(TrainConfig(), 400))
+    assert "(noise multiplier 0.5)" in str(private.refusal(TrainConfig(clip_norm=1.0, noise_multiplier=0.5), 400))
+    assert private.refusal(TrainConfig(clip_norm=1.0, noise_multiplier=1.2), 400) is None
     with pytest.raises(ConfigError):
         TaskPolicy(allowed_codecs=("zip",))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cloud_server.rounds._journal_reader import JournalReader
 from edge_agent import DeviceDataset, load_dataset, save_npz
 from models import read_checkpoint
 from protocol import encode_tensors
@@ -105,4 +106,6 @@ def test_real_boards_on_image_folders_under_secure_aggregation_train_the_plain_s
     assert _model_hash(trained) == _model_hash(expected.final_state)
     assert server_log.count("secure aggregation of 4 devices") == 2, server_log[-3000:]
     assert "update from" not in server_log  # no board's update was ever accepted in the clear
+    journal = JournalReader(state)
+    assert [journal.round(n).accepted for n in (1, 2)] == [4, 4]  # type: ignore[union-attr]
     assert "sending it masked" in board_log or "masking it once" in board_log, board_log[-3000:]
