@@ -11,10 +11,17 @@ agents (digits, shards of two classes, 3 rounds, agents in processes of 10 for 1
 ``--secure-aggregation``, one after the other on the machine's Mosquitto: seconds per round, bytes each device
 sends and receives per round, and whether the two give the same model (they must: the sum is exact).
 
-Writes ``OUT/privacy-arithmetic.json`` (part 1) and ``OUT/privacy.json`` (part 2).
+Part 3 (``--part utility``) is accuracy against epsilon: digits, 100 devices (Dirichlet 0.5), 20 rounds with every
+device picked, two local epochs, in memory, for seeds 0-3: no DP, then DP-FedAvg clipped at 1.0 with the noise
+multiplier that spends epsilon 8, 4 and 1 at delta 1e-5 over the 20 rounds (found by bisection on the same
+accountant the server uses).
+
+Writes ``OUT/privacy-arithmetic.json`` (part 1), ``OUT/privacy.json`` (part 2), ``OUT/privacy-utility.json``
+(part 3).
 
     python tools/bench_privacy.py --out bench                # part 1: about a minute on 2 cores
-    python tools/bench_privacy.py --part mqtt --out bench    # part 2: about ten minutes on 2 cores
+    python tools/bench_privacy.py --part mqtt --out bench    # part 2: about two minutes on 2 cores
+    python tools/bench_privacy.py --part utility --out bench # part 3: about 12 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -176,15 +183,56 @@ def mqtt_rounds(work: Path, fleets: list[int]) -> dict[str, Any]:
     return report
 
 
+def noise_for(epsilon: float, sampling_rate: float, rounds: int, delta: float) -> float:
+    """The noise multiplier that spends ``epsilon`` over ``rounds`` (bisection on the accountant)."""
+    from cloud_server.learning._accountant import epsilon_spent
+
+    low, high = 0.05, 100.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if epsilon_spent(middle, sampling_rate, rounds, delta) > epsilon else (low, middle)
+    return high
+
+
+def utility(seeds: list[int]) -> dict[str, Any]:
+    """Part 3: final accuracy against epsilon, in memory."""
+    from dataclasses import replace
+
+    from simulation import SimulationConfig, run_simulation
+
+    rounds, clip = 20, 1.0
+    base = SimulationConfig(dataset="digits", devices=100, alpha=0.5, rounds=rounds, min_samples=2, local_epochs=2)
+    report: dict[str, Any] = {"machine": machine(), "devices": 100, "rounds": rounds, "clip": clip, "settings": {}}
+    for epsilon in (None, 8.0, 4.0, 1.0):
+        z = None if epsilon is None else noise_for(epsilon, 1.0, rounds, 1e-5)
+        runs = []
+        for seed in seeds:
+            config = replace(base, seed=seed) if z is None else replace(base, seed=seed, dp_clip=clip, dp_noise=z)
+            result = run_simulation(config)
+            runs.append({"seed": seed, "accuracy": [r.accuracy for r in result.rounds],
+                         "epsilon": result.rounds[-1].metrics.get("dp_epsilon")})  # fmt: skip
+            print(epsilon, seed, runs[-1]["accuracy"][-1], runs[-1]["epsilon"], flush=True)
+        finals = [run["accuracy"][-1] for run in runs]
+        report["settings"]["none" if epsilon is None else f"epsilon {epsilon:g}"] = {
+            "noise_multiplier": z, "final_mean": statistics.mean(finals), "final_std": statistics.stdev(finals),
+            "runs": runs,
+        }  # fmt: skip
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--part", choices=("arithmetic", "mqtt"), default="arithmetic")
+    parser.add_argument("--part", choices=("arithmetic", "mqtt", "utility"), default="arithmetic")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--fleets", nargs="*", type=int, default=[10, 100])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-privacy"))
     args = parser.parse_args()
     if args.part == "mqtt":
         write_json(args.out / "privacy.json", mqtt_rounds(args.work, args.fleets))
+        return
+    if args.part == "utility":
+        write_json(args.out / "privacy-utility.json", utility(args.seeds))
         return
     runs = []
     for model in ("cnn-digits", "cnn-small"):

@@ -34,6 +34,7 @@ from protocol import (
     Failure,
     FrameGuard,
     GenflError,
+    MaskedUpdate,
     OpenGuard,
     Progress,
     ProtocolError,
@@ -119,6 +120,7 @@ class Coordinator:
         dp = config.privacy
         self.privacy = None if dp is None else PrivacyLedger(dp.delta, dp.budget)  # what the run has spent
         self._noise = np.random.default_rng()  # the trusted server's DP noise (fresh: never replayed from a seed)
+        self._last_secure: tuple[int, frozenset[str]] | None = None  # the last secure round closed: whose sum it is
         if strategy.model_name not in (None, config.model_name) or strategy.classes not in ((), config.classes):
             raise ConfigError("the strategy was made for another model or class list than the fleet's")
         self._set_global(initial_state)
@@ -534,6 +536,11 @@ class Coordinator:
     def _on_secagg(self, device_id: str, frame: SecAggFrame) -> None:
         current = self._open
         if current is None or current.secure is None or frame.round != current.number:
+            last = self._last_secure
+            if isinstance(frame, MaskedUpdate) and last is not None and last[0] == frame.round:
+                # a board re-sending its masked update (our ack was lost): tell it whether it counted, so it stops
+                self._ack(device_id, frame.round, device_id in last[1], "" if device_id in last[1] else "closed-round")
+                return
             raise ProtocolError("closed-round", f"a {frame.TYPE} of round {frame.round} from {device_id}")
         if device_id in self.revoked:
             raise ProtocolError("revoked", device_id)
@@ -574,6 +581,7 @@ class Coordinator:
                 current.failed.add(device_id)
                 current.reasons[device_id] = reason
                 self._journal.failure_recorded(current.number, device_id, reason)
+        self._last_secure = (current.number, secure.survivors)
         missing = set(current.configs) - current.answered
         self._close_round(current, timed_out=bool(missing))
 

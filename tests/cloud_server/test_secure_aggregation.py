@@ -162,6 +162,12 @@ def test_three_of_ten_dropping_after_their_masked_update_are_still_in_the_exact_
     assert result.devices == 10
     new = _global(fleet)
     assert all(np.array_equal(new[name], value) for name, value in fleet.expected(set(range(10))).items())
+    # a board that missed its ack sends its masked update again: it is told it counted (and so stops)
+    back = fleet.boards[0]
+    assert back.secure is not None and back.secure.masked is not None
+    back.send("update", back.secure.masked)
+    fleet.bus.drain()
+    assert [a.accepted for a in back.received if isinstance(a, Ack)] == [True, True]
 
 
 def test_below_the_threshold_the_round_fails_without_asking_anyone_to_unmask() -> None:
@@ -179,6 +185,11 @@ def test_below_the_threshold_the_round_fails_without_asking_anyone_to_unmask() -
             (False, "secure aggregation failed")
         ]
     assert "secure aggregation failed" in next(iter(fleet.server.results[0].failures))
+    late = fleet.boards[9]
+    assert late.secure is not None and late.secure.masked is not None
+    late.send("update", late.secure.masked)  # again, after the round: still not counted
+    fleet.bus.drain()
+    assert [(a.accepted, a.reason) for a in late.received if isinstance(a, Ack)][-1] == (False, "closed-round")
 
 
 def test_devices_that_never_advertise_are_left_out_and_too_few_fail_the_round() -> None:
