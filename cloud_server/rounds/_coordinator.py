@@ -20,7 +20,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -44,15 +43,12 @@ from protocol import (
     TrainConfig,
     Transport,
     Update,
-    clip_update,
     decode_tensors,
     encode_message,
     encode_tensors,
-    noise_share,
 )
 from protocol.secagg import round_context
 
-from ..learning._accountant import PrivacyLedger
 from ..learning._aggregation import WeightedDeltaSum
 from ..learning._strategy import DeviceInfo, RoundPlan, Strategy
 from ._blob_serving import blob_chunks
@@ -61,7 +57,8 @@ from ._dispatch import Handlers, dispatch
 from ._failures import failure_summary
 from ._journal import AcceptedUpdate, ClosedRound, Journal, OpenRoundRecord
 from ._round import OpenRound, RoundHooks, RoundResult, scaled_counts, weight_cap
-from ._secure_round import MIN_PARTICIPANTS, SecAggFrame, SecureRound
+from ._round_privacy import RoundPrivacy
+from ._secure_round import SecAggFrame, SecureRound
 from ._validation import RateLimit, check_fresh_state, check_round, check_state, validated_delta
 
 __all__ = ["Coordinator", "CoordinatorConfig", "DeviceRecord", "RoundHooks", "RoundResult"]
@@ -117,9 +114,7 @@ class Coordinator:
         self._closing: tuple[RoundResult, ClosedRound, float] | None = None
         self.checkpoint_failures = 0  # journal writes of a closed round that failed (and were tried again)
         self._state_limit = RateLimit(config.max_states_per_minute, 60.0)
-        dp = config.privacy
-        self.privacy = None if dp is None else PrivacyLedger(dp.delta, dp.budget)  # what the run has spent
-        self._noise = np.random.default_rng()  # the trusted server's DP noise (fresh: never replayed from a seed)
+        self.privacy = RoundPrivacy(config.secure_aggregation, config.privacy, config.min_devices)
         self._last_secure: tuple[int, frozenset[str]] | None = None  # the last secure round closed: whose sum it is
         if strategy.model_name not in (None, config.model_name) or strategy.classes not in ((), config.classes):
             raise ConfigError("the strategy was made for another model or class list than the fleet's")
@@ -128,8 +123,7 @@ class Coordinator:
         self._journal.start(config.model_name, config.fleet, self._global_blob, config.classes)  # or checks them
         if resume is not None:
             strategy.restore(self._journal.round_reports())
-            if self.privacy is not None:
-                self.privacy.restore(self._journal.round_reports())
+            self.privacy.restore(self._journal.round_reports())
             self._set_global(decode_tensors(resume.global_blob))
             self.round_number = resume.round_number
             if resume.open_round is not None:
@@ -295,14 +289,12 @@ class Coordinator:
         if device_id in current.accepted:
             self._ack(device_id, update.round, True, "duplicate")  # QoS 1 redelivery: ack again, count once
             return
-        dp = self.config.privacy
-        weight = 1 if dp is not None else current.weight(update.num_samples)  # DP: every update counts the same
+        weight = 1 if self.privacy.weighs_alike else current.weight(update.num_samples)
         try:
             codec = current.configs[device_id].codec
             delta, norm = validated_delta(update, codec, weight, self.global_id, self.global_state,
                                           self.config.max_update_norm)  # fmt: skip
-            if dp is not None:  # clipped here too: the bound the noise is calibrated to holds whatever a device sent
-                delta, _ = clip_update(delta, dp.clip_norm)
+            delta = self.privacy.clipped(delta)
         except ProtocolError as exc:
             # The device answered, with something unusable: the round need not wait for it.
             if device_id not in current.failed:
@@ -453,9 +445,12 @@ class Coordinator:
         except Exception as exc:  # a generator that fails (a broken pool, a torch error) must not take the fleet down
             log.exception("round %d: the strategy could not make synthetic data; the round trains without", number)
             plan = RoundPlan(configs, metrics={"sent": False, "why_not": f"the strategy failed ({type(exc).__name__})"})
-        configs = self._private(plan.configs, cap)
+        configs = self.privacy.configs(plan.configs, cap)
         sampling_rate = len(configs) / max(1, len(self.online_devices()))
-        if self.privacy is not None and not self._within_budget(sampling_rate):
+        refusal = self.privacy.refusal(sampling_rate)
+        if refusal is not None:
+            self.halted = refusal
+            log.warning("stopping: %s", refusal)
             return
         current = self._new_round(number, configs, self._clock())
         current.weight_cap = cap
@@ -489,42 +484,6 @@ class Coordinator:
             current.resend_after[device_id] = min(2 * wait, self.config.round_timeout_s)
         if silent:
             self._publish_tasks(current, silent)
-
-    # -- privacy --------------------------------------------------------------------------------
-
-    def _private(self, configs: dict[str, TrainConfig], cap: int | None) -> dict[str, TrainConfig]:
-        """The round's configs with what secure aggregation and DP ask of each device."""
-        if self.config.secure_aggregation:  # each device weighs its own update: the cap goes with the task
-            configs = {d: replace(c, secure_aggregation=True, weight_cap=cap) for d, c in configs.items()}
-        dp = self.config.privacy
-        if dp is not None:  # under secure aggregation the devices add the noise, each a share of it
-            shares = max(self.config.min_devices, MIN_PARTICIPANTS) if self.config.secure_aggregation else 0
-            configs = {d: replace(c, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                                  noise_shares=shares) for d, c in configs.items()}  # fmt: skip
-        return configs
-
-    def _within_budget(self, sampling_rate: float) -> bool:
-        """False (and halted) when one more round would spend past the privacy budget."""
-        assert self.privacy is not None and self.config.privacy is not None
-        if self.privacy.may_open(self.config.privacy.noise_multiplier, sampling_rate):
-            return True
-        spent, budget = self.privacy.epsilon(), self.privacy.budget
-        self.halted = f"the privacy budget is spent: epsilon {spent:.3g} of {budget:g}; another round would pass it"
-        log.warning("stopping: %s", self.halted)
-        return False
-
-    def _spend_privacy(self, current: OpenRound, released: bool) -> dict[str, Any]:
-        """The round's privacy figures: a released sum spends (its noise as it was), a round without one does not."""
-        dp = self.config.privacy
-        if self.privacy is None or dp is None or not released:
-            return {}
-        z = dp.noise_multiplier
-        if current.secure is not None:  # shares from the survivors: fewer than planned carry less noise
-            survivors = len(current.secure.survivors)
-            z *= math.sqrt(survivors / max(self.config.min_devices, MIN_PARTICIPANTS))
-        epsilon = self.privacy.spend(z, current.sampling_rate)
-        return {"dp_noise_multiplier": round(z, 9), "dp_sampling_rate": round(current.sampling_rate, 9),
-                "dp_epsilon": epsilon, "dp_delta": dp.delta}  # fmt: skip
 
     # -- secure aggregation ---------------------------------------------------------------------
 
@@ -631,18 +590,20 @@ class Coordinator:
             log.warning("round %d: %d updates < min devices %d; model unchanged", current.number, accepted,
                         self.config.min_devices)  # fmt: skip
             # (a secure round's sum was unmasked all the same: the server has seen it)
-            return {**metrics, **self._spend_privacy(current, released=bool(current.secure_accepted))}
-        dp = self.config.privacy
-        if dp is not None and current.secure is None:  # the trusted server adds the noise to the sum
-            noise = noise_share(self.global_state, dp.noise_multiplier, dp.clip_norm, 1, self._noise)
-            current.updates.add_noise(noise)
-        metrics.update(self._spend_privacy(current, released=True))
+            return {**metrics, **(self._spend_privacy(current) if current.secure_accepted else {})}
+        self.privacy.add_server_noise(current.updates, self.global_state)
+        metrics.update(self._spend_privacy(current))
         new_state, fit_metrics = self.strategy.aggregate_fit(self.global_state, results)
         if all(np.isfinite(value).all() for value in new_state.values() if value.dtype.kind == "f"):
             self._set_global(new_state)
         else:  # never send devices a model they cannot train from
             log.error("round %d: the new global model is not finite; keeping the previous one", current.number)
         return {**metrics, **fit_metrics}
+
+    def _spend_privacy(self, current: OpenRound) -> dict[str, Any]:
+        """A released sum's privacy figures (its noise shares those of the survivors, under secure aggregation)."""
+        survivors = None if current.secure is None else len(current.secure.survivors)
+        return self.privacy.spend(current.sampling_rate, survivors)
 
     def _label_counts(self, device_id: str) -> tuple[float, ...] | None:
         record = self.devices.get(device_id)
