@@ -502,6 +502,11 @@ class AgentCore:
             self._fail(task, outcome)
             return
         secure = self._secure
+        if task.config.secure_aggregation and (secure is None or secure.round != task.round):
+            # the round's exchange failed here (it said so): an update of a secure round never goes out in the clear
+            log.warning("device %s: round %d's secure aggregation is over for us; the update is not sent",
+                        self.device_id, task.round)  # fmt: skip
+            return
         if secure is not None and secure.round == task.round:
             try:
                 masked = secure.on_trained(outcome, self.store.get(task.model_id))

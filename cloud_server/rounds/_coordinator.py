@@ -286,6 +286,9 @@ class Coordinator:
                 # Tell the device, so that it drops an update it kept across an outage.
                 self._ack(device_id, update.round, False, exc.reason)
             raise
+        if current.secure is not None:  # the server takes no update in the clear in a secure round
+            self._ack(device_id, update.round, False, "secure aggregation")
+            raise ProtocolError("secagg-plain", f"{device_id} sent its update in the clear in a secure round")
         if device_id in current.accepted:
             self._ack(device_id, update.round, True, "duplicate")  # QoS 1 redelivery: ack again, count once
             return

@@ -224,6 +224,15 @@ def test_frames_out_of_turn_or_for_another_device_are_refused_and_the_round_goes
     rejected = fleet.server.rejected
     assert rejected["wrong-device"] == 1 and rejected["secagg-late"] + rejected["secagg-order"] >= 2
     fleet.step("share")
+    plain = fleet.boards[3]  # an update in the clear has no place in a secure round
+    task = plain.last(Task)
+    assert isinstance(task, Task)
+    clear = Update(round=1, device_id=plain.device_id, base_model_id=task.model_id, num_samples=plain.samples,
+                   train_loss=0.5, train_accuracy=0.5, delta=plain.delta)  # fmt: skip
+    plain.send("update", clear)
+    fleet.bus.drain()
+    assert fleet.server.rejected["secagg-plain"] == 1
+    assert [(a.accepted, a.reason) for a in plain.received if isinstance(a, Ack)] == [(False, "secure aggregation")]
     again = fleet.boards[2]
     assert again.secure is not None
     again.send("update", again.secure.on_roster(again.last(SecAggRoster)))  # type: ignore[arg-type]  # a repeat

@@ -510,3 +510,42 @@ def test_a_task_for_a_passed_round_is_refused_once_and_only_an_ack_moves_the_rou
                       round_path=tmp_path / "last-round")  # fmt: skip
     again.start()
     assert again.last_round == 3
+
+
+def test_a_board_whose_secure_round_failed_never_sends_its_update_in_the_clear(tmp_path: Path) -> None:
+    from protocol import Failure, SecAggKeys, SecAggRoster
+
+    class HeldRunner:  # trains when the test says
+        def __init__(self) -> None:
+            self.job: tuple[Task, TrainingDone] | None = None
+
+        def start(self, task: Task, model_blob: bytes, done: TrainingDone, synthetic_blob: bytes | None = None) -> None:
+            self.job = (task, done)
+
+    # Prepare: a secure task; the board holds the model and starts training at once
+    bus = InMemoryBus()
+    store = BlobStore(tmp_path / "blobs")
+    model_id = store.put(b"model")
+    got, server = _server(bus)
+    runner = HeldRunner()
+    agent = AgentCore("dev", TOPICS, bus.connect(), store, runner, num_samples=4)
+    agent.start()
+    task = Task(round=1, device_id="dev", model_name="toy", model_id=model_id, model_size=5,
+                config=TrainConfig(secure_aggregation=True), classes=CLASSES)  # fmt: skip
+    server.publish(TOPICS.device("dev", "task"), encode_message(task))  # type: ignore[attr-defined]
+    bus.drain()
+    assert isinstance(got[0], SecAggKeys) and runner.job is not None
+    # Execute: a roster it cannot share with (too few neighbours), then its training ends
+    roster = SecAggRoster(1, "dev", ("dev", "other"), 1, 1, 3, {})
+    server.publish(TOPICS.device("dev", "task"), encode_message(roster))  # type: ignore[attr-defined]
+    bus.drain()
+    runner.job[1](task, _trained(task))
+    bus.drain()
+    # Assert: it said it is out of the round, and its update never left
+    assert isinstance(got[-1], Failure) and "secure aggregation" in got[-1].reason
+    assert not any(isinstance(message, Update) for message in got) and agent.pending is None
+
+
+def _trained(task: Task) -> Update:
+    return Update(round=task.round, device_id=task.device_id, base_model_id=task.model_id, num_samples=4,
+                  train_loss=0.1, train_accuracy=1.0, delta={"w": np.ones(2, dtype=np.float32)})  # fmt: skip
