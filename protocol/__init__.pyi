@@ -68,6 +68,7 @@ from ._mqtt import (
     parse_brokers as parse_brokers,
     rotated as rotated,
 )
+from ._release import MAX_RELEASE_BYTES as MAX_RELEASE_BYTES, Release as Release
 from ._secagg_messages import (
     MaskedUpdate as MaskedUpdate,
     SecAggForward as SecAggForward,

@@ -28,6 +28,7 @@ from ._fields import (
     check_sha256 as _check_sha256,
 )
 from ._json import loads_bounded
+from ._release import Release
 from ._secagg_messages import (
     SECAGG_MESSAGES,
     MaskedUpdate,
@@ -393,9 +394,10 @@ class BlobChunk:
 
 Message = Union[
     DeviceState, Task, Update, Failure, Progress, Ack, BlobRequest, BlobChunk,
-    SecAggKeys, SecAggRoster, SecAggShares, SecAggForward, MaskedUpdate, UnmaskRequest, SecAggUnmask,
+    SecAggKeys, SecAggRoster, SecAggShares, SecAggForward, MaskedUpdate, UnmaskRequest, SecAggUnmask, Release,
 ]  # fmt: skip
 _WIRE_TYPES: dict[str, Any] = {kind.TYPE: kind for kind in SECAGG_MESSAGES}  # each frames itself
+_WIRE_TYPES[Release.TYPE] = Release
 _M = TypeVar("_M", bound=Message)
 
 

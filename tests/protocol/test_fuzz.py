@@ -34,6 +34,7 @@ from protocol import (
     MaskedUpdate,
     Progress,
     ProtocolError,
+    Release,
     SecAggForward,
     SecAggKeys,
     SecAggRoster,
@@ -95,6 +96,9 @@ VALID_FRAMES = [
     encode_message(UnmaskRequest(round=2, device_id="d-1", survivors=("d-1", "d-2"), dropped=("d-3",))),
     encode_message(SecAggUnmask(round=2, device_id="d-1",
                                 shares={"d-2": ("seed", bytes(66)), "d-3": ("key", bytes(66))})),
+    encode_message(Release(version=2, model_id=SHA, model_size=1000, model_name="cnn-digits",
+                           classes=tuple("0123456789"), input_shape=(1, 8, 8), int8=True, round=3, accuracy=0.9,
+                           created=1.7e9, note="n")),
 ]
 # fmt: on
 
@@ -107,7 +111,7 @@ FIELDS = ["round", "device_id", "state", "num_samples", "label_counts", "model_n
           "config", "base_model_id", "train_loss", "train_accuracy", "accepted", "reason", "blob_id", "chunks",
           "index", "count", "total_size", "chunk_sha256", "phase", "seconds", "cipher_key", "mask_key",
           "participants", "degree", "threshold", "length", "keys", "sealed", "survivors", "dropped",
-          "shares"]  # fmt: skip
+          "shares", "version", "input_shape", "int8", "accuracy", "created", "note"]  # fmt: skip
 SECAGG_KINDS = ["secagg-keys", "secagg-roster", "secagg-shares", "secagg-forward", "masked-update",
                 "secagg-unmask-request", "secagg-unmask"]  # fmt: skip
 
