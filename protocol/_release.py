@@ -29,7 +29,7 @@ class Release:
     model_size: int
     model_name: str
     classes: tuple[str, ...]  # the fleet's class list, the model's output order
-    input_shape: tuple[int, int, int]  # channels, height, width of the uint8 images it takes
+    input_shape: tuple[int, int, int]  # channels, height, width of its input (float32 pixels in [0, 1])
     int8: bool
     round: int  # the round whose model it is (0: a checkpoint from outside the journal)
     accuracy: float | None  # the server's test accuracy of that model, if it evaluates
