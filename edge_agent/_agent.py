@@ -45,6 +45,7 @@ from protocol import (
     OpenGuard,
     Progress,
     ProtocolError,
+    Release,
     SecAggForward,
     SecAggKeys,
     SecAggRoster,
@@ -63,6 +64,7 @@ from protocol import (
 )
 
 from ._policy import TaskPolicy
+from ._release_taker import ReleaseTaker
 from ._secure_update import SecureUpdate
 
 __all__ = ["AgentCore", "TrainingDone", "TrainingRunner"]
@@ -132,6 +134,7 @@ class AgentCore:
         policy: TaskPolicy | None = None,
         will_payload: bytes | None = None,
         session: str | None = None,
+        releases: ReleaseTaker | None = None,
     ) -> None:
         self.device_id = device_id
         # The latest round whose update from this board the server counted (its ack), kept on disk: a server
@@ -142,14 +145,10 @@ class AgentCore:
         self._own = _OwnState(will_payload, session or secrets.token_hex(8))
         self._stale_answered: collections.deque[int] = collections.deque(maxlen=16)  # rounds refused as passed
         self._stale_answered_at = float("-inf")  # monotonic time of the last such refusal: one per WILL_ANSWER_S
-        self._leaving = False
-        self._state_sent_at = float("-inf")  # monotonic time of our last state message
-        self._chunk_at = float("-inf")  # monotonic time of the last chunk that arrived
+        # leaving (an offline said); monotonic times of our last state message and of the last chunk that arrived
+        self._leaving, self._state_sent_at, self._chunk_at = False, float("-inf"), float("-inf")
         self.guard = guard or OpenGuard()  # signs what we send, checks the server signed what we get
-        self.topics = topics
-        self.transport = transport
-        self.store = store
-        self.runner = runner
+        self.topics, self.transport, self.store, self.runner = topics, transport, store, runner
         self.num_samples = num_samples
         # The label counts this device shares are in the order of the fleet's class list ``classes`` (None: not
         # known yet, so none are shared). A task naming another list makes ``recount`` give them in its order
@@ -172,6 +171,7 @@ class AgentCore:
         self._training_since = self._progress_at = self._progress_logged = 0.0  # the running job, for progress
         self._older_model: str | None = None  # the model before the current task's, kept one round more
         self._secure: SecureUpdate | None = None  # the current round's secure aggregation, if it has one
+        self.releases = releases  # the model releases this board deploys (None: it takes none)
         transport.set_handler(self.on_message)
         transport.set_reconnect_handler(self._on_reconnect)
 
@@ -214,6 +214,7 @@ class AgentCore:
             last_round=self.last_round,
             session=self._own.session,
             sequence=self._own.next_sequence(),
+            release=None if self.releases is None else self.releases.running,
         )
         self.transport.publish(
             self.topics.device(self.device_id, "state"), self.guard.seal(encode_message(message)), retain=True
@@ -230,11 +231,13 @@ class AgentCore:
                 return
             frame = self.guard.open("server", payload)
             if parsed.channel == "task":
-                message: Task | SecAggRoster | SecAggForward | UnmaskRequest = decode_message(
-                    frame, (Task, SecAggRoster, SecAggForward, UnmaskRequest)
+                message: Task | SecAggRoster | SecAggForward | UnmaskRequest | Release = decode_message(
+                    frame, (Task, SecAggRoster, SecAggForward, UnmaskRequest, Release)
                 )
                 if isinstance(message, Task):
                     self._on_task(message)
+                elif isinstance(message, Release):
+                    self._on_release(message)
                 else:
                     self._on_secure_frame(message)
             elif parsed.channel == "blob/chunk":
@@ -443,7 +446,26 @@ class AgentCore:
         request = BlobRequest(blob_id=blob_id, chunks=chunks)
         self.transport.publish(self.topics.device(self.device_id, "blob/req"), self.guard.seal(encode_message(request)))
 
+    def _on_release(self, release: Release) -> None:
+        taker = self.releases
+        if taker is None:
+            return  # a simulated board runs no model
+        running = taker.running
+        request = taker.on_release(release, self.classes)
+        if request is not None:
+            self.transport.publish(self.topics.device(self.device_id, "blob/req"),
+                                   self.guard.seal(encode_message(request)))  # fmt: skip
+        if taker.running != running:
+            self.publish_state("online")  # the server (and `devices list`) learn what the board runs now
+
     def _on_chunk(self, chunk: BlobChunk) -> None:
+        taker = self.releases
+        if taker is not None and taker.wants(chunk.blob_id):
+            running = taker.running
+            taker.on_chunk(chunk)
+            if taker.running != running:
+                self.publish_state("online")
+            return
         self._chunk_at = time.monotonic()
         task = self.current_task
         if task is None or chunk.blob_id not in self._blobs_of(task):

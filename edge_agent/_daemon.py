@@ -22,6 +22,8 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -38,6 +40,7 @@ from protocol import (
     DeviceState,
     FrameGuard,
     GenflError,
+    ModelError,
     MqttTransport,
     Notifier,
     OpenGuard,
@@ -57,10 +60,12 @@ from protocol import (
 )
 
 from ._agent import AgentCore
+from ._deployment import ModelDeployment
 from ._gate import GatedRunner, TrainWindow
 from ._policy import TaskPolicy
 from ._privacy import released_label_counts, released_sample_count, scaled_to_total
 from ._process_runner import WorkerRunner, describe_data
+from ._release_taker import ReleaseTaker
 
 __all__ = ["AgentConfig", "load_agent_config", "run_agent"]
 
@@ -114,6 +119,9 @@ class AgentConfig:
         None, "Refuse tasks without differential privacy at least this strong (a noise multiplier).", metavar="Z"
     )
     sample_count_noise: float | None = setting(None, "Report the sample count with Laplace noise.", metavar="EPSILON")
+    release_margin: float = setting(
+        0.02, "Deploy a model release unless it scores this much below the deployed one on the board's held-out data."
+    )
     # The fleet's class names in the model's order (enrollment writes them; every task carries them too): the
     # board numbers its folders by them and shares label counts in their order.
     classes: tuple[str, ...] | None = setting(
@@ -320,12 +328,10 @@ class _Agent:
         self.summary, self.num_samples = summary, num_samples
         self._classes_to_keep: tuple[str, ...] | None = None  # the fleet's list, to write down in the next upkeep
         classes, label_counts = self._fleet_classes()
-        topics = Topics(config.fleet)
-        session = secrets.token_hex(8)  # this run: its will is state 0 of it, its states 1, 2, ...
+        topics, session = Topics(config.fleet), secrets.token_hex(8)  # this run: its will is state 0, its states 1...
         offline = DeviceState(device_id=config.device_id, state="offline", num_samples=num_samples, session=session,
                               sequence=0)  # fmt: skip
-        guard = config.guard()
-        will_payload = guard.seal(encode_message(offline))
+        will_payload = (guard := config.guard()).seal(encode_message(offline))
         self.transport = MqttTransport(
             parse_brokers(config.broker),
             f"genfl-{config.fleet}-{config.device_id}",
@@ -366,6 +372,8 @@ class _Agent:
             policy=config.policy(),
             will_payload=will_payload,
             session=session,
+            releases=ReleaseTaker(config.device_id, ModelDeployment(config.state_dir), store, self.score_release,
+                                  config.release_margin),
         )  # fmt: skip
 
     def _fleet_classes(self) -> tuple[tuple[str, ...] | None, tuple[float, ...] | None]:
@@ -393,6 +401,19 @@ class _Agent:
             counts[number] += count
         released = released_label_counts(config.state_dir, counts, config.label_noise, classes)
         return scaled_to_total(released, self.num_samples)
+
+    def score_release(self, model: Path) -> float:
+        """A release's accuracy on this board's held-out data, by a short-lived worker (onnxruntime, no torch)."""
+        classes = self.core.classes or self.summary.classes
+        command = [sys.executable, "-m", "edge_agent.worker", "--score", str(model), "--data", self.config.data,
+                   "--classes", ",".join(classes), "--data-dir", str(self.config.data_dir)]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ModelError(f"cannot score the release: {exc}") from exc
+        if done.returncode != 0:
+            raise ModelError(done.stderr.strip().removeprefix("error: ") or "scoring the release failed")
+        return float(json.loads(done.stdout)["accuracy"])
 
     def adopt_classes(self, classes: tuple[str, ...]) -> tuple[float, ...] | None:
         """A task named this fleet class list: the label counts in its order. The list is kept for the next start
@@ -441,6 +462,8 @@ class _Agent:
             "model_held": _latest_blob(self.config.state_dir / "blobs"),
             "num_samples": core.num_samples,
             "classes": None if core.classes is None else list(core.classes),  # the fleet's, as the board uses them
+            "release": None if core.releases is None else core.releases.running,  # the model release it runs
+            "release_outcome": None if core.releases is None else core.releases.outcome,
             "rejected": dict(core.rejected),
             "pid": os.getpid(),
             "worker_pid": self.worker.worker_pid,

@@ -6,7 +6,9 @@ it answers one JSON line on stdout (``{"ok": true}`` or ``{"ok": false,
 to write the encoded update (atomically). Logs go to stderr (the journal).
 
 ``--describe SPEC`` prints the data set's sample count and label histogram
-without importing torch, so the daemon learns them without loading data itself.
+without importing torch, so the daemon learns them without loading data itself;
+``--score MODEL --data SPEC --classes A,B,...`` prints an ONNX model's accuracy on
+the held-out slice of the board's data (onnxruntime, no torch).
 """
 
 from __future__ import annotations
@@ -82,8 +84,21 @@ def _peak_rss_mb() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.worker")
     parser.add_argument("--describe", metavar="SPEC")
+    parser.add_argument("--score", metavar="MODEL", type=Path)
+    parser.add_argument("--data", metavar="SPEC")
+    parser.add_argument("--classes", metavar="NAMES")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     args = parser.parse_args()
+    if args.score:
+        from ._release_score import score_release
+
+        try:
+            fleet = tuple(args.classes.split(","))
+            print(json.dumps({"accuracy": score_release(args.score, load_dataset(args.data, args.data_dir), fleet)}))
+        except GenflError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return 0
     if args.describe:
         try:
             print(json.dumps(describe(args.describe, args.data_dir)), flush=True)

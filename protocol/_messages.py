@@ -204,11 +204,14 @@ class DeviceState:
     # numbers its states (1, 2, ...; its last will, made when it connects, is 0).
     session: str | None = None
     sequence: int | None = None
+    release: int | None = None  # the model release the board runs (None: none deployed)
 
     def __post_init__(self) -> None:
         _check_device(self.device_id)
         if self.last_round is not None:
             _check_int("last_round", self.last_round, 1, 2**31)
+        if self.release is not None:
+            _check_int("release", self.release, 1, 2**31)
         if (self.session is None) != (self.sequence is None):
             raise _fail("session and sequence come together")
         if self.session is not None:
@@ -450,7 +453,7 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
     if isinstance(message, DeviceState) and message.label_counts is not None:
         header["label_counts"] = list(message.label_counts)
     if isinstance(message, DeviceState):
-        for name in ("last_round", "session", "sequence"):
+        for name in ("last_round", "session", "sequence", "release"):
             if header[name] is None:
                 del header[name]
     return header, b""

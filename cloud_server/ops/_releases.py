@@ -12,14 +12,18 @@ are not its sha256, is refused here as it is on a board. Writes are atomic; ``cu
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import (
     ConfigError,
+    GenflError,
     ModelError,
     ProtocolError,
     Release,
@@ -30,7 +34,12 @@ from protocol import (
     verify_frame,
 )
 
-__all__ = ["ReleaseBook", "StoredRelease", "release_book"]
+if TYPE_CHECKING:
+    from ..rounds._coordinator import Coordinator
+
+log = logging.getLogger("genfl.server")
+
+__all__ = ["ReleaseBook", "ReleaseWatcher", "StoredRelease", "release_book"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +141,32 @@ def release_book(state_dir: Path) -> ReleaseBook:
         return ReleaseBook(state_dir, security.fleet, security.signing_key)
     finally:
         security.close()
+
+
+class ReleaseWatcher:
+    """What ``serve`` does with the release book: every few seconds, the current release to the coordinator (a
+    ``release`` or ``rollback`` another process ran takes effect within ``every_s``). A release that does not
+    check is reported once and not handed out."""
+
+    def __init__(self, book: ReleaseBook, every_s: float = 3.0) -> None:
+        self.book = book
+        self.every_s = every_s
+        self._checked = -math.inf
+        self._reported: str | None = None
+
+    def poll(self, coordinator: Coordinator, now: float) -> None:
+        if now - self._checked < self.every_s:
+            return
+        self._checked = now
+        try:
+            stored = self.book.current()
+            if stored is None:
+                return
+            model = self.book.model(stored.release)
+        except (GenflError, OSError) as exc:
+            if str(exc) != self._reported:
+                self._reported = str(exc)
+                log.error("the current release is not handed out: %s", exc)
+            return
+        self._reported = None
+        coordinator.offer_release(stored.release, stored.frame, model)

@@ -32,6 +32,7 @@ from ..learning._strategies import make_strategy
 from ..rounds._coordinator import Coordinator, CoordinatorConfig, RoundHooks
 from ..rounds._journal import SqliteJournal
 from ..rounds._state_lock import holding_state
+from ._releases import ReleaseBook, ReleaseWatcher
 from ._serve_config import ServeConfig
 
 if TYPE_CHECKING:
@@ -108,7 +109,8 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         )  # fmt: skip
         notifier = Notifier()
         stack.callback(notifier.close)
-        _loop(coordinator, transport, enroller, metrics, notifier, stop)
+        book = ReleaseBook(config.state_dir, fleet, None if security is None else security.signing_key)
+        _loop(coordinator, transport, enroller, metrics, notifier, stop, ReleaseWatcher(book))
         journal.close()  # every accepted update is already committed; an open round resumes next start
         if coordinator.halted is not None:
             raise CoordinatorHalted(coordinator.halted)
@@ -171,6 +173,7 @@ def _loop(
     metrics: FleetMetrics | None,
     notifier: Notifier,
     stop: threading.Event,
+    releases: ReleaseWatcher,
 ) -> None:
     """Messages in, clocks ticked, systemd and the metrics told, until the rounds are done or we are stopped."""
     observed = 0.0
@@ -184,6 +187,7 @@ def _loop(
             )
         transport.poll(0.1)
         coordinator.tick()
+        releases.poll(coordinator, time.monotonic())
         if enroller is not None:
             enroller.tick()
         notifier.status(_state_text(coordinator, transport))

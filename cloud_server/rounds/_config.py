@@ -111,6 +111,7 @@ class DeviceRecord:
     label_counts: tuple[float, ...] | None
     rounds: int = 0
     last_round: int | None = None  # the latest round the device says its update counted in
+    release: int | None = None  # the model release it says it runs
     # What tells a replayed state apart (see check_fresh_state): the highest state number taken of each of the
     # device's recent runs (sessions), the run its last "online" came from, and whether its will came last.
     sessions: dict[str, int] = field(default_factory=dict)

@@ -37,6 +37,7 @@ from protocol import (
     OpenGuard,
     Progress,
     ProtocolError,
+    Release,
     Task,
     TensorDict,
     Topics,
@@ -56,6 +57,7 @@ from ._config import CoordinatorConfig, DeviceRecord
 from ._dispatch import Handlers, dispatch
 from ._failures import failure_summary
 from ._journal import AcceptedUpdate, ClosedRound, Journal, OpenRoundRecord
+from ._release_serving import ReleaseServing
 from ._round import OpenRound, RoundHooks, RoundResult, scaled_counts, weight_cap
 from ._round_privacy import RoundPrivacy
 from ._secure_round import SecAggFrame, SecureRound
@@ -116,6 +118,7 @@ class Coordinator:
         self._state_limit = RateLimit(config.max_states_per_minute, 60.0)
         self.privacy = RoundPrivacy(config.secure_aggregation, config.privacy, config.min_devices)
         self._last_secure: tuple[int, frozenset[str]] | None = None  # the last secure round closed: whose sum it is
+        self.releases = ReleaseServing()  # the model the boards are told to run
         if strategy.model_name not in (None, config.model_name) or strategy.classes not in ((), config.classes):
             raise ConfigError("the strategy was made for another model or class list than the fleet's")
         self._set_global(initial_state)
@@ -243,12 +246,15 @@ class Coordinator:
         # online (a periodic refresh, new label counts) says nothing of that.
         came_back = state.state == "online" and not record.online
         record.online = state.state == "online"
+        record.release = state.release
         record.num_samples = state.num_samples
         record.label_counts = state.label_counts
         if state.last_round is not None:
             record.last_round = max(record.last_round or 0, state.last_round)
         if first or before != (record.online, record.num_samples, record.label_counts, record.last_round):
             self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts, retained=first)
+        if (came_back or first) and record.online and self.releases.wanted_by(state.release):
+            self._tell_release(device_id)
         current = self._open
         if came_back and current is not None and device_id in set(current.configs) - current.answered:
             # It restarted, or the broker did: the task it had may be gone. A device that still holds it
@@ -261,11 +267,30 @@ class Coordinator:
                 self._publish_tasks(current, [device_id])
 
     def _on_blob_request(self, device_id: str, request: BlobRequest) -> None:
-        named = {self.global_id: len(self._global_blob)}
-        chunks = blob_chunks(self._open, device_id, request, named, self._store, self.config.chunk_size, self._clock())
+        if self.releases.serves(request.blob_id):
+            chunks = self.releases.chunks(device_id, request, self._store, self.config.chunk_size, self._clock())
+        else:
+            named = {self.global_id: len(self._global_blob)}
+            chunks = blob_chunks(self._open, device_id, request, named, self._store, self.config.chunk_size,
+                                 self._clock())  # fmt: skip
         topic = self.topics.device(device_id, "blob/chunk")
         for chunk in chunks:
             self.transport.publish(topic, self._guard.seal(encode_message(chunk)))
+
+    # -- model releases -------------------------------------------------------------------------
+
+    def offer_release(self, release: Release, frame: bytes, model: bytes) -> None:
+        """Make ``release`` the fleet's: every online board that does not run it is told now, one that comes
+        online later when it does (``frame``: as the release book sealed it)."""
+        if not self.releases.offer(release, frame, model, self._store):
+            return
+        log.info("%s: telling the fleet", release.describe())
+        for device_id in self.online_devices():
+            if self.releases.wanted_by(self.devices[device_id].release):
+                self._tell_release(device_id)
+
+    def _tell_release(self, device_id: str) -> None:
+        self.transport.publish(self.topics.device(device_id, "task"), self.releases.frame)
 
     def _check_round(self, device_id: str, claimed_device: str, round_number: int) -> OpenRound:
         return check_round(self._open, device_id, claimed_device, round_number)

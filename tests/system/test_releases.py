@@ -1,0 +1,76 @@
+"""Model releases to real boards: `genfl-server serve` and three `genfl-edge run` agents over Mosquitto train; the
+operator releases a round's model, every board scores it on its own held-out data and deploys it; a worse release
+is refused by the board that asks for no loss, with the scores; a rollback brings every board back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+
+from tests.system._helpers import ENV, processes, wait_for
+
+
+def _status(folder: Path) -> dict[str, object]:
+    try:
+        return json.loads((folder / "status.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def _release(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "cloud_server", *args], capture_output=True, text=True, env=ENV,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_boards_deploy_a_release_refuse_a_worse_one_with_the_scores_and_follow_a_rollback(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    state = tmp_path / "server"
+    boards = {"board-a": "1.0", "board-b": "1.0", "board-c": "0.0"}  # board-c takes no release that scores lower
+    with processes(tmp_path) as group:
+        group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "40", "--min-devices", "3",
+                     "--eval-dataset", "digits")  # fmt: skip
+        for name, margin in boards.items():
+            group.agent(name, name, fleet, mosquitto_url, "digits", "--release-margin", margin,
+                        "--status-interval", "0.5")  # fmt: skip
+        wait_for((state / "checkpoints" / "round-0003.safetensors").exists, 240, "round 3's checkpoint")
+
+        def runs(version: int) -> bool:
+            return all(_status(tmp_path / name).get("release") == version for name in boards)
+
+        # Execute: round 3's model, int8
+        first = _release("release", "--state-dir", str(state), "--round", "3")
+        wait_for(lambda: runs(1), 120, f"every board to deploy release 1 ({group.log('server')[-1500:]})")
+        # Execute: round 1's model (it scores lower than round 3's on every board's held-out digits)
+        _release("release", "--state-dir", str(state), "--round", "1", "--note", "older")
+
+        def answered_second() -> bool:
+            outcome = _status(tmp_path / "board-c").get("release_outcome")
+            others = [_status(tmp_path / name).get("release") for name in ("board-a", "board-b")]
+            return isinstance(outcome, list) and outcome[0] == 2 and others == [2, 2]
+
+        wait_for(answered_second, 120, "release 2 to be taken, and refused by board-c")
+        refused = _status(tmp_path / "board-c")
+        taken = [_status(tmp_path / name).get("release") for name in ("board-a", "board-b")]
+        # Execute: back to release 1
+        _release("rollback", "1", "--state-dir", str(state))
+        wait_for(lambda: runs(1), 120, "every board to run release 1 again")
+        logs = {name: group.log(name) for name in boards}
+    # Assert: release 1 everywhere, a whole model onnx loads; board-c said why it kept release 1
+    assert "release 1: cnn-digits int8, round 3" in first
+    assert taken == [2, 2]
+    assert refused["release"] == 1
+    outcome = refused["release_outcome"]
+    assert isinstance(outcome, list) and outcome[0] == 2 and "refused: it scores" in outcome[1], outcome
+    assert "the deployed release 1" in outcome[1] and "margin 0" in outcome[1]
+    assert "not deploying release 2" in logs["board-c"] and "deployed release 1" in logs["board-a"]
+    for name in boards:
+        model = tmp_path / name / "model" / "current.onnx"
+        onnx.load(str(model))
+        assert (tmp_path / name / "model" / "version").read_text().strip() == "1"
