@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 
 from tests.system._helpers import ENV, processes, wait_for
+from tests.system._secured import SecuredFleet
 
 
 def _status(folder: Path) -> dict[str, object]:
@@ -74,3 +76,46 @@ def test_boards_deploy_a_release_refuse_a_worse_one_with_the_scores_and_follow_a
         model = tmp_path / name / "model" / "current.onnx"
         onnx.load(str(model))
         assert (tmp_path / name / "model" / "version").read_text().strip() == "1"
+
+
+def test_on_a_signed_fleet_a_forged_or_edited_release_frame_is_refused_and_the_board_keeps_its_model(
+    secured: SecuredFleet,
+) -> None:
+    from edge_agent._daemon import load_agent_config
+    from protocol import (
+        Release,
+        decode_message,
+        encode_message,
+        generate_signing_key,
+        load_signing_key,
+        sign_frame,
+        verify_frame,
+    )
+
+    # Prepare: a signed fleet, one enrolled board running release 1
+    secured.serve("--rounds", "40", "--min-devices", "1")
+    home = secured.enroll("board-s")
+    folder = load_agent_config(home / "edge.toml", {}).state_dir
+    secured.group.start("board-s", "-m", "edge_agent", "run", "--home", str(home), "--status-interval", "0.5")
+    wait_for((secured.state / "checkpoints" / "round-0002.safetensors").exists, 240, "round 2's checkpoint")
+    secured.cli("server", "release", "--state-dir", str(secured.state), "--round", "2")
+    wait_for(lambda: _status(folder).get("release") == 1, 120, "the board to deploy release 1")
+    model = (folder / "model" / "current.onnx").read_bytes()
+    # Execute: with the server's rights on the broker, an intruder sends the board a release signed with its own
+    # key, and the real release 1 frame edited to name another model
+    genuine = (secured.state / "releases" / "0001.frame").read_bytes()
+    key = load_signing_key(secured.state / "security" / "signing.key")
+    release = decode_message(verify_frame(secured.fleet, genuine, key.public_key()), Release)
+    other = encode_message(replace(release, version=7, model_id="ab" * 32))
+    signature = genuine[: len(genuine) - len(encode_message(release))]  # release 1's signature, on other bytes
+    observer = secured.observer()
+    topic = f"genfl/{secured.fleet}/devices/board-s/task"
+    observer.publish(topic, sign_frame(secured.fleet, other, generate_signing_key()))
+    observer.publish(topic, signature + other)
+    observer.flush()
+    wait_for(lambda: (_status(folder).get("rejected") or {}).get("bad-signature", 0) >= 2, 60,  # type: ignore[union-attr]
+             "the board to refuse both frames")  # fmt: skip
+    observer.close()
+    # Assert: still release 1, the same bytes
+    assert _status(folder).get("release") == 1
+    assert (folder / "model" / "current.onnx").read_bytes() == model
