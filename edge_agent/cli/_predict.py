@@ -9,18 +9,26 @@ from typing import Annotated, Optional
 import typer
 
 from edge_agent._data import load_dataset
+from edge_agent.cli._enroll import HomeOption
 from edge_agent.cli._options import ExportFormat, FormatOption, Int8Option, OnnxOut
-from protocol import DataError, ModelError, exit_on_error
+from protocol import ConfigError, DataError, ModelError, exit_on_error
 
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders of images.")],
-    model: Annotated[Path, typer.Option(help="An ONNX model from `export`.")],
+    model: Annotated[
+        Optional[Path], typer.Option(help="An ONNX model (default: the release this board deployed).")
+    ] = None,
+    state_dir: Annotated[
+        Optional[Path], typer.Option(help="The agent's state folder, whose deployed release to use.")
+    ] = None,
+    home: HomeOption = None,
     resize: Annotated[
         bool, typer.Option(help="Scale images to the model's input size instead of refusing them.")
     ] = False,
 ) -> None:
-    """Classify images with an exported ONNX model (onnxruntime); prints path, class and probability per image.
+    """Classify images with an ONNX model (onnxruntime): the board's deployed release unless --model says;
+    prints path, class and probability per image.
 
     An image that cannot be used is reported on stderr and the others go on (exit 3 at the end if any was).
     """
@@ -28,7 +36,7 @@ def predict(
 
     failed = 0
     with exit_on_error():
-        classifier = OnnxClassifier(model)
+        classifier = OnnxClassifier(model or _deployed_model(state_dir, home))
         for outcome in classifier.predict_each(image_paths(images), resize=resize):
             if isinstance(outcome, DataError):
                 failed += 1
@@ -38,6 +46,23 @@ def predict(
     if failed:
         typer.echo(f"{failed} image(s) could not be classified", err=True)
         raise typer.Exit(code=DataError.exit_code)
+
+
+def _deployed_model(state_dir: Path | None, home: Path | None) -> Path:
+    """The release a board deployed: ``STATE/model/current.onnx`` of ``state_dir``, or of the enrolled home's."""
+    from edge_agent._daemon import load_agent_config
+    from edge_agent._deployment import ModelDeployment
+    from edge_agent._enroll import find_config
+
+    if state_dir is None:
+        config = find_config(home)
+        if not config.is_file():
+            raise ConfigError(f"no model given and no config at {config}: give --model, --state-dir or --home")
+        state_dir = load_agent_config(config, {}).state_dir
+    deployed = ModelDeployment(state_dir).deployed()
+    if deployed is None:
+        raise ModelError(f"{state_dir}: no release deployed yet (genfl-server release; or give --model)")
+    return deployed.path
 
 
 def export(

@@ -76,6 +76,18 @@ def test_boards_deploy_a_release_refuse_a_worse_one_with_the_scores_and_follow_a
         model = tmp_path / name / "model" / "current.onnx"
         onnx.load(str(model))
         assert (tmp_path / name / "model" / "version").read_text().strip() == "1"
+    # the board's own use of it: `genfl-edge predict` takes the deployed release by default
+    from PIL import Image
+
+    from edge_agent import load_dataset
+
+    digits = load_dataset("digits").test
+    Image.fromarray(digits.images[0][0]).save(tmp_path / "seven.png")
+    predicted = subprocess.run([sys.executable, "-m", "edge_agent", "predict", str(tmp_path / "seven.png"),
+                                "--state-dir", str(tmp_path / "board-a")], capture_output=True, text=True, env=ENV,
+                               timeout=120)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert predicted.stdout.startswith(str(tmp_path / "seven.png")) and len(predicted.stdout.split("\t")) == 3
 
 
 def test_on_a_signed_fleet_a_forged_or_edited_release_frame_is_refused_and_the_board_keeps_its_model(
