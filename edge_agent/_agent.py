@@ -215,6 +215,7 @@ class AgentCore:
             session=self._own.session,
             sequence=self._own.next_sequence(),
             release=None if self.releases is None else self.releases.running,
+            release_score=None if self.releases is None else self.releases.running_score,
         )
         self.transport.publish(
             self.topics.device(self.device_id, "state"), self.guard.seal(encode_message(message)), retain=True

@@ -52,6 +52,13 @@ class ReleaseTaker:
         deployed = self.deployment.deployed()
         return None if deployed is None else deployed.version
 
+    @property
+    def running_score(self) -> float | None:
+        """How the deployed release scored on this board's held-out data (None: not scored by this run)."""
+        deployed = self.deployment.deployed()
+        score = None if deployed is None else self._scores.get(deployed.sha256)
+        return None if score is None else round(score, 4)
+
     def on_release(self, release: Release, fleet_classes: tuple[str, ...] | None) -> BlobRequest | None:
         """What to ask the server for (the model's chunks), or None: nothing to fetch (it runs it, refuses it, or
         holds the model already and has just deployed it)."""

@@ -205,6 +205,7 @@ class DeviceState:
     session: str | None = None
     sequence: int | None = None
     release: int | None = None  # the model release the board runs (None: none deployed)
+    release_score: float | None = None  # its accuracy on the board's held-out data, as the board scored it
 
     def __post_init__(self) -> None:
         _check_device(self.device_id)
@@ -212,6 +213,8 @@ class DeviceState:
             _check_int("last_round", self.last_round, 1, 2**31)
         if self.release is not None:
             _check_int("release", self.release, 1, 2**31)
+        if self.release_score is not None:
+            _check_float("release_score", self.release_score, 0.0, 1.0)
         if (self.session is None) != (self.sequence is None):
             raise _fail("session and sequence come together")
         if self.session is not None:
@@ -453,7 +456,7 @@ def _header_and_body(message: Message) -> tuple[dict[str, Any], bytes]:
     if isinstance(message, DeviceState) and message.label_counts is not None:
         header["label_counts"] = list(message.label_counts)
     if isinstance(message, DeviceState):
-        for name in ("last_round", "session", "sequence", "release"):
+        for name in ("last_round", "session", "sequence", "release", "release_score"):
             if header[name] is None:
                 del header[name]
     return header, b""

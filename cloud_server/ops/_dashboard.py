@@ -186,6 +186,13 @@ svg polyline { fill: none; stroke: #2563eb; stroke-width: 2; } svg circle { fill
 """
 
 
+def _release_text(release: object, score: object) -> str:
+    """The release a board runs and its score there ("-" for none)."""
+    if not isinstance(release, int):
+        return "-"
+    return f"{release} ({score:.3f})" if isinstance(score, float) else str(release)
+
+
 def _synthetic_table(rounds: list[dict[str, Any]], last: int = 12) -> str:
     """GenFL's last rounds: what each sent of synthetic data, or why it ran as plain FedAvg ("" without GenFL)."""
     reports = [r["report"] for r in rounds if isinstance(r.get("report"), dict) and "sent" in r["report"]]
@@ -263,14 +270,18 @@ def render_page(fleet: str, devices: list[dict[str, Any]], rounds: list[dict[str
         norm = "-" if d["last_update_norm"] is None else f"{d['last_update_norm']:.3g}"
         acc = "-" if d["last_update_accuracy"] is None else f"{d['last_update_accuracy']:.3f}"
         held = "-" if d.get("classes_held") is None else ", ".join(d["classes_held"])
+        runs = _release_text(d.get("release"), d.get("release_score"))
         rows.append(
             f'<tr data-device="{html.escape(d["device_id"])}"><td>{html.escape(d["device_id"])}</td>'
             f'<td class="{state}">{state}</td><td>{_when(d["last_seen"])}</td><td>{d["rounds"]}</td>'
-            f'<td>{norm}</td><td>{acc}</td><td class="held">{html.escape(held)}</td></tr>'
+            f'<td>{norm}</td><td>{acc}</td><td class="held">{html.escape(held)}</td>'
+            f'<td class="release">{runs}</td></tr>'
         )
     table = (
         '<table id="fleet"><thead><tr><th>device</th><th>state</th><th>last seen</th><th>rounds</th>'
-        "<th>update norm</th><th>update acc</th><th>holds</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>update norm</th><th>update acc</th><th>holds</th><th>runs release</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
         if rows
         else '<p class="empty">No device has connected yet.</p>'
     )

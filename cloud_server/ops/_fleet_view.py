@@ -53,6 +53,8 @@ def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
             "last_norm": row.last_norm,
             "last_accuracy": row.last_accuracy,
             "classes_held": held_names(row.label_counts, classes),
+            "release": row.release,
+            "release_score": row.release_score,
         }
         for row in JournalReader(state_dir).devices()
     }
@@ -74,6 +76,8 @@ def fleet_rows(state_dir: Path) -> list[dict[str, Any]]:
                 "last_update_norm": seen.get("last_norm"),
                 "last_update_accuracy": seen.get("last_accuracy"),
                 "classes_held": seen.get("classes_held"),
+                "release": seen.get("release"),
+                "release_score": seen.get("release_score"),
                 "enrolled": enrolled_at,
                 "revoked": revoked is not None,
             }

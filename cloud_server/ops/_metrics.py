@@ -9,6 +9,7 @@ server only reads (prometheus-client's metrics are thread-safe).
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -56,11 +57,13 @@ class FleetMetrics:
         self.synthetic_weight = gauge("genfl_synthetic_weight", "The synthetic loss weight of the last round.")
         self.pool_quality = gauge("genfl_pool_quality", "A pool's recognised share over the devices' own (0..1).")
         self.epsilon = gauge("genfl_privacy_epsilon", "Client-level DP: the epsilon the run has spent (at its delta).")
+        self.on_release = gauge("genfl_devices_on_release", "Online devices by the model release they run.", "release")
         self.broker = gauge("genfl_broker_node", "1 for the broker node the server is connected to.", "node")
         self.failovers = gauge("genfl_broker_failovers", "Times the server moved to another broker node.")
         self.info = gauge("genfl_fleet_info", "The fleet this server serves.", "fleet")
         self.info.labels(fleet=fleet).set(1)
         self._rejected_seen: dict[str, int] = {}
+        self._releases_seen: set[str] = set()  # the release labels set so far (a release nobody runs goes to 0)
         self._failure_labels: set[str] = set()
         self._bytes_seen = [0, 0]  # received (up), sent (down)
         self._node: str | None = None
@@ -156,7 +159,12 @@ class FleetMetrics:
 
     def observe(self, coordinator: Coordinator, *, bytes_received: int, bytes_sent: int, node: str | None = None,
                 failovers: int = 0) -> None:  # fmt: skip
-        self.online.set(len(coordinator.online_devices()))
+        online = coordinator.online_devices()
+        self.online.set(len(online))
+        running = Tally(str(coordinator.devices[d].release or "none") for d in online)
+        for release in set(self._releases_seen) | set(running):
+            self.on_release.labels(release=release).set(running.get(release, 0))
+        self._releases_seen.update(running)
         for reason, count in coordinator.rejected.items():
             new = count - self._rejected_seen.get(reason, 0)
             if new > 0:

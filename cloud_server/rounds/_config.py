@@ -112,6 +112,7 @@ class DeviceRecord:
     rounds: int = 0
     last_round: int | None = None  # the latest round the device says its update counted in
     release: int | None = None  # the model release it says it runs
+    release_score: float | None = None  # ... and how it scored on the device's held-out data
     # What tells a replayed state apart (see check_fresh_state): the highest state number taken of each of the
     # device's recent runs (sessions), the run its last "online" came from, and whether its will came last.
     sessions: dict[str, int] = field(default_factory=dict)

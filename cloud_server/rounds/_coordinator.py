@@ -246,15 +246,13 @@ class Coordinator:
         # online (a periodic refresh, new label counts) says nothing of that.
         came_back = state.state == "online" and not record.online
         record.online = state.state == "online"
-        record.release = state.release
         record.num_samples = state.num_samples
         record.label_counts = state.label_counts
         if state.last_round is not None:
             record.last_round = max(record.last_round or 0, state.last_round)
         if first or before != (record.online, record.num_samples, record.label_counts, record.last_round):
             self._journal.device_seen(device_id, record.online, state.num_samples, state.label_counts, retained=first)
-        if (came_back or first) and record.online and self.releases.wanted_by(state.release):
-            self._tell_release(device_id)
+        self._note_release(record, state, came_back or first)
         current = self._open
         if came_back and current is not None and device_id in set(current.configs) - current.answered:
             # It restarted, or the broker did: the task it had may be gone. A device that still holds it
@@ -288,6 +286,15 @@ class Coordinator:
         for device_id in self.online_devices():
             if self.releases.wanted_by(self.devices[device_id].release):
                 self._tell_release(device_id)
+
+    def _note_release(self, record: DeviceRecord, state: DeviceState, arrived: bool) -> None:
+        """What release a device says it runs (journalled when it changes); one that just came online and runs
+        another than the current one is told of it."""
+        if (state.release, state.release_score) != (record.release, record.release_score):
+            record.release, record.release_score = state.release, state.release_score
+            self._journal.device_release(record.device_id, state.release, state.release_score)
+        if arrived and record.online and self.releases.wanted_by(state.release):
+            self._tell_release(record.device_id)
 
     def _tell_release(self, device_id: str) -> None:
         self.transport.publish(self.topics.device(device_id, "task"), self.releases.frame)

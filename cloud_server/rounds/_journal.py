@@ -178,6 +178,9 @@ class Journal:
     def sum_unmasked(self, round_number: int, survivors: list[str], total_weight: int) -> None:
         """A secure round's sum: who is in it and its total weight (no single update exists to record)."""
 
+    def device_release(self, device_id: str, release: int | None, score: float | None) -> None:
+        """The model release a device says it runs, and how it scored there."""
+
     def update_withdrawn(self, round_number: int, device_id: str) -> None:
         self._open_updates.pop((round_number, device_id), None)
 
@@ -216,6 +219,10 @@ class SqliteJournal(Journal):
             for column in ("bytes_up", "bytes_down"):  # ... from before rounds kept their traffic
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE rounds ADD COLUMN {column} INTEGER")
+            device_columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+            for column, kind in (("release", "INTEGER"), ("release_score", "REAL")):  # ... before releases
+                if column not in device_columns:
+                    self._db.execute(f"ALTER TABLE devices ADD COLUMN {column} {kind}")
             if "eval_accuracy" not in {row[1] for row in self._db.execute("PRAGMA table_info(updates)")}:
                 self._db.execute("ALTER TABLE updates ADD COLUMN eval_accuracy REAL")  # ... before updates kept it
         except (OSError, sqlite3.Error) as exc:
@@ -393,6 +400,10 @@ class SqliteJournal(Journal):
 
     def failure_recorded(self, round_number: int, device_id: str, reason: str) -> None:
         self._write("INSERT OR IGNORE INTO failures VALUES (?, ?, ?)", round_number, device_id, reason[:2000])
+        self._write("UPDATE rounds SET failed = failed + 1 WHERE round = ?", round_number)
+
+    def device_release(self, device_id: str, release: int | None, score: float | None) -> None:
+        self._write("UPDATE devices SET release = ?, release_score = ? WHERE device_id = ?", release, score, device_id)
 
     def sum_unmasked(self, round_number: int, survivors: list[str], total_weight: int) -> None:
         with self._transaction("record a secure round's sum") as db:
@@ -400,7 +411,6 @@ class SqliteJournal(Journal):
                        (len(survivors), total_weight, round_number))  # fmt: skip
             db.executemany("UPDATE devices SET rounds = rounds + 1, last_seen = ? WHERE device_id = ?",
                            [(time.time(), device_id) for device_id in survivors])  # fmt: skip
-        self._write("UPDATE rounds SET failed = failed + 1 WHERE round = ?", round_number)
 
     def accepted_update(self, round_number: int, device_id: str) -> AcceptedUpdate | None:
         row = self._db.execute(

@@ -66,6 +66,8 @@ class DeviceRow:
     rounds: int
     last_norm: float | None
     last_accuracy: float | None
+    release: int | None = None  # the model release it runs, as it said
+    release_score: float | None = None  # ... and its accuracy on the device's held-out data
 
 
 class JournalReader:
@@ -138,13 +140,15 @@ class JournalReader:
 
     def devices(self) -> list[DeviceRow]:
         """Every device that spoke, by name."""
-        rows = self._rows(
-            "SELECT device_id, online, num_samples, label_counts, first_seen, last_seen, rounds, last_norm,"
-            " last_accuracy FROM devices ORDER BY device_id"
+        columns = (
+            "device_id, online, num_samples, label_counts, first_seen, last_seen, rounds, last_norm, last_accuracy"
         )
+        rows = self._rows(f"SELECT {columns}, release, release_score FROM devices ORDER BY device_id")
+        if rows is None:  # a journal from before releases (the server adds the columns when it next starts)
+            rows = [(*row, None, None) for row in self._rows(f"SELECT {columns} FROM devices ORDER BY device_id") or []]
         return [
-            DeviceRow(str(d), bool(o), int(n), c, float(f), float(s), int(r), norm, acc)
-            for d, o, n, c, f, s, r, norm, acc in rows or []
+            DeviceRow(str(d), bool(o), int(n), c, float(f), float(s), int(r), norm, acc, release, score)
+            for d, o, n, c, f, s, r, norm, acc, release, score in rows
         ]
 
 

@@ -42,9 +42,12 @@ def test_an_empty_state_dir_is_an_empty_fleet_not_an_error(tmp_path: Path) -> No
 
 
 def test_metrics_count_only_what_is_new_since_the_last_look() -> None:
+    from cloud_server import DeviceRecord
+
     class Coordinator:  # what FleetMetrics reads of one
         def __init__(self) -> None:
             self.rejected = {"replay": 2}
+            self.devices = {"a": DeviceRecord("a", True, 5, None, release=3), "b": DeviceRecord("b", True, 5, None)}
 
         def online_devices(self) -> list[str]:
             return ["a", "b"]
@@ -61,6 +64,8 @@ def test_metrics_count_only_what_is_new_since_the_last_look() -> None:
     assert sample("genfl_bytes_total", {"direction": "up"}) == 150
     assert sample("genfl_bytes_total", {"direction": "down"}) == 40
     assert sample("genfl_devices_online") == 2
+    assert sample("genfl_devices_on_release", {"release": "3"}) == 1
+    assert sample("genfl_devices_on_release", {"release": "none"}) == 1
     assert sample("genfl_broker_node", {"node": "mqtt://b:2"}) == 1
     assert sample("genfl_broker_node", {"node": "mqtt://a:1"}) is None
     assert sample("genfl_broker_failovers") == 1
@@ -193,3 +198,9 @@ def test_an_operator_sees_the_privacy_a_private_run_has_spent() -> None:
     assert '<span id="privacy">privacy spent: epsilon 0.61 at delta 1e-05</span>' in page
     assert 'id="privacy"' not in plain
     assert metrics.registry.get_sample_value("genfl_privacy_epsilon") == 0.61
+
+
+def test_an_operator_sees_which_release_each_board_runs_and_how_it_scored_there() -> None:
+    page = render_page("f", [_device("a", release=2, release_score=0.912), _device("b")], [])
+    assert '<tr data-device="a">' in page and '<td class="release">2 (0.912)</td>' in page
+    assert '<td class="release">-</td>' in page
