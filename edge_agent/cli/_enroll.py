@@ -103,6 +103,13 @@ def _requirements(policy: TaskPolicy) -> str:
     return "; ".join(parts)
 
 
+def _release_outcome(value: object) -> str | None:
+    """What the agent did with the last release it heard of, as one line."""
+    if isinstance(value, list) and len(value) == 2:
+        return f"release {value[0]}: {value[1]}"
+    return None
+
+
 def collect_status(config_path: Path) -> dict[str, Any]:
     settings = load_agent_config(config_path, {})
     agent = _agent_status(settings.state_dir)
@@ -136,7 +143,8 @@ def collect_status(config_path: Path) -> dict[str, Any]:
     }
     if agent is None:
         status.update(agent_running=False, broker_node=None, last_round=None, last_outcome=None, model_held=None,
-                      local_samples=None, pending_update_round=None, agent_rss_mb=None)  # fmt: skip
+                      local_samples=None, pending_update_round=None, agent_rss_mb=None, release=None,
+                      release_outcome=None)  # fmt: skip
     else:
         outcome = agent.get("last_outcome")
         status.update(
@@ -153,6 +161,8 @@ def collect_status(config_path: Path) -> dict[str, Any]:
             pending_update_round=agent.get("pending_round"),
             agent_rss_mb=agent.get("daemon_rss_mb"),
             worker_peak_rss_mb=agent.get("worker_peak_rss_mb"),
+            release=agent.get("release"),  # the model release it runs
+            release_outcome=_release_outcome(agent.get("release_outcome")),
         )
     return status
 

@@ -36,8 +36,7 @@ def test_boards_deploy_a_release_refuse_a_worse_one_with_the_scores_and_follow_a
     state = tmp_path / "server"
     boards = {"board-a": "1.0", "board-b": "1.0", "board-c": "0.0"}  # board-c takes no release that scores lower
     with processes(tmp_path) as group:
-        group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "40", "--min-devices", "3",
-                     "--eval-dataset", "digits")  # fmt: skip
+        group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "40", "--min-devices", "3")
         for name, margin in boards.items():
             group.agent(name, name, fleet, mosquitto_url, "digits", "--release-margin", margin,
                         "--status-interval", "0.5")  # fmt: skip
@@ -112,6 +111,8 @@ def test_on_a_signed_fleet_a_forged_or_edited_release_frame_is_refused_and_the_b
     wait_for((secured.state / "checkpoints" / "round-0002.safetensors").exists, 240, "round 2's checkpoint")
     secured.cli("server", "release", "--state-dir", str(secured.state), "--round", "2")
     wait_for(lambda: _status(folder).get("release") == 1, 120, "the board to deploy release 1")
+    shown = json.loads(secured.cli("edge", "status", "--home", str(home), "--json").stdout)
+    assert shown["release"] == 1 and str(shown["release_outcome"]).startswith("release 1: deployed (scores 0.")
     model = (folder / "model" / "current.onnx").read_bytes()
     # Execute: with the server's rights on the broker, an intruder sends the board a release signed with its own
     # key, and the real release 1 frame edited to name another model
