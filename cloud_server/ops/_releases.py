@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,11 @@ from protocol import (
 
 if TYPE_CHECKING:
     from ..rounds._coordinator import Coordinator
+    from ..rounds._round import RoundResult
 
 log = logging.getLogger("genfl.server")
 
-__all__ = ["ReleaseBook", "ReleaseWatcher", "StoredRelease", "release_book"]
+__all__ = ["AutoRelease", "ReleaseBook", "ReleaseWatcher", "StoredRelease", "release_book"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,42 @@ class ReleaseWatcher:
             return
         self._reported = None
         coordinator.offer_release(stored.release, stored.frame, model)
+
+
+@dataclass
+class AutoRelease:
+    """``serve --release-every N`` and ``--release-when-better``: a release of a round's model as the round closes
+    (its checkpoint is written by then). A release that cannot be made is logged; the rounds go on."""
+
+    book: ReleaseBook
+    state_dir: Path
+    every: int = 0
+    when_better: bool = False
+    int8: bool = True
+    calibration: str | None = None
+
+    def due(self, round_number: int, accuracy: float | None) -> bool:
+        if self.every and round_number % self.every == 0:
+            return True
+        if not self.when_better or accuracy is None:
+            return False
+        current = self.book.current()
+        return current is None or current.release.accuracy is None or accuracy > current.release.accuracy
+
+    def round_closed(self, result: RoundResult) -> None:
+        from ._export import export_checkpoint, latest_checkpoint
+
+        try:
+            if not self.due(result.round, result.accuracy):
+                return
+            with tempfile.TemporaryDirectory(dir=self.state_dir) as work:
+                exported = export_checkpoint(latest_checkpoint(self.state_dir, result.round), Path(work) / "m.onnx",
+                                             int8=self.int8, calibration=self.calibration)  # fmt: skip
+                model = exported.path.read_bytes()
+            stored = self.book.add(model, model_name=exported.model_name, classes=exported.classes,
+                                   input_shape=exported.input_shape, int8=self.int8, round_number=result.round,
+                                   accuracy=result.accuracy, note="automatic")  # fmt: skip
+        except (GenflError, OSError) as exc:
+            log.error("round %d: no automatic release: %s", result.round, exc)
+            return
+        log.info("round %d: %s", result.round, stored.release.describe())

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -29,10 +30,10 @@ from ..broker._broker import EmbeddedBroker
 from ..broker._broker_files import SERVER_USER
 from ..fleet._security import Enroller, FleetSecurity
 from ..learning._strategies import make_strategy
-from ..rounds._coordinator import Coordinator, CoordinatorConfig, RoundHooks
+from ..rounds._coordinator import Coordinator, CoordinatorConfig, RoundHooks, RoundResult
 from ..rounds._journal import SqliteJournal
 from ..rounds._state_lock import holding_state
-from ._releases import ReleaseBook, ReleaseWatcher
+from ._releases import AutoRelease, ReleaseBook, ReleaseWatcher
 from ._serve_config import ServeConfig
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
             stack.callback(security.close)
         transport, url = _connect(config, fleet, security, stack)
         metrics = _operator_endpoint(config, fleet, stack)
+        book = ReleaseBook(config.state_dir, fleet, None if security is None else security.signing_key)
+        auto = _auto_release(config, book)
         coordinator = Coordinator(
             CoordinatorConfig(
                 fleet=fleet, model_name=config.model, rounds=config.rounds, min_devices=config.min_devices,
@@ -93,7 +96,7 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
             guard=None if security is None else security.guard(),
             revoked=None if security is None else security.registry.revoked_ids,
             evaluator=_evaluator(config, classes),
-            hooks=RoundHooks() if metrics is None else metrics.hooks(),
+            hooks=_hooks(metrics, auto),
         )  # fmt: skip
         enroller = None
         if security is not None:
@@ -109,7 +112,6 @@ def _serve(config: ServeConfig, stop: threading.Event) -> int:
         )  # fmt: skip
         notifier = Notifier()
         stack.callback(notifier.close)
-        book = ReleaseBook(config.state_dir, fleet, None if security is None else security.signing_key)
         _loop(coordinator, transport, enroller, metrics, notifier, stop, ReleaseWatcher(book))
         journal.close()  # every accepted update is already committed; an open round resumes next start
         if coordinator.halted is not None:
@@ -164,6 +166,31 @@ def _operator_endpoint(config: ServeConfig, fleet: str, stack: contextlib.ExitSt
           + (f", dashboard at http://{config.metrics_host}:{operator.port}/" if config.dashboard else ""),
           flush=True)  # fmt: skip
     return metrics
+
+
+def _auto_release(config: ServeConfig, book: ReleaseBook) -> AutoRelease | None:
+    """``--release-every`` / ``--release-when-better``: int8 calibrated on the pool unless told otherwise."""
+    if not (config.release_every or config.release_when_better):
+        return None
+    pool = config.genfl.synthetic_pool
+    calibration = config.release_calibration or (None if pool is None else f"folder:{pool}")
+    return AutoRelease(book, config.state_dir, config.release_every, config.release_when_better,
+                       not config.release_float, calibration)  # fmt: skip
+
+
+def _hooks(metrics: FleetMetrics | None, auto: AutoRelease | None) -> RoundHooks:
+    """What the coordinator tells as rounds go: the metrics, and an automatic release as a round closes."""
+    base = RoundHooks() if metrics is None else metrics.hooks()
+    if auto is None:
+        return base
+    told = base.on_round_closed
+
+    def closed(result: RoundResult) -> None:
+        if told is not None:
+            told(result)
+        auto.round_closed(result)
+
+    return replace(base, on_round_closed=closed)
 
 
 def _loop(

@@ -65,6 +65,14 @@ class ServeConfig(FleetRunConfig):
     dashboard: bool = setting(False, "A read-only fleet page on the metrics port.")
     eval_dataset: str | None = setting(None, "Score each new model on this data set's test split (e.g. digits).")
     eval_data_dir: Path = setting(Path("data"), "Where --eval-dataset's files are.")
+    release_every: int = setting(0, "Release the model every N rounds to the boards (0: only `genfl-server release`).")
+    release_when_better: bool = setting(False, "Release a round's model when it beats the current release's accuracy.")
+    release_float: bool = setting(False, "Automatic releases in float instead of int8.")
+    release_calibration: str | None = setting(
+        None,
+        "Images to calibrate int8 releases on (default: the synthetic pool; digits for cnn-digits).",
+        metavar="SPEC",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the strategy's own checks
@@ -85,5 +93,14 @@ class ServeConfig(FleetRunConfig):
             raise ConfigError(f"the task re-send time must be 0 (never) or more seconds, got {self.task_resend_s}")
         if self.secure_aggregation and self.max_update_norm is not None:
             raise ConfigError("--max-norm checks each device's update; under --secure-aggregation the server sees sums")
+        if self.release_every < 0:
+            raise ConfigError(f"--release-every must be 0 (off) or a number of rounds, got {self.release_every}")
+        if self.release_when_better and self.eval_dataset is None:
+            raise ConfigError("--release-when-better compares the server's accuracy: give --eval-dataset too")
+        automatic = self.release_every or self.release_when_better
+        calibrated = self.release_calibration or self.genfl.synthetic_pool or self.model == "cnn-digits"
+        if automatic and not self.release_float and not calibrated:
+            raise ConfigError("automatic int8 releases need images to calibrate on: --release-calibration SPEC, a "
+                              "--synthetic-pool, or --release-float")  # fmt: skip
         if self.dashboard and self.metrics_port is None:
             raise ConfigError("--dashboard is served on the metrics port: give --metrics-port too")

@@ -132,3 +132,17 @@ def test_on_a_signed_fleet_a_forged_or_edited_release_frame_is_refused_and_the_b
     # Assert: still release 1, the same bytes
     assert _status(folder).get("release") == 1
     assert (folder / "model" / "current.onnx").read_bytes() == model
+
+
+def test_serve_releases_every_n_rounds_on_its_own(tmp_path: Path, mosquitto_url: str, fleet: str) -> None:
+    state = tmp_path / "server"
+    with processes(tmp_path) as group:
+        server = group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "4", "--min-devices",
+                              "1", "--release-every", "2")  # fmt: skip
+        group.agent("board", "board", fleet, mosquitto_url, "digits", "--status-interval", "0.5")
+        wait_for(lambda: server.poll() is not None, 240, f"serve to finish ({group.log('server')[-1500:]})")
+        deployed = _status(tmp_path / "board").get("release")
+    listed = json.loads(_release("releases", "--state-dir", str(state), "--json"))["releases"]
+    assert [(r["version"], r["round"], r["int8"], r["note"]) for r in listed] == [(1, 2, True, "automatic"),
+                                                                                 (2, 4, True, "automatic")]  # fmt: skip
+    assert server.returncode == 0 and deployed in (1, 2)  # release 2 came as serve was leaving
