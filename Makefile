@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_cluster.py --out bench
 	$(BIN)/python tools/bench_privacy.py --out bench   # secure aggregation's arithmetic
 	$(BIN)/python tools/bench_privacy.py --part mqtt --out bench   # and its rounds over Mosquitto
+	$(BIN)/python tools/bench_privacy.py --part utility --out bench   # accuracy against epsilon (15 minutes)
+	$(BIN)/python tools/bench_releases.py --out bench
 	$(BIN)/python tools/deploy_walkthrough.py --out bench/deploy-walkthrough.json  # docs/deploy.md, step by step (as root)
 	$(BIN)/python tools/bench_learning.py --preset digits --out bench
 	$(BIN)/python tools/bench_learning.py --preset cpu --out bench   # about 70 minutes on 2 cores
