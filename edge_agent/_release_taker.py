@@ -24,7 +24,7 @@ from protocol import (
     chunk_count,
 )
 
-from ._deployment import ModelDeployment
+from ._deployment import Deployed, ModelDeployment
 
 __all__ = ["ReleaseTaker"]
 
@@ -46,16 +46,28 @@ class ReleaseTaker:
         self._scores: dict[str, float] = {}  # model sha256 -> its score here
         self._refused: set[int] = set()  # releases refused here: not fetched and scored again at every re-send
         self.outcome: tuple[int, str] | None = None  # (release, "deployed ..." / "refused: ...")
+        self._broken = False  # the deployed model failed its check (said once)
+
+    def _deployed(self) -> Deployed | None:
+        """The deployed release; None also when ``current.onnx`` is not one this board staged (edited on disk:
+        reported once; the next release replaces it)."""
+        try:
+            return self.deployment.deployed()
+        except (GenflError, OSError) as exc:
+            if not self._broken:
+                self._broken = True
+                log.error("device %s: the deployed model is not a release it took: %s", self.device_id, exc)
+            return None
 
     @property
     def running(self) -> int | None:
-        deployed = self.deployment.deployed()
+        deployed = self._deployed()
         return None if deployed is None else deployed.version
 
     @property
     def running_score(self) -> float | None:
         """How the deployed release scored on this board's held-out data (None: not scored by this run)."""
-        deployed = self.deployment.deployed()
+        deployed = self._deployed()
         score = None if deployed is None else self._scores.get(deployed.sha256)
         return None if score is None else round(score, 4)
 
@@ -101,7 +113,7 @@ class ReleaseTaker:
         try:
             staged = self.deployment.stage(self.store.get(release.model_id), release.version, release.model_id)
             new = self._score(release.model_id, staged)
-            deployed = self.deployment.deployed()
+            deployed = self._deployed()
             old = None if deployed is None else self._score(deployed.sha256, deployed.path)
         except (GenflError, OSError, KeyError) as exc:
             self._refuse(release, f"it does not check here: {exc}")
@@ -111,7 +123,12 @@ class ReleaseTaker:
             self._refuse(release, f"it scores {new:.4f} on this board's held-out data, the deployed release "
                          f"{deployed.version} {old:.4f} (margin {self.margin:g})")  # type: ignore[union-attr]  # fmt: skip
             return
-        self.deployment.deploy(release.model_id)
+        try:
+            self.deployment.deploy(release.model_id)
+        except (GenflError, OSError) as exc:  # (a full disk): the deployed model stays
+            self._refuse(release, f"it could not be swapped in: {exc}")
+            return
+        self._broken = False
         self.outcome = (release.version, f"deployed (scores {new:.4f} here)")
         log.info("device %s: deployed release %d (%.4f on its held-out data%s)", self.device_id, release.version, new,
                  "" if old is None else f"; the previous one {old:.4f}")  # fmt: skip

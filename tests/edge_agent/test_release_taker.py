@@ -90,3 +90,16 @@ def test_a_tampered_chunk_or_a_release_of_other_classes_leaves_the_deployed_mode
     # release 2 offered again, its chunks whole this time: taken
     board.take(_release(2, two), two)
     assert board.taker.running == 2 and board.deployment.current.read_bytes() == two
+
+
+def test_a_deployed_model_edited_on_disk_is_reported_not_raised_and_the_next_release_replaces_it(
+    tmp_path: Path,
+) -> None:
+    board = Board(tmp_path)
+    one, two = _model(1.0), _model(2.0)
+    board.scores = {hashlib.sha256(m).hexdigest(): 0.9 for m in (one, two)}
+    board.take(_release(1, one), one)
+    board.deployment.current.write_bytes(b"not the release")  # someone edited the board's model file
+    assert board.taker.running is None and board.taker.running_score is None
+    board.take(_release(2, two), two)
+    assert board.taker.running == 2 and board.taker.running_score == 0.9

@@ -58,13 +58,13 @@ def test_genfl_from_a_pool_under_secure_aggregation_trains_the_plain_model(tmp_p
         for k, index in enumerate(np.flatnonzero(test.labels == label)[:12]):
             _save(test.images[index], tmp_path / "pool" / DIGITS[label] / f"{k}.png")
     genfl = GenflConfig(generator="pool", synthetic_pool=str(tmp_path / "pool"), warmup_rounds=1)
-    plain_config = SimulationConfig(dataset="digits", devices=6, partition="shards", classes_per_device=2, rounds=3,
+    plain_config = SimulationConfig(dataset="digits", devices=4, partition="shards", classes_per_device=2, rounds=2,
                                     strategy="genfl", seed=0, local_epochs=1, genfl=genfl)  # fmt: skip
     # Execute
     plain = run_simulation(plain_config)
     secure = run_simulation(replace(plain_config, secure_aggregation=True))
     # Assert: synthetic batches went out after the warm-up, and the sum made the same model
-    assert [r.metrics.get("sent") for r in secure.rounds] == [False, True, True]
+    assert [r.metrics.get("sent") for r in secure.rounds] == [False, True]
     assert _model_hash(secure.final_state) == _model_hash(plain.final_state)
 
 
