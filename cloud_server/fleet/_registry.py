@@ -23,7 +23,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -236,18 +236,26 @@ class DeviceRegistry:
         return [(str(n), float(e)) for n, e in rows]
 
     def enrollment_users(
-        self, *, now: float | None = None, keep: str | None = None, broker: BrokerKind = "mosquitto"
+        self, *, now: float | None = None, keep: Collection[str] = (), broker: BrokerKind = "mosquitto"
     ) -> list[tuple[str, str]]:
         """(login, ``broker``'s password hash) of every pending token: unused, unexpired, with a login; and the
-        login ``keep`` even if its token was just used (its board still waits for the reply)."""
+        logins ``keep`` even if their tokens were just used (their boards still wait for the reply)."""
         now = time.time() if now is None else now
         column = _HASH[broker][1]
         rows = self._db.execute(
             f"SELECT enroll_user, {column} FROM tokens WHERE cancelled IS NULL AND enroll_user IS NOT NULL"
-            f" AND {column} IS NOT NULL AND ((used IS NULL AND expires >= ?) OR enroll_user = ?) ORDER BY enroll_user",
-            (now, keep),
+            f" AND {column} IS NOT NULL AND used IS NULL AND expires >= ? ORDER BY enroll_user",
+            (now,),
         )
-        return [(str(u), str(h)) for u, h in rows]
+        found = [(str(u), str(h)) for u, h in rows]
+        for login in sorted(set(keep) - {u for u, _ in found}):
+            row = self._db.execute(
+                f"SELECT {column} FROM tokens WHERE enroll_user = ? AND cancelled IS NULL AND {column} IS NOT NULL",
+                (login,),
+            ).fetchone()
+            if row is not None:
+                found.append((login, str(row[0])))
+        return sorted(found)
 
     # -- devices ---------------------------------------------------------------------------------
 

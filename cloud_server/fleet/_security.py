@@ -25,7 +25,7 @@ import os
 import pwd
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,11 +323,11 @@ class FleetSecurity:
         token = self.registry.add_token(name, 600.0, readmit=True)
         return self.registry.redeem(token.secret, public_key).broker_password
 
-    def write_broker_files(self, *, keep_login: str | None = None) -> None:
+    def write_broker_files(self, *, keep_logins: Collection[str] = ()) -> None:
         """The password file and ACL as the registry says now (the server, devices, pending tokens' logins, and
-        the used token's login ``keep_login`` until its board has heard that it is enrolled)."""
+        the used tokens' logins ``keep_logins`` until their boards have heard that they are enrolled)."""
         files = self.broker_files
-        logins = self.registry.enrollment_users(keep=keep_login, broker=files.kind)
+        logins = self.registry.enrollment_users(keep=keep_logins, broker=files.kind)
         devices = self.registry.broker_users(files.kind)
         revoked = sorted(d for d in self.registry.revoked_ids() if "." not in d)
         files.write_users(files.password_hash(self.server_password), devices, logins, revoked)
@@ -356,15 +356,17 @@ class FleetSecurity:
             return "left for genfl-broker-sync to install"
         return "no running broker was found to reload; it reads the new files when it starts"
 
-    def expire_logins(self) -> bool:
-        """Take the logins of tokens that expired (or were used) out of the broker; True if it synced.
+    def expire_logins(self, keep: Collection[str] = ()) -> bool:
+        """Take the logins of tokens that expired (or were used; but ``keep``) out of the broker; True if it synced.
 
         Compares the enrollment logins in the broker's password file with the pending tokens, so that it
         also catches what another process (``devices add``) or a restart left behind."""
-        current = {login for login, _ in self.registry.enrollment_users()}
+        current = {login for login, _ in self.registry.enrollment_users(keep=keep)}
         if self.broker_files.logins(ENROLL_USER_PREFIX) <= current:
             return False
-        self.sync_broker(wait_s=0)  # in a message loop: the tick follows a handed-off change up
+        self.write_broker_files(keep_logins=keep)
+        with contextlib.suppress(BrokerSyncLate):  # in a message loop: the tick follows a handed-off change up
+            self.broker_files.reload(0)
         return True
 
     def revoke(self, device_id: str) -> tuple[Revoked, str]:
@@ -376,6 +378,9 @@ class FleetSecurity:
 
 ENROLL_SYNC_WAIT_S = 5.0  # how long an enrollment waits for genfl-broker-sync before it replies anyway
 SYNC_LATE_WARN_S = 60.0
+
+
+CLUSTER_REPLY_GRACE_S = 15.0  # a used token's login stays this long on a cluster, its reply crossing nodes
 
 
 class Enroller:
@@ -404,6 +409,7 @@ class Enroller:
         self._flush = flush  # wait until the broker has what we published (before a reload may drop the board)
         self._clock = clock
         self._expiry_checked = clock()
+        self._lingering: dict[str, float] = {}  # used tokens' logins kept until then (a cluster's reply in flight)
         self._warned_late = False
         self._followed_up = -math.inf
 
@@ -413,11 +419,16 @@ class Enroller:
         if self._clock() - self._followed_up >= 1.0:  # (it reads the outbox and the receipt: not every loop)
             self._followed_up = self._clock()
             self._follow_up_sync()
+        expired = [login for login, until in self._lingering.items() if self._clock() >= until]
+        if expired:
+            for login in expired:
+                del self._lingering[login]
+            self._drop_used_logins(", ".join(expired))
         if self._clock() - self._expiry_checked < 5.0:
             return
         self._expiry_checked = self._clock()
         try:
-            if self.security.expire_logins():
+            if self.security.expire_logins(keep=set(self._lingering)):
                 log.info("removed the broker logins of expired enrollment tokens")
         except GenflError as exc:
             log.error("could not remove expired enrollment logins: %s", exc)
@@ -452,7 +463,7 @@ class Enroller:
                 request.secret,
                 request.public_key,
                 enroll_user=client_id,
-                before_commit=lambda: self.security.write_broker_files(keep_login=client_id),
+                before_commit=lambda: self.security.write_broker_files(keep_logins={client_id, *self._lingering}),
             )
         except (EnrollmentRefused, ConfigError) as exc:
             log.warning("enrollment refused for client %s: %s", client_id[:64], exc)
@@ -480,13 +491,21 @@ class Enroller:
         if enrolled is None:
             return
         self._flush()  # the reply is at the broker before the reload drops the used token's login
+        if self.security.broker_files.kind == "nats":
+            # On a cluster "at the broker" is the server's node: the reply still crosses a route and an account to
+            # the board's node, and a reload that drops the login first cuts the board off before it arrives.
+            self._lingering[client_id] = self._clock() + CLUSTER_REPLY_GRACE_S
+            return
+        self._drop_used_logins(enrolled.device_id)
+
+    def _drop_used_logins(self, device_id: str) -> None:
         try:
-            self.security.write_broker_files()
+            self.security.write_broker_files(keep_logins=set(self._lingering))
         except (GenflError, OSError) as exc:
             log.error("device %s enrolled but its used token's login is still in the broker files: %s",
-                      enrolled.device_id, exc)  # fmt: skip
+                      device_id, exc)  # fmt: skip
             return
-        self._settle_broker(enrolled.device_id, 0.0)
+        self._settle_broker(device_id, 0.0)
 
     def _settle_broker(self, device_id: str, wait_s: float) -> None:
         try:

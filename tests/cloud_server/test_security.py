@@ -296,3 +296,33 @@ def test_an_enrolling_board_keeps_its_token_login_until_the_reply_is_out_and_its
     assert len(seen_at_reply) == 1
     assert "user board-1" in seen_at_reply[0] and f"user {token.enroll_user}" in seen_at_reply[0]
     assert "user board-1" in after and token.enroll_user not in after
+
+
+def test_on_a_cluster_a_used_tokens_login_stays_while_its_reply_crosses_the_nodes(tmp_path: Path) -> None:
+    # Prepare: a secured cluster's fleet with a pending token, and the server's clock in the test's hands
+    from cloud_server.broker._cluster import ClusterSpec
+    from cloud_server.fleet._security import CLUSTER_REPLY_GRACE_S, Enroller, FleetSecurity, write_cluster_setup
+    from protocol import EnrollmentToken, EnrollRequest
+
+    write_cluster_setup(tmp_path / "state", ClusterSpec(), tmp_path / "c", fleet="plant-5")
+    security = FleetSecurity(tmp_path / "state")
+    token = EnrollmentToken.parse(security.new_token("board-1", 600)[0])
+    now = [1000.0]
+    enroller = Enroller(security, lambda topic, payload: None, clock=lambda: now[0])
+
+    def logins() -> str:
+        return (tmp_path / "c" / "accounts.conf").read_text()
+
+    # Execute: the request; the loop ticks on, then past the grace
+    request = EnrollRequest(secret=token.secret, public_key=public_key_text(generate_signing_key()))
+    enroller.on_message(f"genfl/plant-5/enroll/{token.enroll_user}/request", request.encode())
+    after_reply = logins()
+    now[0] += 6.0
+    enroller.tick()  # (the expiry check runs too: the used login is kept through it)
+    during = logins()
+    now[0] += CLUSTER_REPLY_GRACE_S
+    enroller.tick()
+    security.close()
+    # Assert: the token's login outlived the reply by the grace, then went; the device's stayed
+    assert f'"user": "{token.enroll_user}"' in after_reply and f'"user": "{token.enroll_user}"' in during
+    assert f'"user": "{token.enroll_user}"' not in logins() and '"user": "board-1"' in logins()
