@@ -459,6 +459,12 @@ class AgentCore:
         if taker.running != running:
             self.publish_state("online")  # the server (and `devices list`) learn what the board runs now
 
+    def take_deferred_release(self) -> None:
+        """A release heard outside the train window: take it now that the window is open."""
+        release = None if self.releases is None else self.releases.due()
+        if release is not None:
+            self._on_release(release)
+
     def _on_chunk(self, chunk: BlobChunk) -> None:
         taker = self.releases
         if taker is not None and taker.wants(chunk.blob_id):

@@ -17,6 +17,7 @@ stops the worker at once. Every file write is temp-file + rename.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -373,7 +374,7 @@ class _Agent:
             will_payload=will_payload,
             session=session,
             releases=ReleaseTaker(config.device_id, ModelDeployment(config.state_dir), store, self.score_release,
-                                  config.release_margin),
+                                  config.release_margin, self._in_window),
         )  # fmt: skip
 
     def _fleet_classes(self) -> tuple[tuple[str, ...] | None, tuple[float, ...] | None]:
@@ -401,6 +402,10 @@ class _Agent:
             counts[number] += count
         released = released_label_counts(config.state_dir, counts, config.label_noise, classes)
         return scaled_to_total(released, self.num_samples)
+
+    def _in_window(self) -> bool:
+        window = self.runner.window
+        return window is None or window.contains(dt.datetime.now().time())
 
     def score_release(self, model: Path) -> float:
         """A release's accuracy on this board's held-out data, by a short-lived worker (onnxruntime, no torch)."""
@@ -481,6 +486,7 @@ class _Agent:
         self.core.resend_pending(now, self.config.resend_after)
         self.core.report_progress(now, self.config.progress_every)
         self._keep_classes()
+        self.core.take_deferred_release()
         if self.transport.connected:
             self.core.refresh_state(now, self.config.state_refresh)
 

@@ -35,7 +35,7 @@ Scorer = Callable[[Path], float]  # an ONNX model's accuracy on the board's held
 
 class ReleaseTaker:
     def __init__(self, device_id: str, deployment: ModelDeployment, store: BlobStore, score: Scorer,
-                 margin: float) -> None:  # fmt: skip
+                 margin: float, may_work: Callable[[], bool] = lambda: True) -> None:  # fmt: skip
         self.device_id = device_id
         self.deployment = deployment
         self.store = store
@@ -47,6 +47,8 @@ class ReleaseTaker:
         self._refused: set[int] = set()  # releases refused here: not fetched and scored again at every re-send
         self.outcome: tuple[int, str] | None = None  # (release, "deployed ..." / "refused: ...")
         self._broken = False  # the deployed model failed its check (said once)
+        self.may_work = may_work  # the board's train window: releases are fetched and scored inside it only
+        self.deferred: Release | None = None  # a release heard outside the window, taken when it opens
 
     def _deployed(self) -> Deployed | None:
         """The deployed release; None also when ``current.onnx`` is not one this board staged (edited on disk:
@@ -79,6 +81,11 @@ class ReleaseTaker:
         if fleet_classes is not None and release.classes != fleet_classes:
             self._refuse(release, f"its classes are not the fleet's ({len(release.classes)} names)")
             return None
+        if not self.may_work():
+            if self.deferred != release:
+                log.info("device %s: %s; taking it in the train window", self.device_id, release.describe())
+            self.deferred = release
+            return None
         if self.wanted is not None and self.wanted == release:
             return BlobRequest(release.model_id, () if self._assembler is None else self._assembler.missing())
         self.wanted, self._assembler = release, None
@@ -87,6 +94,13 @@ class ReleaseTaker:
             return None
         log.info("device %s: %s; fetching it", self.device_id, release.describe())
         return BlobRequest(release.model_id, ())
+
+    def due(self) -> Release | None:
+        """The release heard outside the train window, once the window is open (then forgotten here)."""
+        if self.deferred is None or not self.may_work():
+            return None
+        release, self.deferred = self.deferred, None
+        return release
 
     def wants(self, blob_id: str) -> bool:
         return self.wanted is not None and blob_id == self.wanted.model_id

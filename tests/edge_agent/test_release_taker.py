@@ -103,3 +103,18 @@ def test_a_deployed_model_edited_on_disk_is_reported_not_raised_and_the_next_rel
     assert board.taker.running is None and board.taker.running_score is None
     board.take(_release(2, two), two)
     assert board.taker.running == 2 and board.taker.running_score == 0.9
+
+
+def test_outside_the_train_window_a_release_waits_and_is_taken_when_the_window_opens(tmp_path: Path) -> None:
+    board = Board(tmp_path)
+    one = _model(1.0)
+    board.scores = {hashlib.sha256(one).hexdigest(): 0.9}
+    open_now = [False]
+    board.taker.may_work = lambda: open_now[0]
+    # Execute + Assert: heard outside the window, nothing fetched; the window opens: it is due, then fetched
+    assert board.taker.on_release(_release(1, one), CLASSES) is None and board.taker.due() is None
+    open_now[0] = True
+    due = board.taker.due()
+    assert due is not None and due.version == 1 and board.taker.due() is None
+    board.take(due, one)
+    assert board.taker.running == 1
