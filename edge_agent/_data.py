@@ -135,7 +135,7 @@ def check_fits_model(dataset: DeviceDataset, model_name: str, input_shape: tuple
         raise DataError(f"{dataset.name}: {dataset.num_classes} classes but {model_name} predicts {num_classes}")
 
 
-def _split(arrays: LabeledArrays, seed: int = 0) -> tuple[LabeledArrays, LabeledArrays]:
+def split_held_out(arrays: LabeledArrays, seed: int = 0) -> tuple[LabeledArrays, LabeledArrays]:
     """A fixed 80/20 train/test split per class, for sources without their own split."""
     rng = np.random.default_rng(seed)
     test_index: list[np.ndarray] = []
@@ -167,7 +167,7 @@ def _load_digits() -> DeviceDataset:
     pixels, labels = _digits_arrays()
     # Pixel values are 0..16; scale to the uint8 range every other source uses.
     images = np.clip(pixels * 16.0, 0, 255).astype(np.uint8)[:, None, :, :]
-    train, test = _split(LabeledArrays(images, labels.astype(np.int64)))
+    train, test = split_held_out(LabeledArrays(images, labels.astype(np.int64)))
     return DeviceDataset("digits", tuple(str(d) for d in range(10)), train, test)
 
 
@@ -265,7 +265,7 @@ def _build_tree(source: str, entries: list[_Entry], read: Callable[[str], bytes]
         if len(train) == 0:
             raise DataError(f"{source}: train/ holds no images")
     else:
-        train, test = _split(LabeledArrays(images, labels))
+        train, test = split_held_out(LabeledArrays(images, labels))
     return DeviceDataset(source, classes, train, test)
 
 
