@@ -33,13 +33,27 @@ def _release(*args: str) -> str:
 def test_boards_deploy_a_release_refuse_a_worse_one_with_the_scores_and_follow_a_rollback(
     tmp_path: Path, mosquitto_url: str, fleet: str
 ) -> None:
+    # Prepare: three boards with image folders as an operator's boards hold them (a train/ folder only, so each
+    # scores releases on a fixed slice of its own images), a third of the digits each
+    from PIL import Image
+
+    from edge_agent import load_dataset
+
+    digits = load_dataset("digits").train
     state = tmp_path / "server"
     boards = {"board-a": "1.0", "board-b": "1.0", "board-c": "0.0"}  # board-c takes no release that scores lower
+    for number, name in enumerate(boards):
+        for index in range(number, len(digits), 3):
+            path = tmp_path / f"data-{name}" / "train" / str(digits.labels[index]) / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digits.images[index][0]).save(path)
     with processes(tmp_path) as group:
-        group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "40", "--min-devices", "3")
+        # (rounds enough to outlast the test: serve hands out releases while it runs)
+        group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "10000", "--min-devices", "3")
+        classes = ",".join(str(d) for d in range(10))
         for name, margin in boards.items():
-            group.agent(name, name, fleet, mosquitto_url, "digits", "--release-margin", margin,
-                        "--status-interval", "0.5")  # fmt: skip
+            group.agent(name, name, fleet, mosquitto_url, f"folder:{tmp_path / f'data-{name}'}", "--release-margin",
+                        margin, "--status-interval", "0.5", "--classes", classes)  # fmt: skip
         wait_for((state / "checkpoints" / "round-0003.safetensors").exists, 240, "round 3's checkpoint")
 
         def runs(version: int) -> bool:
@@ -76,12 +90,7 @@ def test_boards_deploy_a_release_refuse_a_worse_one_with_the_scores_and_follow_a
         onnx.load(str(model))
         assert (tmp_path / name / "model" / "version").read_text().strip() == "1"
     # the board's own use of it: `genfl-edge predict` takes the deployed release by default
-    from PIL import Image
-
-    from edge_agent import load_dataset
-
-    digits = load_dataset("digits").test
-    Image.fromarray(digits.images[0][0]).save(tmp_path / "seven.png")
+    Image.fromarray(load_dataset("digits").test.images[0][0]).save(tmp_path / "seven.png")
     predicted = subprocess.run([sys.executable, "-m", "edge_agent", "predict", str(tmp_path / "seven.png"),
                                 "--state-dir", str(tmp_path / "board-a")], capture_output=True, text=True, env=ENV,
                                timeout=120)  # fmt: skip
