@@ -12,6 +12,7 @@ from torch import nn
 from protocol import ModelError, TensorDict
 
 from ._convnet import POOL, ConvNet, ConvNetConfig
+from ._mlp import MLP, MLPConfig
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "get_spec", "load_state", "model_state", "default_model_for"]
 
@@ -37,6 +38,8 @@ CNN_SMALL = ConvNetConfig(
     mean=(0.49, 0.48, 0.45),
     std=(0.25, 0.24, 0.26),
 )
+# the digits again, for client-level DP: 64-32-10, 2,410 parameters and no BatchNorm (see ``_mlp``)
+MLP_DIGITS = MLPConfig(input_shape=(1, 8, 8), num_classes=10, hidden=32, mean=(0.3,), std=(0.4,))
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -45,6 +48,8 @@ MODELS: dict[str, ModelSpec] = {
                   "3 conv-bn-relu blocks for 1x8x8 digits"),
         ModelSpec("cnn-small", (3, 32, 32), 10, lambda: ConvNet(CNN_SMALL),
                   "6 conv-bn-relu blocks for 3x32x32 images", augment="crop-flip"),
+        ModelSpec("mlp-digits", (1, 8, 8), 10, lambda: MLP(MLP_DIGITS),
+                  "a 64-32-10 MLP without BatchNorm for 1x8x8 digits (client-level DP)"),
     )
 }  # fmt: skip
 

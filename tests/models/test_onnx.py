@@ -54,6 +54,29 @@ def test_fp32_and_int8_exports_agree_with_pytorch(trained: tuple[Path, dict], tm
     assert classifier.classes == list(data.classes)
 
 
+def test_the_mlp_trains_quantization_aware_and_exports_to_agreeing_fp32_and_int8(tmp_path: Path) -> None:
+    # Prepare: the DP model (no BatchNorm, no convolution) trained int8-aware for three epochs
+    data = load_dataset("digits")
+    model = models.build_model("mlp-digits", seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    with models.fake_quantized(model):
+        for _ in range(3):
+            models.train_one_epoch(model, data.train.images, data.train.labels, optimizer, batch_size=32, rng=rng)
+    state = models.model_state(model)
+    assert models.evaluate(model, data.test.images, data.test.labels).accuracy > 0.85
+    # Execute
+    fp32 = export_onnx("mlp-digits", state, tmp_path / "m.onnx", int8=False, check_images=data.test.images,
+                       classes=data.classes)  # fmt: skip
+    int8 = export_onnx("mlp-digits", state, tmp_path / "m8.onnx", int8=True, check_images=data.test.images,
+                       calibration_images=data.train.images[:512], classes=data.classes)  # fmt: skip
+    # Assert
+    assert fp32.max_abs_diff < 1e-3 and fp32.top1_agreement == 1.0
+    assert int8.top1_agreement >= 0.97 and int8.size_bytes < fp32.size_bytes
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "m8.onnx")).graph.node)
+    assert OnnxClassifier(tmp_path / "m8.onnx").classes == list(data.classes)
+
+
 @pytest.mark.slow
 def test_server_export_and_edge_predict_clis(trained: tuple[Path, dict], tmp_path: Path) -> None:
     checkpoint, _ = trained
