@@ -542,8 +542,10 @@ class Coordinator:
 
     def _step_secure(self, current: OpenRound, secure: SecureRound) -> None:
         """Move the round's exchange on (its frames out), and close the round once the sum is unmasked or the
-        exchange failed; tasks are sent again to the silent while keys are being collected."""
-        for device_id, frame in secure.step(self._clock(), frozenset(current.failed)):
+        exchange failed; tasks are sent again to the silent while keys are being collected. No phase waits for a
+        device that failed or whose connection dropped (its secrets were in its memory: it is out of the round)."""
+        offline = {d for d in current.configs if d in self.devices and not self.devices[d].online}
+        for device_id, frame in secure.step(self._clock(), frozenset(current.failed | offline)):
             self.transport.publish(self.topics.device(device_id, "task"), self._guard.seal(encode_message(frame)))
         if not secure.finished:
             if secure.phase == "keys":

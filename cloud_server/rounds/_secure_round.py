@@ -7,7 +7,8 @@
     input    each one that shared gets what its neighbours sealed for it, trains, and sends its masked
              update (until all did, or the round's timeout, counted from its opening)
     unmask   each one whose masked update came is told who came and who dropped, and answers with its
-             shares of the others' secrets (until all did, or ``phase_s``)
+             shares of the others' secrets (until all did, every secret has its threshold of shares, or
+             ``phase_s``)
 
 Then the sum is unmasked, or the round fails without unmasking anything (too few devices in any phase,
 too few shares). Nothing of it is journalled: a server restarted mid-round fails it (the secrets were in
@@ -195,7 +196,10 @@ class SecureRound:
                          self.round, len(dropped))  # fmt: skip
             return self._enter("unmask", now)
         if self.phase == "unmask":
-            if self._unmask_asked - gone and now - self._phase_started < d.phase_s:
+            # done once every secret has its threshold of shares: the survivors that dropped since their masked
+            # input cost no deadline when their neighbours answered for them
+            waiting = self._unmask_asked - gone and not aggregator.can_unmask
+            if waiting and now - self._phase_started < d.phase_s:
                 return False
             self.summed = summed_update(aggregator.result(), self.template)  # SecAggFailed: too few shares
             self.phase = "done"

@@ -106,13 +106,24 @@ class SecAggAggregator:
             self._shares[kind].setdefault(owner, {})[point] = share_from_bytes(share)
         self._answered.add(device)
 
+    def _short(self) -> list[str]:
+        """The devices whose secret (a survivor's seed, a dropped device's mask key) has fewer than ``threshold``
+        shares so far."""
+        t = self.params.threshold
+        short = [u for u in sorted(self.sent) if len(self._shares["seed"].get(u, {})) < t]
+        return short + [u for u in sorted(self.shared - self.sent) if len(self._shares["key"].get(u, {})) < t]
+
+    @property
+    def can_unmask(self) -> bool:
+        """Whether every secret the sum needs has its ``threshold`` shares (more answers add nothing)."""
+        return self._closed_input and not self._short()
+
     def result(self) -> np.ndarray:
         """The sum of the survivors' vectors (``uint64``). SecAggFailed, rebuilding nothing, if any secret it needs
         has fewer than ``threshold`` shares."""
         t = self.params.threshold
         dropped = sorted(self.shared - self.sent)
-        short = [u for u in sorted(self.sent) if len(self._shares["seed"].get(u, {})) < t]
-        short += [u for u in dropped if len(self._shares["key"].get(u, {})) < t]
+        short = self._short()
         if short:
             raise SecAggFailed(f"too few shares to unmask {len(short)} devices (e.g. {short[0]}): nothing is unmasked")
         total = self._sum.copy()

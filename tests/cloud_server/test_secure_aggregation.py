@@ -61,6 +61,9 @@ class Board:
     def hello(self) -> None:
         self.send("state", DeviceState(device_id=self.device_id, state="online", num_samples=self.samples))
 
+    def lose_connection(self) -> None:  # what the broker publishes for it (its will)
+        self.send("state", DeviceState(device_id=self.device_id, state="offline", num_samples=self.samples))
+
     def advertise(self) -> None:
         task = self.last(Task)
         assert isinstance(task, Task) and task.config.secure_aggregation
@@ -157,7 +160,9 @@ def test_three_of_ten_dropping_after_their_masked_update_are_still_in_the_exact_
     fleet.step("advertise")
     fleet.step("share")
     fleet.step("train_and_mask")
-    fleet.step("unmask", skip=gone, wait_s=PHASE_S)  # they sent their masked update, then vanished
+    fleet.step("unmask", skip=gone)  # they sent their masked update, then vanished
+    # the seven answers hold the threshold of shares of every seed: the round closed without its deadline
+    assert fleet.now[0] == 1.0
     result = fleet.server.results[0]
     assert result.devices == 10
     new = _global(fleet)
@@ -168,6 +173,22 @@ def test_three_of_ten_dropping_after_their_masked_update_are_still_in_the_exact_
     back.send("update", back.secure.masked)
     fleet.bus.drain()
     assert [a.accepted for a in back.received if isinstance(a, Ack)] == [True, True]
+
+
+def test_with_fewer_unmasking_answers_than_the_threshold_the_round_waits_its_deadline_then_unmasks_nothing() -> None:
+    fleet = Fleet(10)  # a complete graph of ten: threshold 5
+    fleet.step("advertise")
+    fleet.step("share")
+    fleet.step("train_and_mask")
+    fleet.step("unmask", skip={0, 1, 2, 3, 4, 5})  # four answer: no secret has its five shares
+    assert not fleet.server.finished  # it waits for more answers until the phase's deadline
+    fleet.now[0] += PHASE_S
+    fleet.server.tick()
+    fleet.bus.drain()
+    assert fleet.server.finished and fleet.server.results[0].devices == 0
+    assert "too few shares" in next(iter(fleet.server.results[0].failures))
+    new = _global(fleet)
+    assert all(np.array_equal(new[name], START[name]) for name in START)
 
 
 def test_below_the_threshold_the_round_fails_without_asking_anyone_to_unmask() -> None:
@@ -209,6 +230,22 @@ def test_devices_that_never_advertise_are_left_out_and_too_few_fail_the_round() 
     small.step("advertise", skip={0, 1}, wait_s=PHASE_S)
     assert small.server.finished and small.server.results[0].devices == 0
     assert not any(isinstance(m, SecAggRoster) for board in small.boards for m in board.received)
+
+
+def test_a_board_whose_connection_drops_is_not_waited_for_in_any_phase() -> None:
+    fleet = Fleet(10)
+    fleet.boards[3].lose_connection()  # picked, then gone before its keys
+    fleet.step("advertise", skip={3})
+    assert len(fleet.boards[0].last(SecAggRoster).participants) == 9  # type: ignore[attr-defined]
+    fleet.boards[5].lose_connection()  # gone before its shares
+    fleet.step("share", skip={3, 5})
+    fleet.step("train_and_mask", skip={3, 5})
+    # Assert: no phase waited for its deadline, and the sum is the eight who sent theirs
+    assert fleet.now[0] == 1.0 and fleet.server.finished is False
+    fleet.step("unmask", skip={3, 5})
+    assert fleet.now[0] == 1.0 and fleet.server.results[0].devices == 8
+    new = _global(fleet)
+    assert all(np.array_equal(new[name], value) for name, value in fleet.expected(set(range(10)) - {3, 5}).items())
 
 
 def test_frames_out_of_turn_or_for_another_device_are_refused_and_the_round_goes_on() -> None:
