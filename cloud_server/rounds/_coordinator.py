@@ -38,6 +38,7 @@ from protocol import (
     Progress,
     ProtocolError,
     Release,
+    SecAggUnmask,
     Task,
     TensorDict,
     Topics,
@@ -534,6 +535,10 @@ class Coordinator:
             if isinstance(frame, MaskedUpdate) and last is not None and last[0] == frame.round:
                 # a board re-sending its masked update (our ack was lost): tell it whether it counted, so it stops
                 self._ack(device_id, frame.round, device_id in last[1], "" if device_id in last[1] else "closed-round")
+                return
+            if isinstance(frame, SecAggUnmask) and last is not None and last[0] == frame.round and device_id in last[1]:
+                # a survivor's answer after the sum was unmasked from its neighbours' (the round needed no more)
+                log.debug("round %d: %s's unmasking answer came after the sum was unmasked", frame.round, device_id)
                 return
             raise ProtocolError("closed-round", f"a {frame.TYPE} of round {frame.round} from {device_id}")
         if device_id in self.revoked:
