@@ -1,6 +1,6 @@
 """Secure aggregation end to end: the same model bit for bit as without it, in memory, over MQTT with agent
 processes, and as an operator runs it (`genfl-server serve --secure-aggregation`, real `genfl-edge run` boards
-on image folders), the server never holding a single board's update."""
+on image folders, also with client-level DP), the server never holding a single board's update."""
 
 from __future__ import annotations
 
@@ -108,4 +108,45 @@ def test_real_boards_on_image_folders_under_secure_aggregation_train_the_plain_s
     assert "update from" not in server_log  # no board's update was ever accepted in the clear
     journal = JournalReader(state)
     assert [journal.round(n).accepted for n in (1, 2)] == [4, 4]  # type: ignore[union-attr]
+    assert "sending it masked" in board_log or "masking it once" in board_log, board_log[-3000:]
+
+
+def test_boards_that_require_dp_and_secure_aggregation_train_the_dp_model_and_the_server_counts_epsilon(
+    tmp_path: Path, mosquitto_url: str, fleet: str
+) -> None:
+    # Prepare: four boards on image folders, each lacking four of the ten digits; the DP model, noise 1 on the sum
+    from cloud_server.learning._accountant import epsilon_spent
+
+    digits = load_dataset("digits").train
+    for board in range(4):
+        held = {(2 * board + k) % 10 for k in range(6)}
+        for index in np.flatnonzero(np.isin(digits.labels, list(held)))[board::4]:
+            _save(
+                digits.images[index], tmp_path / f"b{board}" / "train" / DIGITS[digits.labels[index]] / f"{index}.png"
+            )
+    state = tmp_path / "server"
+    # Execute
+    with processes(tmp_path) as group:
+        group.server("server", state, fleet, "--broker", mosquitto_url, "--rounds", "2", "--min-devices", "4",
+                     "--model", "mlp-digits", "--classes", ",".join(DIGITS), "--round-timeout", "180",
+                     "--secure-aggregation", "--dp-clip", "1.0", "--dp-noise", "1.0")  # fmt: skip
+        for board in range(4):
+            group.agent(f"b{board}", f"b{board}", fleet, mosquitto_url, f"folder:{tmp_path / f'b{board}'}",
+                        "--require-secure-aggregation", "--min-noise-multiplier", "1.0")  # fmt: skip
+        final = state / "checkpoints" / "round-0002.safetensors"
+        wait_for(final.exists, 300, f"round 2's checkpoint (server log: {group.log('server')[-2000:]})")
+        server_log = group.log("server")
+        board_log = group.log("b0")
+    # Assert: the DP model, trained from masked, clipped, noised updates only; the library's epsilon each round
+    model_name, trained = read_checkpoint(final)
+    assert model_name == "mlp-digits"
+    assert set(trained) == {"features.1.weight", "features.1.bias", "classifier.weight", "classifier.bias"}
+    assert all(np.isfinite(array).all() for array in trained.values())
+    journal = JournalReader(state)
+    for number in (1, 2):
+        row = journal.round(number)
+        assert row is not None and row.accepted == 4 and row.report is not None
+        assert abs(row.report["dp_epsilon"] - epsilon_spent(1.0, 1.0, number, 1e-5)) < 1e-9
+        assert f"round {number} closed: 4/4 updates, accuracy -, privacy spent: epsilon" in server_log
+    assert "update from" not in server_log and "rejected" not in server_log, server_log[-3000:]
     assert "sending it masked" in board_log or "masking it once" in board_log, board_log[-3000:]
