@@ -14,14 +14,20 @@ sends and receives per round, and whether the two give the same model (they must
 Part 3 (``--part utility``) is accuracy against epsilon: digits, 100 devices (Dirichlet 0.5), 20 rounds with every
 device picked, two local epochs, in memory, for seeds 0-3: no DP, then DP-FedAvg clipped at 1.0 with the noise
 multiplier that spends epsilon 8, 4 and 1 at delta 1e-5 over the 20 rounds (found by bisection on the same
-accountant the server uses).
+accountant the server uses); for the CNN (``cnn-digits``, 24k parameters with BatchNorm) and the DP model
+(``mlp-digits``, 2.4k parameters, none).
+
+Part 4 (``--part dropout``) is part 2's secure run again, whole and then with 30% of the agents going silent
+right after round 2's masked input (their processes frozen, see ``tools/_dropout_round.py``): seconds per round,
+the devices in each round's sum, bytes per device.
 
 Writes ``OUT/privacy-arithmetic.json`` (part 1), ``OUT/privacy.json`` (part 2), ``OUT/privacy-utility.json``
-(part 3).
+(part 3), ``OUT/privacy-dropout.json`` (part 4).
 
     python tools/bench_privacy.py --out bench                # part 1: about a minute on 2 cores
     python tools/bench_privacy.py --part mqtt --out bench    # part 2: about two minutes on 2 cores
-    python tools/bench_privacy.py --part utility --out bench # part 3: about 12 minutes on 2 cores
+    python tools/bench_privacy.py --part utility --out bench # part 3: about 16 minutes on 2 cores
+    python tools/bench_privacy.py --part dropout --out bench # part 4: about three minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -183,6 +189,25 @@ def mqtt_rounds(work: Path, fleets: list[int]) -> dict[str, Any]:
     return report
 
 
+def dropout_rounds(work: Path, fleets: list[int]) -> dict[str, Any]:
+    """Part 4: secure rounds over MQTT without and with 30% of the agents silent after their masked input."""
+    from tools._dropout_round import DROP_ROUND, dropout_run
+    from tools.bench_sim import BROKER, simulate
+
+    report: dict[str, Any] = {"machine": machine(), "drop_round": DROP_ROUND, "fleets": {}}
+    for size in fleets:
+        job = ["--dataset", "digits", "--devices", str(size), "--partition", "shards", "--classes-per-device", "2",
+               "--min-samples", "1", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--transport", "mqtt",
+               "--broker", BROKER, "--agents-per-process", "1" if size <= 10 else "10",
+               "--round-timeout", "900", "--secure-aggregation"]  # fmt: skip
+        whole = simulate(work / f"{size}-whole", *job)
+        row = {"whole": {k: whole[k] for k in ("wall_s", "seconds_per_round", "accepted")},
+               "dropout": dropout_run(work / f"{size}-dropout", job, size)}  # fmt: skip
+        print(size, row, flush=True)
+        report["fleets"][str(size)] = row
+    return report
+
+
 def noise_for(epsilon: float, sampling_rate: float, rounds: int, delta: float) -> float:
     """The noise multiplier that spends ``epsilon`` over ``rounds`` (bisection on the accountant)."""
     from cloud_server.learning._accountant import epsilon_spent
@@ -194,15 +219,23 @@ def noise_for(epsilon: float, sampling_rate: float, rounds: int, delta: float) -
     return high
 
 
-def utility(seeds: list[int]) -> dict[str, Any]:
-    """Part 3: final accuracy against epsilon, in memory."""
+def utility(seeds: list[int], model_names: list[str]) -> dict[str, Any]:
+    """Part 3: final accuracy against epsilon, in memory, for each model."""
+    rounds, clip = 20, 1.0
+    report: dict[str, Any] = {"machine": machine(), "devices": 100, "rounds": rounds, "clip": clip, "models": {}}
+    for model in model_names:
+        report["models"][model] = _utility_of(model, seeds, rounds, clip)
+    return report
+
+
+def _utility_of(model: str, seeds: list[int], rounds: int, clip: float) -> dict[str, Any]:
     from dataclasses import replace
 
     from simulation import SimulationConfig, run_simulation
 
-    rounds, clip = 20, 1.0
-    base = SimulationConfig(dataset="digits", devices=100, alpha=0.5, rounds=rounds, min_samples=2, local_epochs=2)
-    report: dict[str, Any] = {"machine": machine(), "devices": 100, "rounds": rounds, "clip": clip, "settings": {}}
+    base = SimulationConfig(dataset="digits", devices=100, alpha=0.5, rounds=rounds, min_samples=2, local_epochs=2,
+                            model=model)  # fmt: skip
+    settings: dict[str, Any] = {}
     for epsilon in (None, 8.0, 4.0, 1.0):
         z = None if epsilon is None else noise_for(epsilon, 1.0, rounds, 1e-5)
         runs = []
@@ -211,28 +244,32 @@ def utility(seeds: list[int]) -> dict[str, Any]:
             result = run_simulation(config)
             runs.append({"seed": seed, "accuracy": [r.accuracy for r in result.rounds],
                          "epsilon": result.rounds[-1].metrics.get("dp_epsilon")})  # fmt: skip
-            print(epsilon, seed, runs[-1]["accuracy"][-1], runs[-1]["epsilon"], flush=True)
+            print(model, epsilon, seed, runs[-1]["accuracy"][-1], runs[-1]["epsilon"], flush=True)
         finals = [run["accuracy"][-1] for run in runs]
-        report["settings"]["none" if epsilon is None else f"epsilon {epsilon:g}"] = {
+        settings["none" if epsilon is None else f"epsilon {epsilon:g}"] = {
             "noise_multiplier": z, "final_mean": statistics.mean(finals), "final_std": statistics.stdev(finals),
             "runs": runs,
         }  # fmt: skip
-    return report
+    return settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--part", choices=("arithmetic", "mqtt", "utility"), default="arithmetic")
+    parser.add_argument("--part", choices=("arithmetic", "mqtt", "utility", "dropout"), default="arithmetic")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--fleets", nargs="*", type=int, default=[10, 100])
+    parser.add_argument("--models", nargs="*", default=["cnn-digits", "mlp-digits"], help="--part utility's models")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-privacy"))
     args = parser.parse_args()
     if args.part == "mqtt":
         write_json(args.out / "privacy.json", mqtt_rounds(args.work, args.fleets))
         return
+    if args.part == "dropout":
+        write_json(args.out / "privacy-dropout.json", dropout_rounds(args.work, args.fleets))
+        return
     if args.part == "utility":
-        write_json(args.out / "privacy-utility.json", utility(args.seeds))
+        write_json(args.out / "privacy-utility.json", utility(args.seeds, args.models))
         return
     runs = []
     for model in ("cnn-digits", "cnn-small"):
