@@ -46,6 +46,7 @@ class SecAggDevice:
         self._step = 0
         self._roster: dict[str, tuple[bytes, bytes]] = {}
         self._held: dict[str, tuple[int, int]] = {}  # neighbour -> (its b share, its mask-key share) at our point
+        self._seal_keys: dict[str, bytes] = {}  # neighbour -> the key both seal with (made in share, used after)
 
     @property
     def params(self) -> SecAggParams:
@@ -84,6 +85,7 @@ class SecAggDevice:
         sealed = {}
         for peer, point in zip(peers, points):
             key = agree(self._cipher_key, roster[peer][0], self.params.pair_context("seal", self.device_id, peer))
+            self._seal_keys[peer] = key  # the same both ways: what the peer sealed for us opens with it
             plaintext = share_to_bytes(seeds[point]) + share_to_bytes(keys[point])
             sealed[peer] = seal(key, plaintext, self._associated(self.device_id, peer))
         return sealed
@@ -97,9 +99,7 @@ class SecAggDevice:
         for sender, sealed in sealed_from.items():
             if sender not in self._roster:
                 raise ProtocolError("secagg-roster", f"shares from {sender}, who did not advertise to us")
-            context = self.params.pair_context("seal", sender, self.device_id)
-            key = agree(self._cipher_key, self._roster[sender][0], context)
-            plaintext = open_sealed(key, sealed, self._associated(sender, self.device_id))
+            plaintext = open_sealed(self._seal_keys[sender], sealed, self._associated(sender, self.device_id))
             if len(plaintext) != 2 * SHARE_BYTES:
                 raise ProtocolError("bad-share", f"from {sender}: {len(plaintext)} bytes")
             self._held[sender] = (share_from_bytes(plaintext[:SHARE_BYTES]), share_from_bytes(plaintext[SHARE_BYTES:]))

@@ -103,16 +103,31 @@ class SecAggParams:
         except KeyError:
             raise ProtocolError("not-a-participant", device) from None
 
+    @cached_property
+    def _neighbourhoods(self) -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
+        return {}  # filled as asked: every party asks for the same few many times a round
+
     def neighbours(self, device: str) -> tuple[str, ...]:
-        n, i = len(self.participants), self.index(device)
-        if self.degree >= n - 1:
-            return tuple(p for p in self.participants if p != device)
-        half = self.degree // 2  # the same reach both ways: a is b's neighbour exactly when b is a's
-        around = {(i + step) % n for step in range(1, half + 1)} | {(i - step) % n for step in range(1, half + 1)}
-        return tuple(self.participants[j] for j in sorted(around))
+        return self._neighbourhood(device)[0]
 
     def are_neighbours(self, a: str, b: str) -> bool:
-        return b in self.neighbours(a)
+        return b in self._neighbourhood(a)[1]
+
+    def _neighbourhood(self, device: str) -> tuple[tuple[str, ...], frozenset[str]]:
+        known = self._neighbourhoods.get(device)
+        if known is not None:
+            return known
+        n, i = len(self.participants), self.index(device)
+        if self.degree >= n - 1:
+            around = [j for j in range(n) if j != i]
+        else:
+            half = self.degree // 2  # the same reach both ways: a is b's neighbour exactly when b is a's
+            around = sorted(
+                {(i + step) % n for step in range(1, half + 1)} | {(i - step) % n for step in range(1, half + 1)}
+            )
+        names = tuple(self.participants[j] for j in around)
+        self._neighbourhoods[device] = known = (names, frozenset(names))
+        return known
 
     def pair_context(self, purpose: str, a: str, b: str) -> bytes:
         first, second = sorted((a, b))
