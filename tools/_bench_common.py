@@ -45,3 +45,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def noise_for(epsilon: float, sampling_rate: float, rounds: int, delta: float) -> float:
+    """The noise multiplier that spends ``epsilon`` over ``rounds`` (bisection on the accountant)."""
+    from cloud_server.learning._accountant import epsilon_spent
+
+    low, high = 0.05, 100.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if epsilon_spent(middle, sampling_rate, rounds, delta) > epsilon else (low, middle)
+    return high

@@ -110,6 +110,7 @@ def dropout_run(out: Path, args: list[str], devices: int, share: float = 0.3) ->
     return {
         "wall_s": round(time.perf_counter() - started, 2), "dropped_after_input": len(dropper.dropped),
         "seconds_per_round": [round(r["seconds"], 2) for r in rounds], "accepted": [r["devices"] for r in rounds],
-        "device_bytes_up_per_round": [round(r["bytes_up"] / devices) for r in rounds],
-        "device_bytes_down_per_round": [round(r["bytes_down"] / devices) for r in rounds],
+        # per device in the round's sum (a frozen device's answers are missing from round 2's bytes)
+        "device_bytes_up_per_round": [round(r["bytes_up"] / max(r["devices"], 1)) for r in rounds],
+        "device_bytes_down_per_round": [round(r["bytes_down"] / max(r["devices"], 1)) for r in rounds],
     }  # fmt: skip

@@ -21,6 +21,9 @@ Presets (one prepared command each):
     python tools/bench_learning.py --preset gpu-pool --out bench  # ... GenFL from pools, on one GPU
     python tools/bench_learning.py --preset digits --out bench    # digits, 2 classes per device, 5 seeds
 
+With ``--dp-epsilon EPSILON`` every run is DP-FedAvg (clipped at 1.0, the noise that spends EPSILON over the
+rounds), e.g. ``--preset cpu-pool --only fedavg genfl-clean-500 --dp-epsilon 8 --name learning-pool-dp8``.
+
 The pool presets compare FedAvg with GenFL from pools the benchmark builds (``tools/_pools.py``: held-out
 real images, 500 or 50 per class, the same with 30% of them in a wrong class folder, the same in another
 style) and with the data-free generator. Each variant is one line of the report, its gain over FedAvg per seed.
@@ -46,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools._bench_common import machine, write_json
+from tools._bench_common import machine, noise_for, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.zip"
 STRATEGIES = ["fedavg", "fedprox", "genfl", "aigc-only"]
@@ -319,6 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="output name (default: learning-PRESET)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--summarize", action="store_true", help="only rebuild the report from the kept runs")
+    parser.add_argument("--dp-epsilon", type=float, default=None,
+                        help="client-level DP: clip 1.0 and the noise that spends this epsilon (delta 1e-5) over "
+                             "the rounds, every device picked")  # fmt: skip
     return parser
 
 
@@ -335,6 +341,9 @@ def main() -> None:
     runs_dir = args.out / f"{name}-runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    private = {}
+    if args.dp_epsilon is not None:
+        private = {"dp_clip": 1.0, "dp_noise": noise_for(args.dp_epsilon, 1.0, args.rounds, 1e-5)}
     if not args.summarize:
         runs_of = [(strategy, strategy, {}, None) for strategy in args.strategies]
         if args.variants == "pool":
@@ -353,6 +362,7 @@ def main() -> None:
                     "rounds": args.rounds, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
                     "learning_rate": args.lr, "strategy": strategy, "seed": seed, "train_subset": args.train_subset,
                     "eval_subset": args.eval_subset, "torch_device": args.torch_device, "qat": not args.no_qat,
+                    **private,
                 },
                 "genfl": {**json.loads(args.genfl or "{}"), **extra,
                           **({} if pool is None else {"generator": "pool", "synthetic_pool": pool})},

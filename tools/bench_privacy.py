@@ -7,7 +7,7 @@ unmasking), the server's seconds (relaying, summing, unmasking), the bytes each 
 the same update's plain frame (fp32 and int8) for comparison; checks that the unmasked sum is exact.
 
 Part 2 (``--part mqtt``) runs the rounds for real: ``genfl-server simulate --transport mqtt`` with 10 and 100
-agents (digits, shards of two classes, 3 rounds, agents in processes of 10 for 100), each with and without
+agents (digits, shards of two classes, 5 rounds, agents in processes of 10 for 100), each with and without
 ``--secure-aggregation``, one after the other on the machine's Mosquitto: seconds per round, bytes each device
 sends and receives per round, and whether the two give the same model (they must: the sum is exact).
 
@@ -59,7 +59,7 @@ from protocol import (
     encode_message,
 )
 from protocol.secagg import SecAggAggregator, SecAggDevice, SecAggParams, summed_update, update_words, vector_length
-from tools._bench_common import machine, write_json
+from tools._bench_common import machine, noise_for, write_json
 
 SHA = "0" * 64
 
@@ -167,7 +167,7 @@ def mqtt_rounds(work: Path, fleets: list[int]) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "fleets": {}}
     for size in fleets:
         job = ["--dataset", "digits", "--devices", str(size), "--partition", "shards", "--classes-per-device", "2",
-               "--min-samples", "1", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--transport", "mqtt",
+               "--min-samples", "1", "--rounds", "5", "--local-epochs", "1", "--seed", "0", "--transport", "mqtt",
                "--broker", BROKER, "--agents-per-process", "1" if size <= 10 else "10",
                "--round-timeout", "900"]  # fmt: skip
         row: dict[str, Any] = {}
@@ -206,17 +206,6 @@ def dropout_rounds(work: Path, fleets: list[int]) -> dict[str, Any]:
         print(size, row, flush=True)
         report["fleets"][str(size)] = row
     return report
-
-
-def noise_for(epsilon: float, sampling_rate: float, rounds: int, delta: float) -> float:
-    """The noise multiplier that spends ``epsilon`` over ``rounds`` (bisection on the accountant)."""
-    from cloud_server.learning._accountant import epsilon_spent
-
-    low, high = 0.05, 100.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if epsilon_spent(middle, sampling_rate, rounds, delta) > epsilon else (low, middle)
-    return high
 
 
 def utility(seeds: list[int], model_names: list[str]) -> dict[str, Any]:
