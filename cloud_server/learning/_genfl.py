@@ -480,7 +480,8 @@ class _GenerativeStrategy(Strategy):
 
         A round scores at most ``pool_scored_per_round`` images (at least one of each class), drawn anew each
         round, so that a large pool costs a bounded time on a CPU; an image keeps its last score (by name, so a
-        pool that grows keeps what it knew), and one never scored counts as its class's median.
+        pool that grows keeps what it knew), and one never scored counts as its class's median (as chance while
+        none of its class was: a diverged model's scores are not kept).
         """
         g = self.genfl
         if self.current_global is None or not (g.pool_sharpness > 0 or g.pool_evidence):
@@ -494,16 +495,21 @@ class _GenerativeStrategy(Strategy):
         share = min(1.0, g.pool_scored_per_round / max(total, 1))
         rng = np.random.default_rng(derive_seed("pool-scores", self.config.seed, round_number))
         scores, right, judged = {}, 0, 0
+        num_classes = self._spec().num_classes  # (an image no model scored yet counts as chance)
         for label, images in pool.images.items():
             names = pool.names[label]
             picked = rng.random(len(images)) < share
             picked[rng.integers(len(images))] = True  # every class is judged every round
             probabilities = torch.softmax(models.predict_logits(model, images[picked]), dim=1)
-            for name, score in zip((n for n, p in zip(names, picked) if p), probabilities[:, label].tolist()):
-                self.pool_scores[name] = score
+            finite = torch.isfinite(probabilities).all(dim=1)  # a diverged model's NaN says nothing of an image
+            for name, score, ok in zip((n for n, p in zip(names, picked) if p), probabilities[:, label].tolist(),
+                                       finite.tolist()):  # fmt: skip
+                if ok:
+                    self.pool_scores[name] = score
             row = np.array([self.pool_scores.get(name, np.nan) for name in names], dtype=np.float64)
-            scores[label] = np.where(np.isnan(row), np.nanmedian(row), row)
-            right += int((probabilities.argmax(1) == label).sum())
+            known = row[~np.isnan(row)]
+            scores[label] = np.where(np.isnan(row), float(np.median(known)) if len(known) else 1.0 / num_classes, row)
+            right += int((probabilities.argmax(1) == label)[finite].sum())
             judged += int(picked.sum())
         self.pool_recognised[round_number] = right / max(judged, 1)
         return scores

@@ -90,6 +90,25 @@ def test_the_fleets_model_draws_the_images_it_recognises_more_and_the_weight_fol
     assert strategy.pool_quality(5) == 0.0 and strategy._weight(5) == 0.0
 
 
+def test_a_diverged_global_model_scores_no_pool_image_and_leaves_the_scores_it_had(tmp_path: Path) -> None:
+    # Prepare: scores from a sound model, then a model whose weights went NaN (as DP noise can make one)
+    strategy = _strategy(_pool(tmp_path))
+    strategy.current_global = STATE
+    sound = strategy._score_pool(2)
+    assert sound is not None
+    strategy.current_global = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in STATE.items()}
+    # Execute: no numpy warning (the suite makes warnings errors), no NaN score
+    scores = strategy._score_pool(3)
+    # Assert: the images keep the scores the sound model gave; the broken model recognised nothing
+    assert scores is not None and all(np.isfinite(s).all() for s in scores.values())
+    assert all(np.array_equal(scores[label], sound[label]) for label in sound)
+    assert strategy.pool_recognised[3] == 0.0
+    fresh = _strategy(_pool(tmp_path / "other"))
+    fresh.current_global = strategy.current_global
+    unseen = fresh._score_pool(1)  # no image ever scored: every score is chance
+    assert unseen is not None and all(np.all(s == 0.1) for s in unseen.values())
+
+
 def test_a_pool_may_lack_classes_but_a_folder_the_fleet_does_not_know_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
