@@ -488,6 +488,7 @@ class Coordinator:
             self.halted = refusal
             log.warning("stopping: %s", refusal)
             return
+        self.privacy.warn_if_noisy(number, self.global_state, len(configs))
         current = self._new_round(number, configs, self._clock())
         current.weight_cap = cap
         current.sampling_rate = sampling_rate

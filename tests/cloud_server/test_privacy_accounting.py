@@ -124,3 +124,28 @@ def test_dp_refuses_what_it_cannot_protect_in_one_line() -> None:
         SimulationConfig(dp_budget=4.0)
     with pytest.raises(ConfigError, match="noise multiplier must be a positive"):
         SimulationConfig(dp_clip=1.0, dp_noise=0.0)
+
+
+def test_the_operator_is_told_once_when_the_noise_will_bury_the_rounds(caplog: pytest.LogCaptureFixture) -> None:
+    import models
+    from cloud_server.rounds._config import PrivacyConfig
+    from cloud_server.rounds._round_privacy import RoundPrivacy
+
+    cnn = models.model_state(models.build_model("cnn-digits", seed=0))
+    mlp = models.model_state(models.build_model("mlp-digits", seed=0))
+    private = RoundPrivacy(False, PrivacyConfig(1.0, 2.85, 1e-5, None), min_devices=2)
+    # the benchmark's settings: 100 devices at epsilon 8 over 20 rounds (noise multiplier 2.85)
+    floats = {
+        name: sum(a.size for a in state.values() if a.dtype.kind == "f") for name, state in (("cnn", cnn), ("mlp", mlp))
+    }
+    assert floats == {"cnn": 24_282, "mlp": 2_410}  # (BatchNorm's running statistics are noised too)
+    assert private.noise_on_mean(cnn, 100) == pytest.approx(2.85 * math.sqrt(24_282) / 100)  # 4.4: learned nothing
+    assert private.noise_on_mean(mlp, 100) == pytest.approx(2.85 * math.sqrt(2_410) / 100)  # 1.4: learned
+    assert RoundPrivacy(False, None, min_devices=2).noise_on_mean(cnn, 100) is None
+    with caplog.at_level("WARNING", logger="genfl.server"):
+        private.warn_if_noisy(1, mlp, 100)
+        assert caplog.records == []
+        private.warn_if_noisy(1, cnn, 100)
+        private.warn_if_noisy(2, cnn, 100)
+    assert len(caplog.records) == 1
+    assert "the DP noise on the mean of 100 updates is 4.4 times the clipping norm" in caplog.records[0].getMessage()
