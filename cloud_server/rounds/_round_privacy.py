@@ -68,8 +68,10 @@ class RoundPrivacy:
     def warn_if_noisy(self, round_number: int, template: TensorDict, devices: int) -> None:
         """Tell the operator once when the noise will bury the rounds' signal (it says why a private run learns
         nothing, and what changes that)."""
+        if self._warned:
+            return  # (and no count of the model's parameters every round)
         ratio = self.noise_on_mean(template, devices)
-        if self._warned or ratio is None or ratio <= NOISY_MEAN:
+        if ratio is None or ratio <= NOISY_MEAN:
             return
         self._warned = True
         log.warning("round %d: the DP noise on the mean of %d updates is %.1f times the clipping norm; above %g a "
